@@ -1,0 +1,84 @@
+"""The async engine, session factory and the tables every service has in its schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+platform_metadata = sa.MetaData()
+
+outbox_table = sa.Table(
+    "outbox",
+    platform_metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", sa.DateTime(timezone=True)),
+)
+sa.Index(
+    "outbox_unpublished",
+    outbox_table.c.id,
+    postgresql_where=outbox_table.c.published_at.is_(None),
+)
+
+processed_events_table = sa.Table(
+    "processed_events",
+    platform_metadata,
+    sa.Column("consumer", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+api_tokens_table = sa.Table(
+    "api_tokens",
+    platform_metadata,
+    sa.Column("token_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("scopes", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+
+def create_engine(*, database_url: str, schema: str, pool_size: int = 10) -> AsyncEngine:
+    """Create the service's engine; every connection works in the service's own schema."""
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"search_path": schema, "application_name": f"cdp-{schema}"}},
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Create the session factory the service's unit of work uses."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """Open a session in a transaction that commits on success and rolls back on error."""
+    async with factory() as session, session.begin():
+        yield session
+
+
+async def record_processed(*, session: AsyncSession, consumer: str, event_id: str) -> bool:
+    """Record that a consumer handled an event; False when it already had (a redelivery)."""
+    statement = (
+        postgresql.insert(processed_events_table)
+        .values(consumer=consumer, event_id=event_id)
+        .on_conflict_do_nothing()
+        .returning(processed_events_table.c.event_id)
+    )
+    result = await session.execute(statement)
+    return result.first() is not None

@@ -1,0 +1,326 @@
+"""Typed payloads of every event type on the platform's topics, and the decoder.
+
+Each payload class names its `type` in `EVENT_TYPE`; `decode_envelope` turns the
+bytes of a Kafka message into a typed envelope once, at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationError
+
+from cdp_common.envelope import Envelope, Payload, RawEnvelope
+
+
+class UnknownEventType(Exception):
+    """The envelope is valid but its type is not one this build knows."""
+
+
+class InvalidEvent(Exception):
+    """The message is not a valid envelope, or its payload does not match its type."""
+
+
+class Identifier(Payload):
+    """One identifier of a person: a type such as `email` and its normalised value."""
+
+    type: str = Field(min_length=1, max_length=64)
+    value: str = Field(min_length=1, max_length=1000)
+
+
+# --- cdp.events.v1 (published by ingest) ---------------------------------------------
+
+
+class TrackingEventReceived(Payload):
+    """A Segment-spec call accepted by ingest, as received plus server-side enrichment."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.event.received.v1"
+
+    type: Literal["identify", "track", "page", "screen", "group", "alias"]
+    messageId: str = Field(min_length=1, max_length=100)  # noqa: N815
+    sourceId: str  # noqa: N815
+    receivedAt: datetime  # noqa: N815
+    timestamp: datetime
+    userId: str | None = None  # noqa: N815
+    anonymousId: str | None = None  # noqa: N815
+    previousId: str | None = None  # noqa: N815
+    groupId: str | None = None  # noqa: N815
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    sentAt: datetime | None = None  # noqa: N815
+    originalTimestamp: datetime | None = None  # noqa: N815
+    properties: dict[str, Any] = Field(default_factory=dict)
+    traits: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(default_factory=dict)
+    integrations: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- cdp.profiles.v1 (published by profile) ------------------------------------------
+
+
+class ProfileChanged(Payload):
+    """Fields shared by profile created and updated."""
+
+    profile_id: str
+    version: int = Field(ge=1)
+    event_id: str | None = None
+    event: TrackingEventReceived | None = None
+    identifiers: list[Identifier] = Field(default_factory=list)
+    changed_traits: dict[str, Any] = Field(default_factory=dict)
+    changed_computed_traits: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProfileCreated(ProfileChanged):
+    """A new profile came into being from the event that caused it."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.profile.created.v1"
+
+
+class ProfileUpdated(ProfileChanged):
+    """An existing profile changed: the resolved event and the traits it changed."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.profile.updated.v1"
+
+
+class ProfileMerged(Payload):
+    """Two profiles became one; published on both profile ids' keys."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.profile.merged.v1"
+
+    profile_id: str
+    absorbed_profile_id: str
+    version: int = Field(ge=1)
+    merge_id: str
+    rule: str
+    event_id: str | None = None
+
+
+class ProfileSplit(Payload):
+    """A merge was undone: the absorbed profile exists again beside the survivor."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.profile.split.v1"
+
+    profile_id: str
+    restored_profile_id: str
+    version: int = Field(ge=1)
+    merge_id: str
+
+
+class ProfileErased(Payload):
+    """A person's profile was erased; every service erases what it holds for these ids."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.profile.erased.v1"
+
+    profile_id: str
+    version: int = Field(ge=1)
+    request_id: str
+    merged_profile_ids: list[str] = Field(default_factory=list)
+
+
+# --- cdp.segments.v1 (published by segment) ------------------------------------------
+
+
+class SegmentMembershipChanged(Payload):
+    """Fields shared by segment entered and exited."""
+
+    profile_id: str
+    segment_key: str
+    segment_version: int = Field(ge=1)
+    reason: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+
+
+class SegmentEntered(SegmentMembershipChanged):
+    """A profile became a member of a segment."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.segment.entered.v1"
+
+
+class SegmentExited(SegmentMembershipChanged):
+    """A profile stopped being a member of a segment."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.segment.exited.v1"
+
+
+# --- cdp.consents.v1 (published by consent) ------------------------------------------
+
+
+class ConsentChanged(Payload):
+    """Fields shared by every consent decision."""
+
+    profile_id: str
+    purpose: str
+    channel: str
+    at: datetime
+    source: str
+    legal_basis: str | None = None
+    wording_version: str | None = None
+
+
+class ConsentGranted(ConsentChanged):
+    """The person agreed to a purpose on a channel."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.consent.granted.v1"
+
+
+class ConsentDenied(ConsentChanged):
+    """The person refused a purpose on a channel."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.consent.denied.v1"
+
+
+class ConsentWithdrawn(ConsentChanged):
+    """The person took back an earlier grant; effective at once."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.consent.withdrawn.v1"
+
+
+# --- cdp.privacy.v1 (consent opens and completes; every service sends receipts) ----
+
+
+class PrivacyRequestOpened(Payload):
+    """A GDPR request; the subject travels only as a keyed hash."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.privacy.request_opened.v1"
+
+    request_id: str
+    request_type: Literal["access", "erasure"]
+    subject_type: str
+    subject_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    deadline: datetime
+
+
+class PrivacyReceipt(Payload):
+    """One service's answer to a privacy request: what it did, without personal data."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.privacy.receipt.v1"
+
+    request_id: str
+    service: str
+    profile_ids: list[str] = Field(default_factory=list)
+    status: Literal["done", "failed"] = "done"
+    details: dict[str, int] = Field(default_factory=dict)
+
+
+class PrivacyRequestCompleted(Payload):
+    """Every service's receipt is in; the request is closed."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.privacy.request_completed.v1"
+
+    request_id: str
+    status: Literal["completed", "failed"]
+
+
+# --- cdp.tokens.v1 (published by ingest) ---------------------------------------------
+
+
+class TokenCreated(Payload):
+    """An API token exists; only its hash travels."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.token.created.v1"
+
+    token_id: str
+    name: str
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[str]
+    expires_at: datetime | None = None
+
+
+class TokenRevoked(Payload):
+    """An API token must no longer be accepted anywhere."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.token.revoked.v1"
+
+    token_id: str
+
+
+# --- cdp.*.dlq.v1 (published by the Kafka runner of any service) ---------------------
+
+
+class DeadLetter(Payload):
+    """A message a consumer could not process, kept with the error for replay."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.dead_letter.v1"
+
+    group_id: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+    error: str
+    attempts: int
+
+
+EVENT_TYPES: dict[str, type[Payload]] = {
+    cls.EVENT_TYPE: cls
+    for cls in (
+        TrackingEventReceived,
+        ProfileCreated,
+        ProfileUpdated,
+        ProfileMerged,
+        ProfileSplit,
+        ProfileErased,
+        SegmentEntered,
+        SegmentExited,
+        ConsentGranted,
+        ConsentDenied,
+        ConsentWithdrawn,
+        PrivacyRequestOpened,
+        PrivacyReceipt,
+        PrivacyRequestCompleted,
+        TokenCreated,
+        TokenRevoked,
+        DeadLetter,
+    )
+}
+
+
+def event_type_of(payload: Payload) -> str:
+    """Return the `type` string of a payload instance."""
+    return payload.EVENT_TYPE
+
+
+def make_envelope(*, payload: Payload, source: str, subject: str, id: str | None = None) -> Envelope[Any]:
+    """Wrap a payload in an envelope with its type."""
+    fields: dict[str, Any] = {
+        "type": event_type_of(payload),
+        "source": source,
+        "subject": subject,
+        "data": payload,
+    }
+    if id is not None:
+        fields["id"] = id
+    return Envelope[Any](**fields)
+
+
+def decode_envelope(value: bytes | None, *, known: dict[str, type[Payload]] | None = None) -> Envelope[Any]:
+    """Decode a Kafka message value into a typed envelope.
+
+    Raises InvalidEvent for anything malformed and UnknownEventType for a valid
+    envelope whose type is not registered.
+    """
+    registry = EVENT_TYPES if known is None else known
+    if value is None:
+        raise InvalidEvent("message has no value")
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"message is not JSON: {exc}") from exc
+    try:
+        raw = RawEnvelope.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidEvent(f"not an envelope: {exc.errors(include_url=False)}") from exc
+    payload_cls = registry.get(raw.type)
+    if payload_cls is None:
+        raise UnknownEventType(raw.type)
+    try:
+        data = payload_cls.model_validate(raw.data)
+    except ValidationError as exc:
+        raise InvalidEvent(f"invalid {raw.type} payload: {exc.errors(include_url=False)}") from exc
+    fields = raw.model_dump()
+    fields["data"] = data
+    return Envelope[Any](**fields)

@@ -1,0 +1,310 @@
+"""The Kafka runner: producer, topic set-up, and consumers with manual commits.
+
+A consumer handles each message in one database transaction that also records the
+envelope id, commits its offset only after that transaction committed, retries a
+failing handler a bounded number of times and then sends the message to the
+topic's dead-letter topic and carries on. Infrastructure failures (the database or
+Kafka unreachable) are retried without limit instead: they say nothing about the
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cdp_common.db import record_processed, transaction
+from cdp_common.envelope import Envelope, Payload
+from cdp_common.events import DeadLetter, InvalidEvent, UnknownEventType, decode_envelope, make_envelope
+from cdp_common.metrics import (
+    CONSUMER_LAG,
+    DLQ_MESSAGES,
+    HANDLER_DURATION,
+    HANDLER_RETRIES,
+    MESSAGES_CONSUMED,
+)
+from cdp_common.outbox import OutboxMessage
+from cdp_common.settings import PlatformSettings
+from cdp_common.topics import TopicName
+
+logger = logging.getLogger(__name__)
+
+
+class Handler(Protocol):
+    """An event handler: applies one event inside the caller's transaction."""
+
+    async def __call__(self, *, session: AsyncSession, envelope: Envelope[Any]) -> None: ...
+
+
+_INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    ConnectionError,
+    OSError,
+    KafkaError,
+)
+
+
+def create_producer(settings: PlatformSettings, *, client_id: str) -> AIOKafkaProducer:
+    """Create the idempotent producer (acks=all) a service publishes with."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.env}.{client_id}",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        request_timeout_ms=15_000,
+    )
+
+
+class KafkaPublisher:
+    """Publishes messages with the service's producer and waits for every acknowledgement."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    async def publish(self, *, topic: str, key: str, value: bytes) -> None:
+        """Publish one message and wait until Kafka acknowledged it."""
+        await self._producer.send_and_wait(topic, value=value, key=key.encode())
+
+    async def publish_batch(self, messages: Sequence[OutboxMessage]) -> None:
+        """Publish messages in order and wait until Kafka acknowledged all of them."""
+        futures = [await self._producer.send(m.topic, value=m.payload, key=m.key.encode()) for m in messages]
+        await asyncio.gather(*futures)
+
+
+def topic_configs(settings: PlatformSettings, name: TopicName) -> dict[str, str]:
+    """Return the Kafka configuration of a platform topic."""
+    configs = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+    if name.compacted:
+        configs["cleanup.policy"] = "compact"
+    elif name is TopicName.EVENTS:
+        configs["retention.ms"] = str(settings.events_retention_ms)
+    elif name.carries_personal_data:
+        configs["retention.ms"] = str(settings.personal_retention_ms)
+    return configs
+
+
+async def ensure_topics(settings: PlatformSettings, names: Sequence[TopicName]) -> None:
+    """Create the platform topics and their dead-letter topics that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted: list[NewTopic] = []
+        for name in names:
+            for topic in (settings.topic(name), settings.dlq_topic(name)):
+                if topic not in existing:
+                    wanted.append(
+                        NewTopic(
+                            name=topic,
+                            num_partitions=settings.topic_partitions,
+                            replication_factor=settings.topic_replication_factor,
+                            topic_configs=topic_configs(settings, name),
+                        )
+                    )
+        for topic in wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
+    finally:
+        await admin.close()
+
+
+def _topic_name_of(settings: PlatformSettings, topic: str) -> TopicName | None:
+    for name in TopicName:
+        if settings.topic(name) == topic:
+            return name
+    return None
+
+
+class ConsumerRunner:
+    """Consumes platform topics in one group and dispatches typed envelopes to handlers."""
+
+    def __init__(
+        self,
+        *,
+        settings: PlatformSettings,
+        group_id: str,
+        topics: Sequence[TopicName],
+        handlers: Mapping[type[Payload], Handler],
+        session_factory: async_sessionmaker[AsyncSession],
+        publisher: KafkaPublisher,
+        source: str,
+        auto_offset_reset: str = "earliest",
+    ) -> None:
+        self._settings = settings
+        self.group_id = group_id
+        self._topics = [settings.topic(t) for t in topics]
+        self._handlers = dict(handlers)
+        self._session_factory = session_factory
+        self._publisher = publisher
+        self._source = source
+        self._auto_offset_reset = auto_offset_reset
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Join the group and start consuming in the background."""
+        self._consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self._auto_offset_reset,
+            isolation_level="read_committed",
+            max_poll_interval_ms=600_000,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._consume(), name=f"consumer-{self.group_id}")
+
+    async def stop(self) -> None:
+        """Finish the message at hand, commit, and leave the group."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the consume loop is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        timeout_ms = int(self._settings.consumer_poll_timeout_s * 1000)
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if self._stopping.is_set():
+                        break
+                    await self.process(record)
+                    await self._commit(consumer, tp, record.offset + 1)
+            await self._report_lag(consumer)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        try:
+            await consumer.commit({tp: offset})
+        except CommitFailedError:
+            # A rebalance took the partition away; its next owner sees the record
+            # again and skips it through the processed-event record.
+            logger.warning("offset commit failed after a rebalance", extra={"group": self.group_id})
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+
+    async def process(self, record: ConsumerRecord[bytes, bytes]) -> str:
+        """Handle one record to the end (processed, duplicate, skipped or dead-lettered)."""
+        try:
+            envelope = decode_envelope(record.value)
+        except UnknownEventType as exc:
+            MESSAGES_CONSUMED.labels(self.group_id, str(exc), "skipped").inc()
+            return "skipped"
+        except InvalidEvent as exc:
+            await self._dead_letter(record, error=str(exc), attempts=0)
+            MESSAGES_CONSUMED.labels(self.group_id, "invalid", "dead_lettered").inc()
+            return "dead_lettered"
+        handler = self._handlers.get(type(envelope.data))
+        if handler is None:
+            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, "skipped").inc()
+            return "skipped"
+        outcome = await self._handle_with_retries(record, envelope, handler)
+        MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
+        return outcome
+
+    async def _handle_with_retries(
+        self, record: ConsumerRecord[bytes, bytes], envelope: Envelope[Any], handler: Handler
+    ) -> str:
+        attempts = 0
+        infrastructure_failures = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                async with transaction(self._session_factory) as session:
+                    if not await record_processed(
+                        session=session, consumer=self.group_id, event_id=envelope.id
+                    ):
+                        return "duplicate"
+                    await handler(session=session, envelope=envelope)
+                HANDLER_DURATION.labels(self.group_id, envelope.type).observe(time.perf_counter() - started)
+                return "processed"
+            except _INFRASTRUCTURE_ERRORS as exc:
+                infrastructure_failures += 1
+                delay = min(self._settings.consumer_retry_backoff_s * 2**infrastructure_failures, 10.0)
+                logger.warning(
+                    "infrastructure unavailable; retrying",
+                    extra={"group": self.group_id, "event_id": envelope.id, "error": type(exc).__name__},
+                )
+                if self._stopping.is_set():
+                    raise
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                attempts += 1
+                if attempts > self._settings.consumer_max_retries:
+                    logger.exception(
+                        "handler failed; sending to the DLQ",
+                        extra={"group": self.group_id, "event_id": envelope.id},
+                    )
+                    await self._dead_letter(record, error=f"{type(exc).__name__}: {exc}", attempts=attempts)
+                    return "dead_lettered"
+                HANDLER_RETRIES.labels(self.group_id).inc()
+                await asyncio.sleep(self._settings.consumer_retry_backoff_s * 2 ** (attempts - 1))
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], *, error: str, attempts: int) -> None:
+        name = _topic_name_of(self._settings, record.topic)
+        dlq = self._settings.dlq_topic(name) if name is not None else f"{record.topic}.dlq"
+        raw = record.value or b""
+        try:
+            value = raw.decode()
+        except UnicodeDecodeError:
+            value = "base64:" + base64.b64encode(raw).decode()
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        envelope = make_envelope(
+            payload=DeadLetter(
+                group_id=self.group_id,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=key,
+                value=value,
+                error=error[:4000],
+                attempts=attempts,
+            ),
+            source=self._source,
+            subject=key or f"{record.topic}:{record.partition}:{record.offset}",
+        )
+        while True:
+            try:
+                await self._publisher.publish(topic=dlq, key=envelope.subject, value=envelope.to_bytes())
+                break
+            except KafkaError:
+                if self._stopping.is_set():
+                    raise
+                logger.warning("dead-letter topic unavailable; retrying", extra={"group": self.group_id})
+                await asyncio.sleep(1.0)
+        DLQ_MESSAGES.labels(self.group_id, dlq).inc()

@@ -1,0 +1,52 @@
+"""Prometheus objects shared by every service, under the same names everywhere."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONSUMER_LAG = Gauge(
+    "cdp_consumer_lag_messages",
+    "Messages in a partition not yet processed by the consumer group.",
+    ["group", "topic", "partition"],
+)
+HANDLER_DURATION = Histogram(
+    "cdp_handler_duration_seconds",
+    "Time to process one message, database transaction included.",
+    ["group", "type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+MESSAGES_CONSUMED = Counter(
+    "cdp_messages_consumed_total",
+    "Messages a consumer finished with, by outcome (processed, duplicate, skipped, dead_lettered).",
+    ["group", "type", "outcome"],
+)
+HANDLER_RETRIES = Counter(
+    "cdp_handler_retries_total",
+    "Retries of a failed handler before success or dead-lettering.",
+    ["group"],
+)
+DLQ_MESSAGES = Counter(
+    "cdp_dlq_messages_total",
+    "Messages sent to a dead-letter topic.",
+    ["group", "topic"],
+)
+OUTBOX_BACKLOG = Gauge(
+    "cdp_outbox_backlog_messages",
+    "Outbox rows written but not yet published.",
+    ["service"],
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "cdp_outbox_oldest_age_seconds",
+    "Age of the oldest unpublished outbox row (0 when empty).",
+    ["service"],
+)
+OUTBOX_PUBLISHED = Counter(
+    "cdp_outbox_published_total",
+    "Outbox rows published to Kafka.",
+    ["service", "topic"],
+)
+OUTBOX_LEADER = Gauge(
+    "cdp_outbox_relay_leader",
+    "1 when this process holds the service's relay lock.",
+    ["service"],
+)

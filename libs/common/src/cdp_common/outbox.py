@@ -1,0 +1,208 @@
+"""The transactional outbox: rows written with the change, published by one relay.
+
+Writers take a transaction-scoped advisory lock before inserting, so row ids are
+handed out in commit order and the relay, reading in id order, publishes in
+commit order. One relay per service is active at a time: it holds a session-level
+advisory lock on the connection it does all its work on, so if that connection
+dies the lock goes with it and the relay stops publishing. A row is marked
+published only after Kafka acknowledged it, so it is published at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from cdp_common.db import outbox_table
+from cdp_common.envelope import Envelope
+from cdp_common.metrics import OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
+
+logger = logging.getLogger(__name__)
+
+_WRITE_LOCK_AND_NOTIFY = sa.text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0)),"
+    " pg_notify('cdp_outbox_' || current_schema(), '')"
+)
+_RELAY_LOCK = sa.text(
+    "SELECT pg_try_advisory_lock(hashtextextended('cdp-outbox-relay:' || current_schema(), 0))"
+)
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One row of the outbox, ready to publish."""
+
+    id: int
+    topic: str
+    key: str
+    payload: bytes
+
+
+class Publisher(Protocol):
+    """Publishes messages to Kafka in order and returns once all are acknowledged."""
+
+    async def publish_batch(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+
+def notify_channel(schema: str) -> str:
+    """Return the LISTEN/NOTIFY channel that wakes a service's relay."""
+    return f"cdp_outbox_{schema}"
+
+
+async def add_to_outbox(*, session: AsyncSession, topic: str, envelope: Envelope[Any]) -> None:
+    """Write an envelope to the outbox in the caller's transaction."""
+    await session.execute(_WRITE_LOCK_AND_NOTIFY)
+    await session.execute(
+        outbox_table.insert().values(
+            topic=topic, key=envelope.subject, event_id=envelope.id, payload=envelope.to_bytes()
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes a service's outbox rows in commit order while it holds the relay lock."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        service: str,
+        batch_size: int = 500,
+        idle_wait_s: float = 1.0,
+        retention_s: float = 3600.0,
+    ) -> None:
+        self._engine = engine
+        self._publisher = publisher
+        self._service = service
+        self._batch_size = batch_size
+        self._idle_wait_s = idle_wait_s
+        self._retention_s = retention_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.is_leader = False
+
+    def start(self) -> None:
+        """Run the relay in the background."""
+        self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self._service}")
+
+    async def stop(self) -> None:
+        """Stop the relay and release its lock."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run(self) -> None:
+        """Take the lead when the lock is free and publish until cancelled."""
+        while True:
+            try:
+                async with self._engine.connect() as conn:
+                    await self._lead(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("outbox relay failed; retrying", extra={"service": self._service})
+            finally:
+                self._set_leader(False)
+            await asyncio.sleep(self._idle_wait_s)
+
+    def _set_leader(self, leader: bool) -> None:
+        self.is_leader = leader
+        OUTBOX_LEADER.labels(self._service).set(1 if leader else 0)
+
+    async def _lead(self, conn: AsyncConnection) -> None:
+        while not await self._try_lock(conn):
+            await asyncio.sleep(self._idle_wait_s)
+        self._set_leader(True)
+        logger.info("outbox relay is leader", extra={"service": self._service})
+        try:
+            await self._listen(conn)
+            last_cleanup = 0.0
+            while True:
+                published = await self.publish_pending(conn)
+                if published:
+                    continue
+                await self._report_backlog(conn)
+                if time.monotonic() - last_cleanup > 60:
+                    await self._delete_old(conn)
+                    last_cleanup = time.monotonic()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._idle_wait_s)
+        finally:
+            # Closing the connection for real releases the lock and the listener; a
+            # pooled connection would keep both alive.
+            await asyncio.shield(conn.invalidate())
+
+    async def _try_lock(self, conn: AsyncConnection) -> bool:
+        async with conn.begin():
+            return bool((await conn.execute(_RELAY_LOCK)).scalar_one())
+
+    async def _listen(self, conn: AsyncConnection) -> None:
+        async with conn.begin():
+            schema = (await conn.execute(sa.text("SELECT current_schema()"))).scalar_one()
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if driver is not None:
+            await driver.add_listener(notify_channel(schema), lambda *_: self._wake.set())
+
+    async def publish_pending(self, conn: AsyncConnection) -> int:
+        """Publish one batch of unpublished rows in id order and mark them; return how many."""
+        async with conn.begin():
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload
+                    )
+                    .where(outbox_table.c.published_at.is_(None))
+                    .order_by(outbox_table.c.id)
+                    .limit(self._batch_size)
+                )
+            ).all()
+        if not rows:
+            return 0
+        messages = [OutboxMessage(id=r.id, topic=r.topic, key=r.key, payload=r.payload) for r in rows]
+        await self._publisher.publish_batch(messages)
+        async with conn.begin():
+            await conn.execute(
+                outbox_table.update()
+                .where(outbox_table.c.id.in_([m.id for m in messages]))
+                .values(published_at=sa.func.now())
+            )
+        for message in messages:
+            OUTBOX_PUBLISHED.labels(self._service, message.topic).inc()
+        return len(messages)
+
+    async def _report_backlog(self, conn: AsyncConnection) -> None:
+        async with conn.begin():
+            row = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.count(),
+                        sa.func.coalesce(
+                            sa.func.extract("epoch", sa.func.now() - sa.func.min(outbox_table.c.created_at)),
+                            0,
+                        ),
+                    ).where(outbox_table.c.published_at.is_(None))
+                )
+            ).one()
+        OUTBOX_BACKLOG.labels(self._service).set(row[0])
+        OUTBOX_OLDEST_AGE.labels(self._service).set(float(row[1]))
+
+    async def _delete_old(self, conn: AsyncConnection) -> None:
+        async with conn.begin():
+            await conn.execute(
+                outbox_table.delete().where(
+                    outbox_table.c.published_at
+                    < sa.func.now() - sa.text(f"interval '{int(self._retention_s)} seconds'")
+                )
+            )

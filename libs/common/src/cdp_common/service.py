@@ -1,0 +1,188 @@
+"""What every service process runs: engine, migrations, topics, producer, consumers, relay,
+and the FastAPI app with health, readiness, metrics and the contract's error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cdp_common.auth import apply_token_created, apply_token_revoked
+from cdp_common.db import create_engine, create_session_factory
+from cdp_common.envelope import Payload
+from cdp_common.events import TokenCreated, TokenRevoked
+from cdp_common.kafka import ConsumerRunner, Handler, KafkaPublisher, create_producer, ensure_topics
+from cdp_common.logs import configure_logging
+from cdp_common.migrations import migrate
+from cdp_common.outbox import OutboxRelay
+from cdp_common.settings import PlatformSettings
+from cdp_common.topics import TopicName
+from cdp_common.web import install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """One consumer group of a service: what it reads and which handler takes each type."""
+
+    purpose: str
+    topics: Sequence[TopicName]
+    handlers: Mapping[type[Payload], Handler]
+
+
+@dataclass
+class ServiceRuntime:
+    """The long-lived resources of one service process, built at start-up."""
+
+    service: str
+    settings: PlatformSettings
+    migrations: Path
+    consumers: Sequence[ConsumerSpec] = ()
+    engine: AsyncEngine = field(init=False)
+    session_factory: async_sessionmaker[AsyncSession] = field(init=False)
+    producer: AIOKafkaProducer = field(init=False)
+    publisher: KafkaPublisher = field(init=False)
+    relay: OutboxRelay = field(init=False)
+    runners: list[ConsumerRunner] = field(init=False, default_factory=list)
+
+    async def start(self) -> None:
+        """Connect, migrate, create topics, and start the relay and the consumers."""
+        self.engine = create_engine(
+            database_url=self.settings.database_url, schema=self.service, pool_size=self.settings.db_pool_size
+        )
+        self.session_factory = create_session_factory(self.engine)
+        if self.settings.migrate_on_start:
+            await migrate(engine=self.engine, schema=self.service, script_location=self.migrations)
+        await ensure_topics(self.settings, list(TopicName))
+        self.producer = create_producer(self.settings, client_id=self.service)
+        await self.producer.start()
+        self.publisher = KafkaPublisher(self.producer)
+        self.relay = OutboxRelay(
+            engine=self.engine,
+            publisher=self.publisher,
+            service=self.service,
+            batch_size=self.settings.outbox_batch_size,
+        )
+        self.relay.start()
+        tokens = ConsumerSpec(
+            purpose="tokens",
+            topics=[TopicName.TOKENS],
+            handlers={TokenCreated: apply_token_created, TokenRevoked: apply_token_revoked},
+        )
+        for spec in (tokens, *self.consumers):
+            runner = ConsumerRunner(
+                settings=self.settings,
+                group_id=self.settings.group_id(self.service, spec.purpose),
+                topics=spec.topics,
+                handlers=spec.handlers,
+                session_factory=self.session_factory,
+                publisher=self.publisher,
+                source=self.service,
+            )
+            await runner.start()
+            self.runners.append(runner)
+        logger.info("service started", extra={"env": self.settings.env})
+
+    async def stop(self) -> None:
+        """Stop consumers first, then the relay, the producer and the engine."""
+        await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
+        await self.relay.stop()
+        await self.producer.stop()
+        await self.engine.dispose()
+
+    async def readiness(self) -> dict[str, str]:
+        """Check the database, Kafka and the consumers; return a problem per failing part."""
+        problems: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                async with self.engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            problems["database"] = type(exc).__name__
+        try:
+            async with asyncio.timeout(2):
+                await self.producer.client.fetch_all_metadata()
+        except Exception as exc:
+            problems["kafka"] = type(exc).__name__
+        for runner in self.runners:
+            if not runner.running:
+                problems[f"consumer:{runner.group_id}"] = "stopped"
+        return problems
+
+
+def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """Return the service's session factory."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.runtime.session_factory
+    return factory
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """Yield a session in a transaction that commits when the request handler returns."""
+    async with get_session_factory(request)() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def _operations_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        problems = await request.app.state.runtime.readiness()
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def build_app(
+    *, runtime: ServiceRuntime, routers: Sequence[APIRouter], title: str, **fastapi_args: Any
+) -> FastAPI:
+    """Create a service's app: lifespan around the runtime, operations routes, error bodies."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(service=runtime.service, level=runtime.settings.log_level)
+        app.state.runtime = runtime
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan, **fastapi_args)
+    install_error_handlers(app)
+    app.include_router(_operations_router())
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def serve(app: FastAPI, *, host: str, port: int) -> None:
+    """Run an app with uvicorn in this process."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, proxy_headers=False)

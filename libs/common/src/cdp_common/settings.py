@@ -1,0 +1,57 @@
+"""Settings every service shares; a service's Settings class extends PlatformSettings."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cdp_common.topics import TopicName
+
+
+class PlatformSettings(BaseSettings):
+    """Connection and platform-wide settings, read from `CDP_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CDP_", extra="ignore", frozen=True)
+
+    env: str = Field(default="dev", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://cdp:cdp@127.0.0.1:5432/cdp_dev"
+    admin_token: SecretStr = SecretStr("")
+    hash_key: SecretStr = SecretStr("dev-only-hash-key")
+    host: str = "127.0.0.1"
+
+    topic_partitions: int = Field(default=6, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_min_insync_replicas: int = Field(default=1, ge=1)
+    events_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+    personal_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+
+    consumer_max_retries: int = Field(default=3, ge=0)
+    consumer_retry_backoff_s: float = Field(default=0.2, ge=0)
+    consumer_poll_timeout_s: float = Field(default=0.5, gt=0)
+    outbox_poll_interval_s: float = Field(default=0.05, gt=0)
+    outbox_batch_size: int = Field(default=500, ge=1)
+    migrate_on_start: bool = True
+    db_pool_size: int = Field(default=10, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_asyncpg(cls, value: str) -> str:
+        """Accept plain postgresql:// URLs and use the asyncpg driver."""
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        return value
+
+    def topic(self, name: TopicName) -> str:
+        """Return the environment's name for a platform topic."""
+        return f"{self.env}.{name.value}"
+
+    def dlq_topic(self, name: TopicName) -> str:
+        """Return the environment's dead-letter topic for a platform topic."""
+        return f"{self.env}.{name.dlq}"
+
+    def group_id(self, service: str, purpose: str) -> str:
+        """Return the environment's consumer group id for one consumer of a service."""
+        return f"{self.env}.{service}.{purpose}"

@@ -1,0 +1,259 @@
+"""Pytest plugin: fixtures for the real Kafka broker and the real PostgreSQL.
+
+Every test session gets its own `CDP_ENV` (so its own topics, consumer groups and
+database) and removes them at the end, so tests never share state with a running
+stack or with each other's sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from cdp_common.envelope import Envelope
+from cdp_common.events import InvalidEvent, UnknownEventType, decode_envelope
+from cdp_common.settings import PlatformSettings
+
+T = TypeVar("T")
+
+DEFAULT_KAFKA = "127.0.0.1:9092"
+DEFAULT_ADMIN_DATABASE_URL = "postgresql://cdp:cdp@127.0.0.1:5432/postgres"
+
+
+def _require_port(address: str, what: str) -> None:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return
+    except OSError:
+        pytest.fail(f"{what} is not reachable at {address}: start it with `make infra`", pytrace=False)
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "a condition",
+) -> T:
+    """Poll an async probe until it returns something truthy, or fail after a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class PlatformUnderTest:
+    """The isolated environment of one test session."""
+
+    env: str
+    kafka_bootstrap: str
+    database_url: str
+    admin_token: str
+    hash_key: str
+
+    def environ(self) -> dict[str, str]:
+        """Return the CDP_* environment variables a service of this session runs with."""
+        return {
+            "CDP_ENV": self.env,
+            "CDP_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "CDP_DATABASE_URL": self.database_url,
+            "CDP_ADMIN_TOKEN": self.admin_token,
+            "CDP_HASH_KEY": self.hash_key,
+            "CDP_TOPIC_PARTITIONS": "2",
+            "CDP_CONSUMER_RETRY_BACKOFF_S": "0.05",
+        }
+
+    def settings(self, cls: type[PlatformSettings] = PlatformSettings, **overrides: Any) -> PlatformSettings:
+        """Build settings of a class for this session, with overrides."""
+        values: dict[str, Any] = {
+            "env": self.env,
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "database_url": self.database_url,
+            "admin_token": self.admin_token,
+            "hash_key": self.hash_key,
+            "topic_partitions": 2,
+            "consumer_retry_backoff_s": 0.05,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@pytest.fixture(scope="session")
+def platform() -> Iterator[PlatformUnderTest]:
+    """Create a session-private environment: a database and a topic prefix; remove both after."""
+    kafka = os.environ.get("CDP_TEST_KAFKA_BOOTSTRAP", DEFAULT_KAFKA)
+    admin_url = os.environ.get("CDP_TEST_DATABASE_URL", DEFAULT_ADMIN_DATABASE_URL)
+    _require_port(kafka, "Kafka")
+    host_port = admin_url.split("@", 1)[1].split("/", 1)[0]
+    _require_port(host_port, "PostgreSQL")
+    env = "t" + secrets.token_hex(5)
+    database = f"cdp_{env}"
+    server_url = admin_url.rsplit("/", 1)[0]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        await admin.start()
+        try:
+            mine = [t for t in await admin.list_topics() if t.startswith(f"{env}.")]
+            if mine:
+                await admin.delete_topics(mine)
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    try:
+        yield PlatformUnderTest(
+            env=env,
+            kafka_bootstrap=kafka,
+            database_url=f"{server_url}/{database}",
+            admin_token="cdp_admin_" + secrets.token_hex(16),
+            hash_key=secrets.token_hex(16),
+        )
+    finally:
+        asyncio.run(drop())
+
+
+@asynccontextmanager
+async def rolled_back_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """Yield a session whose work, commits included, is rolled back at the end."""
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            await session.close()
+            await outer.rollback()
+
+
+async def read_topic(
+    *,
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[Envelope[Any]]], bool],
+    timeout: float = 30.0,
+) -> list[Envelope[Any]]:
+    """Read a topic from its start until `until` holds for the envelopes read so far."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    envelopes: list[Envelope[Any]] = []
+    try:
+        partitions: set[int] | None = None
+        deadline = time.monotonic() + timeout
+        while not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {topic} does not exist")
+                await asyncio.sleep(0.2)
+        assignment = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        while not until(envelopes):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s reading {topic}; read {len(envelopes)}")
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        envelopes.append(decode_envelope(record.value))
+                    except (InvalidEvent, UnknownEventType):
+                        continue
+    finally:
+        await consumer.stop()
+    return envelopes
+
+
+@dataclass
+class ServiceProcess:
+    """One service running as its own process, as `make up` runs it."""
+
+    name: str
+    port: int
+    environ: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None)
+
+    @property
+    def url(self) -> str:
+        """Base URL of the service's HTTP API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the process with its log in a file."""
+        env = {**os.environ, **self.environ, f"CDP_{self.name.upper()}_PORT": str(self.port)}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", f"cdp_{self.name}"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until /readyz answers 200, failing early if the process died."""
+
+        async def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                async with httpx.AsyncClient(timeout=2) as client:
+                    return (await client.get(f"{self.url}/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_for(ready, timeout=timeout, interval=0.3, what=f"{self.name} to be ready")
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the process (SIGTERM, or SIGKILL to simulate a crash) and reap it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
