@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
+from fastapi import APIRouter, Depends, Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cdp_common.auth import Principal, require_scope
+from cdp_common.deps import SessionDep
 from cdp_common.envelope import Envelope
 from cdp_common.events import PrivacyReceipt, ProfileErased, make_envelope
 from cdp_common.kafka import Handler
 from cdp_common.outbox import add_to_outbox
+from cdp_common.web import ApiError
 
 
 class EraseProfiles(Protocol):
@@ -37,3 +41,27 @@ def erasure_handler(*, service: str, privacy_topic: str, erase: EraseProfiles) -
         await add_to_outbox(session=session, topic=privacy_topic, envelope=receipt)
 
     return handle_profile_erased
+
+
+class ExportProfile(Protocol):
+    """A service's own export: what it holds about one profile, or None."""
+
+    def __call__(self, *, session: AsyncSession, profile_id: str) -> Awaitable[dict[str, Any] | None]: ...
+
+
+def access_router(*, service: str, export: ExportProfile) -> APIRouter:
+    """Return the route that serves this service's part of a person's data (GDPR Art. 15)."""
+    router = APIRouter(tags=["privacy"])
+
+    @router.get("/v1/privacy/profiles/{profile_id}")
+    async def export_profile_data(
+        profile_id: Annotated[str, Path(min_length=1, max_length=200)],
+        session: SessionDep,
+        _: Annotated[Principal, Depends(require_scope("privacy:admin"))],
+    ) -> dict[str, Any]:
+        data = await export(session=session, profile_id=profile_id)
+        if data is None:
+            raise ApiError(status=404, code="not_found", message=f"{service} holds nothing for this profile")
+        return {"service": service, "profile_id": profile_id, "data": data}
+
+    return router

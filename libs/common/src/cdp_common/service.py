@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -120,21 +120,6 @@ class ServiceRuntime:
             if not runner.running:
                 problems[f"consumer:{runner.group_id}"] = "stopped"
         return problems
-
-
-def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
-    """Return the service's session factory."""
-    factory: async_sessionmaker[AsyncSession] = request.app.state.runtime.session_factory
-    return factory
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """Yield a session in a transaction that commits when the request handler returns."""
-    async with get_session_factory(request)() as session, session.begin():
-        yield session
-
-
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 def _operations_router() -> APIRouter:

@@ -11,7 +11,7 @@ from cdp_common.topics import TopicName
 class PlatformSettings(BaseSettings):
     """Connection and platform-wide settings, read from `CDP_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="CDP_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="CDP_", extra="ignore", frozen=True, populate_by_name=True)
 
     env: str = Field(default="dev", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
     kafka_bootstrap: str = "127.0.0.1:9092"

@@ -96,7 +96,12 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(
-            ApiError(status=exc.status_code, code=code, message=str(exc.detail), headers=dict(exc.headers) if exc.headers else None)
+            ApiError(
+                status=exc.status_code,
+                code=code,
+                message=str(exc.detail),
+                headers=dict(exc.headers) if exc.headers else None,
+            )
         )
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:

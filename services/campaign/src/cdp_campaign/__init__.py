@@ -1,0 +1,1 @@
+"""The campaign service: campaigns and journeys on segments, with holdouts."""

@@ -1,0 +1,1 @@
+"""The consent service: consent ledger, opt-ins, suppression and privacy requests."""

@@ -1,0 +1,1 @@
+"""The segment service: segment definitions and real-time membership."""

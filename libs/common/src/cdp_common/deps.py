@@ -1,0 +1,24 @@
+"""FastAPI dependencies every service's routers use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+
+def get_session_factory(request: Request) -> async_sessionmaker[AsyncSession]:
+    """Return the service's session factory."""
+    factory: async_sessionmaker[AsyncSession] = request.app.state.runtime.session_factory
+    return factory
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """Yield a session in a transaction that commits when the request handler returns."""
+    async with get_session_factory(request)() as session, session.begin():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]

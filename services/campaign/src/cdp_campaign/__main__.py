@@ -1,0 +1,5 @@
+"""Run the campaign service: `python -m cdp_campaign`."""
+
+from cdp_campaign.main import main
+
+main()

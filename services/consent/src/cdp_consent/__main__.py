@@ -1,0 +1,5 @@
+"""Run the consent service: `python -m cdp_consent`."""
+
+from cdp_consent.main import main
+
+main()
