@@ -166,8 +166,13 @@ tail_log() {
   fi
 }
 
-# group_alive PGID: any process left in the process group.
-group_alive() { pgrep -g "$1" >/dev/null 2>&1; }
+# group_alive PGID: any live (not zombie) process left in the process group.
+group_alive() {
+  local pids
+  pids="$(pgrep -g "$1" 2>/dev/null | paste -sd, -)" || return 1
+  [[ -n "$pids" ]] || return 1
+  ps -o stat= -p "$pids" 2>/dev/null | grep -qv '^Z'
+}
 
 # stop_proc NAME PATTERN TIMEOUT: SIGTERM the process group, wait up to TIMEOUT
 # seconds, then SIGKILL it.

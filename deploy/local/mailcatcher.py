@@ -61,12 +61,7 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         path = self.maildir.write(envelope)
-        log.info(
-            "caught message from %s to %d recipient(s): %s",
-            envelope.mail_from,
-            len(envelope.rcpt_tos),
-            path.name,
-        )
+        log.info("caught a message for %d recipient(s): %s", len(envelope.rcpt_tos), path.name)
         return "250 Message accepted for delivery"
 
 
@@ -107,6 +102,8 @@ def main() -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # aiosmtpd logs every SMTP command (with addresses) at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     asyncio.run(serve(args.host, args.port, args.dir.resolve()))
 
 
