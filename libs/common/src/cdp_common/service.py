@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ class ServiceRuntime:
     settings: PlatformSettings
     migrations: Path
     consumers: Sequence[ConsumerSpec] = ()
+    on_start: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
     engine: AsyncEngine = field(init=False)
     session_factory: async_sessionmaker[AsyncSession] = field(init=False)
     producer: AIOKafkaProducer = field(init=False)
@@ -93,6 +94,8 @@ class ServiceRuntime:
             )
             await runner.start()
             self.runners.append(runner)
+        for hook in self.on_start:
+            await hook(self)
         logger.info("service started", extra={"env": self.settings.env})
 
     async def stop(self) -> None:

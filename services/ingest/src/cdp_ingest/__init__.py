@@ -1,0 +1,1 @@
+"""The ingest service: the Segment-compatible tracking API, sources, write keys and API tokens."""

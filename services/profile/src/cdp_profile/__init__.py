@@ -1,0 +1,1 @@
+"""The profile service: identity resolution, unified profiles, traits with provenance."""

@@ -1,0 +1,5 @@
+"""Alembic environment of the ingest service."""
+
+from cdp_common.migrations import run_alembic_env
+
+run_alembic_env()

@@ -1,0 +1,45 @@
+"""Builds the ingest service: the app, its lifespan, the default source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdp_common.db import transaction
+from cdp_common.service import ServiceRuntime, build_app, serve
+from fastapi import FastAPI
+
+from cdp_ingest import handlers
+from cdp_ingest.api import routers
+from cdp_ingest.consumer import SERVICE, consumer_specs
+from cdp_ingest.settings import Settings
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Create the ingest service's app; resources are built in its lifespan."""
+
+    async def prepare(runtime: ServiceRuntime) -> None:
+        app.state.write_keys = handlers.WriteKeys(
+            session_factory=runtime.session_factory, ttl_s=settings.write_key_cache_s
+        )
+        default_key = settings.default_write_key.get_secret_value()
+        if default_key:
+            async with transaction(runtime.session_factory) as session:
+                await handlers.create_source(session=session, name="default", write_key=default_key)
+
+    runtime = ServiceRuntime(
+        service=SERVICE,
+        settings=settings,
+        migrations=MIGRATIONS,
+        consumers=consumer_specs(settings),
+        on_start=[prepare],
+    )
+    app = build_app(runtime=runtime, routers=routers, title="CDP ingest service")
+    return app
+
+
+def main() -> None:
+    """Run the service with uvicorn."""
+    settings = Settings()
+    serve(create_app(settings), host=settings.host, port=settings.port)

@@ -1,0 +1,1 @@
+"""Pure domain logic of the profile service: identifiers and trait precedence."""
