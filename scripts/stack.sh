@@ -10,6 +10,8 @@
 #   scripts/stack.sh status    what runs, and the readiness of each service
 #   scripts/stack.sh env-keys SERVICE
 #                              the environment variable names a service is given
+#   scripts/stack.sh uv ARGS...
+#                              run uv (installed first when missing)
 #
 # Every subcommand is idempotent. State lives under .run/ (logs in .run/logs,
 # pid files in .run/pids, caught mail in .run/mail).
@@ -721,12 +723,12 @@ cmd_status() {
 cmd_env_keys() {
   local name="${1:-}"
   [[ -n "$name" && -n "${SERVICE_PORTS[$name]:-}" ]] ||
-    die "usage: $0 env-keys {${SERVICES[*]// /|}}"
+    die "usage: $0 env-keys {$(IFS="|"; echo "${SERVICES[*]}")}"
   service_env_keys "$name"
 }
 
 usage() {
-  sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -739,6 +741,10 @@ main() {
   down) cmd_down ;;
   status) cmd_status ;;
   env-keys) cmd_env_keys "$@" ;;
+  uv)
+    install_uv >&2
+    exec "$UV_BIN" "$@"
+    ;;
   -h | --help | help) usage ;;
   *)
     usage >&2
