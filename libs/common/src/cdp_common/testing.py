@@ -138,7 +138,7 @@ def platform() -> Iterator[PlatformUnderTest]:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
         await admin.start()
         try:
-            mine = [t for t in await admin.list_topics() if t.startswith(f"{env}.")]
+            mine = [t for t in await admin.list_topics() if t.startswith(env)]
             if mine:
                 await admin.delete_topics(mine)
         finally:
@@ -257,3 +257,13 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+_counter = 0
+
+
+def unique_env(platform: PlatformUnderTest) -> str:
+    """Return an environment name of this session that no other test uses (own topics, groups)."""
+    global _counter
+    _counter += 1
+    return f"{platform.env}-{_counter}"

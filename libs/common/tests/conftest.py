@@ -1,0 +1,37 @@
+"""Fixtures for the common library's tests: a private schema per test on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from cdp_common.db import create_engine, platform_metadata
+from cdp_common.testing import PlatformUnderTest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+effects_metadata = sa.MetaData()
+effects = sa.Table(
+    "effects",
+    effects_metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("token_id", sa.Text, nullable=False),
+)
+
+
+@pytest.fixture
+async def schema_engine(platform: PlatformUnderTest) -> AsyncIterator[AsyncEngine]:
+    """An engine bound to a fresh schema holding the platform tables and an effects table."""
+    schema = "s_" + secrets.token_hex(6)
+    engine = create_engine(database_url=platform.settings().database_url, schema=schema, pool_size=5)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    async with engine.begin() as conn:
+        await conn.run_sync(platform_metadata.create_all)
+        await conn.run_sync(effects_metadata.create_all)
+    yield engine
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    await engine.dispose()

@@ -1,0 +1,166 @@
+"""The consumer runner against the real Kafka and PostgreSQL: exactly-once effects, DLQ, skipping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from cdp_common.db import create_session_factory
+from cdp_common.envelope import Envelope
+from cdp_common.events import DeadLetter, TokenRevoked, make_envelope
+from cdp_common.kafka import ConsumerRunner, KafkaPublisher, create_producer, ensure_topics
+from cdp_common.settings import PlatformSettings
+from cdp_common.testing import PlatformUnderTest, read_topic, unique_env, wait_for
+from cdp_common.topics import TopicName
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from ..conftest import effects
+
+pytestmark = pytest.mark.integration
+
+
+async def record_effect(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+    """A handler that is not idempotent by itself: it appends a row per call."""
+    data: TokenRevoked = envelope.data
+    if data.token_id.startswith("poison"):
+        raise ValueError("this token id always fails")
+    await session.execute(effects.insert().values(event_id=envelope.id, token_id=data.token_id))
+
+
+@pytest.fixture
+async def settings(platform: PlatformUnderTest) -> PlatformSettings:
+    settings = platform.settings(env=unique_env(platform), consumer_max_retries=2)
+    await ensure_topics(settings, [TopicName.TOKENS])
+    return settings
+
+
+@pytest.fixture
+async def producer(settings: PlatformSettings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = create_producer(settings, client_id="consumer-test")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+def make_runner(
+    settings: PlatformSettings, engine: AsyncEngine, producer: AIOKafkaProducer
+) -> ConsumerRunner:
+    return ConsumerRunner(
+        settings=settings,
+        group_id=settings.group_id("test", "tokens"),
+        topics=[TopicName.TOKENS],
+        handlers={TokenRevoked: record_effect},
+        session_factory=create_session_factory(engine),
+        publisher=KafkaPublisher(producer),
+        source="test",
+    )
+
+
+async def send(producer: AIOKafkaProducer, topic: str, value: bytes, key: str = "k") -> None:
+    await producer.send_and_wait(topic, value=value, key=key.encode())
+
+
+def revoked(token_id: str) -> bytes:
+    return make_envelope(payload=TokenRevoked(token_id=token_id), source="test", subject="k").to_bytes()
+
+
+async def effect_rows(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(sa.select(effects.c.token_id).order_by(effects.c.id))).scalars())
+
+
+async def test_consumer_killed_after_db_commit_before_offset_commit_applies_once(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    topic = settings.topic(TopicName.TOKENS)
+    await send(producer, topic, revoked("once"))
+
+    # The first consumer handles the record (its transaction commits) and dies before
+    # committing the offset: run its processing step alone, never its offset commit.
+    dying = make_runner(settings, schema_engine, producer)
+    reader = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.group_id("test", "probe"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        record = await reader.getone()
+        assert await dying.process(record) == "processed"
+    finally:
+        await reader.stop()
+    assert await effect_rows(schema_engine) == ["once"]
+
+    # Its replacement in the same group gets the record again and must not apply it twice.
+    replacement = make_runner(settings, schema_engine, producer)
+    await replacement.start()
+    try:
+        await send(producer, topic, revoked("next"))
+        await wait_for(lambda: _has(schema_engine, "next"), what="the replacement to catch up")
+        assert await effect_rows(schema_engine) == ["once", "next"]
+    finally:
+        await replacement.stop()
+
+
+async def _has(engine: AsyncEngine, token_id: str) -> bool:
+    return token_id in await effect_rows(engine)
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    topic = settings.topic(TopicName.TOKENS)
+    await send(producer, topic, b"{not json")
+    await send(producer, topic, revoked("poison-1"))
+    await send(producer, topic, b'{"id": "x", "type": "cdp.token.revoked.v1"}')
+    unknown = make_envelope(payload=TokenRevoked(token_id="u"), source="test", subject="k").model_copy(
+        update={"type": "cdp.something.new.v7"}
+    )
+    await send(producer, topic, unknown.to_bytes())
+    await send(producer, topic, revoked("good"))
+
+    runner = make_runner(settings, schema_engine, producer)
+    await runner.start()
+    try:
+        await wait_for(lambda: _has(schema_engine, "good"), what="the good message after the poison ones")
+        dead = await read_topic(
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.dlq_topic(TopicName.TOKENS),
+            until=lambda e: len(e) >= 3,
+        )
+    finally:
+        await runner.stop()
+    letters = [e.data for e in dead]
+    assert all(isinstance(letter, DeadLetter) for letter in letters)
+    by_value = {letter.value: letter for letter in letters}
+    assert "not JSON" in by_value["{not json"].error
+    handler_failure = next(letter for letter in letters if "poison-1" in letter.value)
+    assert "ValueError: this token id always fails" in handler_failure.error
+    assert handler_failure.attempts == settings.consumer_max_retries + 1
+    assert handler_failure.topic == topic
+    assert any("not an envelope" in letter.error for letter in letters)
+    # The unknown type is skipped, not dead-lettered, and nothing else was applied.
+    assert len(letters) == 3
+    assert await effect_rows(schema_engine) == ["good"]
+
+
+async def test_a_redelivered_event_changes_nothing(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    topic = settings.topic(TopicName.TOKENS)
+    envelope = make_envelope(payload=TokenRevoked(token_id="dup"), source="test", subject="k")
+    await send(producer, topic, envelope.to_bytes())
+    await send(producer, topic, envelope.to_bytes())
+    await send(producer, topic, revoked("end"))
+    runner = make_runner(settings, schema_engine, producer)
+    await runner.start()
+    try:
+        await wait_for(lambda: _has(schema_engine, "end"), what="the last message")
+    finally:
+        await runner.stop()
+    assert await effect_rows(schema_engine) == ["dup", "end"]
