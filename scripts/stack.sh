@@ -659,6 +659,13 @@ cmd_up() {
 
 cmd_down() {
   local name
+  # Ask every service to stop at once, then wait for each.
+  for name in "${SERVICES[@]}"; do
+    if running "$name" "$(service_pattern "$name")"; then
+      log "stopping $name (pid $(pid_of "$name"))"
+      kill -TERM -- "-$(pid_of "$name")" 2>/dev/null || true
+    fi
+  done
   for name in "${SERVICES[@]}"; do
     stop_proc "$name" "$(service_pattern "$name")" 20
   done
@@ -668,7 +675,21 @@ cmd_down() {
   stop_postgres
   rm -f "$DEV_ENV"
 
-  local left
+  # Whatever still carries this stack's marker (say, a child a crashed service
+  # left behind) gets SIGTERM, then SIGKILL, by pid.
+  local left pid i
+  left="$(marked_pids | tr '\n' ' ')"
+  left="${left% }"
+  if [[ -n "$left" ]]; then
+    warn "stopping leftover processes of the stack: $left"
+    for pid in $left; do kill -TERM "$pid" 2>/dev/null || true; done
+    for ((i = 0; i < 50; i++)); do
+      [[ -z "$(marked_pids)" ]] && break
+      sleep 0.1
+    done
+    for pid in $(marked_pids); do kill -KILL "$pid" 2>/dev/null || true; done
+    sleep 0.2
+  fi
   left="$(marked_pids | tr '\n' ' ')"
   left="${left% }"
   if [[ -n "$left" ]]; then
