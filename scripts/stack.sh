@@ -176,17 +176,17 @@ group_alive() {
   ps -o stat= -p "$pids" 2>/dev/null | grep -qv '^Z'
 }
 
-# stop_proc NAME PATTERN TIMEOUT: SIGTERM the process group, wait up to TIMEOUT
-# seconds, then SIGKILL it.
+# stop_proc NAME PATTERN TIMEOUT [quiet]: SIGTERM the process group, wait up to
+# TIMEOUT seconds, then SIGKILL it.
 stop_proc() {
-  local name="$1" pattern="$2" timeout="$3" pid i
+  local name="$1" pattern="$2" timeout="$3" quiet="${4:-}" pid i
   pid="$(pid_of "$name")" || true
   if [[ -z "$pid" ]]; then
     rm -f "$PIDS/$name.pid"
     return 0
   fi
   if running "$name" "$pattern"; then
-    log "stopping $name (pid $pid)"
+    [[ -n "$quiet" ]] || log "stopping $name (pid $pid)"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < timeout * 10; i++)); do
       group_alive "$pid" || break
@@ -667,7 +667,7 @@ cmd_down() {
     fi
   done
   for name in "${SERVICES[@]}"; do
-    stop_proc "$name" "$(service_pattern "$name")" 20
+    stop_proc "$name" "$(service_pattern "$name")" 20 quiet
   done
   stop_proc mailcatcher "$MAIL_PATTERN" 10
   stop_proc prometheus "$PROMETHEUS_PATTERN" 20
