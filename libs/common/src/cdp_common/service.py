@@ -13,9 +13,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cdp_common.auth import apply_token_created, apply_token_revoked
@@ -31,6 +33,19 @@ from cdp_common.topics import TopicName
 from cdp_common.web import install_error_handlers
 
 logger = logging.getLogger(__name__)
+
+
+async def _retrying(what: str, start: Callable[[], Awaitable[None]], *, attempts: int = 30) -> None:
+    """Run a start-up step, waiting for a dependency that is still coming up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await start()
+            return
+        except (OSError, KafkaError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("%s not reachable yet (%s); retrying", what, type(exc).__name__)
+            await asyncio.sleep(min(0.5 * attempt, 3.0))
 
 
 @dataclass(frozen=True)
@@ -65,10 +80,12 @@ class ServiceRuntime:
         )
         self.session_factory = create_session_factory(self.engine)
         if self.settings.migrate_on_start:
-            await migrate(engine=self.engine, schema=self.service, script_location=self.migrations)
-        await ensure_topics(self.settings, list(TopicName))
-        self.producer = create_producer(self.settings, client_id=self.service)
-        await self.producer.start()
+            await _retrying(
+                "database",
+                lambda: migrate(engine=self.engine, schema=self.service, script_location=self.migrations),
+            )
+        await _retrying("kafka", lambda: ensure_topics(self.settings, list(TopicName)))
+        await _retrying("kafka", self._start_producer)
         self.publisher = KafkaPublisher(self.producer)
         self.relay = OutboxRelay(
             engine=self.engine,
@@ -97,6 +114,15 @@ class ServiceRuntime:
         for hook in self.on_start:
             await hook(self)
         logger.info("service started", extra={"env": self.settings.env})
+
+    async def _start_producer(self) -> None:
+        producer = create_producer(self.settings, client_id=self.service)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self.producer = producer
 
     async def stop(self) -> None:
         """Stop consumers first, then the relay, the producer and the engine."""

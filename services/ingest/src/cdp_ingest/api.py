@@ -42,7 +42,7 @@ async def read_json_body(request: Request, *, limit: int) -> dict[str, Any]:
         if len(body) > limit:
             raise _refuse(413, "payload_too_large", f"the body exceeds {limit} bytes")
     try:
-        document = json.loads(bytes(body))
+        document = json.loads(bytes(body).decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise _refuse(400, "invalid_encoding", "the body is not valid UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -206,9 +206,9 @@ async def revoke_token(
     return token
 
 
-async def _nothing_held(**_: Any) -> dict[str, Any]:
+async def _nothing_held(**_: Any) -> dict[str, Any] | None:
     """Ingest keeps no data per person: events live in Kafka and the profile service."""
-    return {}
+    return None
 
 
 routers = [tracking, admin, access_router(service=handlers.SERVICE, export=_nothing_held)]
