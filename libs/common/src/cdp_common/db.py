@@ -82,3 +82,14 @@ async def record_processed(*, session: AsyncSession, consumer: str, event_id: st
     )
     result = await session.execute(statement)
     return result.first() is not None
+
+
+async def record_processed_many(*, session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
+    """Record many handled events at once; return the ids not seen before."""
+    statement = (
+        postgresql.insert(processed_events_table)
+        .values([{"consumer": consumer, "event_id": event_id} for event_id in dict.fromkeys(event_ids)])
+        .on_conflict_do_nothing()
+        .returning(processed_events_table.c.event_id)
+    )
+    return set((await session.execute(statement)).scalars())

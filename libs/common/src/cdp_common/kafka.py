@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsErr
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cdp_common.db import record_processed, transaction
+from cdp_common.db import record_processed, record_processed_many, transaction
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import DeadLetter, InvalidEvent, UnknownEventType, decode_envelope, make_envelope
 from cdp_common.metrics import (
@@ -193,18 +193,102 @@ class ConsumerRunner:
         consumer = self._consumer
         timeout_ms = int(self._settings.consumer_poll_timeout_s * 1000)
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+            batches = await consumer.getmany(
+                timeout_ms=timeout_ms, max_records=self._settings.consumer_batch_size
+            )
+            done: dict[TopicPartition, int] = {}
             for tp, records in batches.items():
-                for record in records:
-                    if self._stopping.is_set():
-                        break
-                    await self.process(record)
-                    await self._commit(consumer, tp, record.offset + 1)
+                if self._stopping.is_set():
+                    break
+                await self.process_batch(records)
+                done[tp] = records[-1].offset + 1
+            if done:
+                await self._commit(consumer, done)
             await self._report_lag(consumer)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    async def process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Handle records of one partition in order, in one transaction when all succeed.
+
+        When a handler fails, the batch is rolled back and its records are handled one
+        at a time, so only the poison message goes to the DLQ.
+        """
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Envelope[Any], Handler]] = []
+        for record in records:
+            routed = await self._route(record)
+            if routed is not None:
+                decoded.append((record, *routed))
+        if not decoded:
+            return
+        if len(decoded) == 1:
+            record, envelope, handler = decoded[0]
+            outcome = await self._handle_with_retries(record, envelope, handler)
+            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
+            return
+        infrastructure_failures = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                outcomes = await self._apply_together(decoded)
+                break
+            except _INFRASTRUCTURE_ERRORS as exc:
+                infrastructure_failures += 1
+                await self._wait_for_infrastructure(exc, infrastructure_failures, decoded[0][1].id)
+            except Exception:
+                for record, envelope, handler in decoded:
+                    outcome = await self._handle_with_retries(record, envelope, handler)
+                    MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
+                return
+        elapsed = (time.perf_counter() - started) / len(decoded)
+        for (_, envelope, _), outcome in zip(decoded, outcomes, strict=True):
+            if outcome == "processed":
+                HANDLER_DURATION.labels(self.group_id, envelope.type).observe(elapsed)
+            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
+
+    async def _apply_together(
+        self, decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], Envelope[Any], Handler]]
+    ) -> list[str]:
+        outcomes: list[str] = []
+        async with transaction(self._session_factory) as session:
+            fresh = await record_processed_many(
+                session=session, consumer=self.group_id, event_ids=[envelope.id for _, envelope, _ in decoded]
+            )
+            for _, envelope, handler in decoded:
+                if envelope.id in fresh:
+                    fresh.discard(envelope.id)
+                    await handler(session=session, envelope=envelope)
+                    outcomes.append("processed")
+                else:
+                    outcomes.append("duplicate")
+        return outcomes
+
+    async def _route(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope[Any], Handler] | None:
         try:
-            await consumer.commit({tp: offset})
+            envelope = decode_envelope(record.value)
+        except UnknownEventType as exc:
+            MESSAGES_CONSUMED.labels(self.group_id, str(exc), "skipped").inc()
+            return None
+        except InvalidEvent as exc:
+            await self._dead_letter(record, error=str(exc), attempts=0)
+            MESSAGES_CONSUMED.labels(self.group_id, "invalid", "dead_lettered").inc()
+            return None
+        handler = self._handlers.get(type(envelope.data))
+        if handler is None:
+            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, "skipped").inc()
+            return None
+        return envelope, handler
+
+    async def _wait_for_infrastructure(self, exc: BaseException, failures: int, event_id: str) -> None:
+        logger.warning(
+            "infrastructure unavailable; retrying",
+            extra={"group": self.group_id, "event_id": event_id, "error": type(exc).__name__},
+        )
+        if self._stopping.is_set():
+            raise exc
+        await asyncio.sleep(min(self._settings.consumer_retry_backoff_s * 2**failures, 10.0))
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
         except CommitFailedError:
             # A rebalance took the partition away; its next owner sees the record
             # again and skips it through the processed-event record.
@@ -220,19 +304,10 @@ class ConsumerRunner:
 
     async def process(self, record: ConsumerRecord[bytes, bytes]) -> str:
         """Handle one record to the end (processed, duplicate, skipped or dead-lettered)."""
-        try:
-            envelope = decode_envelope(record.value)
-        except UnknownEventType as exc:
-            MESSAGES_CONSUMED.labels(self.group_id, str(exc), "skipped").inc()
-            return "skipped"
-        except InvalidEvent as exc:
-            await self._dead_letter(record, error=str(exc), attempts=0)
-            MESSAGES_CONSUMED.labels(self.group_id, "invalid", "dead_lettered").inc()
-            return "dead_lettered"
-        handler = self._handlers.get(type(envelope.data))
-        if handler is None:
-            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, "skipped").inc()
-            return "skipped"
+        routed = await self._route(record)
+        if routed is None:
+            return "skipped_or_dead_lettered"
+        envelope, handler = routed
         outcome = await self._handle_with_retries(record, envelope, handler)
         MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
         return outcome
@@ -255,14 +330,7 @@ class ConsumerRunner:
                 return "processed"
             except _INFRASTRUCTURE_ERRORS as exc:
                 infrastructure_failures += 1
-                delay = min(self._settings.consumer_retry_backoff_s * 2**infrastructure_failures, 10.0)
-                logger.warning(
-                    "infrastructure unavailable; retrying",
-                    extra={"group": self.group_id, "event_id": envelope.id, "error": type(exc).__name__},
-                )
-                if self._stopping.is_set():
-                    raise
-                await asyncio.sleep(delay)
+                await self._wait_for_infrastructure(exc, infrastructure_failures, envelope.id)
             except Exception as exc:
                 attempts += 1
                 if attempts > self._settings.consumer_max_retries:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdp_common.events import TrackingEventReceived
+from cdp_common.identifiers import normalise_identifier
 
 
 @dataclass(frozen=True, order=True)
@@ -29,10 +30,7 @@ def parse_ref(ref: str) -> IdentifierKey | None:
 
 def normalise(kind: str, value: str) -> str:
     """Normalise an identifier value for matching."""
-    value = value.strip()
-    if kind == "email":
-        return value.lower()
-    return value
+    return normalise_identifier(kind, value)
 
 
 def identifiers_of(event: TrackingEventReceived) -> list[IdentifierKey]:
