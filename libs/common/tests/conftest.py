@@ -7,8 +7,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
 from cdp_common.db import create_engine, platform_metadata
-from cdp_common.testing import PlatformUnderTest
+from cdp_common.kafka import create_producer, ensure_topics
+from cdp_common.settings import PlatformSettings
+from cdp_common.testing import PlatformUnderTest, unique_env
+from cdp_common.topics import TopicName
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 effects_metadata = sa.MetaData()
@@ -35,3 +39,20 @@ async def schema_engine(platform: PlatformUnderTest) -> AsyncIterator[AsyncEngin
     async with engine.begin() as conn:
         await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     await engine.dispose()
+
+
+@pytest.fixture
+async def settings(platform: PlatformUnderTest) -> PlatformSettings:
+    """Settings of a test-private environment whose tokens topic exists."""
+    settings = platform.settings(env=unique_env(platform), consumer_max_retries=2)
+    await ensure_topics(settings, [TopicName.TOKENS])
+    return settings
+
+
+@pytest.fixture
+async def producer(settings: PlatformSettings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started idempotent producer."""
+    producer = create_producer(settings, client_id="common-test")
+    await producer.start()
+    yield producer
+    await producer.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,9 +10,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cdp_common.db import create_session_factory
 from cdp_common.envelope import Envelope
 from cdp_common.events import DeadLetter, TokenRevoked, make_envelope
-from cdp_common.kafka import ConsumerRunner, KafkaPublisher, create_producer, ensure_topics
+from cdp_common.kafka import ConsumerRunner, KafkaPublisher
 from cdp_common.settings import PlatformSettings
-from cdp_common.testing import PlatformUnderTest, read_topic, unique_env, wait_for
+from cdp_common.testing import read_topic, wait_for
 from cdp_common.topics import TopicName
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -28,21 +27,6 @@ async def record_effect(*, session: AsyncSession, envelope: Envelope[Any]) -> No
     if data.token_id.startswith("poison"):
         raise ValueError("this token id always fails")
     await session.execute(effects.insert().values(event_id=envelope.id, token_id=data.token_id))
-
-
-@pytest.fixture
-async def settings(platform: PlatformUnderTest) -> PlatformSettings:
-    settings = platform.settings(env=unique_env(platform), consumer_max_retries=2)
-    await ensure_topics(settings, [TopicName.TOKENS])
-    return settings
-
-
-@pytest.fixture
-async def producer(settings: PlatformSettings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = create_producer(settings, client_id="consumer-test")
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 def make_runner(

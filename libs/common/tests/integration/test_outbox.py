@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from cdp_common.db import create_session_factory, outbox_table, transaction
 from cdp_common.events import TokenRevoked, make_envelope
-from cdp_common.kafka import KafkaPublisher, create_producer, ensure_topics
+from cdp_common.kafka import KafkaPublisher
 from cdp_common.outbox import OutboxMessage, OutboxRelay, add_to_outbox
 from cdp_common.settings import PlatformSettings
-from cdp_common.testing import PlatformUnderTest, read_topic, unique_env, wait_for
+from cdp_common.testing import read_topic, wait_for
 from cdp_common.topics import TopicName
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,21 +44,6 @@ class DiesAfterPublishing:
         await self.inner.publish_batch(messages)
         self.published.set()
         await asyncio.Event().wait()
-
-
-@pytest.fixture
-async def settings(platform: PlatformUnderTest) -> PlatformSettings:
-    settings = platform.settings(env=unique_env(platform))
-    await ensure_topics(settings, [TopicName.TOKENS])
-    return settings
-
-
-@pytest.fixture
-async def producer(settings: PlatformSettings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = create_producer(settings, client_id="outbox-test")
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 async def write_rows(engine: AsyncEngine, topic: str, token_ids: list[str]) -> None:
