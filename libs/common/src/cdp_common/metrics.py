@@ -50,3 +50,19 @@ OUTBOX_LEADER = Gauge(
     "1 when this process holds the service's relay lock.",
     ["service"],
 )
+HTTP_REQUESTS = Counter(
+    "cdp_http_requests_total",
+    "HTTP requests answered, by route template and status code.",
+    ["service", "method", "route", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "cdp_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template.",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "cdp_db_pool_connections",
+    "Connections of the service's database pool: in_use, idle, and max (size plus overflow).",
+    ["service", "state"],
+)

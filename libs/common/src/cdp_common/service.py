@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cdp_common.auth import apply_token_created, apply_token_revoked
 from cdp_common.db import create_engine, create_session_factory
@@ -26,6 +28,7 @@ from cdp_common.envelope import Payload
 from cdp_common.events import TokenCreated, TokenRevoked
 from cdp_common.kafka import ConsumerRunner, Handler, KafkaPublisher, create_producer, ensure_topics
 from cdp_common.logs import configure_logging
+from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from cdp_common.migrations import migrate
 from cdp_common.outbox import OutboxRelay
 from cdp_common.settings import PlatformSettings
@@ -151,6 +154,56 @@ class ServiceRuntime:
         return problems
 
 
+class HttpMetricsMiddleware:
+    """Count and time every HTTP request by the route template it matched, never the raw path."""
+
+    def __init__(self, app: ASGIApp, *, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
+            HTTP_REQUEST_DURATION.labels(self.service, method, template).observe(
+                time.perf_counter() - started
+            )
+
+
+def _report_pool(runtime: ServiceRuntime | None) -> None:
+    """Set the pool gauges from the engine's pool, when the runtime has one."""
+    engine: AsyncEngine | None = getattr(runtime, "engine", None)
+    if runtime is None or engine is None:
+        return
+    pool = engine.sync_engine.pool
+    checked_out = getattr(pool, "checkedout", None)
+    checked_in = getattr(pool, "checkedin", None)
+    if checked_out is None or checked_in is None:
+        return
+    DB_POOL_CONNECTIONS.labels(runtime.service, "in_use").set(checked_out())
+    DB_POOL_CONNECTIONS.labels(runtime.service, "idle").set(checked_in())
+    size = getattr(pool, "size", None)
+    max_overflow = getattr(pool, "_max_overflow", 0)
+    if size is not None:
+        DB_POOL_CONNECTIONS.labels(runtime.service, "max").set(size() + max(max_overflow, 0))
+
+
 def _operations_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
@@ -166,7 +219,8 @@ def _operations_router() -> APIRouter:
         return JSONResponse({"status": "ready"})
 
     @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        _report_pool(getattr(request.app.state, "runtime", None))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -189,6 +243,7 @@ def build_app(
 
     app = FastAPI(title=title, lifespan=lifespan, **fastapi_args)
     install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, service=runtime.service)
     app.include_router(_operations_router())
     for router in routers:
         app.include_router(router)
