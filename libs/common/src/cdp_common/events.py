@@ -237,6 +237,17 @@ class TokenRevoked(Payload):
     token_id: str
 
 
+# --- cdp.campaign-sends.v1 (published and consumed by campaign) ----------------------
+
+
+class CampaignSendsRequested(Payload):
+    """A batch of recorded sends for a campaign worker to check and hand over; ids only."""
+
+    EVENT_TYPE: ClassVar[str] = "cdp.campaign.sends_requested.v1"
+
+    send_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
 # --- cdp.*.dlq.v1 (published by the Kafka runner of any service) ---------------------
 
 
@@ -274,6 +285,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         PrivacyRequestCompleted,
         TokenCreated,
         TokenRevoked,
+        CampaignSendsRequested,
         DeadLetter,
     )
 }

@@ -14,6 +14,7 @@ class TopicName(enum.Enum):
     CONSENTS = "cdp.consents.v1"
     PRIVACY = "cdp.privacy.v1"
     TOKENS = "cdp.tokens.v1"
+    CAMPAIGN_SENDS = "cdp.campaign-sends.v1"
 
     @property
     def dlq(self) -> str:
