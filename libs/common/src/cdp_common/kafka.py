@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -32,6 +33,7 @@ from cdp_common.metrics import (
     DLQ_MESSAGES,
     HANDLER_DURATION,
     HANDLER_RETRIES,
+    MESSAGE_AGE,
     MESSAGES_CONSUMED,
 )
 from cdp_common.outbox import OutboxMessage
@@ -127,6 +129,12 @@ def _topic_name_of(settings: PlatformSettings, topic: str) -> TopicName | None:
         if settings.topic(name) == topic:
             return name
     return None
+
+
+def _observe_age(group_id: str, envelope: Envelope[Any]) -> None:
+    """Record how long after its envelope time a message was processed."""
+    age = (datetime.now(UTC) - envelope.time).total_seconds()
+    MESSAGE_AGE.labels(group_id, envelope.type).observe(max(age, 0.0))
 
 
 class ConsumerRunner:
@@ -242,6 +250,7 @@ class ConsumerRunner:
         for (_, envelope, _), outcome in zip(decoded, outcomes, strict=True):
             if outcome == "processed":
                 HANDLER_DURATION.labels(self.group_id, envelope.type).observe(elapsed)
+                _observe_age(self.group_id, envelope)
             MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
 
     async def _apply_together(
@@ -327,6 +336,7 @@ class ConsumerRunner:
                         return "duplicate"
                     await handler(session=session, envelope=envelope)
                 HANDLER_DURATION.labels(self.group_id, envelope.type).observe(time.perf_counter() - started)
+                _observe_age(self.group_id, envelope)
                 return "processed"
             except _INFRASTRUCTURE_ERRORS as exc:
                 infrastructure_failures += 1

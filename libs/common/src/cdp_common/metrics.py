@@ -66,3 +66,9 @@ DB_POOL_CONNECTIONS = Gauge(
     "Connections of the service's database pool: in_use, idle, and max (size plus overflow).",
     ["service", "state"],
 )
+MESSAGE_AGE = Histogram(
+    "cdp_message_age_seconds",
+    "Time from a message's envelope time to the end of its processing: how far behind real time a consumer is.",
+    ["group", "type"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0),
+)
