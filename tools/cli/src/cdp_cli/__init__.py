@@ -1,0 +1,1 @@
+"""The operator command line `cdp`: sources, tokens, pipeline status, DLQ replay, imports."""

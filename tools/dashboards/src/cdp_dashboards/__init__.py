@@ -1,0 +1,1 @@
+"""Grafana dashboards of the platform, generated from typed builders."""
