@@ -71,6 +71,10 @@ class ProfileChanged(Payload):
     identifiers: list[Identifier] = Field(default_factory=list)
     changed_traits: dict[str, Any] = Field(default_factory=dict)
     changed_computed_traits: dict[str, Any] = Field(default_factory=dict)
+    # Values before the change, for the names in changed_traits / changed_computed_traits
+    # (absent or null when there was none).
+    previous_traits: dict[str, Any] = Field(default_factory=dict)
+    previous_computed_traits: dict[str, Any] = Field(default_factory=dict)
 
 
 class ProfileCreated(ProfileChanged):
