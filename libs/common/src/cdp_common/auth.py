@@ -29,6 +29,7 @@ from cdp_common.web import ApiError
 SCOPES = frozenset(
     {
         "sources:admin",
+        "sources:write",
         "tokens:admin",
         "profiles:read",
         "profiles:write",
