@@ -1,10 +1,266 @@
-"""HTTP routes of the consent service."""
+"""HTTP routes of the consent service: consents and their history, the check API, suppressions,
+double opt-in, and privacy requests."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address
+from typing import Annotated, Any, Literal
+
+from cdp_common.auth import Principal, require_scope
+from cdp_common.deps import SessionDep
+from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.privacy import access_router
+from cdp_common.web import ApiError, Page, PageParams, decode_cursor, encode_cursor, page_params
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cdp_consent import store
-from cdp_consent.consumer import SERVICE
+from cdp_consent import handlers, store
+from cdp_consent.domain.consents import ConsentStatus, LegalBasis, UnknownPurpose
+from cdp_consent.metrics import CONSENT_CHECKS
 
-routers = [access_router(service=SERVICE, export=store.export_profile)]
+consents = APIRouter(prefix="/v1", tags=["consents"])
+
+Reader = Annotated[Principal, Depends(require_scope("consents:read"))]
+Writer = Annotated[Principal, Depends(require_scope("consents:write"))]
+PrivacyAdmin = Annotated[Principal, Depends(require_scope("privacy:admin"))]
+PageDep = Annotated[PageParams, Depends(page_params)]
+ProfileId = Annotated[str, Path(min_length=1, max_length=200)]
+# Name of a purpose, channel or source: short, printable, no spaces.
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def consent_context(request: Request) -> handlers.ConsentContext:
+    """Return the service's consent context."""
+    context: handlers.ConsentContext = request.app.state.consent_context
+    return context
+
+
+ContextDep = Annotated[handlers.ConsentContext, Depends(consent_context)]
+
+
+class StrictModel(BaseModel):
+    """A request body: unknown fields are refused so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Evidence(StrictModel):
+    """What proves the decision: where it came from and how it was confirmed."""
+
+    ip: IPv4Address | IPv6Address | None = None
+    user_agent: str | None = Field(default=None, max_length=1000)
+    form: str | None = Field(default=None, max_length=500)
+    confirmation: str | None = Field(default=None, max_length=500)
+
+
+class DecisionRequest(StrictModel):
+    """A decision a person made about one purpose on one channel."""
+
+    profile_id: str = Field(min_length=1, max_length=200)
+    purpose: Name
+    channel: Name
+    status: ConsentStatus
+    at: datetime | None = None
+    source: Name
+    legal_basis: LegalBasis = LegalBasis.CONSENT
+    wording: str | None = Field(default=None, max_length=10_000)
+    wording_version: str | None = Field(default=None, max_length=100)
+    evidence: Evidence = Field(default_factory=Evidence)
+
+    @field_validator("at")
+    @classmethod
+    def _not_in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError("a decision cannot lie in the future")
+        return value
+
+
+def _unknown(exc: UnknownPurpose) -> ApiError:
+    return ApiError(status=422, code="unknown_purpose_or_channel", message=str(exc))
+
+
+@consents.get("/consents/catalogue")
+async def catalogue(_: Reader, context: ContextDep) -> dict[str, Any]:
+    """List the configured purposes, channels and the mapping of Segment categories."""
+    return {
+        "purposes": list(context.catalogue.purposes),
+        "channels": list(context.catalogue.channels),
+        "category_purposes": context.category_purposes,
+    }
+
+
+@consents.post("/consents", status_code=201)
+async def record_consent(
+    body: DecisionRequest, session: SessionDep, _: Writer, context: ContextDep
+) -> dict[str, Any]:
+    """Append a decision to the profile's ledger; withdrawal takes effect at once."""
+    try:
+        entry = await handlers.record_decision(
+            session=session,
+            context=context,
+            profile_id=body.profile_id,
+            purpose=body.purpose,
+            channel=body.channel,
+            status=body.status,
+            at=body.at or datetime.now(UTC),
+            source=body.source,
+            legal_basis=body.legal_basis.value,
+            wording=body.wording,
+            wording_version=body.wording_version,
+            evidence=body.evidence.model_dump(mode="json", exclude_none=True),
+        )
+    except UnknownPurpose as exc:
+        raise _unknown(exc) from exc
+    return {**entry.row, "in_force": entry.in_force}
+
+
+@consents.get("/consents/{profile_id}")
+async def current_consents(profile_id: ProfileId, session: SessionDep, _: Reader) -> dict[str, Any]:
+    """Return the decisions in force for a profile (a merged-away id answers for its survivor)."""
+    survivor = await store.survivor_of(session=session, profile_id=profile_id)
+    return {
+        "profile_id": survivor,
+        "requested_profile_id": profile_id,
+        "consents": await store.state_view(session=session, profile_id=survivor),
+    }
+
+
+@consents.get("/consents/{profile_id}/history")
+async def consent_history(
+    profile_id: ProfileId, session: SessionDep, _: Reader, page: PageDep
+) -> Page[dict[str, Any]]:
+    """Return every ledger entry of a profile, oldest first."""
+    after: int | None = None
+    if page.cursor is not None:
+        position = decode_cursor(page.cursor).get("after")
+        if not isinstance(position, int):
+            raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+        after = position
+    items = await store.ledger_page(session=session, profile_id=profile_id, after_id=after, limit=page.limit)
+    next_cursor = encode_cursor({"after": items[-1]["id"]}) if len(items) == page.limit else None
+    return Page[dict[str, Any]](items=items, next=next_cursor)
+
+
+class CheckRequest(StrictModel):
+    """Which of these profiles may be contacted for a purpose on a channel?"""
+
+    purpose: Name
+    channel: Name
+    profile_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1)
+
+
+@consents.post("/consents/check")
+async def check_consents(
+    body: CheckRequest, request: Request, session: SessionDep, _: Reader, context: ContextDep
+) -> dict[str, Any]:
+    """Answer which profiles may be contacted; no record, or any doubt, means no."""
+    limit: int = request.app.state.runtime.settings.max_check_ids
+    if len(body.profile_ids) > limit:
+        raise ApiError(
+            status=413,
+            code="too_many_profile_ids",
+            message=f"ask about at most {limit} profile ids at once",
+            details={"limit": limit, "given": len(body.profile_ids)},
+        )
+    try:
+        context.catalogue.require(purpose=body.purpose, channel=body.channel)
+    except UnknownPurpose as exc:
+        raise _unknown(exc) from exc
+    verdicts = await store.check_contactable(
+        session=session, profile_ids=body.profile_ids, purpose=body.purpose, channel=body.channel
+    )
+    allowed = [pid for pid in dict.fromkeys(body.profile_ids) if verdicts.get(pid, "no_record") is None]
+    refused = {pid: str(reason) for pid, reason in verdicts.items() if reason is not None}
+    CONSENT_CHECKS.labels("allowed").inc(len(allowed))
+    CONSENT_CHECKS.labels("refused").inc(len(refused))
+    return {"purpose": body.purpose, "channel": body.channel, "allowed": allowed, "refused": refused}
+
+
+class Address(StrictModel):
+    """An e-mail address or phone number, in clear only for this request."""
+
+    type: Literal["email", "phone"]
+    value: str = Field(min_length=1, max_length=320)
+
+
+class SuppressionRequest(Address):
+    """An address that must never be contacted again."""
+
+    reason: Name = "requested"
+
+
+def address_hash(context: handlers.ConsentContext, address: Address) -> str:
+    """Return the keyed hash of a normalised address, or a 422 when it is no address."""
+    try:
+        value = normalise_identifier(address.type, address.value)
+    except InvalidIdentifier as exc:
+        raise ApiError(
+            status=422, code="invalid_address", message=str(exc), details={"type": address.type}
+        ) from exc
+    if address.type == "email" and ("@" not in value or value.startswith("@") or value.endswith("@")):
+        raise ApiError(
+            status=422, code="invalid_address", message="not an e-mail address", details={"type": "email"}
+        )
+    return context.contact_hash(address.type, value)
+
+
+def _suppression_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "hash": row["hash"],
+        "type": row["kind"],
+        "reason": row["reason"],
+        "created_at": row["created_at"],
+    }
+
+
+@consents.post("/suppressions", status_code=201)
+async def suppress(
+    body: SuppressionRequest, session: SessionDep, _: Writer, context: ContextDep
+) -> dict[str, Any]:
+    """Put an address on the suppression list; only its keyed hash is kept."""
+    row = await store.add_suppression(
+        session=session, hash_value=address_hash(context, body), kind=body.type, reason=body.reason
+    )
+    return _suppression_view(row)
+
+
+@consents.post("/suppressions/lookup")
+async def lookup_suppression(
+    body: Address, session: SessionDep, _: Reader, context: ContextDep
+) -> dict[str, Any]:
+    """Say whether an address is on the suppression list."""
+    row = await store.get_suppression(session=session, hash_value=address_hash(context, body))
+    return {"suppressed": row is not None, "entry": None if row is None else _suppression_view(row)}
+
+
+@consents.get("/suppressions")
+async def list_suppressions(session: SessionDep, _: Reader, page: PageDep) -> Page[dict[str, Any]]:
+    """List the suppression list (hashes only)."""
+    after = None
+    if page.cursor is not None:
+        position = decode_cursor(page.cursor).get("after")
+        if not isinstance(position, str):
+            raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+        after = position
+    rows = await store.suppression_page(session=session, after=after, limit=page.limit)
+    items = [_suppression_view(r) for r in rows]
+    next_cursor = encode_cursor({"after": items[-1]["hash"]}) if len(items) == page.limit else None
+    return Page[dict[str, Any]](items=items, next=next_cursor)
+
+
+@consents.delete("/suppressions/{hash_value}", status_code=204)
+async def unsuppress(
+    hash_value: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], session: SessionDep, _: PrivacyAdmin
+) -> None:
+    """Take an address off the suppression list (the person asked to be contacted again)."""
+    if not await store.delete_suppression(session=session, hash_value=hash_value):
+        raise ApiError(status=404, code="not_found", message="the hash is not on the suppression list")
+
+
+routers = [consents, access_router(service=handlers.SERVICE, export=store.export_profile)]

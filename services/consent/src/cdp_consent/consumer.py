@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+from cdp_common.events import ProfileCreated, ProfileMerged, ProfileUpdated
+from cdp_common.kafka import Handler
 from cdp_common.replica import profiles_consumer_handlers
 from cdp_common.service import ConsumerSpec
-from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 
-from cdp_consent import store
+from cdp_consent import handlers, store
+from cdp_consent.settings import Settings
 
-SERVICE = "consent"
+SERVICE = handlers.SERVICE
 
 
-def consumer_specs(settings: PlatformSettings) -> list[ConsumerSpec]:
+def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
     """Return the consumer groups of the service."""
-    handlers = profiles_consumer_handlers(
+    context = handlers.ConsentContext.from_settings(
+        settings, consents_topic=settings.topic(TopicName.CONSENTS)
+    )
+    profile_handlers = profiles_consumer_handlers(
         service=SERVICE,
         privacy_topic=settings.topic(TopicName.PRIVACY),
         table=store.known_profiles,
         erase=store.erase_profiles,
     )
-    return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=handlers)]
+    on_changed: Handler = partial(handlers.apply_profile_changed, context=context)
+    on_merged: Handler = partial(handlers.apply_profile_merged, context=context)
+    profile_handlers.update(
+        {ProfileCreated: on_changed, ProfileUpdated: on_changed, ProfileMerged: on_merged}
+    )
+    return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers)]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdp_common.service import ServiceRuntime, build_app, serve
+from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
 from cdp_consent.api import routers
 from cdp_consent.consumer import SERVICE, consumer_specs
+from cdp_consent.handlers import ConsentContext
 from cdp_consent.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -19,7 +21,11 @@ def create_app(settings: Settings) -> FastAPI:
     runtime = ServiceRuntime(
         service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(settings)
     )
-    return build_app(runtime=runtime, routers=routers, title="CDP consent service")
+    app = build_app(runtime=runtime, routers=routers, title="CDP consent service")
+    app.state.consent_context = ConsentContext.from_settings(
+        settings, consents_topic=settings.topic(TopicName.CONSENTS)
+    )
+    return app
 
 
 def main() -> None:

@@ -1,0 +1,273 @@
+"""Commands and event handlers of the consent service: recording decisions, consent signals on
+resolved events, merges, and publishing every change in force on cdp.consents.v1."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cdp_common.envelope import Envelope
+from cdp_common.events import (
+    ConsentChanged,
+    ConsentDenied,
+    ConsentGranted,
+    ConsentWithdrawn,
+    ProfileChanged,
+    ProfileMerged,
+    make_envelope,
+)
+from cdp_common.hashing import subject_hash
+from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
+from cdp_common.outbox import add_to_outbox
+from cdp_common.replica import apply_profile_version
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_consent import store
+from cdp_consent.domain.consents import (
+    Catalogue,
+    ConsentStatus,
+    decisions_from_preferences,
+    merge_states,
+    preferences_of,
+    status_for_refusal,
+)
+from cdp_consent.metrics import CONSENT_CHANGES, MERGE_CONFLICTS
+from cdp_consent.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "consent"
+CONTACT_KINDS = ("email", "phone")
+
+_PAYLOADS: dict[ConsentStatus, type[ConsentChanged]] = {
+    ConsentStatus.GRANTED: ConsentGranted,
+    ConsentStatus.DENIED: ConsentDenied,
+    ConsentStatus.WITHDRAWN: ConsentWithdrawn,
+}
+
+
+@dataclass(frozen=True)
+class ConsentContext:
+    """What the handlers need from the settings: the catalogue, the rules, the topics, the key."""
+
+    catalogue: Catalogue
+    category_purposes: dict[str, list[str]]
+    opt_in_only: frozenset[tuple[str, str]]
+    consents_topic: str
+    hash_key: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, consents_topic: str) -> ConsentContext:
+        """Build the context from the service's settings."""
+        catalogue = Catalogue(purposes=tuple(settings.purposes), channels=tuple(settings.channels))
+        return cls(
+            catalogue=catalogue,
+            category_purposes={k: list(v) for k, v in settings.category_purposes.items()},
+            opt_in_only=frozenset(p for pair in settings.opt_in_only_grants for p in catalogue.expand(pair)),
+            consents_topic=consents_topic,
+            hash_key=settings.hash_key.get_secret_value(),
+        )
+
+    def contact_hash(self, kind: str, value: str) -> str:
+        """Return the keyed hash of a normalised e-mail address or phone number."""
+        return subject_hash(key=self.hash_key, subject_type=kind, value=value)
+
+
+def origin_of(source: str) -> str:
+    """Return the bounded kind of a free-text source, for metric labels."""
+    if source.startswith("event:"):
+        return "event"
+    return source if source in ("merge", "double_opt_in") else "api"
+
+
+async def record_decision(
+    *,
+    session: AsyncSession,
+    context: ConsentContext,
+    profile_id: str,
+    purpose: str,
+    channel: str,
+    status: ConsentStatus,
+    at: datetime,
+    source: str,
+    legal_basis: str | None = None,
+    wording: str | None = None,
+    wording_version: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    event_id: str | None = None,
+) -> store.LedgerEntry:
+    """Append a decision to the ledger and publish it when it changes what is in force."""
+    context.catalogue.require(purpose=purpose, channel=channel)
+    entry = await store.append_entry(
+        session=session,
+        profile_id=profile_id,
+        purpose=purpose,
+        channel=channel,
+        status=status,
+        at=at,
+        source=source,
+        legal_basis=legal_basis,
+        wording=wording,
+        wording_version=wording_version,
+        evidence=evidence,
+        event_id=event_id,
+    )
+    if entry.changes_status:
+        payload = _PAYLOADS[status](
+            profile_id=profile_id,
+            purpose=purpose,
+            channel=channel,
+            at=entry.row["at"],
+            source=source,
+            legal_basis=legal_basis,
+            wording_version=wording_version,
+        )
+        await add_to_outbox(
+            session=session,
+            topic=context.consents_topic,
+            envelope=make_envelope(
+                payload=payload, source=SERVICE, subject=profile_id, id=f"consent-ledger:{entry.row['id']}"
+            ),
+        )
+        CONSENT_CHANGES.labels(status.value, origin_of(source)).inc()
+    return entry
+
+
+async def apply_profile_changed(
+    *, session: AsyncSession, envelope: Envelope[Any], context: ConsentContext
+) -> None:
+    """Keep the profile's version and contact hashes, and apply the event's consent signal."""
+    data: ProfileChanged = envelope.data
+    await apply_profile_version(
+        session=session, table=store.known_profiles, profile_id=data.profile_id, version=data.version
+    )
+    hashes: list[tuple[str, str]] = []
+    for identifier in data.identifiers:
+        if identifier.type in CONTACT_KINDS:
+            try:
+                value = normalise_identifier(identifier.type, identifier.value)
+            except InvalidIdentifier:
+                continue
+            hashes.append((identifier.type, context.contact_hash(identifier.type, value)))
+    await store.record_contacts(session=session, profile_id=data.profile_id, hashes=hashes)
+    if data.event is not None:
+        await apply_consent_signal(
+            session=session,
+            context=context,
+            profile_id=data.profile_id,
+            event_context=data.event.context,
+            at=data.event.timestamp,
+            event_id=data.event_id or envelope.id,
+            source_id=data.event.sourceId,
+        )
+
+
+async def apply_consent_signal(
+    *,
+    session: AsyncSession,
+    context: ConsentContext,
+    profile_id: str,
+    event_context: dict[str, Any],
+    at: datetime,
+    event_id: str,
+    source_id: str,
+) -> int:
+    """Record what `context.consent.categoryPreferences` says; return how many entries it added."""
+    preferences = preferences_of(event_context)
+    if preferences is None:
+        return 0
+    decisions = decisions_from_preferences(
+        preferences=preferences, category_purposes=context.category_purposes, catalogue=context.catalogue
+    )
+    added = 0
+    for (purpose, channel), agreed in sorted(decisions.items()):
+        if agreed and (purpose, channel) in context.opt_in_only:
+            continue
+        current = await store.current_entry(
+            session=session, profile_id=profile_id, purpose=purpose, channel=channel
+        )
+        status = ConsentStatus.GRANTED if agreed else status_for_refusal(current.status if current else None)
+        if current is not None and (
+            current.status is status or (not agreed and current.status is not ConsentStatus.GRANTED)
+        ):
+            continue
+        await record_decision(
+            session=session,
+            context=context,
+            profile_id=profile_id,
+            purpose=purpose,
+            channel=channel,
+            status=status,
+            at=at,
+            source=f"event:{source_id}",
+            legal_basis="consent",
+            evidence={"category_preferences": preferences},
+            event_id=event_id,
+        )
+        added += 1
+    return added
+
+
+async def apply_profile_merged(
+    *, session: AsyncSession, envelope: Envelope[Any], context: ConsentContext
+) -> None:
+    """Give the survivor the most restrictive state of both profiles and record any conflict."""
+    data: ProfileMerged = envelope.data
+    await apply_profile_version(
+        session=session, table=store.known_profiles, profile_id=data.profile_id, version=data.version
+    )
+    await apply_profile_version(
+        session=session,
+        table=store.known_profiles,
+        profile_id=data.absorbed_profile_id,
+        version=data.version,
+        merged_into=data.profile_id,
+    )
+    await store.redirect_merged(
+        session=session, absorbed_profile_id=data.absorbed_profile_id, survivor_id=data.profile_id
+    )
+    survivor = await store.states_of(session=session, profile_id=data.profile_id)
+    absorbed = await store.states_of(session=session, profile_id=data.absorbed_profile_id)
+    decisions = merge_states(survivor=survivor, absorbed=absorbed)
+    conflicts = sum(1 for d in decisions if d.conflict)
+    if not await store.record_merge(
+        session=session,
+        merge_id=data.merge_id,
+        profile_id=data.profile_id,
+        absorbed_profile_id=data.absorbed_profile_id,
+        conflicts=conflicts,
+    ):
+        return
+    await store.move_contacts(
+        session=session, from_profile_id=data.absorbed_profile_id, to_profile_id=data.profile_id
+    )
+    for decision in decisions:
+        if not decision.changes_survivor and not decision.conflict:
+            continue
+        await record_decision(
+            session=session,
+            context=context,
+            profile_id=data.profile_id,
+            purpose=decision.purpose,
+            channel=decision.channel,
+            status=decision.status,
+            at=decision.at,
+            source="merge",
+            evidence={
+                "merge_id": data.merge_id,
+                "absorbed_profile_id": data.absorbed_profile_id,
+                "survivor_status": decision.survivor,
+                "absorbed_status": decision.absorbed,
+                "conflict": decision.conflict,
+                "rule": "most_restrictive",
+            },
+            event_id=envelope.id,
+        )
+    if conflicts:
+        MERGE_CONFLICTS.inc(conflicts)
+        logger.info(
+            "merge conflicts resolved",
+            extra={"profile_id": data.profile_id, "merge_id": data.merge_id, "conflicts": conflicts},
+        )

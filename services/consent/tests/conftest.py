@@ -1,0 +1,158 @@
+"""Fixtures of the consent service's tests: the service running in-process on a free port, in its
+own database and topics, with a real SMTP server on loopback that keeps what it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from cdp_common.envelope import Envelope, Payload
+from cdp_common.events import make_envelope
+from cdp_common.kafka import create_producer
+from cdp_common.testing import PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.topics import TopicName
+from cdp_consent.main import create_app
+from cdp_consent.settings import Settings
+
+
+class MailboxHandler:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+
+@dataclass
+class Mailbox:
+    """The SMTP server of the tests and the messages it received."""
+
+    port: int
+    handler: MailboxHandler
+
+    def to(self, address: str) -> list[EmailMessage]:
+        """Return the messages sent to an address."""
+        return [m for m in self.handler.messages if address in str(m["To"])]
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[Mailbox]:
+    """Run a real SMTP server on a free loopback port for the whole session."""
+    handler = MailboxHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Mailbox(port=port, handler=handler)
+    finally:
+        controller.stop()
+
+
+@dataclass
+class ConsentUnderTest:
+    """The consent service of the tests: its URL, settings, and a producer for feeding its topics."""
+
+    url: str
+    settings: Settings
+    producer: AIOKafkaProducer
+    admin_token: str
+    database_url: str
+    published: list[str] = field(default_factory=list)
+
+    def admin(self) -> dict[str, str]:
+        """Headers that authenticate as the admin."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    async def publish(
+        self, topic: TopicName, *, payload: Payload, subject: str, source: str = "profile"
+    ) -> Envelope[Any]:
+        """Publish an event on one of the service's topics, as another service would."""
+        envelope = make_envelope(payload=payload, source=source, subject=subject)
+        await self.producer.send_and_wait(
+            self.settings.topic(topic), value=envelope.to_bytes(), key=subject.encode()
+        )
+        return envelope
+
+
+@pytest.fixture(scope="session")
+async def consent(platform: PlatformUnderTest, mailbox: Mailbox) -> AsyncIterator[ConsentUnderTest]:
+    """Start the consent service on a free port in its own database, topics and groups."""
+    env = unique_env(platform).replace("-", "_")
+    base = platform.database_url.rsplit("/", 1)[0]
+    database = f"cdp_{env}_consent"
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = platform.settings(
+        Settings,
+        env=env,
+        database_url=f"{base}/{database}",
+        smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
+        consent_url=url,
+        scheduler_interval_s=0.1,
+        assembly_retry_s=0.2,
+    )
+    assert isinstance(settings, Settings)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+
+    async def ready() -> bool:
+        if serving.done():
+            raise AssertionError("the consent service did not start; its log is above")
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(f"{url}/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    producer = create_producer(settings, client_id="consent-tests")
+    try:
+        await wait_for(ready, timeout=90, interval=0.2, what="the consent service to be ready")
+        await producer.start()
+        yield ConsentUnderTest(
+            url=url,
+            settings=settings,
+            producer=producer,
+            admin_token=platform.admin_token,
+            database_url=f"{base}/{database}",
+        )
+    finally:
+        await producer.stop()
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(serving, timeout=30)
+        admin = await asyncpg.connect(f"{base}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def http(consent: ConsentUnderTest) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the consent service, authenticated as the admin."""
+    async with httpx.AsyncClient(base_url=consent.url, headers=consent.admin(), timeout=15) as client:
+        yield client
