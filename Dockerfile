@@ -25,11 +25,14 @@ COPY services/profile/pyproject.toml services/profile/
 COPY services/segment/pyproject.toml services/segment/
 COPY services/campaign/pyproject.toml services/campaign/
 COPY services/consent/pyproject.toml services/consent/
+COPY tools/cli/pyproject.toml tools/cli/
+COPY tools/dashboards/pyproject.toml tools/dashboards/
 RUN uv sync --frozen --all-packages --no-dev --no-install-workspace
 
 # Then the platform itself.
 COPY libs libs
 COPY services services
+COPY tools tools
 RUN uv sync --frozen --all-packages --no-dev \
  && test -n "${SERVICE}" \
  && python -c "import cdp_${SERVICE}"
