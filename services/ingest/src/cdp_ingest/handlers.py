@@ -1,24 +1,28 @@
-"""Commands of the ingest service: sources, tokens, and accepting tracking calls."""
+"""Commands of the ingest service: sources, tracking plans, tokens, and publishing accepted events."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from cdp_common.auth import hash_token, new_token
 from cdp_common.events import TokenCreated, TokenRevoked, TrackingEventReceived, make_envelope
-from cdp_common.kafka import KafkaPublisher
-from cdp_common.outbox import OutboxMessage, add_to_outbox
+from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_ingest import store
 from cdp_ingest.domain.calls import event_id, partition_key
-from cdp_ingest.metrics import EVENTS_ACCEPTED, KAFKA_UNAVAILABLE
+from cdp_ingest.domain.plans import TrackingPlan, Violation, plan_from_document
+from cdp_ingest.metrics import EVENTS_ACCEPTED, KAFKA_UNAVAILABLE, PLAN_VIOLATIONS, PRODUCE_DURATION
 
 SERVICE = "ingest"
 
@@ -27,9 +31,14 @@ class KafkaUnavailable(Exception):
     """Kafka did not acknowledge the events in time; nothing was accepted."""
 
 
+def new_write_key() -> str:
+    """Return a fresh random write key."""
+    return "wk_" + uuid.uuid4().hex + uuid.uuid4().hex[:16]
+
+
 async def create_source(*, session: AsyncSession, name: str, write_key: str | None = None) -> dict[str, Any]:
     """Create a source and return it with its write key (shown once)."""
-    key = write_key or "wk_" + uuid.uuid4().hex + uuid.uuid4().hex[:16]
+    key = write_key or new_write_key()
     source = await store.insert_source(
         session=session, source_id="src_" + uuid.uuid4().hex[:16], name=name, write_key_hash=hash_token(key)
     )
@@ -76,49 +85,135 @@ async def revoke_token(*, session: AsyncSession, token_id: str, tokens_topic: st
     return token
 
 
+async def rotate_write_key(*, session: AsyncSession, source_id: str) -> dict[str, Any] | None:
+    """Give a source a new write key (the old one stops working) and return it with the key, shown once."""
+    key = new_write_key()
+    source = await store.update_source(
+        session=session,
+        source_id=source_id,
+        values={"write_key_hash": hash_token(key), "rotated_at": datetime.now(UTC)},
+    )
+    return {**source, "write_key": key} if source is not None else None
+
+
+async def set_source_enabled(
+    *, session: AsyncSession, source_id: str, enabled: bool
+) -> dict[str, Any] | None:
+    """Enable or disable a source; a disabled source's write key gets 401."""
+    return await store.update_source(
+        session=session, source_id=source_id, values={"disabled_at": None if enabled else datetime.now(UTC)}
+    )
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What the tracking path needs to know about the source of a write key."""
+
+    id: str
+    rate_limit_per_s: float | None
+    rate_limit_burst: int | None
+    plan: TrackingPlan | None
+
+
 class WriteKeys:
-    """Resolves write keys to sources, with a short cache so tracking calls skip the database."""
+    """Resolves write keys to sources, with a short cache so tracking calls skip the database.
+
+    Another replica learns of a rotated or disabled key when its cache entry expires
+    (`write_key_cache_s`); this process forgets its cache at once.
+    """
 
     def __init__(self, *, session_factory: async_sessionmaker[AsyncSession], ttl_s: float) -> None:
         self._session_factory = session_factory
         self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._cache: dict[str, tuple[float, SourceConfig | None]] = {}
 
-    async def source_of(self, write_key: str) -> str | None:
-        """Return the source id of a write key, or None when it is unknown or disabled."""
-        digest = hash_token(write_key)
-        cached = self._cache.get(digest)
+    def forget(self) -> None:
+        """Drop every cached resolution (after a source changed)."""
+        self._cache.clear()
+
+    async def source_of(self, write_key: str) -> SourceConfig | None:
+        """Return the source of a write key, or None when it is unknown or disabled."""
+        cached = self._cache.get(write_key)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
         async with self._session_factory() as session:
-            source_id = await store.find_source_by_write_key(session=session, write_key_hash=digest)
+            row = await store.find_enabled_source(session=session, write_key_hash=hash_token(write_key))
+        config = None
+        if row is not None:
+            config = SourceConfig(
+                id=row["id"],
+                rate_limit_per_s=row["rate_limit_per_s"],
+                rate_limit_burst=row["rate_limit_burst"],
+                plan=plan_from_document(row["plan"]) if row["plan"] is not None else None,
+            )
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now + self._ttl_s, source_id)
-        return source_id
+        self._cache[write_key] = (now + self._ttl_s, config)
+        return config
+
+
+def envelope_bytes(event: dict[str, Any], *, now: datetime) -> tuple[str, bytes]:
+    """Return the Kafka key and the JSON envelope of an accepted event document."""
+    key = partition_key(event)
+    envelope = {
+        "specversion": "1.0",
+        "id": event_id(source_id=event["sourceId"], message_id=event["messageId"]),
+        "type": TrackingEventReceived.EVENT_TYPE,
+        "source": SERVICE,
+        "time": now,
+        "subject": key[:500],
+        "datacontenttype": "application/json",
+        "data": event,
+    }
+    return key, orjson.dumps(envelope, option=orjson.OPT_UTC_Z)
 
 
 async def publish_events(
-    *, publisher: KafkaPublisher, topic: str, events: Sequence[TrackingEventReceived], timeout_s: float
+    *, producer: AIOKafkaProducer, topic: str, events: Sequence[dict[str, Any]], timeout_s: float
 ) -> None:
     """Write accepted events to Kafka and return once every one is acknowledged (acks=all)."""
-    messages = []
-    for index, event in enumerate(events):
-        envelope = make_envelope(
-            payload=event,
-            source=SERVICE,
-            subject=partition_key(event),
-            id=event_id(source_id=event.sourceId, message_id=event.messageId),
-        )
-        messages.append(
-            OutboxMessage(id=index, topic=topic, key=envelope.subject, payload=envelope.to_bytes())
-        )
+    now = datetime.now(UTC)
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            await publisher.publish_batch(messages)
+            futures = []
+            for event in events:
+                key, value = envelope_bytes(event, now=now)
+                futures.append(await producer.send(topic, value=value, key=key.encode()))
+            await asyncio.gather(*futures)
     except (KafkaError, TimeoutError) as exc:
         KAFKA_UNAVAILABLE.inc()
-        raise KafkaUnavailable(str(exc)) from exc
-    for event in events:
-        EVENTS_ACCEPTED.labels(event.sourceId, event.type).inc()
+        raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
+    PRODUCE_DURATION.observe(time.perf_counter() - started)
+    counts = Counter((event["sourceId"], event["type"]) for event in events)
+    for (source_id, call_type), count in counts.items():
+        EVENTS_ACCEPTED.labels(source_id, call_type).inc(count)
+
+
+async def record_violations(
+    *,
+    session_factory: async_sessionmaker[AsyncSession],
+    source_id: str,
+    found: Sequence[tuple[str, Violation, bool]],
+) -> None:
+    """Record tracking-plan violations (message id, violation, whether the event was refused) and count them."""
+    if not found:
+        return
+    rows = [
+        {
+            "source_id": source_id,
+            "kind": violation.kind,
+            "event_type": violation.event_type,
+            "event_name": violation.event_name,
+            "path": violation.path,
+            "rule": violation.rule,
+            "message_id": message_id,
+            "refused": refused,
+        }
+        for message_id, violation, refused in found
+    ]
+    async with session_factory() as session, session.begin():
+        await store.insert_violations(session=session, rows=rows)
+    for _, violation, refused in found:
+        PLAN_VIOLATIONS.labels(source_id, violation.kind, str(refused).lower()).inc()

@@ -7,9 +7,10 @@ from pathlib import Path
 from cdp_common.db import transaction
 from cdp_common.service import ServiceRuntime, build_app, serve
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from cdp_ingest import handlers
-from cdp_ingest.api import routers
+from cdp_ingest.api import Intake, routers
 from cdp_ingest.consumer import SERVICE, consumer_specs
 from cdp_ingest.settings import Settings
 
@@ -20,8 +21,11 @@ def create_app(settings: Settings) -> FastAPI:
     """Create the ingest service's app; resources are built in its lifespan."""
 
     async def prepare(runtime: ServiceRuntime) -> None:
-        app.state.write_keys = handlers.WriteKeys(
-            session_factory=runtime.session_factory, ttl_s=settings.write_key_cache_s
+        app.state.intake = Intake(
+            settings=settings,
+            write_keys=handlers.WriteKeys(
+                session_factory=runtime.session_factory, ttl_s=settings.write_key_cache_s
+            ),
         )
         default_key = settings.default_write_key.get_secret_value()
         if default_key:
@@ -36,6 +40,14 @@ def create_app(settings: Settings) -> FastAPI:
         on_start=[prepare],
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP ingest service")
+    # Browsers call the tracking API from any site (analytics.js, sendBeacon); no cookies are read.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["*"],
+        max_age=86400,
+    )
     return app
 
 

@@ -19,6 +19,32 @@ sources = sa.Table(
     sa.Column("write_key_hash", sa.Text, nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("disabled_at", sa.DateTime(timezone=True)),
+    sa.Column("rate_limit_per_s", sa.Float),
+    sa.Column("rate_limit_burst", sa.Integer),
+    sa.Column("rotated_at", sa.DateTime(timezone=True)),
+)
+
+tracking_plans = sa.Table(
+    "tracking_plans",
+    metadata,
+    sa.Column("source_id", sa.Text, sa.ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("document", postgresql.JSONB, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+plan_violations = sa.Table(
+    "plan_violations",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("event_name", sa.Text),
+    sa.Column("path", sa.Text),
+    sa.Column("rule", sa.Text, nullable=False),
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("refused", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 issued_tokens = sa.Table(
@@ -62,6 +88,9 @@ def _source_document(row: Any) -> dict[str, Any]:
         "name": row["name"],
         "created_at": _iso(row["created_at"]),
         "disabled_at": _iso(row["disabled_at"]),
+        "rotated_at": _iso(row["rotated_at"]),
+        "rate_limit_per_s": row["rate_limit_per_s"],
+        "rate_limit_burst": row["rate_limit_burst"],
     }
 
 
@@ -73,6 +102,105 @@ async def find_source_by_write_key(*, session: AsyncSession, write_key_hash: str
         )
     )
     return found.scalar_one_or_none()
+
+
+async def find_enabled_source(*, session: AsyncSession, write_key_hash: str) -> dict[str, Any] | None:
+    """Return the enabled source that owns a write key, with its limits and tracking plan."""
+    found = (
+        (
+            await session.execute(
+                sa.select(
+                    sources.c.id,
+                    sources.c.rate_limit_per_s,
+                    sources.c.rate_limit_burst,
+                    tracking_plans.c.document.label("plan"),
+                )
+                .select_from(sources.outerjoin(tracking_plans, tracking_plans.c.source_id == sources.c.id))
+                .where(sources.c.write_key_hash == write_key_hash, sources.c.disabled_at.is_(None))
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(found) if found is not None else None
+
+
+async def get_source(*, session: AsyncSession, source_id: str) -> dict[str, Any] | None:
+    """Return one source, or None."""
+    row = (await session.execute(sa.select(sources).where(sources.c.id == source_id))).mappings().first()
+    return _source_document(row) if row is not None else None
+
+
+async def update_source(
+    *, session: AsyncSession, source_id: str, values: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Change columns of a source and return it, or None when there is no such source."""
+    row = (
+        (
+            await session.execute(
+                sources.update().where(sources.c.id == source_id).values(**values).returning(sources)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return _source_document(row) if row is not None else None
+
+
+async def put_tracking_plan(*, session: AsyncSession, source_id: str, document: dict[str, Any]) -> None:
+    """Store (or replace) a source's tracking plan."""
+    statement = postgresql.insert(tracking_plans).values(source_id=source_id, document=document)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["source_id"], set_={"document": document, "updated_at": sa.func.now()}
+        )
+    )
+
+
+async def get_tracking_plan(*, session: AsyncSession, source_id: str) -> dict[str, Any] | None:
+    """Return a source's tracking plan document with its update time."""
+    row = (
+        (await session.execute(sa.select(tracking_plans).where(tracking_plans.c.source_id == source_id)))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return {**row["document"], "updated_at": _iso(row["updated_at"])}
+
+
+async def insert_violations(*, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Record tracking-plan violations."""
+    if rows:
+        await session.execute(plan_violations.insert(), rows)
+
+
+async def list_violations(
+    *, session: AsyncSession, source_id: str, before: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """Return a source's violations, newest first, before a cursor position."""
+    query = (
+        sa.select(plan_violations)
+        .where(plan_violations.c.source_id == source_id)
+        .order_by(plan_violations.c.id.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        query = query.where(plan_violations.c.id < before)
+    return [
+        {
+            "id": row["id"],
+            "kind": row["kind"],
+            "type": row["event_type"],
+            "event": row["event_name"],
+            "path": row["path"],
+            "rule": row["rule"],
+            "message_id": row["message_id"],
+            "refused": row["refused"],
+            "at": _iso(row["created_at"]),
+        }
+        for row in (await session.execute(query)).mappings()
+    ]
 
 
 async def list_sources(*, session: AsyncSession, after: str | None, limit: int) -> list[dict[str, Any]]:

@@ -1,47 +1,166 @@
-"""Segment tracking calls: validation and server-side enrichment."""
+"""Segment tracking calls: validation against the limits, and server-side enrichment.
+
+A call is turned into the event document of `cdp.event.received.v1` (the fields of
+`cdp_common.events.TrackingEventReceived`) as a plain dict, because the batch path
+handles tens of thousands of events a second; a unit test holds every document this
+module builds to that model.
+"""
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cdp_common.events import TrackingEventReceived
+from cdp_ingest.domain.ecommerce import check_ecommerce_event
+from cdp_ingest.domain.errors import CallError
 
 MESSAGE_NAMESPACE = uuid.UUID("6f1d3c4e-5b0a-4c57-9a55-2f3c1b7d8e90")
 
+CALL_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+# Priority of context.externalIds types when an event has neither userId nor anonymousId;
+# types not listed come after these, in the order the event gives them.
+EXTERNAL_ID_PRIORITY = ("email", "phone", "profile_id")
+MAX_ID_LENGTH = 1000
+MAX_MESSAGE_ID_LENGTH = 100
+MAX_EXTERNAL_IDS = 50
+
 
 @dataclass(frozen=True)
-class CallError(Exception):
-    """A call the tracking API refuses, with a machine-readable code and where it failed."""
+class Limits:
+    """Bounds on the shape of one event, beyond its size."""
 
-    code: str
-    message: str
-    field: str | None = None
+    max_event_bytes: int = 32 * 1024
+    max_depth: int = 16
+    max_string_length: int = 8192
+    max_key_length: int = 256
+    max_keys_per_object: int = 250
+    max_array_length: int = 1000
+    future_tolerance: timedelta = timedelta(days=1)
+    past_tolerance: timedelta = timedelta(days=2 * 365)
 
 
-def _parse_time(value: Any, field: str) -> datetime | None:
+class _ShapeError(Exception):
+    def __init__(self, code: str, message: str, path: list[str]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.path = path
+
+
+def _join(path: list[str]) -> str:
+    text = ""
+    for part in path:
+        text += part if part.startswith("[") else ("." + part if text else part)
+    return text
+
+
+def _check_string(value: str, limit: int, what: str) -> None:
+    if len(value) > limit:
+        raise _ShapeError("string_too_long", f"{what} is longer than {limit} characters", [])
+    if "\x00" in value:
+        raise _ShapeError("nul_character", f"{what} contains a NUL character", [])
+
+
+def _check_value(value: Any, depth: int, limits: Limits) -> None:
+    if isinstance(value, str):
+        _check_string(value, limits.max_string_length, "the string")
+    elif isinstance(value, dict):
+        if depth >= limits.max_depth:
+            raise _ShapeError(
+                "too_deep", f"objects and arrays nest deeper than {limits.max_depth} levels", []
+            )
+        if len(value) > limits.max_keys_per_object:
+            raise _ShapeError(
+                "too_many_properties", f"an object has more than {limits.max_keys_per_object} properties", []
+            )
+        for key, item in value.items():
+            try:
+                _check_string(key, limits.max_key_length, "the property name")
+                _check_value(item, depth + 1, limits)
+            except _ShapeError as exc:
+                exc.path.insert(0, key)
+                raise
+    elif isinstance(value, list):
+        if depth >= limits.max_depth:
+            raise _ShapeError(
+                "too_deep", f"objects and arrays nest deeper than {limits.max_depth} levels", []
+            )
+        if len(value) > limits.max_array_length:
+            raise _ShapeError("array_too_long", f"an array has more than {limits.max_array_length} items", [])
+        for index, item in enumerate(value):
+            try:
+                _check_value(item, depth + 1, limits)
+            except _ShapeError as exc:
+                exc.path.insert(0, f"[{index}]")
+                raise
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _ShapeError("non_finite_number", "NaN and Infinity are not JSON numbers", [])
+
+
+def check_shape(call: Mapping[str, Any], limits: Limits) -> None:
+    """Refuse a call whose nesting, strings, property counts or characters exceed the limits."""
+    try:
+        _check_value(call, 0, limits)
+    except _ShapeError as exc:
+        raise CallError(exc.code, exc.message, _join(exc.path) or None) from exc
+
+
+def parse_time(value: Any, field: str) -> datetime | None:
+    """Parse an ISO 8601 time; a time without offset is UTC."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise CallError("invalid_timestamp", f"{field} must be an ISO 8601 string", field)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise CallError("invalid_timestamp", f"{field} is not an ISO 8601 time", field) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _optional_id(call: dict[str, Any], field: str) -> str | None:
+def _optional_id(call: Mapping[str, Any], field: str) -> str | None:
     value = call.get(field)
     if value is None or value == "":
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise CallError("invalid_field", f"{field} must be a string", field)
+    if isinstance(value, int | float):
         return str(value)
     if not isinstance(value, str):
         raise CallError("invalid_field", f"{field} must be a string", field)
+    if len(value) > MAX_ID_LENGTH:
+        raise CallError("invalid_field", f"{field} must be at most {MAX_ID_LENGTH} characters", field)
     return value
+
+
+def external_ids(context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return the valid `context.externalIds` of a call, refusing malformed ones."""
+    raw = context.get("externalIds")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise CallError("invalid_field", "context.externalIds must be an array", "context.externalIds")
+    if len(raw) > MAX_EXTERNAL_IDS:
+        raise CallError(
+            "invalid_field",
+            f"context.externalIds has more than {MAX_EXTERNAL_IDS} items",
+            "context.externalIds",
+        )
+    for index, item in enumerate(raw):
+        where = f"context.externalIds[{index}]"
+        if not isinstance(item, dict):
+            raise CallError("invalid_field", f"{where} must be an object", where)
+        value, kind = item.get("id"), item.get("type")
+        if isinstance(value, bool) or not isinstance(value, str | int) or str(value).strip() == "":
+            raise CallError("invalid_field", f"{where}.id must be a non-empty string", f"{where}.id")
+        if not isinstance(kind, str) or not kind.strip():
+            raise CallError("invalid_field", f"{where}.type must be a non-empty string", f"{where}.type")
+    return raw
 
 
 def corrected_timestamp(
@@ -55,44 +174,120 @@ def corrected_timestamp(
     return received_at
 
 
+def merge_batch_defaults(item: dict[str, Any], batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge a batch's top-level context and integrations into one item (the item's keys win)."""
+    merged = item
+    for field in ("context", "integrations"):
+        shared = batch.get(field)
+        if isinstance(shared, dict) and shared:
+            own = item.get(field)
+            if own is None:
+                merged = {**merged, field: shared}
+            elif isinstance(own, dict):
+                merged = {**merged, field: {**shared, **own}}
+    if "sentAt" not in item and batch.get("sentAt") is not None:
+        merged = {**merged, "sentAt": batch["sentAt"]}
+    return merged
+
+
+def _required_name(call: Mapping[str, Any], field: str, code: str, what: str) -> str:
+    value = call.get(field)
+    if isinstance(value, int | float) and not isinstance(value, bool) and field != "event":
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise CallError(code, what, field)
+    if len(value) > MAX_ID_LENGTH:
+        raise CallError("invalid_field", f"{field} must be at most {MAX_ID_LENGTH} characters", field)
+    return value
+
+
 def build_event(
-    *, call: dict[str, Any], call_type: str, source_id: str, received_at: datetime
-) -> TrackingEventReceived:
-    """Validate one call and return it enriched, ready for cdp.events.v1."""
-    user_id = _optional_id(call, "userId")
-    anonymous_id = _optional_id(call, "anonymousId")
-    if user_id is None and anonymous_id is None:
-        raise CallError("no_user_anon_id", "userId or anonymousId is required", "userId")
-    message_id = _optional_id(call, "messageId") or str(uuid.uuid4())
-    if len(message_id) > 100:
-        raise CallError("invalid_message_id", "messageId must be at most 100 characters", "messageId")
-    event_name = call.get("event")
-    if call_type == "track" and (not isinstance(event_name, str) or not event_name.strip()):
-        raise CallError("missing_event", "track calls need an event name", "event")
-    for field in ("properties", "traits", "context", "integrations"):
+    *,
+    call: Mapping[str, Any],
+    call_type: str,
+    source_id: str,
+    received_at: datetime,
+    limits: Limits,
+    client_ip: str | None = None,
+) -> dict[str, Any]:
+    """Validate one call and return its event document, enriched, ready for cdp.events.v1."""
+    if call_type not in CALL_TYPES:
+        raise CallError("invalid_type", f"type must be one of {sorted(CALL_TYPES)}", "type")
+    for field in OBJECT_FIELDS:
         if call.get(field) is not None and not isinstance(call[field], dict):
             raise CallError("invalid_field", f"{field} must be an object", field)
-    sent_at = _parse_time(call.get("sentAt"), "sentAt")
-    original = _parse_time(call.get("originalTimestamp"), "originalTimestamp")
-    explicit = _parse_time(call.get("timestamp"), "timestamp")
-    return TrackingEventReceived(
-        type=call_type,
+    check_shape(call, limits)
+    context: dict[str, Any] = call.get("context") or {}
+    user_id = _optional_id(call, "userId")
+    anonymous_id = _optional_id(call, "anonymousId")
+    ids = external_ids(context)
+    event: dict[str, Any] = {"type": call_type}
+    if call_type == "alias":
+        event["previousId"] = _required_name(
+            call, "previousId", "missing_previous_id", "alias calls need a previousId"
+        )
+        if user_id is None:
+            raise CallError("no_user_id", "alias calls need a userId", "userId")
+    elif user_id is None and anonymous_id is None and not ids:
+        raise CallError(
+            "no_user_anon_id", "userId, anonymousId or a context.externalIds identifier is required", "userId"
+        )
+    message_id = _optional_id(call, "messageId") or str(uuid.uuid4())
+    if len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise CallError(
+            "invalid_message_id",
+            f"messageId must be at most {MAX_MESSAGE_ID_LENGTH} characters",
+            "messageId",
+        )
+    if call_type == "track":
+        event["event"] = _required_name(call, "event", "missing_event", "track calls need an event name")
+    elif call_type == "group":
+        event["groupId"] = _required_name(call, "groupId", "missing_group_id", "group calls need a groupId")
+    elif call_type in ("page", "screen"):
+        for field in ("name", "category"):
+            value = call.get(field)
+            if value is not None and not isinstance(value, str):
+                raise CallError("invalid_field", f"{field} must be a string", field)
+            if value:
+                event[field] = value
+    sent_at = parse_time(call.get("sentAt"), "sentAt")
+    original = parse_time(call.get("originalTimestamp"), "originalTimestamp")
+    explicit = parse_time(call.get("timestamp"), "timestamp")
+    timestamp = corrected_timestamp(
+        received_at=received_at, sent_at=sent_at, original=original, explicit=explicit
+    )
+    if timestamp > received_at + limits.future_tolerance or timestamp < received_at - limits.past_tolerance:
+        where = "timestamp" if explicit is not None else "originalTimestamp"
+        raise CallError(
+            "timestamp_out_of_range",
+            f"the event time {timestamp.isoformat()} is more than {limits.future_tolerance} in the future "
+            f"or {limits.past_tolerance} in the past",
+            where,
+        )
+    properties = call.get("properties") or {}
+    if call_type == "track":
+        check_ecommerce_event(event["event"], properties)
+    if client_ip and not context.get("ip"):
+        context = {**context, "ip": client_ip}
+    event.update(
         messageId=message_id,
         sourceId=source_id,
         receivedAt=received_at,
-        timestamp=corrected_timestamp(
-            received_at=received_at, sent_at=sent_at, original=original, explicit=explicit
-        ),
-        sentAt=sent_at,
-        originalTimestamp=original if original is not None else explicit,
-        userId=user_id,
-        anonymousId=anonymous_id,
-        event=event_name if isinstance(event_name, str) else None,
-        properties=call.get("properties") or {},
+        timestamp=timestamp,
+        properties=properties,
         traits=call.get("traits") or {},
-        context=call.get("context") or {},
+        context=context,
         integrations=call.get("integrations") or {},
     )
+    if user_id is not None:
+        event["userId"] = user_id
+    if anonymous_id is not None:
+        event["anonymousId"] = anonymous_id
+    if sent_at is not None:
+        event["sentAt"] = sent_at
+    if original is not None or explicit is not None:
+        event["originalTimestamp"] = original if original is not None else explicit
+    return event
 
 
 def event_id(*, source_id: str, message_id: str) -> str:
@@ -100,6 +295,19 @@ def event_id(*, source_id: str, message_id: str) -> str:
     return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{source_id}:{message_id}"))
 
 
-def partition_key(event: TrackingEventReceived) -> str:
-    """Return the Kafka key: userId, else anonymousId."""
-    return event.userId or event.anonymousId or event.messageId
+def _external_rank(kind: str) -> int:
+    return EXTERNAL_ID_PRIORITY.index(kind) if kind in EXTERNAL_ID_PRIORITY else len(EXTERNAL_ID_PRIORITY)
+
+
+def partition_key(event: Mapping[str, Any]) -> str:
+    """Return the Kafka key: userId, else anonymousId, else the first external id by priority."""
+    key = event.get("userId") or event.get("anonymousId")
+    if key:
+        return str(key)
+    ids = event.get("context", {}).get("externalIds") or []
+    if ids:
+        first = min(ids, key=lambda item: _external_rank(str(item["type"]).strip().lower()))
+        kind = str(first["type"]).strip().lower()
+        value = str(first["id"]).strip()
+        return f"{kind}:{value.lower() if kind == 'email' else value}"
+    return str(event["messageId"])

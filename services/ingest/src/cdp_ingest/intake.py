@@ -1,0 +1,195 @@
+"""Reading tracking requests: the bounded body (gzip included), its JSON, the write key and the client's address.
+
+Every failure here is the client's: each raises an ApiError with a 4xx and the
+contract's error body, so bad input never turns into a 5xx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from cdp_common.web import ApiError
+from fastapi import Request
+
+from cdp_ingest.metrics import EVENTS_REFUSED
+
+REFUSED_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def refuse(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    *,
+    source: str = "unknown",
+    call_type: str = "unknown",
+    headers: dict[str, str] | None = None,
+) -> ApiError:
+    """Count a refusal and return the error that answers it."""
+    EVENTS_REFUSED.labels(source, call_type, code).inc()
+    return ApiError(status=status, code=code, message=message, details=details, headers=headers)
+
+
+def _too_large(limit: int, call_type: str) -> ApiError:
+    return refuse(
+        413,
+        "payload_too_large",
+        f"the body exceeds {limit} bytes",
+        {"limit_bytes": limit},
+        call_type=call_type,
+    )
+
+
+async def read_body(request: Request, *, limit: int, call_type: str) -> bytes:
+    """Read the body, decompressing gzip, refusing anything over `limit` bytes before or after decompression."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type in REFUSED_MEDIA_TYPES:
+        raise refuse(
+            415,
+            "unsupported_media_type",
+            "send JSON as application/json or text/plain",
+            {"content_type": media_type},
+            call_type=call_type,
+        )
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", ""):
+        raise refuse(
+            415,
+            "unsupported_encoding",
+            "Content-Encoding must be gzip or absent",
+            {"content_encoding": encoding},
+            call_type=call_type,
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit, call_type)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _too_large(limit, call_type)
+    if encoding != "gzip":
+        return bytes(body)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        plain = inflater.decompress(bytes(body), limit + 1)
+    except zlib.error as exc:
+        raise refuse(400, "invalid_gzip", "the body is not valid gzip", call_type=call_type) from exc
+    if len(plain) > limit or inflater.unconsumed_tail:
+        raise _too_large(limit, call_type)
+    if not inflater.eof:
+        raise refuse(400, "invalid_gzip", "the gzip body is truncated", call_type=call_type)
+    return plain
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def parse_json(body: bytes, *, call_type: str) -> Any:
+    """Parse a JSON body, saying whether it is invalid UTF-8, holds NaN or Infinity, or is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as fast_error:
+        problem = fast_error
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(
+            400,
+            "invalid_encoding",
+            "the body is not valid UTF-8",
+            {"position": exc.start},
+            call_type=call_type,
+        ) from exc
+    try:
+        json.loads(text, parse_constant=_refuse_constant)
+    except _NonFinite as exc:
+        raise refuse(
+            400, "non_finite_number", f"{exc} is not a JSON number", {"value": str(exc)}, call_type=call_type
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise refuse(
+            400,
+            "invalid_json",
+            f"the body is not valid JSON: {exc.msg}",
+            {"position": exc.pos},
+            call_type=call_type,
+        ) from exc
+    # The standard library accepts what orjson does not: lone surrogates, numbers out of range.
+    code = "invalid_encoding" if "surrogate" in str(problem) else "invalid_json"
+    raise refuse(
+        400, code, f"the body is not valid JSON: {problem}", {"position": problem.pos}, call_type=call_type
+    )
+
+
+def parse_object(body: bytes, *, call_type: str) -> dict[str, Any]:
+    """Parse a body that must be one JSON object."""
+    document = parse_json(body, call_type=call_type)
+    if not isinstance(document, dict):
+        raise refuse(400, "invalid_json", "the body must be a JSON object", call_type=call_type)
+    return document
+
+
+def write_key_of(request: Request, body: dict[str, Any]) -> str:
+    """Return the write key from HTTP Basic (`writeKey:`) or the body's `writeKey`."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "basic" and credentials:
+        try:
+            user, _, _ = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise refuse(401, "invalid_write_key", "the Basic credentials are not valid base64") from exc
+        if user:
+            return user
+    key = body.get("writeKey")
+    if isinstance(key, str) and key:
+        return key
+    raise refuse(
+        401,
+        "missing_write_key",
+        "send the write key as HTTP Basic user name or as writeKey in the body",
+        headers={"WWW-Authenticate": 'Basic realm="tracking"'},
+    )
+
+
+def client_ip(
+    request: Request, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> str | None:
+    """Return the caller's address: the peer's, or from X-Forwarded-For when the peer is a trusted proxy."""
+    peer = request.client.host if request.client else None
+    if peer is None or not proxies:
+        return peer
+
+    def trusted(address: str) -> bool:
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(parsed in network for network in proxies)
+
+    if not trusted(peer):
+        return peer
+    forwarded = [
+        part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()
+    ]
+    for address in reversed(forwarded):
+        if trusted(address):
+            continue
+        try:
+            return str(ipaddress.ip_address(address))
+        except ValueError:
+            return peer
+    return peer
