@@ -3,20 +3,25 @@ double opt-in, and privacy requests."""
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.privacy import access_router
 from cdp_common.web import ApiError, Page, PageParams, decode_cursor, encode_cursor, page_params
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cdp_consent import handlers, store
 from cdp_consent.domain.consents import ConsentStatus, LegalBasis, UnknownPurpose
+from cdp_consent.domain.opt_in import ConfirmationRefused
+from cdp_consent.mailer import MailNotSent
 from cdp_consent.metrics import CONSENT_CHECKS
 
 consents = APIRouter(prefix="/v1", tags=["consents"])
@@ -128,6 +133,7 @@ async def current_consents(profile_id: ProfileId, session: SessionDep, _: Reader
         "profile_id": survivor,
         "requested_profile_id": profile_id,
         "consents": await store.state_view(session=session, profile_id=survivor),
+        "pending_opt_ins": await store.pending_opt_ins(session=session, profile_id=survivor),
     }
 
 
@@ -197,6 +203,11 @@ class SuppressionRequest(Address):
 
 def address_hash(context: handlers.ConsentContext, address: Address) -> str:
     """Return the keyed hash of a normalised address, or a 422 when it is no address."""
+    return context.contact_hash(address.type, address_hash_input(address))
+
+
+def address_hash_input(address: Address) -> str:
+    """Return the normalised address, or a 422 when it is no address."""
     try:
         value = normalise_identifier(address.type, address.value)
     except InvalidIdentifier as exc:
@@ -207,7 +218,7 @@ def address_hash(context: handlers.ConsentContext, address: Address) -> str:
         raise ApiError(
             status=422, code="invalid_address", message="not an e-mail address", details={"type": "email"}
         )
-    return context.contact_hash(address.type, value)
+    return value
 
 
 def _suppression_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -263,4 +274,111 @@ async def unsuppress(
         raise ApiError(status=404, code="not_found", message="the hash is not on the suppression list")
 
 
-routers = [consents, access_router(service=handlers.SERVICE, export=store.export_profile)]
+opt_ins = APIRouter(prefix="/v1/opt-ins", tags=["double opt-in"])
+public = APIRouter(prefix="/v1/opt-ins", tags=["double opt-in (public)"])
+Token = Annotated[str, Query(min_length=1, max_length=200)]
+
+
+class OptInRequest(StrictModel):
+    """Ask a person to confirm their e-mail address before they receive anything."""
+
+    profile_id: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=3, max_length=320)
+    purpose: Name = "email_marketing"
+    legal_basis: LegalBasis = LegalBasis.CONSENT
+    wording: str | None = Field(default=None, max_length=10_000)
+    wording_version: str | None = Field(default=None, max_length=100)
+    evidence: Evidence = Field(default_factory=Evidence)
+
+
+def _opt_in_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: row[key]
+        for key in (
+            "id",
+            "profile_id",
+            "purpose",
+            "channel",
+            "status",
+            "requested_at",
+            "expires_at",
+            "confirmed_at",
+        )
+        if key in row
+    }
+
+
+@opt_ins.post("", status_code=202)
+async def request_opt_in(
+    body: OptInRequest, request: Request, session: SessionDep, _: Writer, context: ContextDep
+) -> dict[str, Any]:
+    """Create a pending e-mail consent and send the confirmation mail."""
+    address = address_hash_input(Address(type="email", value=body.email))
+    try:
+        opt_in = await handlers.request_opt_in(
+            session=session,
+            context=context,
+            settings=request.app.state.runtime.settings,
+            profile_id=body.profile_id,
+            address=address,
+            purpose=body.purpose,
+            legal_basis=body.legal_basis.value,
+            wording=body.wording,
+            wording_version=body.wording_version,
+            evidence=body.evidence.model_dump(mode="json", exclude_none=True),
+        )
+    except UnknownPurpose as exc:
+        raise _unknown(exc) from exc
+    except MailNotSent as exc:
+        raise ApiError(
+            status=503,
+            code="mail_unavailable",
+            message="the confirmation mail could not be sent; nothing was stored, retry later",
+            headers={"Retry-After": "30"},
+        ) from exc
+    return _opt_in_view(opt_in)
+
+
+@opt_ins.get("/{opt_in_id}")
+async def get_opt_in(
+    opt_in_id: Annotated[str, Path(min_length=1, max_length=100)], session: SessionDep, _: Reader
+) -> dict[str, Any]:
+    """Return where an opt-in request stands."""
+    row = await store.get_opt_in(session=session, opt_in_id=opt_in_id)
+    if row is None:
+        raise ApiError(status=404, code="not_found", message="no such opt-in request")
+    return _opt_in_view(row)
+
+
+CONFIRM_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Confirm your e-mail address</title>
+<meta name="robots" content="noindex"></head>
+<body><h1>Confirm your e-mail address</h1>
+<form method="post" action="confirm?token={token}"><button type="submit">Yes, I confirm</button></form>
+</body></html>"""
+
+
+@public.get("/confirm", response_class=HTMLResponse)
+async def confirmation_page(token: Token) -> HTMLResponse:
+    """Show the confirm button; opening the link alone (or a mail scanner) confirms nothing."""
+    return HTMLResponse(CONFIRM_PAGE.format(token=html.escape(quote(token, safe=""), quote=True)))
+
+
+@public.post("/confirm")
+async def confirm_opt_in(
+    token: Token, request: Request, session: SessionDep, context: ContextDep
+) -> dict[str, Any]:
+    """Confirm a pending e-mail consent; the answer says nothing about whose it was."""
+    evidence = {
+        "ip": request.client.host if request.client else None,
+        "user_agent": request.headers.get("user-agent"),
+    }
+    try:
+        await handlers.confirm_opt_in(session=session, context=context, token=token, evidence=evidence)
+    except ConfirmationRefused as exc:
+        status = 404 if exc.code == "token_unknown" else 410
+        raise ApiError(status=status, code=exc.code, message=exc.message) from exc
+    return {"status": "confirmed", "message": "Thank you, your e-mail address is confirmed."}
+
+
+routers = [consents, public, opt_ins, access_router(service=handlers.SERVICE, export=store.export_profile)]

@@ -4,9 +4,11 @@ resolved events, merges, and publishing every change in force on cdp.consents.v1
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from cdp_common.envelope import Envelope
 from cdp_common.events import (
@@ -33,7 +35,15 @@ from cdp_consent.domain.consents import (
     preferences_of,
     status_for_refusal,
 )
-from cdp_consent.metrics import CONSENT_CHANGES, MERGE_CONFLICTS
+from cdp_consent.domain.opt_in import (
+    ConfirmationRefused,
+    OptInStatus,
+    confirmation_mail,
+    new_token,
+    token_hash,
+)
+from cdp_consent.mailer import MailNotSent, send_mail
+from cdp_consent.metrics import CONSENT_CHANGES, MERGE_CONFLICTS, OPT_IN_MAILS
 from cdp_consent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -271,3 +281,109 @@ async def apply_profile_merged(
             "merge conflicts resolved",
             extra={"profile_id": data.profile_id, "merge_id": data.merge_id, "conflicts": conflicts},
         )
+
+
+async def request_opt_in(
+    *,
+    session: AsyncSession,
+    context: ConsentContext,
+    settings: Settings,
+    profile_id: str,
+    address: str,
+    purpose: str,
+    legal_basis: str,
+    wording: str | None,
+    wording_version: str | None,
+    evidence: dict[str, Any],
+) -> dict[str, Any]:
+    """Store a pending e-mail consent and send the confirmation mail; raise MailNotSent if it fails."""
+    context.catalogue.require(purpose=purpose, channel="email")
+    token, hashed = new_token()
+    now = datetime.now(UTC)
+    opt_in = await store.create_opt_in(
+        session=session,
+        values={
+            "id": str(uuid.uuid4()),
+            "profile_id": profile_id,
+            "purpose": purpose,
+            "channel": "email",
+            "address_hash": context.contact_hash("email", address),
+            "token_hash": hashed,
+            "status": OptInStatus.PENDING.value,
+            "requested_at": now,
+            "expires_at": now + timedelta(seconds=settings.opt_in_ttl_s),
+            "request_evidence": evidence,
+            "legal_basis": legal_basis,
+            "wording": wording,
+            "wording_version": wording_version,
+        },
+    )
+    link = f"{settings.confirmation_base()}/v1/opt-ins/confirm?{urlencode({'token': token})}"
+    message = confirmation_mail(
+        sender=settings.mail_from,
+        recipient=address,
+        link=link,
+        purpose=purpose,
+        wording=wording,
+        wording_version=wording_version,
+        expires_at=opt_in["expires_at"],
+    )
+    try:
+        await send_mail(smtp_url=settings.smtp_url, message=message, timeout_s=settings.smtp_timeout_s)
+    except MailNotSent:
+        OPT_IN_MAILS.labels("failed").inc()
+        raise
+    OPT_IN_MAILS.labels("sent").inc()
+    await store.record_contacts(
+        session=session, profile_id=profile_id, hashes=[("email", opt_in["address_hash"])]
+    )
+    return opt_in
+
+
+async def confirm_opt_in(
+    *, session: AsyncSession, context: ConsentContext, token: str, evidence: dict[str, Any]
+) -> None:
+    """Grant the pending consent a token belongs to, once, before it expires."""
+    opt_in = await store.opt_in_by_token(session=session, token_hash=token_hash(token))
+    if opt_in is None:
+        raise ConfirmationRefused("token_unknown", "this confirmation link is not valid")
+    if opt_in["status"] == OptInStatus.CONFIRMED:
+        raise ConfirmationRefused("token_used", "this confirmation link has already been used")
+    now = datetime.now(UTC)
+    if opt_in["status"] == OptInStatus.EXPIRED or opt_in["expires_at"] <= now:
+        await store.update_opt_in(session=session, opt_in_id=opt_in["id"], values={"status": "expired"})
+        raise ConfirmationRefused("token_expired", "this confirmation link has expired; please sign up again")
+    proof = {
+        "double_opt_in": {
+            "opt_in_id": opt_in["id"],
+            "address_hash": opt_in["address_hash"],
+            "requested_at": opt_in["requested_at"].isoformat(),
+            "request": opt_in["request_evidence"],
+            "confirmed_at": now.isoformat(),
+            "confirmation": evidence,
+        }
+    }
+    entry = await record_decision(
+        session=session,
+        context=context,
+        profile_id=opt_in["profile_id"],
+        purpose=opt_in["purpose"],
+        channel=opt_in["channel"],
+        status=ConsentStatus.GRANTED,
+        at=now,
+        source="double_opt_in",
+        legal_basis=opt_in["legal_basis"],
+        wording=opt_in["wording"],
+        wording_version=opt_in["wording_version"],
+        evidence={**evidence, **proof},
+    )
+    await store.update_opt_in(
+        session=session,
+        opt_in_id=opt_in["id"],
+        values={
+            "status": "confirmed",
+            "confirmed_at": now,
+            "confirm_evidence": evidence,
+            "ledger_id": entry.row["id"],
+        },
+    )

@@ -1,7 +1,8 @@
-"""Builds the consent service: the app, its lifespan, its consumers."""
+"""Builds the consent service: the app, its lifespan, its consumers and its scheduler."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cdp_common.service import ServiceRuntime, build_app, serve
@@ -11,14 +12,36 @@ from fastapi import FastAPI
 from cdp_consent.api import routers
 from cdp_consent.consumer import SERVICE, consumer_specs
 from cdp_consent.handlers import ConsentContext
+from cdp_consent.scheduler import Scheduler
 from cdp_consent.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
+@dataclass
+class ConsentRuntime(ServiceRuntime):
+    """The platform's service runtime plus the consent service's scheduler."""
+
+    scheduler: Scheduler = field(init=False)
+
+    async def start(self) -> None:
+        """Start the platform's parts, then the scheduler."""
+        await super().start()
+        assert isinstance(self.settings, Settings)
+        self.scheduler = Scheduler(
+            session_factory=self.session_factory, interval_s=self.settings.scheduler_interval_s
+        )
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        """Stop the scheduler first, then the platform's parts."""
+        await self.scheduler.stop()
+        await super().stop()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Create the consent service's app; resources are built in its lifespan."""
-    runtime = ServiceRuntime(
+    runtime = ConsentRuntime(
         service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(settings)
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP consent service")

@@ -80,6 +80,27 @@ merges_applied = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
+opt_ins = sa.Table(
+    "opt_ins",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("profile_id", sa.Text, nullable=False),
+    sa.Column("purpose", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("address_hash", sa.Text, nullable=False),
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("request_evidence", postgresql.JSONB, nullable=False),
+    sa.Column("legal_basis", sa.Text, nullable=False),
+    sa.Column("wording", sa.Text),
+    sa.Column("wording_version", sa.Text),
+    sa.Column("confirmed_at", sa.DateTime(timezone=True)),
+    sa.Column("confirm_evidence", postgresql.JSONB),
+    sa.Column("ledger_id", sa.BigInteger),
+)
+
 
 @dataclass(frozen=True)
 class LedgerEntry:
@@ -373,6 +394,63 @@ async def suppression_page(*, session: AsyncSession, after: str | None, limit: i
     return [dict(r._mapping) for r in await session.execute(query)]
 
 
+async def create_opt_in(*, session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
+    """Store a pending opt-in request."""
+    row = (await session.execute(opt_ins.insert().values(**values).returning(*opt_ins.c))).one()
+    return dict(row._mapping)
+
+
+async def opt_in_by_token(*, session: AsyncSession, token_hash: str) -> dict[str, Any] | None:
+    """Return the opt-in request a token belongs to, locked for the confirmation, or None."""
+    row = (
+        await session.execute(sa.select(opt_ins).where(opt_ins.c.token_hash == token_hash).with_for_update())
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def get_opt_in(*, session: AsyncSession, opt_in_id: str) -> dict[str, Any] | None:
+    """Return one opt-in request, or None."""
+    row = (await session.execute(sa.select(opt_ins).where(opt_ins.c.id == opt_in_id))).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def update_opt_in(*, session: AsyncSession, opt_in_id: str, values: dict[str, Any]) -> None:
+    """Change an opt-in request's status and evidence."""
+    await session.execute(opt_ins.update().where(opt_ins.c.id == opt_in_id).values(**values))
+
+
+async def expire_opt_ins(*, session: AsyncSession, now: datetime) -> int:
+    """Mark pending opt-in requests past their expiry as expired; return how many."""
+    result = await session.execute(
+        opt_ins.update()
+        .where(opt_ins.c.status == "pending", opt_ins.c.expires_at <= now)
+        .values(status="expired")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def pending_opt_ins(*, session: AsyncSession, profile_id: str) -> list[dict[str, Any]]:
+    """Return a profile's opt-in requests awaiting confirmation."""
+    rows = await session.execute(
+        sa.select(
+            opt_ins.c.id, opt_ins.c.purpose, opt_ins.c.channel, opt_ins.c.requested_at, opt_ins.c.expires_at
+        )
+        .where(opt_ins.c.profile_id == profile_id, opt_ins.c.status == "pending")
+        .order_by(opt_ins.c.requested_at)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def opt_ins_of(*, session: AsyncSession, profile_id: str) -> list[dict[str, Any]]:
+    """Return every opt-in request of a profile, without the token hash."""
+    rows = await session.execute(
+        sa.select(*[c for c in opt_ins.c if c.name != "token_hash"])
+        .where(opt_ins.c.profile_id == profile_id)
+        .order_by(opt_ins.c.requested_at)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 async def _delete_where(
     session: AsyncSession, table: sa.Table, column: sa.ColumnElement[Any], ids: list[str]
 ) -> int:
@@ -393,6 +471,7 @@ async def erase_profiles(*, session: AsyncSession, profile_ids: list[str]) -> di
             session, consent_ledger, consent_ledger.c.profile_id, profile_ids
         ),
         "consent_state": await _delete_where(session, consent_state, consent_state.c.profile_id, profile_ids),
+        "opt_ins": await _delete_where(session, opt_ins, opt_ins.c.profile_id, profile_ids),
         "profile_contacts": await _delete_where(
             session, profile_contacts, profile_contacts.c.profile_id, profile_ids
         ),
@@ -412,12 +491,14 @@ async def export_profile(*, session: AsyncSession, profile_id: str) -> dict[str,
     known = await export_known_profile(session=session, table=known_profiles, profile_id=profile_id)
     ledger = await ledger_page(session=session, profile_id=profile_id, after_id=None, limit=100_000)
     state = await state_view(session=session, profile_id=profile_id)
-    if known is None and not ledger and not state:
+    requests = await opt_ins_of(session=session, profile_id=profile_id)
+    if known is None and not ledger and not state and not requests:
         return None
     return {
         "known_profile": known,
         "consents": _jsonable(state),
         "consent_ledger": _jsonable(ledger),
+        "opt_ins": _jsonable(requests),
     }
 
 
