@@ -33,7 +33,7 @@ def refusal(call: dict[str, Any], call_type: str = "track", **kwargs: Any) -> Ca
     return caught.value
 
 
-CALLS = [
+CALLS: list[tuple[str, dict[str, Any]]] = [
     ("identify", {"userId": "u1", "traits": {"email": "a@b.c"}}),
     ("track", {"anonymousId": "a1", "event": "Signed Up", "properties": {"plan": "pro"}}),
     ("page", {"anonymousId": "a1", "name": "Home", "category": "Docs", "properties": {"path": "/"}}),

@@ -1,0 +1,32 @@
+"""The caller's address: the peer's, or X-Forwarded-For only through a trusted proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from cdp_ingest.intake import client_ip
+from fastapi import Request
+
+PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
+
+
+def request_from(peer: str, forwarded: str | None = None) -> Request:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    return Request(
+        {"type": "http", "headers": headers, "client": (peer, 5000), "method": "POST", "path": "/"}
+    )
+
+
+def test_the_peer_is_the_client_without_trusted_proxies() -> None:
+    assert client_ip(request_from("203.0.113.5", "198.51.100.1"), []) == "203.0.113.5"
+
+
+def test_an_untrusted_peer_cannot_claim_another_address() -> None:
+    assert client_ip(request_from("203.0.113.5", "198.51.100.1"), PROXIES) == "203.0.113.5"
+
+
+def test_a_trusted_proxy_names_the_client_nearest_to_it() -> None:
+    # The left-most entry is the client's claim; the right-most untrusted one is what a proxy saw.
+    assert client_ip(request_from("10.0.0.2", "1.1.1.1, 198.51.100.1, 10.0.0.3"), PROXIES) == "198.51.100.1"
+    assert client_ip(request_from("10.0.0.2", "garbage"), PROXIES) == "10.0.0.2"
+    assert client_ip(request_from("10.0.0.2"), PROXIES) == "10.0.0.2"
