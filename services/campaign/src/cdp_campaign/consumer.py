@@ -2,22 +2,69 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
+from cdp_common.envelope import Envelope
+from cdp_common.events import (
+    CampaignSendsRequested,
+    ProfileCreated,
+    ProfileUpdated,
+    SegmentEntered,
+    SegmentExited,
+)
+from cdp_common.kafka import Handler
 from cdp_common.replica import profiles_consumer_handlers
 from cdp_common.service import ConsumerSpec
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_campaign import store
+from cdp_campaign import handlers, store
+from cdp_campaign.handlers import SERVICE, CampaignContext
 
-SERVICE = "campaign"
+__all__ = ["SERVICE", "consumer_specs"]
 
 
-def consumer_specs(settings: PlatformSettings) -> list[ConsumerSpec]:
+def _chain(first: Handler, then: Handler) -> Handler:
+    async def both(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        await first(session=session, envelope=envelope)
+        await then(session=session, envelope=envelope)
+
+    return both
+
+
+def _bound(handler: Any, ctx: CampaignContext) -> Handler:
+    bound: Handler = functools.partial(handler, ctx=ctx)
+    return bound
+
+
+def consumer_specs(settings: PlatformSettings, ctx: CampaignContext | None = None) -> list[ConsumerSpec]:
     """Return the consumer groups of the service."""
-    handlers = profiles_consumer_handlers(
+    profile_handlers = profiles_consumer_handlers(
         service=SERVICE,
         privacy_topic=settings.topic(TopicName.PRIVACY),
         table=store.known_profiles,
         erase=store.erase_profiles,
     )
-    return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=handlers)]
+    if ctx is None:
+        return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers)]
+    on_changed = _bound(handlers.on_profile_changed, ctx)
+    for payload in (ProfileCreated, ProfileUpdated):
+        profile_handlers[payload] = _chain(profile_handlers[payload], on_changed)
+    return [
+        ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers),
+        ConsumerSpec(
+            purpose="segments",
+            topics=[TopicName.SEGMENTS],
+            handlers={
+                SegmentEntered: _bound(handlers.on_segment_entered, ctx),
+                SegmentExited: _bound(handlers.on_segment_exited, ctx),
+            },
+        ),
+        ConsumerSpec(
+            purpose="sends",
+            topics=[TopicName.CAMPAIGN_SENDS],
+            handlers={CampaignSendsRequested: _bound(handlers.on_sends_requested, ctx)},
+        ),
+    ]

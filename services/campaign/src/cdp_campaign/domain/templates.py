@@ -1,0 +1,120 @@
+"""Personalised content: Jinja2 templates in the immutable sandbox, with limits on time and size.
+
+Templates see `profile` (traits), `computed` (computed traits), `segments` (keys of the
+segments the person is in), `locale`, `recommendations` (products) and `campaign`.
+Missing values render as empty unless the template gives a fallback
+(`{{ profile.first_name | default("there") }}`).
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import TemplateError, Undefined, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_OUTPUT_CHARS = 256_000
+MAX_RENDER_SECONDS = 0.5
+MAX_RANGE = 10_000
+MAX_SEQUENCE = 100_000
+
+
+class TemplateRefused(Exception):
+    """A template that is invalid, unsafe, too slow or too big."""
+
+
+@dataclass
+class _Budget:
+    deadline: float = field(default_factory=lambda: time.monotonic() + MAX_RENDER_SECONDS)
+
+    def check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TemplateRefused(f"rendering took longer than {MAX_RENDER_SECONDS}s")
+
+
+class _LimitedEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with checks on loops, repetition and the clock."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        budget: _Budget | None = context.get("__budget__")
+        if budget is not None:
+            budget.check()
+        if operator_name == "**" and isinstance(right, int) and abs(right) > 64:
+            raise TemplateRefused("exponent too large")
+        result = {"*": operator.mul, "**": operator.pow, "+": operator.add}[operator_name](left, right)
+        if isinstance(result, str | list | tuple) and len(result) > MAX_SEQUENCE:
+            raise TemplateRefused("a value in the template grew too large")
+        return result
+
+    def call(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        budget: _Budget | None = context.get("__budget__")
+        if budget is not None:
+            budget.check()
+        return super().call(context, obj, *args, **kwargs)
+
+
+def _limited_range(*args: int) -> Iterator[int]:
+    numbers = range(*args)
+    if len(numbers) > MAX_RANGE:
+        raise TemplateRefused(f"range larger than {MAX_RANGE}")
+    return iter(numbers)
+
+
+_environment = _LimitedEnvironment(autoescape=False, undefined=Undefined)
+_environment.globals["range"] = _limited_range
+_html_environment = _LimitedEnvironment(autoescape=True, undefined=Undefined)
+_html_environment.globals["range"] = _limited_range
+
+
+@lru_cache(maxsize=512)
+def _compile(source: str, html: bool) -> Any:
+    environment = _html_environment if html else _environment
+    try:
+        return environment.from_string(source)
+    except TemplateError as exc:
+        raise TemplateRefused(f"the template is invalid: {exc}") from exc
+
+
+def validate_template(source: str) -> None:
+    """Raise TemplateRefused if a template does not compile."""
+    _compile(source, False)
+
+
+def uses_name(source: str, name: str) -> bool:
+    """Whether a template refers to a top-level variable (so it is only computed when needed)."""
+    try:
+        tree = _environment.parse(source)
+    except TemplateError:
+        return False
+    return any(node.name == name for node in tree.find_all(nodes.Name))
+
+
+def render(source: str, values: Mapping[str, Any], *, html: bool = False) -> str:
+    """Render a template with the person's values inside the sandbox's limits."""
+    template = _compile(source, html)
+    budget = _Budget()
+    context = {**values, "__budget__": budget}
+    parts: list[str] = []
+    size = 0
+    try:
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > MAX_OUTPUT_CHARS:
+                raise TemplateRefused(f"the output is larger than {MAX_OUTPUT_CHARS} characters")
+            budget.check()
+            parts.append(chunk)
+    except SecurityError as exc:
+        raise TemplateRefused(f"the template tried something unsafe: {exc}") from exc
+    except TemplateRefused:
+        raise
+    except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, OverflowError) as exc:
+        raise TemplateRefused(f"the template failed: {type(exc).__name__}: {exc}") from exc
+    return "".join(parts)

@@ -1,0 +1,56 @@
+"""Signed tracking tokens: what an open pixel, a click or an unsubscribe link refers to."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+
+class InvalidToken(Exception):
+    """A token that was not made with our key, or is malformed."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_token(*, key: str, claims: dict[str, Any]) -> str:
+    """Return a URL-safe token carrying the claims, signed with HMAC-SHA256."""
+    body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    signature = _b64(hmac.new(key.encode(), body.encode(), hashlib.sha256).digest())
+    return f"{body}.{signature}"
+
+
+def read_token(*, key: str, token: str) -> dict[str, Any]:
+    """Return the claims of a token made by sign_token, or raise InvalidToken."""
+    if len(token) > 4000 or token.count(".") != 1:
+        raise InvalidToken("malformed token")
+    body, signature = token.split(".")
+    expected = _b64(hmac.new(key.encode(), body.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(expected, signature):
+        raise InvalidToken("bad signature")
+    try:
+        claims = json.loads(_unb64(body))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidToken("malformed token") from exc
+    if not isinstance(claims, dict):
+        raise InvalidToken("malformed token")
+    return claims
+
+
+APPLE_PRIVACY_PROXY_AGENT = "Mozilla/5.0"
+
+
+def is_privacy_proxy_open(user_agent: str | None) -> bool:
+    """Whether an open came from Apple's Mail Privacy Protection proxy, which prefetches every image.
+
+    The proxy fetches with the bare user agent `Mozilla/5.0` and nothing after it.
+    """
+    return (user_agent or "").strip() == APPLE_PRIVACY_PROXY_AGENT

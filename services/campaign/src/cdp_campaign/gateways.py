@@ -1,0 +1,369 @@
+"""The campaign service's ways out: the consent service, ingest's tracking API, SMTP, an SMS
+provider and webhooks. Each is a protocol with the real implementation beside it; main.py
+builds the real ones, tests pass fakes through the same seams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiosmtplib
+import httpx
+
+from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
+
+logger = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    """Tells the time; tests pass one they move by hand."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real time, in UTC."""
+
+    def now(self) -> datetime:
+        """Return the current time."""
+        return datetime.now(UTC)
+
+
+# --- consent -----------------------------------------------------------------------------
+
+
+class ConsentUnavailable(Exception):
+    """The consent service could not answer; nobody may be contacted."""
+
+
+@dataclass(frozen=True)
+class ConsentVerdicts:
+    """Which profiles may be contacted, and why the others may not."""
+
+    allowed: set[str]
+    refused: dict[str, str]
+
+
+class ConsentGate(Protocol):
+    """The consent service's check, suppression lookup and withdrawal."""
+
+    async def check(self, *, profile_ids: Sequence[str], purpose: str, channel: str) -> ConsentVerdicts: ...
+
+    async def is_suppressed(self, *, kind: str, value: str) -> bool: ...
+
+    async def withdraw(self, *, profile_id: str, purpose: str, channel: str, at: datetime) -> None: ...
+
+
+class HttpConsentGate:
+    """Calls the consent service's API; any failure is ConsentUnavailable (fail closed)."""
+
+    def __init__(self, *, client: httpx.AsyncClient, base_url: str, token: str) -> None:
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._client.post(f"{self._base}{path}", json=body, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise ConsentUnavailable(f"consent service unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 300:
+            raise ConsentUnavailable(f"consent service answered {response.status_code}")
+        try:
+            document: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise ConsentUnavailable("consent service answered something that is not JSON") from exc
+        return document
+
+    async def check(self, *, profile_ids: Sequence[str], purpose: str, channel: str) -> ConsentVerdicts:
+        """Ask which profiles may be contacted for a purpose on a channel."""
+        document = await self._post(
+            "/v1/consents/check", {"purpose": purpose, "channel": channel, "profile_ids": list(profile_ids)}
+        )
+        allowed = set(document.get("allowed") or []) & set(profile_ids)
+        refused = {str(k): str(v) for k, v in (document.get("refused") or {}).items()}
+        return ConsentVerdicts(allowed=allowed, refused=refused)
+
+    async def is_suppressed(self, *, kind: str, value: str) -> bool:
+        """Ask whether an address is on the suppression list."""
+        document = await self._post("/v1/suppressions/lookup", {"type": kind, "value": value})
+        return bool(document.get("suppressed", True))
+
+    async def withdraw(self, *, profile_id: str, purpose: str, channel: str, at: datetime) -> None:
+        """Record a withdrawal of consent (an unsubscribe)."""
+        await self._post(
+            "/v1/consents",
+            {
+                "profile_id": profile_id,
+                "purpose": purpose,
+                "channel": channel,
+                "status": "withdrawn",
+                "source": "campaign.unsubscribe",
+                "at": at.isoformat(),
+            },
+        )
+
+
+# --- engagement back through ingest ---------------------------------------------------------
+
+
+class EngagementTracker(Protocol):
+    """Sends engagement events back into the platform, so they land in the profile."""
+
+    async def track(
+        self, *, profile_id: str, event: str, properties: dict[str, Any], message_id: str, at: datetime
+    ) -> None: ...
+
+
+class IngestTracker:
+    """Posts Segment track calls to ingest with the default source's write key."""
+
+    def __init__(
+        self, *, client: httpx.AsyncClient, base_url: str, write_key: str, attempts: int = 3
+    ) -> None:
+        self._client = client
+        self._url = base_url.rstrip("/") + "/v1/track"
+        self._write_key = write_key
+        self._attempts = attempts
+
+    async def track(
+        self, *, profile_id: str, event: str, properties: dict[str, Any], message_id: str, at: datetime
+    ) -> None:
+        """Send one track call naming the profile through context.externalIds."""
+        body = {
+            "event": event,
+            "messageId": message_id,
+            "timestamp": at.isoformat(),
+            "properties": properties,
+            "context": {
+                "externalIds": [
+                    {"id": profile_id, "type": "profile_id", "collection": "users", "encoding": "none"}
+                ]
+            },
+        }
+        for attempt in range(1, self._attempts + 1):
+            try:
+                response = await self._client.post(self._url, json=body, auth=(self._write_key, ""))
+                if response.status_code < 500:
+                    if response.status_code >= 300:
+                        logger.warning(
+                            "ingest refused an engagement event", extra={"status": response.status_code}
+                        )
+                    return
+            except httpx.HTTPError:
+                if attempt == self._attempts:
+                    raise
+            await asyncio.sleep(0.1 * 2**attempt)
+
+
+# --- e-mail ----------------------------------------------------------------------------------
+
+
+class HandOverUnknown(Exception):
+    """The connection broke after the message was given: whether it went out is unknown."""
+
+
+class Rejected(Exception):
+    """The server refused the message for good (a bounce)."""
+
+
+class TemporaryFailure(Exception):
+    """The server could not take the message now; nothing was handed over."""
+
+
+class MailSender(Protocol):
+    """Hands e-mails over to an SMTP server."""
+
+    async def send(self, message: EmailMessage) -> None: ...
+
+
+class SmtpMailer:
+    """A small pool of persistent SMTP connections to CDP_SMTP_URL."""
+
+    def __init__(self, *, url: str, connections: int, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (465 if parts.scheme == "smtps" else 25)
+        self._tls = parts.scheme == "smtps"
+        self._starttls = parts.scheme == "smtp+starttls"
+        self._username = parts.username
+        self._password = parts.password
+        self._timeout = timeout_s
+        self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(connections)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            use_tls=self._tls,
+            start_tls=self._starttls or None,
+            timeout=self._timeout,
+            username=self._username,
+            password=self._password,
+        )
+        await client.connect()
+        return client
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        async with self._slots:
+            client = None
+            while not self._idle.empty() and client is None:
+                candidate = self._idle.get_nowait()
+                if candidate.is_connected:
+                    client = candidate
+            if client is None:
+                try:
+                    client = await self._connect()
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    raise TemporaryFailure(
+                        f"cannot connect to the SMTP server: {type(exc).__name__}"
+                    ) from exc
+            healthy = False
+            try:
+                yield client
+                healthy = True
+            finally:
+                if healthy and client.is_connected:
+                    self._idle.put_nowait(client)
+                else:
+                    client.close()
+
+    async def send(self, message: EmailMessage) -> None:
+        """Hand one message over; raise Rejected, TemporaryFailure or HandOverUnknown when it did not go."""
+        async with self._connection() as client:
+            try:
+                await client.send_message(message)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                if all(400 <= r.code < 500 for r in exc.recipients):
+                    raise TemporaryFailure(str(exc)) from exc
+                raise Rejected(str(exc)) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                if 400 <= exc.code < 500:
+                    raise TemporaryFailure(str(exc)) from exc
+                raise Rejected(str(exc)) from exc
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                raise HandOverUnknown(
+                    f"the SMTP connection broke during the hand-over: {type(exc).__name__}"
+                ) from exc
+
+    async def close(self) -> None:
+        """Close the idle connections."""
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await client.quit()
+
+
+# --- SMS -------------------------------------------------------------------------------------
+
+
+class SmsProvider(Protocol):
+    """Sends a text message to a phone number (E.164)."""
+
+    async def send_sms(self, *, to: str, body: str, reference: str) -> None: ...
+
+
+class HttpSmsProvider:
+    """An SMS provider reached over HTTP: POST {to, body, reference} with a bearer token."""
+
+    def __init__(self, *, client: httpx.AsyncClient, url: str, token: str) -> None:
+        self._client = client
+        self._url = url
+        self._token = token
+
+    async def send_sms(self, *, to: str, body: str, reference: str) -> None:
+        """Hand a text over to the provider."""
+        if not self._url:
+            raise Rejected("no SMS provider is configured (CDP_CAMPAIGN_SMS_URL)")
+        try:
+            response = await self._client.post(
+                self._url,
+                json={"to": to, "body": body, "reference": reference},
+                headers={"Authorization": f"Bearer {self._token}"},
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise TemporaryFailure(f"SMS provider unreachable: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise HandOverUnknown(f"SMS hand-over interrupted: {type(exc).__name__}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TemporaryFailure(f"SMS provider answered {response.status_code}")
+        if response.status_code >= 400:
+            raise Rejected(f"SMS provider refused the message: {response.status_code}")
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+
+def webhook_signature(*, key: str, timestamp: str, body: bytes) -> str:
+    """Return the signature header value of a webhook body: HMAC-SHA256 over `timestamp.body`."""
+    digest = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+class WebhookSender(Protocol):
+    """Posts a signed JSON body to a user-configured URL."""
+
+    async def post(self, *, url: str, payload: dict[str, Any], reference: str) -> None: ...
+
+
+class SafeWebhookSender:
+    """Posts webhooks only to public addresses (or allowlisted networks), without redirects."""
+
+    def __init__(self, *, key: str, allowlist: Sequence[IpNetwork], timeout_s: float) -> None:
+        self._key = key
+        self._allowlist = list(allowlist)
+        self._timeout = timeout_s
+
+    async def post(self, *, url: str, payload: dict[str, Any], reference: str) -> None:
+        """Check the address, then post once; refuse redirects."""
+        addresses = await asyncio.to_thread(resolve_allowed, url, allowlist=self._allowlist)
+        body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-CDP-Signature": webhook_signature(key=self._key, timestamp=timestamp, body=body),
+            "X-CDP-Delivery": reference,
+        }
+        parts = urlsplit(url)
+        target = url
+        if parts.scheme == "http":
+            # Connect to the address that was checked, so a second DNS answer cannot point elsewhere.
+            pinned = addresses[0]
+            check_address(pinned, allowlist=self._allowlist)
+            host = f"[{pinned}]" if ":" in pinned else pinned
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            target = parts._replace(netloc=netloc).geturl()
+            headers["Host"] = parts.netloc
+        async with httpx.AsyncClient(
+            timeout=self._timeout, follow_redirects=False, trust_env=False
+        ) as client:
+            try:
+                response = await client.post(target, content=body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise TemporaryFailure(f"webhook unreachable: {type(exc).__name__}") from exc
+            except httpx.HTTPError as exc:
+                raise HandOverUnknown(f"webhook interrupted: {type(exc).__name__}") from exc
+        if 300 <= response.status_code < 400:
+            raise Rejected(
+                f"webhook answered a redirect ({response.status_code}); redirects are not followed"
+            )
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TemporaryFailure(f"webhook answered {response.status_code}")
+        if response.status_code >= 400:
+            raise Rejected(f"webhook answered {response.status_code}")
+
+
+__all__ = ["AddressNotAllowed"]

@@ -1,0 +1,348 @@
+"""Fixtures of the campaign service's tests: the service in-process on a free port, in its own
+database and topics, with fakes for the consent service, ingest and the SMS provider passed
+through the same seams main.py uses, a clock the tests move, and a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import secrets
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from cdp_campaign.gateways import ConsentUnavailable, ConsentVerdicts, Rejected
+from cdp_campaign.handlers import CampaignContext, scheduler_tick
+from cdp_campaign.main import Gateways, create_app
+from cdp_campaign.settings import Settings
+from cdp_common.envelope import Envelope, Payload
+from cdp_common.events import ProfileUpdated, SegmentEntered, TrackingEventReceived, make_envelope
+from cdp_common.kafka import create_producer
+from cdp_common.testing import PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.topics import TopicName
+
+
+class MailboxHandler:
+    """An aiosmtpd handler that keeps every message it receives; refuses addresses at bounce.test."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
+        if address.endswith("@bounce.test"):
+            return "550 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+
+@dataclass
+class Mailbox:
+    """The SMTP server of the tests and the messages it received."""
+
+    port: int
+    handler: MailboxHandler
+
+    def to(self, address: str) -> list[EmailMessage]:
+        """Return the messages sent to an address."""
+        return [m for m in self.handler.messages if address in str(m["To"])]
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[Mailbox]:
+    """Run a real SMTP server on a free loopback port for the whole session."""
+    handler = MailboxHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Mailbox(port=port, handler=handler)
+    finally:
+        controller.stop()
+
+
+class FakeClock:
+    """A clock the tests set and move."""
+
+    def __init__(self) -> None:
+        self.current = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> datetime:
+        self.current += timedelta(**delta)
+        return self.current
+
+
+@dataclass
+class FakeConsent:
+    """The consent service as the tests want it: who has consent, whether it answers at all."""
+
+    granted: set[str] = field(default_factory=set)
+    suppressed_profiles: set[str] = field(default_factory=set)
+    suppressed_addresses: set[str] = field(default_factory=set)
+    down: bool = False
+    withdrawals: list[tuple[str, str, str]] = field(default_factory=list)
+    checks: int = 0
+
+    async def check(self, *, profile_ids: Sequence[str], purpose: str, channel: str) -> ConsentVerdicts:
+        self.checks += 1
+        if self.down:
+            raise ConsentUnavailable("consent service unreachable: ConnectError")
+        allowed = {p for p in profile_ids if p in self.granted and p not in self.suppressed_profiles}
+        refused = {
+            p: "suppressed" if p in self.suppressed_profiles else "no_record"
+            for p in profile_ids
+            if p not in allowed
+        }
+        return ConsentVerdicts(allowed=allowed, refused=refused)
+
+    async def is_suppressed(self, *, kind: str, value: str) -> bool:
+        if self.down:
+            raise ConsentUnavailable("down")
+        return value in self.suppressed_addresses
+
+    async def withdraw(self, *, profile_id: str, purpose: str, channel: str, at: datetime) -> None:
+        if self.down:
+            raise ConsentUnavailable("down")
+        self.withdrawals.append((profile_id, purpose, channel))
+        self.granted.discard(profile_id)
+
+
+@dataclass
+class FakeTracker:
+    """Ingest's tracking API as the tests see it: the events sent back."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def track(
+        self, *, profile_id: str, event: str, properties: dict[str, Any], message_id: str, at: datetime
+    ) -> None:
+        self.events.append(
+            {"profile_id": profile_id, "event": event, "properties": properties, "message_id": message_id}
+        )
+
+
+@dataclass
+class FakeSms:
+    """An SMS provider that keeps what it was given; numbers ending in 0000 are refused."""
+
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+    async def send_sms(self, *, to: str, body: str, reference: str) -> None:
+        if to.endswith("0000"):
+            raise Rejected("unknown number")
+        self.sent.append((to, body))
+
+
+@dataclass
+class CampaignUnderTest:
+    """The campaign service of the tests and the fakes around it."""
+
+    url: str
+    settings: Settings
+    ctx: CampaignContext
+    producer: AIOKafkaProducer
+    clock: FakeClock
+    consent: FakeConsent
+    tracker: FakeTracker
+    sms: FakeSms
+    mailbox: Mailbox
+    admin_token: str
+    database_url: str
+
+    def admin(self) -> dict[str, str]:
+        """Headers that authenticate as the admin."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    async def publish(
+        self, topic: TopicName, *, payload: Payload, subject: str, source: str = "test"
+    ) -> Envelope[Any]:
+        """Publish an event on one of the service's topics, as another service would."""
+        envelope = make_envelope(payload=payload, source=source, subject=subject)
+        await self.producer.send_and_wait(
+            self.settings.topic(topic), value=envelope.to_bytes(), key=subject.encode()
+        )
+        return envelope
+
+    async def profile(
+        self,
+        profile_id: str,
+        traits: dict[str, Any],
+        *,
+        version: int = 1,
+        event: TrackingEventReceived | None = None,
+    ) -> None:
+        """Publish a profile update carrying traits (and optionally the event that caused it)."""
+        await self.publish(
+            TopicName.PROFILES,
+            payload=ProfileUpdated(
+                profile_id=profile_id, version=version, changed_traits=traits, event=event
+            ),
+            subject=profile_id,
+            source="profile",
+        )
+
+    async def enter(self, profile_id: str, segment_key: str) -> None:
+        """Publish that a profile entered a segment."""
+        await self.publish(
+            TopicName.SEGMENTS,
+            payload=SegmentEntered(
+                profile_id=profile_id, segment_key=segment_key, segment_version=1, at=self.clock.now()
+            ),
+            subject=profile_id,
+            source="segment",
+        )
+
+    def track_event(
+        self, name: str, properties: dict[str, Any] | None = None, *, at: datetime | None = None
+    ) -> TrackingEventReceived:
+        """Return a resolved tracking event as profile carries it."""
+        when = at or self.clock.now()
+        return TrackingEventReceived(
+            type="track",
+            messageId=secrets.token_hex(8),
+            sourceId="src_test",
+            receivedAt=when,
+            timestamp=when,
+            event=name,
+            properties=properties or {},
+        )
+
+    async def tick(self) -> None:
+        """Run the scheduler once at the clock's time."""
+        assert await scheduler_tick(ctx=self.ctx, now=self.clock.now())
+
+    async def sends(self, http: httpx.AsyncClient, campaign_id: str, profile_id: str) -> list[dict[str, Any]]:
+        """Return one recipient's timeline in a campaign."""
+        response = await http.get(f"/v1/campaigns/{campaign_id}/recipients/{profile_id}")
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["sends"]
+        return items
+
+    async def settled(
+        self, http: httpx.AsyncClient, campaign_id: str, profile_ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every recipient's send is decided; return each one's send."""
+
+        async def decided() -> dict[str, dict[str, Any]] | None:
+            result = {}
+            for pid in profile_ids:
+                items = await self.sends(http, campaign_id, pid)
+                if not items or items[-1]["status"] in ("queued", "handing_over"):
+                    return None
+                result[pid] = items[-1]
+            return result
+
+        return await wait_for(decided, timeout=30, what="every send to be decided")
+
+
+@pytest.fixture(scope="session")
+async def campaign(platform: PlatformUnderTest, mailbox: Mailbox) -> AsyncIterator[CampaignUnderTest]:
+    """Start the campaign service on a free port in its own database, topics and groups."""
+    env = unique_env(platform).replace("-", "_")
+    base = platform.database_url.rsplit("/", 1)[0]
+    database = f"cdp_{env}_campaign"
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = platform.settings(
+        Settings,
+        env=env,
+        database_url=f"{base}/{database}",
+        smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
+        campaign_public_url=url,
+        campaign_retry_backoff_s=0.01,
+        campaign_webhook_timeout_s=2.0,
+    )
+    assert isinstance(settings, Settings)
+    clock, consent, tracker, sms = FakeClock(), FakeConsent(), FakeTracker(), FakeSms()
+    app = create_app(
+        settings, Gateways(consent=consent, tracker=tracker, sms=sms, clock=clock, run_scheduler=False)
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+
+    async def ready() -> bool:
+        if serving.done():
+            raise AssertionError("the campaign service did not start; its log is above")
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(f"{url}/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    producer = create_producer(settings, client_id="campaign-tests")
+    try:
+        await wait_for(ready, timeout=90, interval=0.2, what="the campaign service to be ready")
+        await producer.start()
+        yield CampaignUnderTest(
+            url=url,
+            settings=settings,
+            ctx=app.state.campaign,
+            producer=producer,
+            clock=clock,
+            consent=consent,
+            tracker=tracker,
+            sms=sms,
+            mailbox=mailbox,
+            admin_token=platform.admin_token,
+            database_url=f"{base}/{database}",
+        )
+    finally:
+        await producer.stop()
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(serving, timeout=30)
+        admin = await asyncpg.connect(f"{base}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def http(campaign: CampaignUnderTest) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the campaign service, authenticated as the admin."""
+    async with httpx.AsyncClient(base_url=campaign.url, headers=campaign.admin(), timeout=15) as client:
+        yield client
+
+
+def email_campaign(**overrides: Any) -> dict[str, Any]:
+    """Return a valid e-mail campaign body, with overrides."""
+    body: dict[str, Any] = {
+        "name": "Winter sale",
+        "channel": "email",
+        "audience": {"type": "segment", "segment_key": "seg-" + secrets.token_hex(4)},
+        "goal": {"event": "Order Completed", "window_hours": 72},
+        "variants": [
+            {
+                "key": "a",
+                "subject": "Hello {{ profile.first_name | default('there') }}",
+                "body": '<p>Hi {{ profile.first_name | default("there") }}</p><a href="https://shop.example/sale">Shop</a>',
+            }
+        ],
+        "holdout_percent": 0,
+    }
+    body.update(overrides)
+    return body
