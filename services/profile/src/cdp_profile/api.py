@@ -1,43 +1,433 @@
-"""HTTP routes of the profile service."""
+"""HTTP routes of the profile service: profiles, identity, computed traits, duplicates."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.privacy import access_router
-from cdp_common.web import ApiError
-from fastapi import APIRouter, Depends, Path
+from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, page_params
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cdp_profile import handlers, store
-from cdp_profile.domain.identity import parse_ref
-
-router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
+from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits
+from cdp_profile.domain.duplicates import candidate_of, find_suspects
+from cdp_profile.domain.identity import TYPE_PATTERN, IdentityRules, InvalidReference, parse_ref
+from cdp_profile.domain.traits import common_traits
+from cdp_profile.handlers import ProfileContext
+from cdp_profile.metrics import QUARANTINED_IDENTIFIERS
 
 ProfileReader = Annotated[Principal, Depends(require_scope("profiles:read"))]
+ProfileWriter = Annotated[Principal, Depends(require_scope("profiles:write"))]
 ProfileRef = Annotated[str, Path(min_length=1, max_length=1100, description="a profile id or type:value")]
+PageDep = Annotated[PageParams, Depends(page_params)]
+ShortText = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
-async def _load(session: SessionDep, ref: str) -> store.StoredProfile:
-    profile_id = await store.resolve_ref(session=session, key=parse_ref(ref), ref=ref)
-    profile = None if profile_id is None else await store.load_profile(session=session, profile_id=profile_id)
+def _context(request: Request) -> ProfileContext:
+    context: ProfileContext = request.app.state.profile_context
+    return context
+
+
+ContextDep = Annotated[ProfileContext, Depends(_context)]
+
+
+async def _resolve(session: SessionDep, context: ProfileContext, ref: str) -> str:
+    try:
+        key = parse_ref(ref, default_region=context.default_region)
+    except InvalidReference as exc:
+        raise ApiError(status=400, code="invalid_reference", message=str(exc)) from exc
+    if key is None:
+        profile_id = await store.resolve_profile_id(session=session, profile_id=ref)
+    else:
+        profile_id = await store.resolve_identifier(session=session, key=key)
+    if profile_id is None:
+        raise ApiError(status=404, code="profile_not_found", message="no profile matches this reference")
+    return profile_id
+
+
+async def _load(session: SessionDep, context: ProfileContext, ref: str) -> store.StoredProfile:
+    profile = await store.load_profile(session=session, profile_id=await _resolve(session, context, ref))
     if profile is None:
         raise ApiError(status=404, code="profile_not_found", message="no profile matches this reference")
     return profile
 
 
-@router.get("/{ref}")
-async def get_profile(ref: ProfileRef, session: SessionDep, _: ProfileReader) -> dict[str, Any]:
-    """Return a profile by id or by `type:value`."""
-    return store.profile_document(await _load(session, ref))
+def _cursor_field(cursor: str | None, name: str) -> Any:
+    if cursor is None:
+        return None
+    position = decode_cursor(cursor)
+    if name not in position:
+        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+    return position[name]
 
 
-@router.get("/{ref}/traits")
-async def get_traits(ref: ProfileRef, session: SessionDep, _: ProfileReader) -> dict[str, Any]:
-    """Return a profile's traits with their provenance."""
-    profile = await _load(session, ref)
-    return {"traits": {name: trait.to_json() for name, trait in profile.traits.items()}}
+profiles_router = APIRouter(prefix="/v1/profiles", tags=["profiles"])
 
 
-routers = [router, access_router(service=handlers.SERVICE, export=handlers.export_profile)]
+@profiles_router.get("")
+async def search_profiles(
+    session: SessionDep,
+    _: ProfileReader,
+    page: PageDep,
+    trait: Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.$-]+$")],
+    value: Annotated[str, Query(max_length=1000)],
+) -> dict[str, Any]:
+    """Find live profiles by the exact value of a trait."""
+    after = _cursor_field(page.cursor, "id")
+    found = await store.search_profiles(
+        session=session, trait=trait, value=value, after=after, limit=page.limit
+    )
+    items = [store.profile_document(p) for p in found]
+    next_cursor = encode_cursor({"id": found[-1].id}) if len(found) == page.limit else None
+    return {"items": items, "next": next_cursor}
+
+
+@profiles_router.get("/{ref}")
+async def get_profile(
+    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+) -> dict[str, Any]:
+    """Return a profile by id (merged-away ids included) or by `type:value`."""
+    return store.profile_document(await _load(session, context, ref))
+
+
+@profiles_router.get("/{ref}/traits")
+async def get_traits(
+    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+) -> dict[str, Any]:
+    """Return a profile's traits with their provenance, and the typed common traits."""
+    profile = await _load(session, context, ref)
+    return {
+        "traits": {name: trait.to_json() for name, trait in profile.traits.items()},
+        "common_traits": common_traits(profile.traits),
+    }
+
+
+@profiles_router.get("/{ref}/identifiers")
+async def get_identifiers(
+    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+) -> dict[str, Any]:
+    """Return a profile's identifiers and the ids merged into it."""
+    profile_id = await _resolve(session, context, ref)
+    return {
+        "profile_id": profile_id,
+        "items": await store.identifiers_of_profile(session=session, profile_id=profile_id),
+        "merged_profile_ids": await store.merged_away_ids(session=session, profile_id=profile_id),
+    }
+
+
+@profiles_router.get("/{ref}/merges")
+async def get_merges(
+    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+) -> dict[str, Any]:
+    """Return the merge ledger of a profile and of every id merged into it, with the reasons."""
+    profile_id = await _resolve(session, context, ref)
+    family = [profile_id, *await store.merged_away_ids(session=session, profile_id=profile_id)]
+    return {"profile_id": profile_id, "items": await store.ledger_of(session=session, profile_ids=family)}
+
+
+@profiles_router.get("/{ref}/computed")
+async def get_computed(
+    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+) -> dict[str, Any]:
+    """Return a profile's computed traits, with the clock-derived ones evaluated now."""
+    profile = await _load(session, context, ref)
+    return {
+        "profile_id": profile.id,
+        "computed_traits": {**profile.computed, **clock_traits(profile.aggregates, now=context.clock())},
+    }
+
+
+@profiles_router.get("/{ref}/events")
+async def get_events(
+    ref: ProfileRef,
+    session: SessionDep,
+    _: ProfileReader,
+    context: ContextDep,
+    page: PageDep,
+    type: Annotated[Literal["identify", "track", "page", "screen", "group", "alias"] | None, Query()] = None,
+    name: ShortText = None,
+    since: Annotated[datetime | None, Query()] = None,
+    until: Annotated[datetime | None, Query()] = None,
+) -> dict[str, Any]:
+    """Return a profile's events, newest first, filtered by type, name and time."""
+    profile_id = await _resolve(session, context, ref)
+    after = None
+    if page.cursor is not None:
+        try:
+            after = (
+                datetime.fromisoformat(_cursor_field(page.cursor, "t")),
+                int(_cursor_field(page.cursor, "s")),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid") from exc
+    for bound in (since, until):
+        if bound is not None and bound.tzinfo is None:
+            raise ApiError(
+                status=400, code="invalid_time", message="times need a UTC offset, e.g. 2026-01-01T00:00:00Z"
+            )
+    rows = await store.list_events(
+        session=session,
+        profile_id=profile_id,
+        event_type=type,
+        name=name,
+        since=since,
+        until=until,
+        after=after,
+        limit=page.limit,
+    )
+    next_cursor = (
+        encode_cursor({"t": rows[-1]["timestamp"].isoformat(), "s": rows[-1]["seq"]})
+        if len(rows) == page.limit
+        else None
+    )
+    return {"items": [{**r, "timestamp": r["timestamp"].isoformat()} for r in rows], "next": next_cursor}
+
+
+class SplitRequest(BaseModel):
+    """Which merge to undo; without it, the merge that absorbed the profile the ref names."""
+
+    model_config = ConfigDict(extra="forbid")
+    merge_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+@profiles_router.post("/{ref}/split")
+async def split_profile(
+    ref: ProfileRef, body: SplitRequest, session: SessionDep, _: ProfileWriter, context: ContextDep
+) -> dict[str, Any]:
+    """Undo a merge: both profiles are re-derived from their own events."""
+    merge_id = body.merge_id
+    if merge_id is None:
+        entries = await store.ledger_of(session=session, profile_ids=[ref])
+        merges = [e for e in entries if e["absorbed_id"] == ref]
+        split = {e["merge_id"] for e in merges if e["kind"] == "split"}
+        open_merges = [e for e in merges if e["kind"] == "merge" and e["merge_id"] not in split]
+        if not open_merges:
+            raise ApiError(
+                status=404, code="merge_not_found", message="name a merged-away profile id or give merge_id"
+            )
+        merge_id = open_merges[-1]["merge_id"]
+    else:
+        await _resolve(session, context, ref)
+    try:
+        return await handlers.split_merge(session=session, context=context, merge_id=merge_id)
+    except handlers.ProfileNotFound as exc:
+        raise ApiError(status=404, code="merge_not_found", message="no such merge") from exc
+    except handlers.SplitRefused as exc:
+        raise ApiError(status=409, code="split_refused", message=str(exc)) from exc
+
+
+identity_router = APIRouter(prefix="/v1/identity", tags=["identity"])
+
+
+@identity_router.get("/quarantine")
+async def list_quarantine(session: SessionDep, _: ProfileReader, page: PageDep) -> dict[str, Any]:
+    """List identifiers quarantined for tying too many profiles together."""
+    position = _cursor_field(page.cursor, "k")
+    if position is not None and not (isinstance(position, list) and len(position) == 2):
+        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+    items = await store.list_quarantined(
+        session=session, after=tuple(position) if position else None, limit=page.limit
+    )
+    if page.cursor is None:
+        QUARANTINED_IDENTIFIERS.set(len(items))
+    next_cursor = (
+        encode_cursor({"k": [items[-1]["type"], items[-1]["value"]]}) if len(items) == page.limit else None
+    )
+    return {"items": items, "next": next_cursor}
+
+
+class RulesBody(BaseModel):
+    """The identity rules; fields left out keep their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    blocked_values: list[Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=lambda: list(IdentityRules().blocked_values), max_length=1000
+    )
+    blocked_patterns: list[Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=lambda: list(IdentityRules().blocked_patterns), max_length=100
+    )
+    limits: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: {"user_id": 1}, max_length=100
+    )
+    default_limit: int = Field(default=5, ge=1, le=1000)
+    priority: list[str] = Field(default_factory=lambda: list(IdentityRules().priority), max_length=100)
+    supernode_threshold: int = Field(default=10, ge=2, le=100_000)
+
+    @field_validator("blocked_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {pattern!r}: {exc}") from exc
+        return patterns
+
+    @field_validator("priority")
+    @classmethod
+    def _types(cls, priority: list[str]) -> list[str]:
+        for kind in priority:
+            if not TYPE_PATTERN.match(kind):
+                raise ValueError(f"not an identifier type: {kind!r}")
+        return priority
+
+
+@identity_router.get("/rules")
+async def get_rules(session: SessionDep, _: ProfileReader) -> dict[str, Any]:
+    """Return the identity rules in force."""
+    return (await store.load_configuration(session=session)).rules.to_json()
+
+
+@identity_router.put("/rules")
+async def put_rules(body: RulesBody, session: SessionDep, _: ProfileWriter) -> dict[str, Any]:
+    """Replace the identity rules; they apply to events resolved from now on."""
+    rules = IdentityRules.from_json(body.model_dump())
+    await store.save_rules(session=session, rules=rules)
+    return rules.to_json()
+
+
+computed_router = APIRouter(prefix="/v1/computed-traits", tags=["computed traits"])
+
+
+class FilterBody(BaseModel):
+    """A condition on an event property."""
+
+    model_config = ConfigDict(extra="forbid")
+    property: str = Field(min_length=1, max_length=200)
+    op: Literal["eq", "neq", "gt", "gte", "lt", "lte", "in", "exists", "contains"]
+    value: Any = None
+
+    @field_validator("value")
+    @classmethod
+    def _small(cls, value: Any) -> Any:
+        if len(repr(value)) > 2000:
+            raise ValueError("the filter value is too large (2000 characters at most)")
+        return value
+
+
+class DefinitionBody(BaseModel):
+    """A computed trait: aggregation of an event property, with filters and an optional window."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(pattern=KEY_PATTERN.pattern, description="lower-case key the trait is published under")
+    aggregation: Literal["count", "sum", "avg", "min", "max", "first", "last", "most_frequent", "unique"]
+    event_name: str | None = Field(default=None, min_length=1, max_length=200)
+    event_type: Literal["identify", "track", "page", "screen", "group", "alias"] | None = None
+    property: str | None = Field(default=None, min_length=1, max_length=200)
+    filters: list[FilterBody] = Field(default_factory=list, max_length=20)
+    window_days: int | None = Field(default=None, ge=1, le=3650)
+
+    @field_validator("key")
+    @classmethod
+    def _not_builtin(cls, key: str) -> str:
+        if key in handlers.BUILTIN_COMPUTED:
+            raise ValueError(f"{key!r} is a built-in computed trait")
+        return key
+
+
+@computed_router.post("", status_code=201)
+async def define_computed_trait(
+    body: DefinitionBody, session: SessionDep, _: ProfileWriter, context: ContextDep
+) -> dict[str, Any]:
+    """Define a computed trait and backfill it from the event store; answers with its key."""
+    if body.aggregation not in ("count",) and body.property is None:
+        raise ApiError(status=422, code="invalid_request", message=f"{body.aggregation} needs a property")
+    definition = Definition(
+        key=body.key,
+        aggregation=body.aggregation,
+        event_name=body.event_name,
+        event_type=body.event_type,
+        property=body.property,
+        filters=tuple(PropertyFilter(property=f.property, op=f.op, value=f.value) for f in body.filters),
+        window_days=body.window_days,
+    )
+    created = await handlers.define_computed_trait(session=session, context=context, definition=definition)
+    if created is None:
+        raise ApiError(
+            status=409, code="computed_trait_exists", message=f"a computed trait {body.key!r} exists"
+        )
+    created.pop("definitions", None)
+    return created
+
+
+@computed_router.get("")
+async def list_computed_traits(session: SessionDep, _: ProfileReader) -> dict[str, Any]:
+    """List the user-defined computed traits and the built-in ones."""
+    return {
+        "items": await store.list_definitions(session=session),
+        "builtin": sorted(handlers.BUILTIN_COMPUTED),
+        "next": None,
+    }
+
+
+duplicates_router = APIRouter(prefix="/v1/duplicates", tags=["duplicates"])
+
+
+@duplicates_router.get("")
+async def list_duplicates(
+    session: SessionDep,
+    _: ProfileReader,
+    request: Request,
+    page: PageDep,
+    min_score: Annotated[float, Query(ge=0.5, le=1.0)] = 0.8,
+) -> dict[str, Any]:
+    """List pairs of live profiles that look like one person or company, with a score; never merges."""
+    offset = _cursor_field(page.cursor, "o") or 0
+    if not isinstance(offset, int) or offset < 0:
+        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+    scan = request.app.state.duplicates_scan_limit
+    recent = await store.recent_profiles(session=session, limit=scan)
+    suspects = find_suspects(
+        [candidate_of(p.id, common_traits(p.traits)) for p in recent], threshold=min_score
+    )
+    chunk = suspects[offset : offset + page.limit]
+    next_cursor = encode_cursor({"o": offset + page.limit}) if offset + page.limit < len(suspects) else None
+    return {
+        "items": [
+            {"profile_ids": list(s.profile_ids), "score": s.score, "reasons": s.reasons} for s in chunk
+        ],
+        "next": next_cursor,
+    }
+
+
+class MergeRequest(BaseModel):
+    """Profiles an operator confirmed as one person."""
+
+    model_config = ConfigDict(extra="forbid")
+    profile_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=2, max_length=10
+    )
+
+
+@duplicates_router.post("/merge")
+async def merge_duplicates(
+    body: MergeRequest, session: SessionDep, _: ProfileWriter, context: ContextDep
+) -> dict[str, Any]:
+    """Merge profiles an operator reviewed; recorded in the ledger with the rule `operator`."""
+    try:
+        return await handlers.merge_profiles(
+            session=session,
+            context=context,
+            profile_ids=body.profile_ids,
+            rule="operator",
+            reason={"via": "api"},
+        )
+    except handlers.ProfileNotFound as exc:
+        raise ApiError(status=404, code="profile_not_found", message=f"no profile {exc}") from exc
+    except handlers.SplitRefused as exc:
+        raise ApiError(status=409, code="merge_refused", message=str(exc)) from exc
+
+
+routers = [
+    profiles_router,
+    identity_router,
+    computed_router,
+    duplicates_router,
+    access_router(service=handlers.SERVICE, export=handlers.export_profile),
+]

@@ -1,30 +1,35 @@
-"""The profile service's consumers: tracking events in, profile changes out through the outbox."""
+"""The profile service's consumers: tracking events and privacy requests in, changes out through the outbox."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cdp_common.envelope import Envelope
-from cdp_common.events import TrackingEventReceived
+from cdp_common.events import PrivacyRequestOpened, TrackingEventReceived
 from cdp_common.service import ConsumerSpec
-from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import handlers
+from cdp_profile.handlers import ProfileContext
 
 SERVICE = handlers.SERVICE
 
 
-def consumer_specs(settings: PlatformSettings) -> list[ConsumerSpec]:
+def consumer_specs(context: ProfileContext) -> list[ConsumerSpec]:
     """Return the consumer groups of the service."""
-    profiles_topic = settings.topic(TopicName.PROFILES)
 
     async def on_tracking_event(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
-        await handlers.resolve_event(session=session, envelope=envelope, profiles_topic=profiles_topic)
+        await handlers.resolve_event(session=session, envelope=envelope, context=context)
+
+    async def on_privacy_request(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        await handlers.handle_privacy_request(session=session, envelope=envelope, context=context)
 
     return [
         ConsumerSpec(
             purpose="events", topics=[TopicName.EVENTS], handlers={TrackingEventReceived: on_tracking_event}
-        )
+        ),
+        ConsumerSpec(
+            purpose="privacy", topics=[TopicName.PRIVACY], handlers={PrivacyRequestOpened: on_privacy_request}
+        ),
     ]

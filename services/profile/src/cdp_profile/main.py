@@ -1,25 +1,62 @@
-"""Builds the profile service: the app, its lifespan, its consumers."""
+"""Builds the profile service: the app, its lifespan, its consumers and the window scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from cdp_common.service import ServiceRuntime, build_app, serve
+from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
 from cdp_profile.api import routers
 from cdp_profile.consumer import SERVICE, consumer_specs
+from cdp_profile.handlers import Clock, ProfileContext, system_clock
+from cdp_profile.scheduler import WindowScheduler
 from cdp_profile.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Create the profile service's app; resources are built in its lifespan."""
-    runtime = ServiceRuntime(
-        service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(settings)
+def profile_context(settings: Settings, *, clock: Clock = system_clock) -> ProfileContext:
+    """Return what the handlers need from the settings."""
+    return ProfileContext(
+        profiles_topic=settings.topic(TopicName.PROFILES),
+        privacy_topic=settings.topic(TopicName.PRIVACY),
+        hash_key=settings.hash_key.get_secret_value(),
+        default_region=settings.phone_default_region,
+        clock=clock,
     )
-    return build_app(runtime=runtime, routers=routers, title="CDP profile service")
+
+
+def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
+    """Create the profile service's app; resources are built in its lifespan."""
+    context = profile_context(settings, clock=clock)
+    runtime = ServiceRuntime(
+        service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(context)
+    )
+    app = build_app(runtime=runtime, routers=routers, title="CDP profile service")
+    app.state.profile_context = context
+    app.state.duplicates_scan_limit = settings.duplicates_scan_limit
+    runtime_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime_lifespan(app):
+            scheduler = WindowScheduler(
+                session_factory=runtime.session_factory,
+                context=context,
+                interval_s=settings.window_check_interval_s,
+            )
+            scheduler.start()
+            try:
+                yield
+            finally:
+                await scheduler.stop()
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def main() -> None:

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 PROFILES_CREATED = Counter("cdp_profiles_created_total", "Profiles created from events.")
 EVENTS_RESOLVED = Counter(
     "cdp_profile_events_resolved_total", "Tracking events resolved to a profile.", ["type"]
+)
+EVENTS_DROPPED = Counter(
+    "cdp_profile_events_dropped_total",
+    "Tracking events not attached to any profile, by reason (erased person, no usable identifier).",
+    ["reason"],
+)
+IDENTIFIERS_BLOCKED = Counter(
+    "cdp_profile_identifiers_blocked_total", "Identifier values ignored because a blocked-value rule matched."
+)
+IDENTIFIERS_QUARANTINED = Counter(
+    "cdp_profile_identifiers_quarantined_total",
+    "Identifiers quarantined for tying too many profiles together.",
+)
+IDENTIFIERS_DROPPED = Counter(
+    "cdp_profile_identifiers_dropped_total", "Event identifiers dropped because merging would pass a limit."
+)
+PROFILES_MERGED = Counter("cdp_profile_merges_total", "Profiles merged into another, by rule.", ["rule"])
+PROFILES_SPLIT = Counter("cdp_profile_splits_total", "Merges undone.")
+PROFILES_ERASED = Counter("cdp_profile_erasures_total", "Profiles erased on a privacy request.")
+WINDOWED_TRAITS_EXPIRED = Counter(
+    "cdp_profile_windowed_trait_changes_total", "Profiles whose windowed traits changed as events aged out."
+)
+QUARANTINED_IDENTIFIERS = Gauge(
+    "cdp_profile_quarantined_identifiers", "Identifiers currently quarantined, as last listed."
 )

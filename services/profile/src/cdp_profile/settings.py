@@ -10,3 +10,12 @@ class Settings(PlatformSettings):
     """The profile service's settings: the platform's plus its own."""
 
     port: int = Field(default=8002, validation_alias="CDP_PROFILE_PORT")
+    phone_default_region: str = Field(
+        default="DE", pattern=r"^[A-Z]{2}$", validation_alias="CDP_PROFILE_PHONE_DEFAULT_REGION"
+    )
+    window_check_interval_s: float = Field(
+        default=30.0, gt=0, validation_alias="CDP_PROFILE_WINDOW_CHECK_INTERVAL_S"
+    )
+    duplicates_scan_limit: int = Field(
+        default=5000, ge=10, validation_alias="CDP_PROFILE_DUPLICATES_SCAN_LIMIT"
+    )

@@ -1,12 +1,24 @@
-"""Identifiers of an event, normalised for matching."""
+"""Identifiers of an event and the identity rules: blocked values, limits, priority, merge plans."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdp_common.events import TrackingEventReceived
-from cdp_common.identifiers import normalise_identifier
+from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
+
+PROFILE_ID = "profile_id"
+KNOWN_TYPES = ("user_id", "email", "phone", "anonymous_id")
+TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_VALUE_LENGTH = 1000
+
+
+class InvalidReference(ValueError):
+    """A `type:value` reference whose type or value cannot name a profile."""
 
 
 @dataclass(frozen=True, order=True)
@@ -20,34 +32,142 @@ class IdentifierKey:
         return f"{self.type}:{self.value}"
 
 
-def parse_ref(ref: str) -> IdentifierKey | None:
+@dataclass(frozen=True)
+class IdentityRules:
+    """The configurable identity rules; every field has the documented default."""
+
+    blocked_values: tuple[str, ...] = ("null", "undefined", "0", "-1", "anonymous", "test@test.com")
+    blocked_patterns: tuple[str, ...] = (r"^\s*$", r"^(none|nil|n/a|unknown)$")
+    limits: Mapping[str, int] = field(default_factory=lambda: {"user_id": 1})
+    default_limit: int = 5
+    priority: tuple[str, ...] = ("user_id", "email", "phone", "anonymous_id")
+    supernode_threshold: int = 10
+
+    def __post_init__(self) -> None:
+        for pattern in self.blocked_patterns:
+            re.compile(pattern)
+
+    def limit_of(self, kind: str) -> int:
+        """Return how many identifiers of a type one profile may hold."""
+        if kind == PROFILE_ID:
+            return 1
+        return int(self.limits.get(kind, self.default_limit))
+
+    def rank_of(self, kind: str) -> int:
+        """Return a type's priority rank, lower is more trusted; custom types rank with anonymous_id."""
+        if kind == PROFILE_ID:
+            return -1
+        if kind in self.priority:
+            return self.priority.index(kind)
+        if "anonymous_id" in self.priority:
+            return self.priority.index("anonymous_id")
+        return len(self.priority)
+
+    def sort_key(self, key: IdentifierKey) -> tuple[int, int, str, str]:
+        """Order identifiers most trusted first; custom types just before anonymous ids."""
+        custom = key.type not in self.priority and key.type != PROFILE_ID
+        return (self.rank_of(key.type), 0 if custom else 1, key.type, key.value)
+
+    def is_blocked(self, key: IdentifierKey) -> bool:
+        """Whether a value is junk that must never identify anybody."""
+        lowered = key.value.strip().lower()
+        if lowered in {v.lower() for v in self.blocked_values}:
+            return True
+        return any(re.search(pattern, key.value, flags=re.IGNORECASE) for pattern in self.blocked_patterns)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the stored and served form."""
+        return {
+            "blocked_values": list(self.blocked_values),
+            "blocked_patterns": list(self.blocked_patterns),
+            "limits": {"user_id": 1, **dict(self.limits)},
+            "default_limit": self.default_limit,
+            "priority": list(self.priority),
+            "supernode_threshold": self.supernode_threshold,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> IdentityRules:
+        """Read the stored form; missing fields keep their defaults."""
+        base = cls()
+        return cls(
+            blocked_values=tuple(raw.get("blocked_values", base.blocked_values)),
+            blocked_patterns=tuple(raw.get("blocked_patterns", base.blocked_patterns)),
+            limits=dict(raw.get("limits", base.limits)),
+            default_limit=int(raw.get("default_limit", base.default_limit)),
+            priority=tuple(raw.get("priority", base.priority)),
+            supernode_threshold=int(raw.get("supernode_threshold", base.supernode_threshold)),
+        )
+
+
+def normalise(kind: str, value: str, *, default_region: str = "DE") -> str:
+    """Normalise an identifier value for matching."""
+    return normalise_identifier(kind, value, default_region=default_region)
+
+
+def parse_ref(ref: str, *, default_region: str = "DE") -> IdentifierKey | None:
     """Parse an API reference `type:value`; None when the ref is a bare profile id."""
     kind, sep, value = ref.partition(":")
-    if not sep or not kind or not value:
+    if not sep:
         return None
-    return IdentifierKey(kind, normalise(kind, value))
+    if not TYPE_PATTERN.match(kind) or not value:
+        raise InvalidReference("a reference is a profile id or type:value with a lower-case type")
+    try:
+        return IdentifierKey(kind, normalise(kind, value, default_region=default_region))
+    except InvalidIdentifier as exc:
+        raise InvalidReference(str(exc)) from exc
 
 
-def normalise(kind: str, value: str) -> str:
-    """Normalise an identifier value for matching."""
-    return normalise_identifier(kind, value)
-
-
-def identifiers_of(event: TrackingEventReceived) -> list[IdentifierKey]:
-    """Return the event's identifiers, most trusted first."""
-    found: list[IdentifierKey] = []
+def identifiers_of(
+    event: TrackingEventReceived, *, rules: IdentityRules, default_region: str = "DE"
+) -> tuple[list[IdentifierKey], list[IdentifierKey]]:
+    """Return the event's usable identifiers (most trusted first) and those the rules blocked."""
+    raw: list[tuple[str, Any]] = []
     if event.userId:
-        found.append(IdentifierKey("user_id", normalise("user_id", event.userId)))
+        raw.append(("user_id", event.userId))
     if event.anonymousId:
-        found.append(IdentifierKey("anonymous_id", normalise("anonymous_id", event.anonymousId)))
-    email = _trait(event, "email")
-    if isinstance(email, str) and "@" in email:
-        found.append(IdentifierKey("email", normalise("email", email)))
-    return found
+        raw.append(("anonymous_id", event.anonymousId))
+    raw.append(("email", trait_of(event, "email")))
+    raw.append(("phone", trait_of(event, "phone")))
+    external = event.context.get("externalIds")
+    if isinstance(external, list):
+        for item in external:
+            if isinstance(item, dict):
+                raw.append((str(item.get("type", "")).strip().lower(), item.get("id")))
+    profile_ref = event.context.get(PROFILE_ID)
+    if profile_ref is not None:
+        raw.append((PROFILE_ID, profile_ref))
+    usable: list[IdentifierKey] = []
+    blocked: list[IdentifierKey] = []
+    for kind, value in raw:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not TYPE_PATTERN.match(kind) or len(value) > MAX_VALUE_LENGTH:
+            continue
+        if kind == "email" and "@" not in value:
+            continue
+        try:
+            key = IdentifierKey(kind, normalise(kind, value, default_region=default_region))
+        except InvalidIdentifier:
+            continue
+        if key in usable or key in blocked:
+            continue
+        (blocked if kind != PROFILE_ID and rules.is_blocked(key) else usable).append(key)
+    return sorted(usable, key=rules.sort_key), blocked
+
+
+def trait_of(event: TrackingEventReceived, name: str) -> Any:
+    """Return a trait the event asserts: identify traits first, then context.traits."""
+    if event.type == "identify" and name in event.traits:
+        return event.traits[name]
+    context_traits = event.context.get("traits")
+    if isinstance(context_traits, dict):
+        return context_traits.get(name)
+    return None
 
 
 def traits_of(event: TrackingEventReceived) -> dict[str, Any]:
-    """Return the traits an event asserts: identify traits, else context.traits."""
+    """Return the traits an event asserts: context.traits, overridden by identify traits."""
     context_traits = event.context.get("traits")
     traits = dict(context_traits) if isinstance(context_traits, dict) else {}
     if event.type == "identify":
@@ -55,10 +175,69 @@ def traits_of(event: TrackingEventReceived) -> dict[str, Any]:
     return traits
 
 
-def _trait(event: TrackingEventReceived, name: str) -> Any:
-    if event.type == "identify" and name in event.traits:
-        return event.traits[name]
-    context_traits = event.context.get("traits")
-    if isinstance(context_traits, dict):
-        return context_traits.get(name)
-    return None
+@dataclass(frozen=True)
+class ProfileHolding:
+    """What the planner needs to know of one existing profile."""
+
+    profile_id: str
+    created_order: tuple[Any, ...]
+    counts: Mapping[str, int]
+
+
+@dataclass
+class MergePlan:
+    """What to do with an event: the profile that takes it, who merges into it, what is dropped."""
+
+    target: str | None
+    absorbed: list[str]
+    attach: list[IdentifierKey]
+    dropped: list[IdentifierKey]
+    linking: dict[str, IdentifierKey]
+
+
+def plan_resolution(
+    *,
+    keys: list[IdentifierKey],
+    owners: Mapping[IdentifierKey, str],
+    holdings: Mapping[str, ProfileHolding],
+    quarantined: Iterable[IdentifierKey],
+    rules: IdentityRules,
+) -> MergePlan:
+    """Decide target, merges and dropped identifiers for an event, honouring limits and priority."""
+    quarantined_set = set(quarantined)
+    active = list(keys)
+    dropped: list[IdentifierKey] = []
+    while True:
+        matching = [k for k in active if k in owners and k not in quarantined_set]
+        profiles = list(dict.fromkeys(owners[k] for k in matching))
+        new_keys = [k for k in active if k not in owners]
+        if _within_limits(profiles, new_keys, holdings, rules):
+            break
+        # Drop the event's lowest-priority identifier and match again.
+        victim = active[-1]
+        active.remove(victim)
+        dropped.append(victim)
+    if not profiles:
+        target = None
+        absorbed: list[str] = []
+    else:
+        ordered = sorted(profiles, key=lambda pid: holdings[pid].created_order)
+        target, absorbed = ordered[0], ordered[1:]
+    linking = {owners[k]: k for k in matching if owners[k] in absorbed}
+    attach = [k for k in active if k not in owners and k.type != PROFILE_ID]
+    # Quarantined identifiers owned elsewhere neither merge nor move.
+    dropped.extend(k for k in active if k in quarantined_set and owners.get(k) not in (target, None))
+    return MergePlan(target=target, absorbed=absorbed, attach=attach, dropped=dropped, linking=linking)
+
+
+def _within_limits(
+    profiles: list[str],
+    new_keys: list[IdentifierKey],
+    holdings: Mapping[str, ProfileHolding],
+    rules: IdentityRules,
+) -> bool:
+    totals: Counter[str] = Counter()
+    for pid in profiles:
+        totals.update(holdings[pid].counts)
+    totals.update(k.type for k in new_keys)
+    return all(count <= rules.limit_of(kind) for kind, count in totals.items() if kind != PROFILE_ID)
