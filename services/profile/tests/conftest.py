@@ -111,7 +111,7 @@ def tracking(
     if context_traits is not None:
         full_context["traits"] = context_traits
     payload = TrackingEventReceived(
-        type=type,  # type: ignore[arg-type]
+        type=type,
         messageId=f"m-{n}-{secrets.token_hex(3)}",
         sourceId="src_test",
         receivedAt=timestamp,

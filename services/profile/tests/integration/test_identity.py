@@ -89,7 +89,9 @@ async def test_two_known_customers_sharing_a_device_are_never_merged(db: Profile
         tracking(user_id=alice, anonymous_id=device),
         tracking(user_id=bob, anonymous_id=device),
     )
-    assert a is not None and b is not None and a != b
+    assert a is not None
+    assert b is not None
+    assert a != b
     bob_profile = await profile_of(db, "user_id", bob)
     assert bob_profile is not None
     # The device id is the lowest-priority identifier of Bob's event: it was dropped, not moved.
@@ -105,7 +107,8 @@ async def test_per_type_limit_drops_the_lowest_priority_identifier_and_matches_a
         await db.resolve(tracking(user_id=user, context_traits={"email": email}))
     [third] = await db.resolve(tracking(user_id=user, context_traits={"email": emails[2]}))
     profile = await profile_of(db, "user_id", user)
-    assert profile is not None and profile.id == third
+    assert profile is not None
+    assert profile.id == third
     assert sorted(k.value for k in profile.identifiers if k.type == "email") == sorted(emails[:2])
 
 
@@ -142,7 +145,8 @@ async def test_an_identifier_tying_too_many_profiles_is_quarantined_listed_and_n
     # An anonymous visitor on the kiosk with a new e-mail does not pull that e-mail into anyone.
     [visitor] = await db.resolve(tracking(anonymous_id=kiosk, context_traits={"email": "walkin@example.com"}))
     owner = await profile_of(db, "email", "walkin@example.com")
-    assert owner is not None and owner.id == visitor
+    assert owner is not None
+    assert owner.id == visitor
 
 
 async def test_shared_identifier_merges_with_a_ledger_entry_and_published_on_both_keys(db: ProfileDb) -> None:
@@ -158,6 +162,8 @@ async def test_shared_identifier_merges_with_a_ledger_entry_and_published_on_bot
     assert browsing != shopper
     merge_event = tracking(anonymous_id=anon, context_traits={"email": email}, event="Signed In")
     [survivor] = await db.resolve(merge_event)
+    assert survivor is not None
+    assert shopper is not None
     assert survivor == browsing  # the older profile survives
     async with transaction(db.sessions) as session:
         ledger = await store.ledger_of(session=session, profile_ids=[survivor])
@@ -175,7 +181,8 @@ async def test_shared_identifier_merges_with_a_ledger_entry_and_published_on_bot
     assert sorted(e.subject for e in merges) == sorted([survivor, shopper])
     assert {e.data.merge_id for e in merges} == {ledger[0]["merge_id"]}
     versions = [e.data.version for e in await db.published() if e.subject == survivor]
-    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    assert versions == sorted(versions)
+    assert len(set(versions)) == len(versions)
 
 
 async def test_events_of_one_batch_merge_and_resolve_together(db: ProfileDb) -> None:
@@ -202,7 +209,9 @@ async def test_phone_in_e164_with_the_default_region_custom_ids_and_the_reserved
     )
     by_phone = await profile_of(db, "phone", "+49301234567")
     by_crm = await profile_of(db, "crm_id", crm)
-    assert by_phone is not None and by_crm is not None and by_phone.id == by_crm.id == profile_id
+    assert by_phone is not None
+    assert by_crm is not None
+    assert by_phone.id == by_crm.id == profile_id
     [again] = await db.resolve(tracking(event="Email Opened", context={"profile_id": profile_id}))
     assert again == profile_id
 
@@ -236,7 +245,8 @@ async def test_replaying_every_event_changes_no_profile_and_no_computed_trait(db
     for envelope in events:
         await db.resolve(envelope)
     after = await profile_of(db, "user_id", user)
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert (after.version, after.traits, after.computed) == (before.version, before.traits, before.computed)
     assert len(await db.published()) == published
     assert after.computed["revenue"] == {"EUR": 25.0}
