@@ -135,7 +135,8 @@ PIPELINE_ROWS: dict[str, tuple[Graph, ...]] = {
             "Share of ingest's HTTP answers that were 5xx; the contract allows none for bad input.",
             (
                 Query(
-                    'sum(rate(cdp_http_requests_total{service="ingest", status=~"5.."}[5m]))'
+                    # No 5xx at all is a ratio of 0, not an empty panel.
+                    '(sum(rate(cdp_http_requests_total{service="ingest", status=~"5.."}[5m])) or vector(0))'
                     ' / sum(rate(cdp_http_requests_total{service="ingest"}[5m]))',
                     "5xx ratio",
                 ),
