@@ -8,6 +8,7 @@ import contextlib
 import email
 import email.policy
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -25,6 +26,8 @@ from cdp_common.testing import PlatformUnderTest, free_port, unique_env, wait_fo
 from cdp_common.topics import TopicName
 from cdp_consent.main import create_app
 from cdp_consent.settings import Settings
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 
 class MailboxHandler:
@@ -66,6 +69,67 @@ def mailbox() -> Iterator[Mailbox]:
 
 
 @dataclass
+class OtherServices:
+    """Stand-ins for the other four services' access routes, on one port under /<service>."""
+
+    url: str
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures_left: dict[str, int] = field(default_factory=dict)
+    calls: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def base(self, service: str) -> str:
+        """Base URL that plays one service."""
+        return f"{self.url}/{service}"
+
+
+def other_services_app(services: OtherServices) -> FastAPI:
+    """Serve GET /<service>/v1/privacy/profiles/{id} from the parts the test put there."""
+    app = FastAPI()
+
+    @app.get("/{service}/v1/privacy/profiles/{profile_id}")
+    async def part(service: str, profile_id: str, request: Request) -> JSONResponse:
+        services.calls.append((service, profile_id, request.headers.get("authorization")))
+        if services.failures_left.get(service, 0) > 0:
+            services.failures_left[service] -= 1
+            return JSONResponse({"error": {"code": "unavailable"}}, status_code=503)
+        data = services.parts.get(service, {}).get(profile_id)
+        if data is None:
+            return JSONResponse({"error": {"code": "not_found"}}, status_code=404)
+        return JSONResponse({"service": service, "profile_id": profile_id, "data": data})
+
+    return app
+
+
+@asynccontextmanager
+async def serving(app: FastAPI, port: int) -> AsyncIterator[None]:
+    """Serve an app with uvicorn in this event loop until the block ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():
+            raise AssertionError(f"the server on port {port} did not start; its log is above")
+        return bool(server.started)
+
+    try:
+        await wait_for(started, timeout=90, interval=0.1, what=f"the server on port {port}")
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, timeout=30)
+
+
+async def answers_ready(url: str) -> bool:
+    """Whether a service answers /readyz with 200."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(f"{url}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
 class ConsentUnderTest:
     """The consent service of the tests: its URL, settings, and a producer for feeding its topics."""
 
@@ -92,7 +156,18 @@ class ConsentUnderTest:
 
 
 @pytest.fixture(scope="session")
-async def consent(platform: PlatformUnderTest, mailbox: Mailbox) -> AsyncIterator[ConsentUnderTest]:
+async def other_services() -> AsyncIterator[OtherServices]:
+    """Run the stand-ins for ingest, profile, segment and campaign on a free port."""
+    port = free_port()
+    services = OtherServices(url=f"http://127.0.0.1:{port}")
+    async with serving(other_services_app(services), port):
+        yield services
+
+
+@pytest.fixture(scope="session")
+async def consent(
+    platform: PlatformUnderTest, mailbox: Mailbox, other_services: OtherServices
+) -> AsyncIterator[ConsentUnderTest]:
     """Start the consent service on a free port in its own database, topics and groups."""
     env = unique_env(platform).replace("-", "_")
     base = platform.database_url.rsplit("/", 1)[0]
@@ -110,40 +185,31 @@ async def consent(platform: PlatformUnderTest, mailbox: Mailbox) -> AsyncIterato
         database_url=f"{base}/{database}",
         smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
         consent_url=url,
+        ingest_url=other_services.base("ingest"),
+        profile_url=other_services.base("profile"),
+        segment_url=other_services.base("segment"),
+        campaign_url=other_services.base("campaign"),
         scheduler_interval_s=0.1,
         assembly_retry_s=0.2,
+        assembly_max_attempts=4,
     )
     assert isinstance(settings, Settings)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    )
-    serving = asyncio.create_task(server.serve())
-
-    async def ready() -> bool:
-        if serving.done():
-            raise AssertionError("the consent service did not start; its log is above")
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"{url}/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     producer = create_producer(settings, client_id="consent-tests")
     try:
-        await wait_for(ready, timeout=90, interval=0.2, what="the consent service to be ready")
-        await producer.start()
-        yield ConsentUnderTest(
-            url=url,
-            settings=settings,
-            producer=producer,
-            admin_token=platform.admin_token,
-            database_url=f"{base}/{database}",
-        )
+        async with serving(create_app(settings), port):
+            await wait_for(lambda: answers_ready(url), timeout=60, interval=0.2, what="consent to be ready")
+            await producer.start()
+            try:
+                yield ConsentUnderTest(
+                    url=url,
+                    settings=settings,
+                    producer=producer,
+                    admin_token=platform.admin_token,
+                    database_url=f"{base}/{database}",
+                )
+            finally:
+                await producer.stop()
     finally:
-        await producer.stop()
-        server.should_exit = True
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(serving, timeout=30)
         admin = await asyncpg.connect(f"{base}/postgres")
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -13,6 +13,7 @@ from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.privacy import access_router
+from cdp_common.topics import TopicName
 from cdp_common.web import ApiError, Page, PageParams, decode_cursor, encode_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cdp_consent import handlers, store
 from cdp_consent.domain.consents import ConsentStatus, LegalBasis, UnknownPurpose
 from cdp_consent.domain.opt_in import ConfirmationRefused
+from cdp_consent.domain.privacy import RequestStatus, awaiting
 from cdp_consent.mailer import MailNotSent
 from cdp_consent.metrics import CONSENT_CHECKS
 
@@ -381,4 +383,103 @@ async def confirm_opt_in(
     return {"status": "confirmed", "message": "Thank you, your e-mail address is confirmed."}
 
 
-routers = [consents, public, opt_ins, access_router(service=handlers.SERVICE, export=store.export_profile)]
+privacy = APIRouter(prefix="/v1/privacy/requests", tags=["privacy requests"])
+
+
+class Subject(StrictModel):
+    """Whom a privacy request is about: one identifier, in clear only for this request."""
+
+    type: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")
+    value: str = Field(min_length=1, max_length=1000)
+
+
+class PrivacyRequestBody(StrictModel):
+    """A GDPR request: access (Art. 15, 20) or erasure (Art. 17)."""
+
+    type: Literal["access", "erasure"]
+    subject: Subject
+
+
+def _request_view(request: dict[str, Any], receipts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    open_ = request["status"] in (RequestStatus.PENDING, RequestStatus.IN_PROGRESS)
+    return {
+        "id": request["id"],
+        "type": request["type"],
+        "status": request["status"],
+        "subject_type": request["subject_type"],
+        "opened_at": request["opened_at"],
+        "deadline": request["deadline"],
+        "overdue": open_ and request["deadline"] < datetime.now(UTC),
+        "completed_at": request["completed_at"],
+        "profile_ids": request["profile_ids"],
+        "note": request["note"],
+        "receipts": receipts,
+        "awaiting": awaiting(receipts, request["status"]),
+        "bundle_available": request["bundle"] is not None,
+        "last_error": request["last_error"],
+    }
+
+
+@privacy.post("", status_code=202)
+async def open_privacy_request(
+    body: PrivacyRequestBody, request: Request, session: SessionDep, _: PrivacyAdmin, context: ContextDep
+) -> dict[str, Any]:
+    """Open a privacy request; the subject is kept and published only as a keyed hash."""
+    settings = request.app.state.runtime.settings
+    try:
+        opened = await handlers.open_privacy_request(
+            session=session,
+            context=context,
+            privacy_topic=settings.topic(TopicName.PRIVACY),
+            request_type=body.type,
+            subject_type=body.subject.type,
+            subject_value=body.subject.value,
+            deadline_days=settings.privacy_deadline_days,
+        )
+    except InvalidIdentifier as exc:
+        raise ApiError(
+            status=422, code="invalid_subject", message=str(exc), details={"type": body.subject.type}
+        ) from exc
+    return _request_view(opened, {})
+
+
+RequestId = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+@privacy.get("/{request_id}")
+async def get_privacy_request(request_id: RequestId, session: SessionDep, _: PrivacyAdmin) -> dict[str, Any]:
+    """Return where a privacy request stands, with every service's receipt."""
+    found = await store.get_privacy_request(session=session, request_id=request_id)
+    if found is None:
+        raise ApiError(status=404, code="not_found", message="no such privacy request")
+    return _request_view(found, await store.receipts_of(session=session, request_id=request_id))
+
+
+@privacy.get("/{request_id}/bundle")
+async def get_access_bundle(request_id: RequestId, session: SessionDep, _: PrivacyAdmin) -> dict[str, Any]:
+    """Serve the machine-readable bundle of a completed access request."""
+    found = await store.get_privacy_request(session=session, request_id=request_id)
+    if found is None:
+        raise ApiError(status=404, code="not_found", message="no such privacy request")
+    if found["type"] != "access":
+        raise ApiError(status=409, code="not_an_access_request", message="only access requests have a bundle")
+    if found["bundle_erased_at"] is not None:
+        raise ApiError(status=410, code="bundle_erased", message="the person has since been erased")
+    if found["bundle"] is None:
+        raise ApiError(
+            status=409,
+            code="bundle_not_ready",
+            message="the bundle is not assembled yet",
+            details={"status": found["status"]},
+        )
+    bundle: dict[str, Any] = found["bundle"]
+    return bundle
+
+
+routers = [
+    consents,
+    public,
+    opt_ins,
+    privacy,
+    access_router(service=handlers.SERVICE, export=store.export_profile),
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from cdp_common.events import ProfileCreated, ProfileMerged, ProfileUpdated
+from cdp_common.events import PrivacyReceipt, ProfileCreated, ProfileMerged, ProfileUpdated
 from cdp_common.kafka import Handler
 from cdp_common.replica import profiles_consumer_handlers
 from cdp_common.service import ConsumerSpec
@@ -32,4 +32,11 @@ def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
     profile_handlers.update(
         {ProfileCreated: on_changed, ProfileUpdated: on_changed, ProfileMerged: on_merged}
     )
-    return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers)]
+    # Receipts only: the request_opened and request_completed events are this service's own.
+    on_receipt: Handler = partial(
+        handlers.apply_privacy_receipt, privacy_topic=settings.topic(TopicName.PRIVACY)
+    )
+    return [
+        ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers),
+        ConsumerSpec(purpose="privacy", topics=[TopicName.PRIVACY], handlers={PrivacyReceipt: on_receipt}),
+    ]

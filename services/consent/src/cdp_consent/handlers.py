@@ -16,6 +16,9 @@ from cdp_common.events import (
     ConsentDenied,
     ConsentGranted,
     ConsentWithdrawn,
+    PrivacyReceipt,
+    PrivacyRequestCompleted,
+    PrivacyRequestOpened,
     ProfileChanged,
     ProfileMerged,
     make_envelope,
@@ -42,8 +45,15 @@ from cdp_consent.domain.opt_in import (
     new_token,
     token_hash,
 )
+from cdp_consent.domain.privacy import RequestStatus, assemble_bundle, erasure_outcome
 from cdp_consent.mailer import MailNotSent, send_mail
-from cdp_consent.metrics import CONSENT_CHANGES, MERGE_CONFLICTS, OPT_IN_MAILS
+from cdp_consent.metrics import (
+    CONSENT_CHANGES,
+    MERGE_CONFLICTS,
+    OPT_IN_MAILS,
+    PRIVACY_REQUESTS_COMPLETED,
+    PRIVACY_REQUESTS_OPENED,
+)
 from cdp_consent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -385,5 +395,198 @@ async def confirm_opt_in(
             "confirmed_at": now,
             "confirm_evidence": evidence,
             "ledger_id": entry.row["id"],
+        },
+    )
+
+
+async def open_privacy_request(
+    *,
+    session: AsyncSession,
+    context: ConsentContext,
+    privacy_topic: str,
+    request_type: str,
+    subject_type: str,
+    subject_value: str,
+    deadline_days: int,
+) -> dict[str, Any]:
+    """Store a privacy request with its subject only as a keyed hash and publish it; raise InvalidIdentifier."""
+    value = normalise_identifier(subject_type, subject_value)
+    hashed = subject_hash(key=context.hash_key, subject_type=subject_type, value=value)
+    now = datetime.now(UTC)
+    request = await store.create_privacy_request(
+        session=session,
+        values={
+            "id": str(uuid.uuid4()),
+            "type": request_type,
+            "subject_type": subject_type,
+            "subject_hash": hashed,
+            "status": RequestStatus.PENDING.value,
+            "opened_at": now,
+            "deadline": now + timedelta(days=deadline_days),
+        },
+    )
+    opened = PrivacyRequestOpened(
+        request_id=request["id"],
+        request_type=request["type"],
+        subject_type=subject_type,
+        subject_hash=hashed,
+        deadline=request["deadline"],
+    )
+    await add_to_outbox(
+        session=session,
+        topic=privacy_topic,
+        envelope=make_envelope(
+            payload=opened, source=SERVICE, subject=request["id"], id=f"{request['id']}:opened"
+        ),
+    )
+    PRIVACY_REQUESTS_OPENED.labels(request_type).inc()
+    return request
+
+
+async def apply_privacy_receipt(
+    *, session: AsyncSession, envelope: Envelope[Any], privacy_topic: str
+) -> None:
+    """Record a service's receipt and close the request when everyone who must answer has."""
+    data: PrivacyReceipt = envelope.data
+    request = await store.get_privacy_request(session=session, request_id=data.request_id, for_update=True)
+    if request is None:
+        logger.info("receipt for a request opened elsewhere", extra={"event_id": envelope.id})
+        return
+    if request["status"] in (RequestStatus.COMPLETED, RequestStatus.FAILED):
+        return
+    if not await store.record_receipt(
+        session=session,
+        request_id=data.request_id,
+        service=data.service,
+        status=data.status,
+        profile_ids=list(data.profile_ids),
+        details=dict(data.details),
+    ):
+        return
+    changes: dict[str, Any] = {"status": RequestStatus.IN_PROGRESS.value}
+    profile_ids = request["profile_ids"]
+    if data.service == "profile":
+        profile_ids = list(data.profile_ids)
+        changes["profile_ids"] = profile_ids
+        if not profile_ids:
+            changes["note"] = "profile found nobody with this identifier; no other service holds anything"
+        elif request["type"] == "access":
+            changes["assembly_due_at"] = datetime.now(UTC)
+    await store.update_privacy_request(session=session, request_id=request["id"], values=changes)
+    receipts = await store.receipts_of(session=session, request_id=request["id"])
+    statuses = {service: receipt["status"] for service, receipt in receipts.items()}
+    outcome: RequestStatus | None
+    if request["type"] == "erasure":
+        outcome = erasure_outcome(statuses, profile_ids=profile_ids)
+    elif data.service == "profile" and not profile_ids:
+        outcome = RequestStatus.COMPLETED if data.status == "done" else RequestStatus.FAILED
+    else:
+        outcome = None
+    if outcome is not None:
+        await complete_privacy_request(
+            session=session, request_id=request["id"], status=outcome, privacy_topic=privacy_topic
+        )
+
+
+async def complete_privacy_request(
+    *,
+    session: AsyncSession,
+    request_id: str,
+    status: RequestStatus,
+    privacy_topic: str,
+    values: dict[str, Any] | None = None,
+) -> None:
+    """Close a request and publish that it is done."""
+    await store.update_privacy_request(
+        session=session,
+        request_id=request_id,
+        values={
+            **(values or {}),
+            "status": status.value,
+            "completed_at": datetime.now(UTC),
+            "assembly_due_at": None,
+        },
+    )
+    completed = PrivacyRequestCompleted(
+        request_id=request_id, status="completed" if status is RequestStatus.COMPLETED else "failed"
+    )
+    await add_to_outbox(
+        session=session,
+        topic=privacy_topic,
+        envelope=make_envelope(
+            payload=completed, source=SERVICE, subject=request_id, id=f"{request_id}:completed"
+        ),
+    )
+    PRIVACY_REQUESTS_COMPLETED.labels(status.value).inc()
+
+
+async def store_access_bundle(
+    *,
+    session: AsyncSession,
+    request_id: str,
+    parts: dict[str, dict[str, Any]],
+    privacy_topic: str,
+) -> bool:
+    """Record a receipt per service that served its part, keep the bundle, and close the request."""
+    request = await store.get_privacy_request(session=session, request_id=request_id, for_update=True)
+    if request is None or request["status"] != RequestStatus.IN_PROGRESS:
+        return False
+    profile_ids: list[str] = request["profile_ids"] or []
+    for service, by_profile in parts.items():
+        await store.record_receipt(
+            session=session,
+            request_id=request_id,
+            service=service,
+            status="done",
+            profile_ids=profile_ids,
+            details={"profiles_with_data": len(by_profile)},
+        )
+    bundle = assemble_bundle(
+        request_id=request_id,
+        subject_type=request["subject_type"],
+        profile_ids=profile_ids,
+        parts=parts,
+        generated_at=datetime.now(UTC),
+    )
+    await complete_privacy_request(
+        session=session,
+        request_id=request_id,
+        status=RequestStatus.COMPLETED,
+        privacy_topic=privacy_topic,
+        values={"bundle": bundle},
+    )
+    return True
+
+
+async def postpone_assembly(
+    *,
+    session: AsyncSession,
+    request_id: str,
+    error: str,
+    max_attempts: int,
+    retry_s: float,
+    privacy_topic: str,
+) -> None:
+    """Try assembling later with a growing pause, or fail the request after the last attempt."""
+    request = await store.get_privacy_request(session=session, request_id=request_id, for_update=True)
+    if request is None or request["status"] != RequestStatus.IN_PROGRESS:
+        return
+    attempts = request["assembly_attempts"] + 1
+    if attempts >= max_attempts:
+        await complete_privacy_request(
+            session=session,
+            request_id=request_id,
+            status=RequestStatus.FAILED,
+            privacy_topic=privacy_topic,
+            values={"assembly_attempts": attempts, "last_error": error},
+        )
+        return
+    await store.update_privacy_request(
+        session=session,
+        request_id=request_id,
+        values={
+            "assembly_attempts": attempts,
+            "last_error": error,
+            "assembly_due_at": datetime.now(UTC) + timedelta(seconds=retry_s * 2 ** (attempts - 1)),
         },
     )

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from cdp_consent.api import routers
 from cdp_consent.consumer import SERVICE, consumer_specs
 from cdp_consent.handlers import ConsentContext
-from cdp_consent.scheduler import Scheduler
+from cdp_consent.scheduler import AccessBundleAssembler, Scheduler, report_overdue
 from cdp_consent.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -23,6 +23,7 @@ class ConsentRuntime(ServiceRuntime):
     """The platform's service runtime plus the consent service's scheduler."""
 
     scheduler: Scheduler = field(init=False)
+    assembler: AccessBundleAssembler = field(init=False)
 
     async def start(self) -> None:
         """Start the platform's parts, then the scheduler."""
@@ -31,11 +32,19 @@ class ConsentRuntime(ServiceRuntime):
         self.scheduler = Scheduler(
             session_factory=self.session_factory, interval_s=self.settings.scheduler_interval_s
         )
+        self.assembler = AccessBundleAssembler(
+            session_factory=self.session_factory,
+            settings=self.settings,
+            privacy_topic=self.settings.topic(TopicName.PRIVACY),
+        )
+        self.scheduler.add_job("assemble_access_bundles", self.assembler.assemble_due)
+        self.scheduler.add_job("report_overdue_requests", lambda: report_overdue(self.session_factory))
         self.scheduler.start()
 
     async def stop(self) -> None:
         """Stop the scheduler first, then the platform's parts."""
         await self.scheduler.stop()
+        await self.assembler.close()
         await super().stop()
 
 

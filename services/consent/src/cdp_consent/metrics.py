@@ -27,3 +27,13 @@ PRIVACY_REQUESTS_OVERDUE = Gauge(
     "cdp_privacy_requests_overdue",
     "Privacy requests past their deadline and not completed.",
 )
+PRIVACY_REQUESTS_OPENED = Counter(
+    "cdp_privacy_requests_opened_total",
+    "Privacy requests opened, by type.",
+    ["type"],
+)
+PRIVACY_REQUESTS_COMPLETED = Counter(
+    "cdp_privacy_requests_completed_total",
+    "Privacy requests closed, by outcome (completed, failed).",
+    ["status"],
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -99,6 +99,37 @@ opt_ins = sa.Table(
     sa.Column("confirmed_at", sa.DateTime(timezone=True)),
     sa.Column("confirm_evidence", postgresql.JSONB),
     sa.Column("ledger_id", sa.BigInteger),
+)
+
+privacy_requests = sa.Table(
+    "privacy_requests",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("subject_type", sa.Text, nullable=False),
+    sa.Column("subject_hash", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("deadline", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("profile_ids", postgresql.JSONB),
+    sa.Column("note", sa.Text),
+    sa.Column("bundle", postgresql.JSONB),
+    sa.Column("bundle_erased_at", sa.DateTime(timezone=True)),
+    sa.Column("assembly_due_at", sa.DateTime(timezone=True)),
+    sa.Column("assembly_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+)
+
+privacy_receipts = sa.Table(
+    "privacy_receipts",
+    metadata,
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("service", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("profile_ids", postgresql.JSONB, nullable=False),
+    sa.Column("details", postgresql.JSONB, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 
@@ -451,6 +482,121 @@ async def opt_ins_of(*, session: AsyncSession, profile_id: str) -> list[dict[str
     return [dict(r._mapping) for r in rows]
 
 
+async def create_privacy_request(*, session: AsyncSession, values: dict[str, Any]) -> dict[str, Any]:
+    """Store a new privacy request."""
+    row = (
+        await session.execute(privacy_requests.insert().values(**values).returning(*privacy_requests.c))
+    ).one()
+    return dict(row._mapping)
+
+
+async def get_privacy_request(
+    *, session: AsyncSession, request_id: str, for_update: bool = False
+) -> dict[str, Any] | None:
+    """Return one privacy request, or None."""
+    query = sa.select(privacy_requests).where(privacy_requests.c.id == request_id)
+    if for_update:
+        query = query.with_for_update()
+    row = (await session.execute(query)).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def update_privacy_request(*, session: AsyncSession, request_id: str, values: dict[str, Any]) -> None:
+    """Change a privacy request."""
+    await session.execute(
+        privacy_requests.update().where(privacy_requests.c.id == request_id).values(**values)
+    )
+
+
+async def record_receipt(
+    *,
+    session: AsyncSession,
+    request_id: str,
+    service: str,
+    status: str,
+    profile_ids: list[str],
+    details: dict[str, Any],
+) -> bool:
+    """Record a service's receipt; False when that service had already answered."""
+    statement = (
+        postgresql.insert(privacy_receipts)
+        .values(
+            request_id=request_id, service=service, status=status, profile_ids=profile_ids, details=details
+        )
+        .on_conflict_do_nothing()
+        .returning(privacy_receipts.c.service)
+    )
+    return (await session.execute(statement)).first() is not None
+
+
+async def receipts_of(*, session: AsyncSession, request_id: str) -> dict[str, dict[str, Any]]:
+    """Return a request's receipts by service."""
+    rows = await session.execute(
+        sa.select(privacy_receipts).where(privacy_receipts.c.request_id == request_id)
+    )
+    return {
+        r.service: {
+            "status": r.status,
+            "profile_ids": r.profile_ids,
+            "details": r.details,
+            "received_at": r.received_at,
+        }
+        for r in rows
+    }
+
+
+async def claim_due_assemblies(
+    *, session: AsyncSession, now: datetime, lease_s: float, limit: int = 5
+) -> list[dict[str, Any]]:
+    """Take access requests whose bundle is due, leasing them so no other replica takes them too."""
+    due = (
+        sa.select(privacy_requests.c.id)
+        .where(
+            privacy_requests.c.assembly_due_at <= now,
+            privacy_requests.c.status == "in_progress",
+        )
+        .order_by(privacy_requests.c.assembly_due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = await session.execute(
+        privacy_requests.update()
+        .where(privacy_requests.c.id.in_(due))
+        .values(assembly_due_at=now + timedelta(seconds=lease_s))
+        .returning(*privacy_requests.c)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def count_overdue(*, session: AsyncSession, now: datetime) -> int:
+    """Count open privacy requests past their deadline."""
+    return int(
+        (
+            await session.execute(
+                sa.select(sa.func.count())
+                .select_from(privacy_requests)
+                .where(
+                    privacy_requests.c.status.in_(["pending", "in_progress"]),
+                    privacy_requests.c.deadline < now,
+                )
+            )
+        ).scalar_one()
+    )
+
+
+async def erase_bundles(*, session: AsyncSession, profile_ids: list[str]) -> int:
+    """Drop the access bundles that hold data of these profiles; return how many."""
+    result = await session.execute(
+        sa.text(
+            "UPDATE privacy_requests SET bundle = NULL, bundle_erased_at = now()"
+            " WHERE bundle IS NOT NULL AND profile_ids ?| CAST(:ids AS text[])"
+        ),
+        {"ids": profile_ids},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def _delete_where(
     session: AsyncSession, table: sa.Table, column: sa.ColumnElement[Any], ids: list[str]
 ) -> int:
@@ -472,6 +618,7 @@ async def erase_profiles(*, session: AsyncSession, profile_ids: list[str]) -> di
         ),
         "consent_state": await _delete_where(session, consent_state, consent_state.c.profile_id, profile_ids),
         "opt_ins": await _delete_where(session, opt_ins, opt_ins.c.profile_id, profile_ids),
+        "access_bundles": await erase_bundles(session=session, profile_ids=profile_ids),
         "profile_contacts": await _delete_where(
             session, profile_contacts, profile_contacts.c.profile_id, profile_ids
         ),
