@@ -131,7 +131,8 @@ async def test_an_expired_link_is_refused_and_the_request_expires(
         await conn.close()
 
     async def expired() -> bool:
-        return (await http.get(f"/v1/opt-ins/{opt_in['id']}")).json()["status"] == "expired"
+        status: str = (await http.get(f"/v1/opt-ins/{opt_in['id']}")).json()["status"]
+        return status == "expired"
 
     await wait_for(expired, what="the scheduler to expire the request")
     async with httpx.AsyncClient(timeout=10) as public:
