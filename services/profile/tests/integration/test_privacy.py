@@ -22,7 +22,7 @@ def request(db: ProfileDb, kind: str, subject_type: str, value: str) -> Any:
     return make_envelope(
         payload=PrivacyRequestOpened(
             request_id=uid("req"),
-            request_type=kind,  # type: ignore[arg-type]
+            request_type=kind,
             subject_type=subject_type,
             subject_hash=subject_hash(
                 key=db.context.hash_key,
@@ -57,7 +57,8 @@ async def text_columns_containing(db: ProfileDb, needles: list[str]) -> list[str
             )
             for needle in needles:
                 hit = await conn.execute(
-                    sa.text(f'SELECT 1 FROM "{table}" WHERE lower({expression}) LIKE :n LIMIT 1'),
+                    # Table and column names come from information_schema, not from input.
+                    sa.text(f'SELECT 1 FROM "{table}" WHERE lower({expression}) LIKE :n LIMIT 1'),  # noqa: S608
                     {"n": f"%{needle.lower()}%"},
                 )
                 if hit.first() is not None:
@@ -81,7 +82,7 @@ async def test_erasure_deletes_everything_keeps_tombstones_and_answers_on_both_t
     assert survivor == known
     erasure = request(db, "erasure", "email", email.upper())
     erased = await handle(db, erasure)
-    assert sorted(erased) == sorted([known, browsing])
+    assert set(erased) == {known, browsing}
     published = await db.published()
     [gone] = [e for e in published if isinstance(e.data, ProfileErased)]
     assert gone.subject == known
@@ -90,13 +91,13 @@ async def test_erasure_deletes_everything_keeps_tombstones_and_answers_on_both_t
     [receipt] = [e for e in published if isinstance(e.data, PrivacyReceipt)]
     assert receipt.subject == erasure.data.request_id
     assert receipt.data.service == "profile"
-    assert sorted(receipt.data.profile_ids) == sorted([known, browsing])
+    assert set(receipt.data.profile_ids) == {known, browsing}
     leftovers = await text_columns_containing(
         db, [email, "Gudrun", "Ensslin-Probe", "+49305550199", "5550199", "Unter den Linden", anon, user]
     )
     assert leftovers == []
     for table in ("profiles", "identifiers", "events", "merges", "computed_values"):
-        assert await db.scalar(f"SELECT count(*) FROM {table}") == 0
+        assert await db.scalar(f"SELECT count(*) FROM {table}") == 0  # noqa: S608
     # Re-sent events of the person, by any of their identifiers, never create them again.
     dropped = await db.resolve(
         tracking(anonymous_id=anon),
@@ -113,7 +114,7 @@ async def test_erasure_by_a_merged_away_profile_id_erases_the_survivor(db: Profi
     await db.resolve(tracking(user_id=user, anonymous_id=anon))
     assert browsing is not None
     erased = await handle(db, request(db, "erasure", "profile_id", browsing))
-    assert sorted(erased) == sorted([browsing, known])
+    assert set(erased) == {browsing, known}
     assert await db.scalar("SELECT count(*) FROM profiles") == 0
 
 
