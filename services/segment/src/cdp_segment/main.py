@@ -1,25 +1,97 @@
-"""Builds the segment service: the app, its lifespan, its consumers."""
+"""Builds the segment service: the app, its lifespan, its consumers, models and scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+from cdp_common.envelope import utc_now
 from cdp_common.service import ServiceRuntime, build_app, serve
+from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
 from cdp_segment.api import routers
+from cdp_segment.computed_traits import ComputedTraitsClient, HttpComputedTraitsClient, push_pending
 from cdp_segment.consumer import SERVICE, consumer_specs
+from cdp_segment.domain.lifecycle import LifecycleThresholds
+from cdp_segment.handlers import Clock, SegmentContext, ensure_builtin_segments
+from cdp_segment.models import ModelRunner
+from cdp_segment.scheduler import Scheduler
 from cdp_segment.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    computed_traits: ComputedTraitsClient | None = None,
+    clock: Clock = utc_now,
+    run_scheduler: bool = True,
+) -> FastAPI:
     """Create the segment service's app; resources are built in its lifespan."""
-    runtime = ServiceRuntime(
-        service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(settings)
+    context = SegmentContext(
+        segments_topic=settings.topic(TopicName.SEGMENTS),
+        clock=clock,
+        lifecycle=LifecycleThresholds(
+            new_days=settings.lifecycle_new_days,
+            active_days=settings.lifecycle_active_days,
+            churn_days=settings.lifecycle_churn_days,
+        ),
     )
-    return build_app(runtime=runtime, routers=routers, title="CDP segment service")
+    client = computed_traits or HttpComputedTraitsClient(
+        base_url=settings.profile_url, admin_token=settings.admin_token.get_secret_value()
+    )
+
+    async def start_segments(runtime: ServiceRuntime) -> None:
+        async with runtime.session_factory() as session, session.begin():
+            await ensure_builtin_segments(session=session)
+        models = ModelRunner(
+            session_factory=runtime.session_factory,
+            context=context,
+            cluster_count=settings.cluster_count,
+            clv_horizon_days=settings.clv_horizon_days,
+        )
+        app.state.models = models
+        app.state.scheduler = Scheduler(
+            session_factory=runtime.session_factory,
+            context=context,
+            models=models,
+            computed_traits=client,
+            interval_s=settings.scheduler_interval_s,
+            models_interval_s=settings.models_interval_s,
+        )
+        app.state.push_computed_traits = lambda: push_pending(
+            session_factory=runtime.session_factory, client=client
+        )
+        if run_scheduler:
+            app.state.scheduler.start()
+
+    runtime = ServiceRuntime(
+        service=SERVICE,
+        settings=settings,
+        migrations=MIGRATIONS,
+        consumers=consumer_specs(settings, context),
+        on_start=[start_segments],
+    )
+    app = build_app(runtime=runtime, routers=routers, title="CDP segment service")
+    app.state.segment_context = context
+    app.state.preview_sample_size = settings.preview_sample_size
+    runtime_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime_lifespan(app):
+            try:
+                yield
+            finally:
+                scheduler = getattr(app.state, "scheduler", None)
+                if scheduler is not None:
+                    await scheduler.stop()
+
+    app.router.lifespan_context = lifespan
+    return app
 
 
 def main() -> None:

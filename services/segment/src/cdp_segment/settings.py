@@ -10,3 +10,13 @@ class Settings(PlatformSettings):
     """The segment service's settings: the platform's plus its own."""
 
     port: int = Field(default=8003, validation_alias="CDP_SEGMENT_PORT")
+    profile_url: str = Field(default="http://127.0.0.1:8002", validation_alias="CDP_PROFILE_URL")
+    lifecycle_new_days: int = Field(default=30, ge=1)
+    lifecycle_active_days: int = Field(default=90, ge=1)
+    lifecycle_churn_days: int = Field(default=180, ge=2)
+    scheduler_interval_s: float = Field(default=60.0, gt=0)
+    models_interval_s: float = Field(default=3600.0, gt=0)
+    computed_traits_retry_s: float = Field(default=10.0, gt=0)
+    cluster_count: int = Field(default=4, ge=2, le=12)
+    clv_horizon_days: int = Field(default=365, ge=30)
+    preview_sample_size: int = Field(default=10, ge=0, le=100)

@@ -71,7 +71,7 @@ def test_relative_and_absolute_dates() -> None:
 
 def test_a_window_that_expires_with_time() -> None:
     rule = {"trait": "last_login", "op": "within_last", "value": {"days": 7}}
-    facts = {"traits": {"last_login": "2025-06-10T12:00:00Z"}}
+    facts: dict[str, Any] = {"traits": {"last_login": "2025-06-10T12:00:00Z"}}
     assert matches(rule, now=NOW, **facts)
     assert not matches(rule, now=NOW + timedelta(days=3), **facts)
 
@@ -124,7 +124,7 @@ def test_equal_event_conditions_share_one_computed_trait() -> None:
 
 
 def test_consent_geo_demographics_and_membership() -> None:
-    facts = {
+    facts: dict[str, Any] = {
         "traits": {
             "address": {"country": "DE", "city": "Berlin", "postal_code": "10115"},
             "gender": "Female",

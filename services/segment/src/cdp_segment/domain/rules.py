@@ -120,10 +120,13 @@ class ComputedTraitSpec:
     property_path: str | None = None
     where: tuple[tuple[str, str, Any], ...] = ()
     window_days: int | None = None
+    fixed_key: str | None = None
 
     @property
     def key(self) -> str:
         """Return the stable key of the computed trait; equal specs share one."""
+        if self.fixed_key is not None:
+            return self.fixed_key
         canonical = json.dumps(self.as_request_body(key=""), sort_keys=True, separators=(",", ":"))
         return "seg_" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -1,0 +1,163 @@
+"""Batch membership: a segment recomputed over every profile in one SQL statement.
+
+The rule is compiled to a predicate (`cdp_segment.compiler`); one statement with
+data-modifying CTEs finds who enters and who leaves against the stored
+memberships, records both in the history and writes their events to the outbox, so
+a recompute of a segment whose membership is current changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from cdp_common.db import outbox_table
+from cdp_common.events import SegmentEntered, SegmentExited
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_segment import store
+from cdp_segment.compiler import members_query
+from cdp_segment.domain.membership import Catalog
+from cdp_segment.domain.rules import parse_rule
+
+# The same lock and wake-up cdp_common.outbox.add_to_outbox takes, so ids follow commit order.
+_OUTBOX_WRITE_LOCK = sa.text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0)),"
+    " pg_notify('cdp_outbox_' || current_schema(), '')"
+)
+
+
+async def recompute_segment(
+    *,
+    session: AsyncSession,
+    segment: store.SegmentRow,
+    now: datetime,
+    topic: str,
+    trigger: str,
+    everyone_leaves: bool = False,
+) -> dict[str, int]:
+    """Bring one segment's memberships in line with its rule over all profiles; return the changes."""
+    rule = parse_rule(segment.rule).root
+    members = store.memberships
+    query = members_query(rule, now)
+    if everyone_leaves:
+        query = query.where(sa.false())
+    target = query.cte("target")
+    at = sa.literal(now, sa.DateTime(timezone=True))
+    entered = (
+        sa.insert(members)
+        .from_select(
+            ["segment_id", "profile_id", "entered_at"],
+            sa.select(sa.literal(segment.id), target.c.profile_id, at).where(
+                ~sa.exists().where(
+                    members.c.segment_id == segment.id, members.c.profile_id == target.c.profile_id
+                )
+            ),
+        )
+        .returning(members.c.profile_id)
+        .cte("entered")
+    )
+    exited = (
+        sa.delete(members)
+        .where(
+            members.c.segment_id == segment.id,
+            ~sa.exists(
+                sa.select(sa.literal(1))
+                .select_from(target)
+                .where(target.c.profile_id == members.c.profile_id)
+            ),
+        )
+        .returning(members.c.profile_id)
+        .cte("exited")
+    )
+    event_id = sa.cast(sa.func.gen_random_uuid(), sa.Text)
+    changes = sa.union_all(
+        sa.select(entered.c.profile_id, sa.literal("entered").label("change"), event_id.label("event_id")),
+        sa.select(exited.c.profile_id, sa.literal("exited").label("change"), event_id.label("event_id")),
+    ).cte("changes")
+    reason = sa.cast(
+        sa.literal(
+            json.dumps({"cause": {"type": "recompute", "trigger": trigger}, "conditions": {}}), sa.Text
+        ),
+        JSONB,
+    )
+    history = (
+        sa.insert(store.membership_history)
+        .from_select(
+            ["segment_id", "profile_id", "change", "segment_version", "at", "event_id", "reason"],
+            sa.select(
+                sa.literal(segment.id),
+                changes.c.profile_id,
+                changes.c.change,
+                sa.literal(segment.version),
+                at,
+                changes.c.event_id,
+                reason,
+            ),
+        )
+        .returning(store.membership_history.c.id)
+        .cte("history")
+    )
+    stamp = sa.literal(now.isoformat())
+    envelope = sa.func.jsonb_build_object(
+        "specversion", "1.0",
+        "id", changes.c.event_id,
+        "type", sa.case(
+            (changes.c.change == "entered", SegmentEntered.EVENT_TYPE), else_=SegmentExited.EVENT_TYPE
+        ),
+        "source", "segment",
+        "time", stamp,
+        "subject", changes.c.profile_id,
+        "datacontenttype", "application/json",
+        "data", sa.func.jsonb_build_object(
+            "profile_id", changes.c.profile_id,
+            "segment_key", segment.key,
+            "segment_version", segment.version,
+            "reason", reason,
+            "at", stamp,
+        ),
+    )  # fmt: skip
+    outbox = (
+        sa.insert(outbox_table)
+        .from_select(
+            ["topic", "key", "event_id", "payload"],
+            sa.select(
+                sa.literal(topic),
+                changes.c.profile_id,
+                changes.c.event_id,
+                sa.func.convert_to(sa.cast(envelope, sa.Text), "UTF8"),
+            ),
+        )
+        .returning(outbox_table.c.id)
+        .cte("published")
+    )
+    await session.execute(_OUTBOX_WRITE_LOCK)
+    counts = sa.select(changes.c.change, sa.func.count()).group_by(changes.c.change).add_cte(history, outbox)
+    result = {"entered": 0, "exited": 0}
+    for change, count in await session.execute(counts):
+        result[change] = int(count)
+    return result
+
+
+async def recompute_segments(
+    *, session: AsyncSession, catalog: Catalog, keys: set[str], now: datetime, topic: str, trigger: str
+) -> dict[str, Any]:
+    """Recompute segments and, after them, every segment that refers to one whose membership changed."""
+    pending = set(keys)
+    report: dict[str, Any] = {}
+    for definition in catalog.ordered:
+        if definition.key not in pending:
+            continue
+        segment = await store.get_segment(session=session, ref=definition.id)
+        if segment is None:
+            continue
+        changes = await recompute_segment(
+            session=session, segment=segment, now=now, topic=topic, trigger=trigger
+        )
+        report[definition.key] = changes
+        if changes["entered"] or changes["exited"]:
+            pending |= catalog.by_dependency.get(f"segment:{definition.key}", set())
+    return report

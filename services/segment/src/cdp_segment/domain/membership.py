@@ -1,0 +1,125 @@
+"""Which segments a change can affect, and who enters or leaves them.
+
+The catalog orders segments so that a segment comes after every segment it refers
+to; a change is described by dependency names (`trait:plan`, `computed:<key>`,
+`consent:marketing:email`, `model:rfm`, `segment:<key>`), and only the segments that
+depend on one of them are evaluated, plus those that refer to a segment whose
+membership just changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from cdp_segment.domain.evaluation import ProfileFacts, evaluate, explain
+from cdp_segment.domain.rules import ParsedRule
+
+
+@dataclass(frozen=True)
+class SegmentDefinition:
+    """A live segment with its parsed rule."""
+
+    id: str
+    key: str
+    version: int
+    parsed: ParsedRule
+
+
+@dataclass(frozen=True)
+class MembershipDecision:
+    """A profile enters or leaves a segment, with the evaluation that decided it."""
+
+    segment: SegmentDefinition
+    entered: bool
+    explanation: dict[str, Any]
+
+
+class Catalog:
+    """The live segments in dependency order, indexed by what they depend on."""
+
+    def __init__(self, definitions: list[SegmentDefinition]) -> None:
+        self.by_key = {d.key: d for d in definitions}
+        self.ordered = _dependency_order(definitions)
+        self.by_dependency: dict[str, set[str]] = {}
+        for definition in definitions:
+            for dependency in definition.parsed.dependencies:
+                self.by_dependency.setdefault(dependency, set()).add(definition.key)
+
+    def affected_by(self, changed: set[str]) -> set[str]:
+        """Return the keys of segments that depend directly on one of the changed names."""
+        keys: set[str] = set()
+        for name in changed:
+            keys |= self.by_dependency.get(name, set())
+        return keys
+
+    def decide(
+        self, facts: ProfileFacts, changed: set[str] | None, now: datetime
+    ) -> list[MembershipDecision]:
+        """Evaluate the segments a change can affect (all when changed is None) for one profile."""
+        pending = set(self.by_key) if changed is None else self.affected_by(changed)
+        decisions: list[MembershipDecision] = []
+        for definition in self.ordered:
+            if definition.key not in pending:
+                continue
+            matched = evaluate(definition.parsed.root, facts, now)
+            if matched == (definition.key in facts.segments):
+                continue
+            decisions.append(
+                MembershipDecision(definition, matched, explain(definition.parsed.root, facts, now))
+            )
+            members = facts.segments | {definition.key} if matched else facts.segments - {definition.key}
+            facts = replace(facts, segments=frozenset(members))
+            pending |= self.by_dependency.get(f"segment:{definition.key}", set())
+        return decisions
+
+
+def _dependency_order(definitions: list[SegmentDefinition]) -> list[SegmentDefinition]:
+    by_key = {d.key: d for d in definitions}
+    ordered: list[SegmentDefinition] = []
+    state: dict[str, str] = {}
+
+    def visit(key: str) -> None:
+        if state.get(key) is not None:
+            return
+        state[key] = "visiting"
+        for ref in sorted(by_key[key].parsed.segment_refs):
+            if ref in by_key:
+                visit(ref)
+        state[key] = "done"
+        ordered.append(by_key[key])
+
+    for key in sorted(by_key):
+        visit(key)
+    return ordered
+
+
+def find_cycle(refs: dict[str, frozenset[str]]) -> list[str] | None:
+    """Return a cycle of segment references (keys in order), or None."""
+    state: dict[str, str] = {}
+
+    def visit(key: str, path: list[str]) -> list[str] | None:
+        if state.get(key) == "visiting":
+            return [*path[path.index(key) :], key]
+        if state.get(key) == "done":
+            return None
+        state[key] = "visiting"
+        for ref in sorted(refs.get(key, frozenset())):
+            found = visit(ref, [*path, key])
+            if found:
+                return found
+        state[key] = "done"
+        return None
+
+    for key in sorted(refs):
+        found = visit(key, [])
+        if found:
+            return found
+    return None
+
+
+def public_reason(explanation: dict[str, Any]) -> dict[str, Any]:
+    """Return an explanation without the profile's values, for events that leave the service."""
+    return {k: public_reason(v) if isinstance(v, dict) else [public_reason(c) for c in v] if k == "conditions" else v
+            for k, v in explanation.items() if k not in {"actual", "today"}}  # fmt: skip

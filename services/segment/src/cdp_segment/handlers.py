@@ -1,0 +1,498 @@
+"""One async function per event segment reacts to, and the real-time evaluation they share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from cdp_common.envelope import Envelope, Payload
+from cdp_common.events import (
+    ConsentChanged,
+    ConsentGranted,
+    ConsentWithdrawn,
+    ProfileChanged,
+    ProfileCreated,
+    ProfileMerged,
+    ProfileSplit,
+    ProfileUpdated,
+)
+from cdp_common.kafka import Handler
+from cdp_common.replica import apply_profile_version
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_segment import store
+from cdp_segment.batch import recompute_segment, recompute_segments
+from cdp_segment.compiler import members_query
+from cdp_segment.domain.evaluation import ProfileFacts, explain
+from cdp_segment.domain.lifecycle import BUILTIN_COMPUTED_TRAITS, STAGES, LifecycleThresholds, lifecycle_model
+from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
+from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
+from cdp_segment.domain.rules import ParsedRule, RuleError, is_segment_key, parse_rule
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def definition_of(row: store.SegmentRow) -> SegmentDefinition:
+    """Return the domain's view of a stored segment."""
+    return SegmentDefinition(id=row.id, key=row.key, version=row.version, parsed=parse_rule(row.rule))
+
+
+@dataclass
+class CatalogCache:
+    """The live segments parsed once, reloaded when any definition changed."""
+
+    _stamp: tuple[Any, int] | None = None
+    _catalog: Catalog = field(default_factory=lambda: Catalog([]))
+
+    async def current(self, session: AsyncSession) -> Catalog:
+        """Return the catalog as of the session's snapshot."""
+        stamp = await store.catalog_stamp(session=session)
+        if stamp != self._stamp:
+            definitions = []
+            for row in await store.list_live_segments(session=session):
+                try:
+                    definitions.append(definition_of(row))
+                except RuleError:
+                    logger.exception("stored rule no longer parses", extra={"segment": row.key})
+            self._catalog = Catalog(definitions)
+            self._stamp = stamp
+        return self._catalog
+
+
+@dataclass
+class SegmentContext:
+    """What the handlers share: where to publish, the clock, the catalog and the model settings."""
+
+    segments_topic: str
+    clock: Clock
+    lifecycle: LifecycleThresholds = field(default_factory=LifecycleThresholds)
+    catalog: CatalogCache = field(default_factory=CatalogCache)
+
+
+def facts_of(row: store.ProfileRow, members: set[str]) -> ProfileFacts:
+    """Return the domain's view of a stored profile."""
+    return ProfileFacts(
+        traits=row.traits,
+        computed=row.computed,
+        model=row.model,
+        consents=row.consents,
+        segments=frozenset(members),
+    )
+
+
+async def reevaluate_profile(
+    *,
+    session: AsyncSession,
+    context: SegmentContext,
+    profile_id: str,
+    changed: set[str] | None,
+    cause: dict[str, Any],
+) -> int:
+    """Evaluate the segments a change can affect for one profile and record who enters or leaves."""
+    row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
+    if row is None or row.merged_into is not None or row.version == 0:
+        return 0
+    catalog = await context.catalog.current(session)
+    now = context.clock()
+    members = await store.member_keys(session=session, profile_id=profile_id)
+    decisions = catalog.decide(facts_of(row, members), changed, now)
+    for decision in decisions:
+        segment = await store.get_segment(session=session, ref=decision.segment.id)
+        if segment is None:
+            continue
+        await store.record_membership_change(
+            session=session,
+            topic=context.segments_topic,
+            segment=segment,
+            profile_id=profile_id,
+            entered=decision.entered,
+            at=now,
+            reason={"cause": cause, "conditions": public_reason(decision.explanation)},
+            history_reason={"cause": cause, "explanation": decision.explanation},
+        )
+    return len(decisions)
+
+
+def _cause(envelope: Envelope[Any], changed: set[str] | None, **extra: Any) -> dict[str, Any]:
+    return {"event_id": envelope.id, "type": envelope.type, "changed": sorted(changed or ["*"]), **extra}
+
+
+async def _refresh_lifecycle(
+    *, session: AsyncSession, context: SegmentContext, profile_id: str, changed: set[str] | None
+) -> bool:
+    """Recompute the profile's lifecycle stage when its order aggregates changed; True when it moved."""
+    if changed is not None and not changed & context.lifecycle.dependencies:
+        return False
+    row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
+    if row is None:
+        return False
+    model = lifecycle_model(row.computed, row.model.get("lifecycle"), context.clock(), context.lifecycle)
+    if model == row.model.get("lifecycle"):
+        return False
+    await store.set_profile_documents(
+        session=session, profile_id=profile_id, model={**row.model, "lifecycle": model}
+    )
+    return True
+
+
+def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
+    """Return the handlers of cdp.profiles.v1 that keep the copy and memberships current."""
+
+    async def on_profile_changed(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        data: ProfileChanged = envelope.data
+        applied = await store.apply_profile_change(
+            session=session,
+            profile_id=data.profile_id,
+            version=data.version,
+            changed_traits=dict(data.changed_traits),
+            changed_computed=dict(data.changed_computed_traits),
+        )
+        if not applied:
+            return
+        changed: set[str] | None = None
+        if not isinstance(data, ProfileCreated):
+            changed = {f"trait:{k}" for k in data.changed_traits} | {
+                f"computed:{k}" for k in data.changed_computed_traits
+            }
+        if await _refresh_lifecycle(
+            session=session, context=context, profile_id=data.profile_id, changed=changed
+        ):
+            changed = None if changed is None else changed | {"model:lifecycle"}
+        await reevaluate_profile(
+            session=session,
+            context=context,
+            profile_id=data.profile_id,
+            changed=changed,
+            cause=_cause(envelope, changed, tracking_event_id=data.event_id),
+        )
+
+    async def on_profile_merged(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        data: ProfileMerged = envelope.data
+        table = store.known_profiles
+        await apply_profile_version(
+            session=session, table=table, profile_id=data.profile_id, version=data.version
+        )
+        absorbed_applied = await apply_profile_version(
+            session=session,
+            table=table,
+            profile_id=data.absorbed_profile_id,
+            version=data.version,
+            merged_into=data.profile_id,
+        )
+        if not absorbed_applied:
+            return
+        survivor = await store.load_profile(session=session, profile_id=data.profile_id, lock=True)
+        absorbed = await store.load_profile(session=session, profile_id=data.absorbed_profile_id, lock=True)
+        assert survivor is not None
+        assert absorbed is not None
+        await store.set_profile_documents(
+            session=session,
+            profile_id=data.profile_id,
+            traits={**absorbed.traits, **survivor.traits},
+            computed={**absorbed.computed, **survivor.computed},
+            consents=_most_restrictive(survivor.consents, absorbed.consents),
+        )
+        cause = _cause(envelope, None, merge_id=data.merge_id, merged_into=data.profile_id)
+        now = context.clock()
+        for key in sorted(await store.member_keys(session=session, profile_id=data.absorbed_profile_id)):
+            segment = await store.get_segment(session=session, ref=key)
+            assert segment is not None
+            reason = {"cause": {**cause, "why": "merged into another profile"}, "conditions": {}}
+            await store.record_membership_change(
+                session=session,
+                topic=context.segments_topic,
+                segment=segment,
+                profile_id=data.absorbed_profile_id,
+                entered=False,
+                at=now,
+                reason=reason,
+                history_reason=reason,
+            )
+        await _refresh_lifecycle(session=session, context=context, profile_id=data.profile_id, changed=None)
+        await reevaluate_profile(
+            session=session, context=context, profile_id=data.profile_id, changed=None, cause=cause
+        )
+
+    async def on_profile_split(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        data: ProfileSplit = envelope.data
+        applied = False
+        for profile_id in (data.profile_id, data.restored_profile_id):
+            applied |= await apply_profile_version(
+                session=session, table=store.known_profiles, profile_id=profile_id, version=data.version
+            )
+        if not applied:
+            return
+        for profile_id in (data.profile_id, data.restored_profile_id):
+            await reevaluate_profile(
+                session=session,
+                context=context,
+                profile_id=profile_id,
+                changed=None,
+                cause=_cause(envelope, None, merge_id=data.merge_id),
+            )
+
+    return {
+        ProfileCreated: on_profile_changed,
+        ProfileUpdated: on_profile_changed,
+        ProfileMerged: on_profile_merged,
+        ProfileSplit: on_profile_split,
+    }
+
+
+def _most_restrictive(one: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(one)
+    for key, decision in other.items():
+        mine = merged.get(key)
+        if mine is None or (mine.get("status") == "granted" and decision.get("status") != "granted"):
+            merged[key] = decision
+    return merged
+
+
+def consent_handler(context: SegmentContext) -> Handler:
+    """Return the handler of cdp.consents.v1: keep the latest decision per purpose and channel."""
+
+    async def on_consent_changed(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
+        data: ConsentChanged = envelope.data
+        await store.ensure_profile(session=session, profile_id=data.profile_id)
+        row = await store.load_profile(session=session, profile_id=data.profile_id, lock=True)
+        assert row is not None
+        key = f"{data.purpose}:{data.channel}"
+        held = row.consents.get(key)
+        if held is not None and datetime.fromisoformat(held["at"]) > data.at:
+            return
+        status = (
+            "granted"
+            if isinstance(data, ConsentGranted)
+            else "withdrawn"
+            if isinstance(data, ConsentWithdrawn)
+            else "denied"
+        )
+        consents = {**row.consents, key: {"status": status, "at": data.at.isoformat()}}
+        await store.set_profile_documents(session=session, profile_id=data.profile_id, consents=consents)
+        changed = {f"consent:{key}"}
+        await reevaluate_profile(
+            session=session,
+            context=context,
+            profile_id=data.profile_id,
+            changed=changed,
+            cause=_cause(envelope, changed),
+        )
+
+    return on_consent_changed
+
+
+# --- commands of the API -------------------------------------------------------------
+
+
+class SegmentNotFound(Exception):
+    """No live segment has this id or key."""
+
+
+class SegmentConflict(Exception):
+    """The change clashes with what exists (a taken key, a built-in segment, a segment in use)."""
+
+
+class InvalidSegment(Exception):
+    """A definition is not valid; `where` is the JSON path of the offending part."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+
+def _parse_definition(rule: Any) -> ParsedRule:
+    try:
+        return parse_rule(rule)
+    except RuleError as exc:
+        raise InvalidSegment(exc.where, exc.message) from exc
+
+
+async def _check_references(
+    *, session: AsyncSession, context: SegmentContext, key: str, parsed: ParsedRule
+) -> None:
+    catalog = await context.catalog.current(session)
+    for ref in sorted(parsed.segment_refs):
+        if ref not in catalog.by_key:
+            raise InvalidSegment("rule", f"the rule refers to the unknown segment {ref!r}")
+    refs = {k: d.parsed.segment_refs for k, d in catalog.by_key.items()}
+    refs[key] = parsed.segment_refs
+    cycle = find_cycle(refs)
+    if cycle:
+        raise InvalidSegment("rule", f"segments would refer to each other in a cycle: {' -> '.join(cycle)}")
+
+
+def _computed_specs(parsed: ParsedRule) -> dict[str, dict[str, Any]]:
+    return {spec.key: spec.as_request_body() for spec in parsed.computed_traits}
+
+
+async def create_segment(
+    *, session: AsyncSession, context: SegmentContext, key: str, name: str, description: str, rule: Any
+) -> tuple[store.SegmentRow, dict[str, int]]:
+    """Create a segment and compute its first membership over every profile."""
+    if not is_segment_key(key):
+        raise InvalidSegment("key", "a segment key is 1 to 64 of a-z, 0-9 and _ starting with a letter")
+    parsed = _parse_definition(rule)
+    if await store.key_taken(session=session, key=key):
+        raise SegmentConflict(f"the key {key!r} is taken (keys of deleted segments stay taken)")
+    await _check_references(session=session, context=context, key=key, parsed=parsed)
+    segment = await store.insert_segment(
+        session=session,
+        key=key,
+        name=name,
+        description=description,
+        rule=rule,
+        dependencies=sorted(parsed.dependencies),
+        uses_clock=parsed.uses_clock,
+    )
+    await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
+    changes = await recompute_segment(
+        session=session, segment=segment, now=context.clock(), topic=context.segments_topic, trigger="created"
+    )
+    return segment, changes
+
+
+async def _live(session: AsyncSession, ref: str) -> store.SegmentRow:
+    segment = await store.get_segment(session=session, ref=ref)
+    if segment is None:
+        raise SegmentNotFound(ref)
+    return segment
+
+
+async def update_segment(
+    *, session: AsyncSession, context: SegmentContext, ref: str, name: str, description: str, rule: Any
+) -> tuple[store.SegmentRow, dict[str, int]]:
+    """Store a new version of a segment's rule and bring its membership in line."""
+    segment = await _live(session, ref)
+    if segment.builtin:
+        raise SegmentConflict(f"{segment.key!r} is built in: its model maintains it")
+    parsed = _parse_definition(rule)
+    await _check_references(session=session, context=context, key=segment.key, parsed=parsed)
+    updated = await store.update_segment(
+        session=session,
+        segment_id=segment.id,
+        name=name,
+        description=description,
+        rule=rule,
+        dependencies=sorted(parsed.dependencies),
+        uses_clock=parsed.uses_clock,
+    )
+    await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
+    catalog = await context.catalog.current(session)
+    report = await recompute_segments(
+        session=session,
+        catalog=catalog,
+        keys={updated.key},
+        now=context.clock(),
+        topic=context.segments_topic,
+        trigger=f"version {updated.version}",
+    )
+    return updated, report.get(updated.key, {"entered": 0, "exited": 0})
+
+
+async def delete_segment(*, session: AsyncSession, context: SegmentContext, ref: str) -> None:
+    """Delete a segment: every member leaves it, with the deletion as the reason."""
+    segment = await _live(session, ref)
+    if segment.builtin:
+        raise SegmentConflict(f"{segment.key!r} is built in and cannot be deleted")
+    users = await store.segments_referencing(session=session, key=segment.key)
+    if users:
+        raise SegmentConflict(f"{segment.key!r} is used by {users}; change those first")
+    await recompute_segment(
+        session=session,
+        segment=segment,
+        now=context.clock(),
+        topic=context.segments_topic,
+        trigger="deleted",
+        everyone_leaves=True,
+    )
+    await store.mark_deleted(session=session, segment_id=segment.id)
+
+
+async def preview_segment(
+    *, session: AsyncSession, context: SegmentContext, rule: Any, sample_size: int
+) -> dict[str, Any]:
+    """Return how many profiles a rule matches now and a sample of them, without saving anything."""
+    parsed = _parse_definition(rule)
+    await _check_references(session=session, context=context, key="__preview__", parsed=parsed)
+    query = members_query(parsed.root, context.clock()).subquery()
+    size = (await session.execute(sa.select(sa.func.count()).select_from(query))).scalar_one()
+    sample = (
+        await session.execute(sa.select(query.c.profile_id).order_by(query.c.profile_id).limit(sample_size))
+    ).scalars()
+    pending = [spec.key for spec in parsed.computed_traits]
+    return {"size": int(size), "sample": list(sample), "computed_traits": pending}
+
+
+async def explain_membership(
+    *, session: AsyncSession, context: SegmentContext, ref: str, profile_id: str
+) -> dict[str, Any] | None:
+    """Return why a profile is in or out of a segment: every condition with its values, and the last change."""
+    segment = await _live(session, ref)
+    row = await store.load_profile(session=session, profile_id=profile_id)
+    if row is None:
+        return None
+    members = await store.member_keys(session=session, profile_id=profile_id)
+    now = context.clock()
+    tree = explain(parse_rule(segment.rule).root, facts_of(row, members), now)
+    return {
+        "segment_key": segment.key,
+        "segment_version": segment.version,
+        "profile_id": profile_id,
+        "member": segment.key in members,
+        "matches_now": tree["result"],
+        "merged_into": row.merged_into,
+        "evaluated_at": now.isoformat(),
+        "explanation": tree,
+        "last_change": await store.last_change(session=session, segment_id=segment.id, profile_id=profile_id),
+    }
+
+
+BUILTIN_SEGMENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    *(
+        (f"rfm_{name}", f"RFM: {LABELS[name]}", {"model": "rfm.segment", "op": "eq", "value": name})
+        for name in NAMED_SEGMENTS
+    ),
+    *(
+        (
+            f"lifecycle_{stage}",
+            f"Lifecycle: {stage.replace('_', ' ')}",
+            {"model": "lifecycle.stage", "op": "eq", "value": stage},
+        )
+        for stage in STAGES
+    ),
+)
+
+
+async def ensure_builtin_segments(*, session: AsyncSession) -> list[str]:
+    """Create the built-in RFM and lifecycle segments that are missing; return the keys created."""
+    await session.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtextextended('cdp-segment-builtins', 0))")
+    )
+    created = []
+    for key, name, rule in BUILTIN_SEGMENTS:
+        if await store.key_taken(session=session, key=key):
+            continue
+        parsed = parse_rule(rule)
+        await store.insert_segment(
+            session=session,
+            key=key,
+            name=name,
+            description="Built-in segment maintained by its model",
+            rule=rule,
+            dependencies=sorted(parsed.dependencies),
+            uses_clock=False,
+            builtin=True,
+            segment_id=f"builtin_{key}",
+        )
+        created.append(key)
+    await store.request_computed_traits(
+        session=session, specs={spec.key: spec.as_request_body() for spec in BUILTIN_COMPUTED_TRAITS}
+    )
+    return created
