@@ -268,6 +268,16 @@ def test_batch_defaults_merge_into_items_without_overriding_them() -> None:
     assert item == {"type": "track", "context": {"locale": "en"}}
 
 
+def test_event_ids_are_uuid5_of_the_source_and_message_id() -> None:
+    import uuid
+
+    from cdp_ingest.domain.calls import MESSAGE_NAMESPACE
+
+    for message in ("m", "ajs-next-6c1f0d9e", "ü" * 100):
+        expected = str(uuid.uuid5(MESSAGE_NAMESPACE, f"src_1:{message}"))
+        assert event_id(source_id="src_1", message_id=message) == expected
+
+
 def test_event_ids_are_scoped_by_source() -> None:
     assert event_id(source_id="a", message_id="m") == event_id(source_id="a", message_id="m")
     assert event_id(source_id="a", message_id="m") != event_id(source_id="b", message_id="m")

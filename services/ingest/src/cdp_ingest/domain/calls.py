@@ -8,6 +8,7 @@ module builds to that model.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from cdp_ingest.domain.ecommerce import check_ecommerce_event
 from cdp_ingest.domain.errors import CallError
 
 MESSAGE_NAMESPACE = uuid.UUID("6f1d3c4e-5b0a-4c57-9a55-2f3c1b7d8e90")
+_NAMESPACE_BYTES = MESSAGE_NAMESPACE.bytes
 
 CALL_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
@@ -59,17 +61,9 @@ def _join(path: list[str]) -> str:
     return text
 
 
-def _check_string(value: str, limit: int, what: str) -> None:
-    if len(value) > limit:
-        raise _ShapeError("string_too_long", f"{what} is longer than {limit} characters", [])
-    if "\x00" in value:
-        raise _ShapeError("nul_character", f"{what} contains a NUL character", [])
-
-
-def _check_value(value: Any, depth: int, limits: Limits) -> None:
-    if isinstance(value, str):
-        _check_string(value, limits.max_string_length, "the string")
-    elif isinstance(value, dict):
+def _check_value(value: Any, depth: int, limits: Limits, nul_possible: bool) -> None:
+    # The hot loop of the batch path: scalars are checked inline, only containers recurse.
+    if type(value) is dict:
         if depth >= limits.max_depth:
             raise _ShapeError(
                 "too_deep", f"objects and arrays nest deeper than {limits.max_depth} levels", []
@@ -78,14 +72,29 @@ def _check_value(value: Any, depth: int, limits: Limits) -> None:
             raise _ShapeError(
                 "too_many_properties", f"an object has more than {limits.max_keys_per_object} properties", []
             )
+        max_key, max_string = limits.max_key_length, limits.max_string_length
         for key, item in value.items():
-            try:
-                _check_string(key, limits.max_key_length, "the property name")
-                _check_value(item, depth + 1, limits)
-            except _ShapeError as exc:
-                exc.path.insert(0, key)
-                raise
-    elif isinstance(value, list):
+            if len(key) > max_key:
+                raise _ShapeError(
+                    "string_too_long", f"the property name is longer than {max_key} characters", [key]
+                )
+            if nul_possible and "\x00" in key:
+                raise _ShapeError("nul_character", "the property name contains a NUL character", [key])
+            kind = type(item)
+            if kind is str:
+                if len(item) > max_string:
+                    raise _ShapeError(
+                        "string_too_long", f"the string is longer than {max_string} characters", [key]
+                    )
+                if nul_possible and "\x00" in item:
+                    raise _ShapeError("nul_character", "the string contains a NUL character", [key])
+            elif kind is dict or kind is list or kind is float:
+                try:
+                    _check_value(item, depth + 1, limits, nul_possible)
+                except _ShapeError as exc:
+                    exc.path.insert(0, key)
+                    raise
+    elif type(value) is list:
         if depth >= limits.max_depth:
             raise _ShapeError(
                 "too_deep", f"objects and arrays nest deeper than {limits.max_depth} levels", []
@@ -94,18 +103,29 @@ def _check_value(value: Any, depth: int, limits: Limits) -> None:
             raise _ShapeError("array_too_long", f"an array has more than {limits.max_array_length} items", [])
         for index, item in enumerate(value):
             try:
-                _check_value(item, depth + 1, limits)
+                _check_value(item, depth + 1, limits, nul_possible)
             except _ShapeError as exc:
                 exc.path.insert(0, f"[{index}]")
                 raise
-    elif isinstance(value, float) and not math.isfinite(value):
+    elif type(value) is str:
+        if len(value) > limits.max_string_length:
+            raise _ShapeError(
+                "string_too_long", f"the string is longer than {limits.max_string_length} characters", []
+            )
+        if nul_possible and "\x00" in value:
+            raise _ShapeError("nul_character", "the string contains a NUL character", [])
+    elif type(value) is float and not math.isfinite(value):
         raise _ShapeError("non_finite_number", "NaN and Infinity are not JSON numbers", [])
 
 
-def check_shape(call: Mapping[str, Any], limits: Limits) -> None:
-    """Refuse a call whose nesting, strings, property counts or characters exceed the limits."""
+def check_shape(call: Mapping[str, Any], limits: Limits, *, nul_possible: bool = True) -> None:
+    """Refuse a call whose nesting, strings, property counts or characters exceed the limits.
+
+    `nul_possible=False` skips the search for NUL characters, for callers that know the
+    raw body holds no `\\u0000` escape (JSON cannot carry a NUL otherwise).
+    """
     try:
-        _check_value(call, 0, limits)
+        _check_value(call, 0, limits, nul_possible)
     except _ShapeError as exc:
         raise CallError(exc.code, exc.message, _join(exc.path) or None) from exc
 
@@ -209,6 +229,7 @@ def build_event(
     received_at: datetime,
     limits: Limits,
     client_ip: str | None = None,
+    nul_possible: bool = True,
 ) -> dict[str, Any]:
     """Validate one call and return its event document, enriched, ready for cdp.events.v1."""
     if call_type not in CALL_TYPES:
@@ -216,7 +237,7 @@ def build_event(
     for field in OBJECT_FIELDS:
         if call.get(field) is not None and not isinstance(call[field], dict):
             raise CallError("invalid_field", f"{field} must be an object", field)
-    check_shape(call, limits)
+    check_shape(call, limits, nul_possible=nul_possible)
     context: dict[str, Any] = call.get("context") or {}
     user_id = _optional_id(call, "userId")
     anonymous_id = _optional_id(call, "anonymousId")
@@ -291,8 +312,15 @@ def build_event(
 
 
 def event_id(*, source_id: str, message_id: str) -> str:
-    """Return the envelope id of a tracking event: the source-scoped messageId, so resends dedupe."""
-    return str(uuid.uuid5(MESSAGE_NAMESPACE, f"{source_id}:{message_id}"))
+    """Return the envelope id of a tracking event: the source-scoped messageId, so resends dedupe.
+
+    This is uuid5(MESSAGE_NAMESPACE, "source:messageId"), computed without building UUID objects.
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{source_id}:{message_id}".encode()).digest()[:16])  # noqa: S324
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _external_rank(kind: str) -> int:

@@ -1,0 +1,244 @@
+"""Ingest throughput: single `/v1/track` requests/s (p50, p99) beside a no-op FastAPI endpoint,
+and `/v1/batch` events/s beside a raw aiokafka producer, all measured in the same run.
+
+The no-op app runs under uvicorn in its own process on a free port, exactly as the
+service is served; the raw producer has the service's settings (idempotent, acks=all,
+linger 2 ms) and writes envelopes of the same size to a topic of its own. The load
+generator is httpx.AsyncClient with a bounded number of concurrent requests, for a
+bounded time, to 127.0.0.1 only. A fixed pool of message ids is reused, so the dev
+stack's consumers see mostly duplicates and stay cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+from cdp_common.kafka import create_producer, ensure_topics
+from cdp_common.settings import PlatformSettings
+from cdp_common.testing import free_port
+from cdp_common.topics import TopicName
+
+NAME = "ingest"
+DURATION_S = 8.0
+WARMUP_S = 1.0
+TRACK_CONCURRENCY = 48
+BATCH_CONCURRENCY = 6
+BATCH_SIZE = 500
+RAW_EVENTS = 100_000
+MESSAGE_POOL = 2000
+
+NOOP_APP = """
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.post("/noop")
+async def noop() -> dict:
+    return {"success": True}
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_config=None, access_log=False)
+"""
+
+
+def _call(index: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": f"bench-user-{index % 500}",
+        "event": "Product Viewed",
+        "messageId": f"bench-{index % MESSAGE_POOL}",
+        "properties": {
+            "product_id": f"p-{index % 97}",
+            "price": 19.99,
+            "currency": "EUR",
+            "category": "Games",
+        },
+        "context": {
+            "library": {"name": "bench", "version": "1"},
+            "page": {"path": "/p", "url": "https://shop.example/p"},
+        },
+    }
+
+
+async def _load(
+    *, url: str, bodies: list[bytes], concurrency: int, auth: tuple[str, str] | None, per_request: int
+) -> dict[str, Any]:
+    """Post bodies in a loop from `concurrency` workers for DURATION_S; return rates and latencies."""
+    latencies: list[float] = []
+    failures = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30, auth=auth) as client:
+        warm_until = time.perf_counter() + WARMUP_S
+        stop_at = warm_until + DURATION_S
+
+        async def worker(offset: int) -> None:
+            nonlocal failures
+            index = offset
+            while True:
+                started = time.perf_counter()
+                if started >= stop_at:
+                    return
+                response = await client.post(
+                    url, content=bodies[index % len(bodies)], headers={"Content-Type": "application/json"}
+                )
+                finished = time.perf_counter()
+                index += concurrency
+                if started >= warm_until:
+                    if response.status_code == 200:
+                        latencies.append(finished - started)
+                    else:
+                        failures += 1
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "requests_per_s": round(count / DURATION_S),
+        "events_per_s": round(count * per_request / DURATION_S),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
+        "p99_ms": round(latencies[int(count * 0.99) - 1] * 1000, 2) if latencies else None,
+        "failures": failures,
+    }
+
+
+async def _noop_baseline() -> dict[str, Any]:
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603, ASYNC220
+        [sys.executable, "-c", NOOP_APP, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await client.post(f"http://127.0.0.1:{port}/noop")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+        body = orjson.dumps(_call(0))
+        return await _load(
+            url=f"http://127.0.0.1:{port}/noop",
+            bodies=[body],
+            concurrency=TRACK_CONCURRENCY,
+            auth=None,
+            per_request=1,
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def _raw_producer(env: dict[str, str], sample: bytes) -> dict[str, Any]:
+    settings = PlatformSettings(
+        env="bench" + secrets.token_hex(3), kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"], topic_partitions=6
+    )
+    await ensure_topics(settings, [TopicName.EVENTS])
+    topic = settings.topic(TopicName.EVENTS)
+    producer = create_producer(settings, client_id="bench-raw")
+    await producer.start()
+    try:
+        for warm in range(1000):
+            await producer.send(topic, value=sample, key=f"k{warm}".encode())
+        await producer.flush()
+        started = time.perf_counter()
+        for start in range(0, RAW_EVENTS, BATCH_SIZE):
+            futures = [
+                await producer.send(topic, value=sample, key=f"bench-user-{i % 500}".encode())
+                for i in range(start, start + BATCH_SIZE)
+            ]
+            await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - started
+    finally:
+        await producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(settings.env)])
+        finally:
+            await admin.close()
+    return {"events_per_s": round(RAW_EVENTS / elapsed)}
+
+
+async def _bench_source(env: dict[str, str]) -> str:
+    headers = {"Authorization": f"Bearer {env['CDP_ADMIN_TOKEN']}"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        created = await client.post(
+            f"{env['CDP_INGEST_URL']}/v1/sources", json={"name": "benchmark"}, headers=headers
+        )
+        created.raise_for_status()
+        source = created.json()
+        changed = await client.patch(
+            f"{env['CDP_INGEST_URL']}/v1/sources/{source['id']}",
+            json={"rate_limit_per_s": 1_000_000, "rate_limit_burst": 1_000_000},
+            headers=headers,
+        )
+        changed.raise_for_status()
+    write_key: str = source["write_key"]
+    return write_key
+
+
+async def run(env: dict[str, str]) -> dict[str, Any]:
+    """Measure the baselines and ingest's two paths, one after another."""
+    ingest = env["CDP_INGEST_URL"]
+    if not ingest.startswith("http://127.0.0.1:"):
+        raise SystemExit("the ingest benchmark only loads 127.0.0.1")
+    write_key = await _bench_source(env)
+    auth = (write_key, "")
+    track_bodies = [orjson.dumps(_call(i)) for i in range(MESSAGE_POOL)]
+    batch_bodies = [
+        orjson.dumps({"batch": [_call(b * BATCH_SIZE + i) for i in range(BATCH_SIZE)]})
+        for b in range(MESSAGE_POOL // BATCH_SIZE)
+    ]
+    sample_event = orjson.dumps(
+        {"specversion": "1.0", "id": secrets.token_hex(16), "type": "cdp.event.received.v1", "data": _call(0)}
+    )
+    sample = sample_event + b" " * max(0, 620 - len(sample_event))  # an enriched envelope is ~620 bytes
+
+    noop = await _noop_baseline()
+    track = await _load(
+        url=f"{ingest}/v1/track", bodies=track_bodies, concurrency=TRACK_CONCURRENCY, auth=auth, per_request=1
+    )
+    raw = await _raw_producer(env, sample)
+    batch = await _load(
+        url=f"{ingest}/v1/batch",
+        bodies=batch_bodies,
+        concurrency=BATCH_CONCURRENCY,
+        auth=auth,
+        per_request=BATCH_SIZE,
+    )
+    return {
+        "noop_fastapi": {k: noop[k] for k in ("requests_per_s", "p50_ms", "p99_ms")},
+        "track": {k: track[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "failures")},
+        "track_vs_noop": round(track["requests_per_s"] / max(noop["requests_per_s"], 1), 3),
+        "raw_producer": raw,
+        "batch": {
+            "events_per_s": batch["events_per_s"],
+            "requests_per_s": batch["requests_per_s"],
+            "p50_ms": batch["p50_ms"],
+            "p99_ms": batch["p99_ms"],
+            "failures": batch["failures"],
+        },
+        "batch_vs_raw_producer": round(batch["events_per_s"] / max(raw["events_per_s"], 1), 3),
+        "goals": {"track_vs_noop": 0.6, "batch_events_per_s": 25_000, "batch_vs_raw_producer": 0.5},
+        "setup": {
+            "duration_s": DURATION_S,
+            "track_concurrency": TRACK_CONCURRENCY,
+            "batch_concurrency": BATCH_CONCURRENCY,
+            "batch_size": BATCH_SIZE,
+            "cpus": os.cpu_count(),
+        },
+    }
