@@ -51,7 +51,10 @@ class CatalogCache:
     _catalog: Catalog = field(default_factory=lambda: Catalog([]))
 
     async def current(self, session: AsyncSession) -> Catalog:
-        """Return the catalog as of the session's snapshot."""
+        """Return the catalog as of the session's transaction (checked once per transaction)."""
+        held = session.info.get("segment_catalog")
+        if held is not None and held[0] is session.get_transaction():
+            return held[1]  # type: ignore[no-any-return]
         stamp = await store.catalog_stamp(session=session)
         if stamp != self._stamp:
             definitions = []
@@ -62,6 +65,7 @@ class CatalogCache:
                     logger.exception("stored rule no longer parses", extra={"segment": row.key})
             self._catalog = Catalog(definitions)
             self._stamp = stamp
+        session.info["segment_catalog"] = (session.get_transaction(), self._catalog)
         return self._catalog
 
 
@@ -95,21 +99,20 @@ async def reevaluate_profile(
     cause: dict[str, Any],
 ) -> int:
     """Evaluate the segments a change can affect for one profile and record who enters or leaves."""
+    catalog = await context.catalog.current(session)
+    if changed is not None and not catalog.affected_by(changed):
+        return 0
     row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
     if row is None or row.merged_into is not None or row.version == 0:
         return 0
-    catalog = await context.catalog.current(session)
     now = context.clock()
     members = await store.member_keys(session=session, profile_id=profile_id)
     decisions = catalog.decide(facts_of(row, members), changed, now)
     for decision in decisions:
-        segment = await store.get_segment(session=session, ref=decision.segment.id)
-        if segment is None:
-            continue
         await store.record_membership_change(
             session=session,
             topic=context.segments_topic,
-            segment=segment,
+            segment=decision.segment,
             profile_id=profile_id,
             entered=decision.entered,
             at=now,
@@ -201,8 +204,7 @@ def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
         cause = _cause(envelope, None, merge_id=data.merge_id, merged_into=data.profile_id)
         now = context.clock()
         for key in sorted(await store.member_keys(session=session, profile_id=data.absorbed_profile_id)):
-            segment = await store.get_segment(session=session, ref=key)
-            assert segment is not None
+            segment = (await context.catalog.current(session)).by_key[key]
             reason = {"cause": {**cause, "why": "merged into another profile"}, "conditions": {}}
             await store.record_membership_change(
                 session=session,

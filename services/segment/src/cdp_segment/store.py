@@ -23,6 +23,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cdp_segment.domain.membership import SegmentDefinition
+
 metadata = sa.MetaData()
 known_profiles = known_profiles_table(metadata)
 # The same table with the columns this service added (migration 0002); the replica
@@ -380,7 +382,7 @@ async def record_membership_change(
     *,
     session: AsyncSession,
     topic: str,
-    segment: SegmentRow,
+    segment: SegmentRow | SegmentDefinition,
     profile_id: str,
     entered: bool,
     at: datetime,
