@@ -6,7 +6,7 @@ STACK := scripts/stack.sh
 UV := $(STACK) uv
 PYTEST_ARGS ?=
 
-.PHONY: help up down status install infra test lint fmt bench logs
+.PHONY: help up down status install infra test lint fmt bench logs demo
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ fmt: ## format the code and apply the safe lint fixes
 
 bench: ## the benchmarks
 	$(UV) run --frozen python benchmarks/run.py
+
+demo: ## send a small synthetic shop through the running stack and print profile URLs
+	$(UV) run --frozen cdp-shop --people 40 --truth .run/shop-truth.json --show-profiles 5
 
 logs: ## follow the logs of the local stack (SERVICE=ingest for one)
 	tail -n 100 -F .run/logs/$(or $(SERVICE),*).log

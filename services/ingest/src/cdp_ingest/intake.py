@@ -20,7 +20,8 @@ from fastapi import Request
 
 from cdp_ingest.metrics import EVENTS_REFUSED
 
-REFUSED_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# curl and some servers label JSON as form data; only multipart bodies cannot be JSON.
+REFUSED_MEDIA_TYPES = ("multipart/form-data",)
 
 
 def refuse(

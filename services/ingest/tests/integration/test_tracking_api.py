@@ -209,7 +209,7 @@ BAD_SINGLE_CALLS: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     (
         "form body",
-        {"content": b"a=b", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
         415,
         "unsupported_media_type",
     ),
