@@ -1,0 +1,188 @@
+"""Built-in models on hand-made customers with known answers: RFM, lifecycle (also as time passes), clusters, CLV."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from cdp_common.events import ProfileCreated, ProfileUpdated
+from cdp_segment import handlers, store
+from cdp_segment.domain.clv import BgNbd, simulate_customers
+from cdp_segment.models import ModelRunner
+from cdp_segment.scheduler import Scheduler
+
+from .conftest import SegmentDb
+
+pytestmark = pytest.mark.integration
+
+# name: (days since last order, orders); revenue is 100 per order, so M equals F.
+RFM_CUSTOMERS = {
+    "c0": (1, 9, "champions"),
+    "c1": (2, 1, "new"),
+    "c2": (10, 5, "potential_loyalists"),
+    "c3": (20, 2, "promising"),
+    "c4": (40, 6, "need_attention"),
+    "c5": (60, 7, "loyal"),
+    "c6": (100, 8, "at_risk"),
+    "c7": (150, 3, "hibernating"),
+    "c8": (300, 10, "cant_lose"),
+    "c9": (400, 4, "lost"),
+}
+
+
+class NoProfile:
+    """Profile's computed-trait API, unreachable in these tests."""
+
+    async def define(self, spec: dict[str, Any]) -> None:
+        raise OSError("profile is not running in this test")
+
+
+def orders(
+    now: datetime, *, first_days: float, last_days: float, count: int, revenue: float
+) -> dict[str, Any]:
+    return {
+        "seg_orders_count": count,
+        "seg_orders_revenue": revenue,
+        "seg_first_order_at": (now - timedelta(days=first_days)).isoformat(),
+        "seg_last_order_at": (now - timedelta(days=last_days)).isoformat(),
+    }
+
+
+async def with_builtins(db: SegmentDb) -> None:
+    async with db.sessions() as session, session.begin():
+        created = await handlers.ensure_builtin_segments(session=session)
+    assert len(created) == 15
+
+
+async def test_rfm_scores_and_named_segments(db: SegmentDb) -> None:
+    await with_builtins(db)
+    now = db.clock()
+    for name, (recency, count, _) in RFM_CUSTOMERS.items():
+        computed = orders(now, first_days=500, last_days=recency, count=count, revenue=100.0 * count)
+        await db.apply(ProfileCreated(profile_id=name, version=1, changed_computed_traits=computed))
+    await db.apply(ProfileCreated(profile_id="browser", version=1, changed_traits={"plan": "free"}))
+
+    result = await ModelRunner(session_factory=db.sessions, context=db.context).run("rfm")
+
+    for name, (_, _, expected) in RFM_CUSTOMERS.items():
+        assert await db.members(f"rfm_{expected}") == {name}, expected
+    assert result["summary"]["segments"] == {expected: 1 for _, _, expected in RFM_CUSTOMERS.values()}
+    async with db.sessions() as session:
+        champion = await store.load_profile(session=session, profile_id="c0")
+        browser = await store.load_profile(session=session, profile_id="browser")
+    assert champion is not None
+    assert champion.model["rfm"] == {"r": 5, "f": 5, "m": 5, "score": "555", "segment": "champions"}
+    assert browser is not None
+    assert "rfm" not in browser.model
+
+
+async def test_lifecycle_stages_in_real_time_and_as_time_passes(db: SegmentDb) -> None:
+    await with_builtins(db)
+    now = db.clock()
+    customers = {
+        "fresh": orders(now, first_days=10, last_days=5, count=1, revenue=20),
+        "regular": orders(now, first_days=300, last_days=20, count=6, revenue=300),
+        "fading": orders(now, first_days=300, last_days=120, count=3, revenue=90),
+        "gone": orders(now, first_days=400, last_days=200, count=2, revenue=50),
+    }
+    for name, computed in customers.items():
+        await db.apply(ProfileCreated(profile_id=name, version=1, changed_computed_traits=computed))
+    assert await db.members("lifecycle_new") == {"fresh"}
+    assert await db.members("lifecycle_active") == {"regular"}
+    assert await db.members("lifecycle_at_risk") == {"fading"}
+    assert await db.members("lifecycle_churned") == {"gone"}
+
+    # The churned customer orders again: reactivated at once.
+    comeback = {"seg_last_order_at": (now - timedelta(days=1)).isoformat(), "seg_orders_count": 3}
+    await db.apply(ProfileUpdated(profile_id="gone", version=2, changed_computed_traits=comeback))
+    assert await db.members("lifecycle_reactivated") == {"gone"}
+    assert await db.members("lifecycle_churned") == set()
+
+    # 100 days later, without any event, the scheduler moves everyone on.
+    db.clock.advance(days=100)
+    scheduler = Scheduler(
+        session_factory=db.sessions,
+        context=db.context,
+        models=ModelRunner(session_factory=db.sessions, context=db.context),
+        computed_traits=NoProfile(),
+    )
+    await scheduler.tick()
+    assert await db.members("lifecycle_at_risk") == {"fresh", "regular", "gone"}
+    assert await db.members("lifecycle_churned") == {"fading"}
+    assert await db.members("lifecycle_new") == set()
+    history = [
+        e.data
+        for e in await db.published()
+        if e.data.profile_id == "fading" and e.data.segment_key.startswith("lifecycle_")
+    ]
+    assert {(type(e).__name__, e.segment_key) for e in history[-2:]} == {
+        ("SegmentEntered", "lifecycle_churned"),
+        ("SegmentExited", "lifecycle_at_risk"),
+    }
+    assert history[-1].reason["cause"] == {"type": "recompute", "trigger": "model:lifecycle"}
+
+
+async def test_clock_conditions_are_re_evaluated_by_the_scheduler(db: SegmentDb) -> None:
+    async with db.sessions() as session, session.begin():
+        await handlers.create_segment(
+            session=session,
+            context=db.context,
+            key="recent_signups",
+            name="Recent sign-ups",
+            description="",
+            rule={"trait": "signed_up_at", "op": "within_last", "value": {"days": 7}},
+        )
+    signed_up = (db.clock() - timedelta(days=2)).isoformat()
+    await db.apply(ProfileCreated(profile_id="p1", version=1, changed_traits={"signed_up_at": signed_up}))
+    assert await db.members("recent_signups") == {"p1"}
+    scheduler = Scheduler(
+        session_factory=db.sessions,
+        context=db.context,
+        models=ModelRunner(session_factory=db.sessions, context=db.context),
+        computed_traits=NoProfile(),
+    )
+    db.clock.advance(days=4)
+    await scheduler.tick()
+    assert await db.members("recent_signups") == {"p1"}
+    db.clock.advance(days=2)
+    await scheduler.tick()
+    assert await db.members("recent_signups") == set()
+    exited = [e.data for e in await db.published() if e.data.segment_key == "recent_signups"][-1]
+    assert type(exited).__name__ == "SegmentExited"
+    assert exited.reason["cause"] == {"type": "recompute", "trigger": "clock"}
+
+
+async def test_clusters_and_customer_value(db: SegmentDb) -> None:
+    now = db.clock()
+    simulated, _ = simulate_customers(
+        count=80, calibration_days=365, holdout_days=1, params=BgNbd(r=0.6, alpha=30.0, a=0.8, b=3.0), seed=5
+    )
+    for i in range(80):
+        repeat = int(simulated.frequency[i])
+        age = float(simulated.age[i])
+        computed = orders(
+            now,
+            first_days=age,
+            last_days=age - float(simulated.recency[i]),
+            count=repeat + 1,
+            revenue=round(float(simulated.monetary[i] or 30.0) * (repeat + 1), 2),
+        )
+        await db.apply(ProfileCreated(profile_id=f"s{i:02d}", version=1, changed_computed_traits=computed))
+    runner = ModelRunner(session_factory=db.sessions, context=db.context, cluster_count=3)
+
+    clusters = await runner.run("clusters")
+    found = clusters["summary"]["clusters"]
+    assert [c["id"] for c in found] == [0, 1, 2]
+    assert sum(c["size"] for c in found) == 80
+    assert all(" against " in c["description"] for c in found)
+
+    value = await runner.run("clv")
+    assert value["summary"]["customers"] == 80
+    assert set(value["parameters"]["bgnbd"]) == {"r", "alpha", "a", "b"}
+    async with db.sessions() as session:
+        profile = await store.load_profile(session=session, profile_id="s00")
+    assert profile is not None
+    assert 0 <= profile.model["clv"]["churn_probability"] <= 1
+    assert profile.model["clv"]["value"] >= 0
+    assert profile.model["cluster"]["id"] in {0, 1, 2}
