@@ -154,7 +154,6 @@ async def get_events(
     until: Annotated[datetime | None, Query()] = None,
 ) -> dict[str, Any]:
     """Return a profile's events, newest first, filtered by type, name and time."""
-    profile_id = await _resolve(session, context, ref)
     after = None
     if page.cursor is not None:
         try:
@@ -169,6 +168,7 @@ async def get_events(
             raise ApiError(
                 status=400, code="invalid_time", message="times need a UTC offset, e.g. 2026-01-01T00:00:00Z"
             )
+    profile_id = await _resolve(session, context, ref)
     rows = await store.list_events(
         session=session,
         profile_id=profile_id,

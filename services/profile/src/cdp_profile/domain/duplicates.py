@@ -10,7 +10,7 @@ from itertools import combinations
 from typing import Any
 
 from rapidfuzz import fuzz
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import OSA
 
 LEGAL_FORMS = {
     "inc",
@@ -122,7 +122,7 @@ def score_pair(left: Candidate, right: Candidate) -> tuple[float, dict[str, floa
 def _email_similarity(left: str, right: str) -> float:
     if left == right:
         return 1.0
-    distance = Levenshtein.distance(left, right)
+    distance = OSA.distance(left, right)
     # A typo or two ("gmial.com", "jane.doe" vs "jane.do") on an address of normal length.
     return max(0.0, 1.0 - distance / 4) if distance <= 2 else 0.0
 
