@@ -306,18 +306,87 @@ SERVICE_ROWS: dict[str, tuple[Graph, ...]] = {
     ),
 }
 
+# Counters of rare business events have no series until the first one happens; a
+# panel shows 0 then rather than "No data" (`or vector(0)`).
 BUSINESS_ROWS: dict[str, tuple[Graph, ...]] = {
     "Profiles": (
         Graph(
             "Profiles created per hour",
             "New profiles created from events.",
             (Query("sum(increase(cdp_profiles_created_total[1h]))", "profiles"),),
+            width=8,
         ),
         Graph(
             "Events resolved to a profile, by type",
             "Tracking events profile applied to a profile.",
             (Query("sum by (type) (rate(cdp_profile_events_resolved_total[5m]))", "{{type}}"),),
             unit="ops",
+            width=8,
+        ),
+        Graph(
+            "Merges per hour, by rule",
+            "Profiles merged into another because an event tied them together.",
+            (
+                Query(
+                    "sum by (rule) (increase(cdp_profile_merges_total[1h])) or vector(0)",
+                    "{{rule}}",
+                ),
+            ),
+            width=8,
+        ),
+        Graph(
+            "Quarantined identifiers",
+            "Identifiers quarantined for tying too many profiles together: now (as last listed) and new "
+            "ones per hour. A rising count means a shared device or a bad identifier in a source.",
+            (
+                Query("max(cdp_profile_quarantined_identifiers)", "quarantined now"),
+                Query("sum(increase(cdp_profile_identifiers_quarantined_total[1h]))", "new per hour"),
+            ),
+            width=12,
+        ),
+        Graph(
+            "Erasures per day",
+            "Profiles erased on privacy requests.",
+            (Query("sum(increase(cdp_profile_erasures_total[1d]))", "erased"),),
+            width=12,
+        ),
+    ),
+    "Campaigns and consent": (
+        Graph(
+            "Campaign sends by outcome",
+            "Sends the campaign workers decided, by outcome (sent, or the reason it was skipped).",
+            (
+                Query(
+                    "sum by (outcome) (increase(cdp_campaign_sends_total[1h])) or vector(0)",
+                    "{{outcome}}",
+                ),
+            ),
+            width=12,
+        ),
+        Graph(
+            "Consents granted and withdrawn",
+            "Ledger entries that changed the consent in force, by status, per hour.",
+            (
+                Query(
+                    "sum by (status) (increase(cdp_consent_changes_total[1h])) or vector(0)",
+                    "{{status}}",
+                ),
+            ),
+            width=12,
+        ),
+        Graph(
+            "Privacy requests open and overdue",
+            "Requests opened minus requests closed since the consent process started (open now), and "
+            "those past their deadline.",
+            (
+                Query(
+                    "(sum(cdp_privacy_requests_opened_total) or vector(0))"
+                    " - (sum(cdp_privacy_requests_completed_total) or vector(0))",
+                    "open",
+                ),
+                Query("max(cdp_privacy_requests_overdue)", "overdue"),
+            ),
+            width=24,
         ),
     ),
 }
