@@ -17,6 +17,10 @@ from cdp_common.testing import PlatformUnderTest, ServiceProcess, free_port, rea
 from cdp_common.topics import TopicName
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes tens of seconds (a private broker, an outage)")
+
+
 @dataclass(frozen=True)
 class Ingest:
     """The session's ingest process and the credentials to call it."""

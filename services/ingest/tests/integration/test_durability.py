@@ -1,0 +1,242 @@
+"""With the broker stopped in the middle of a load, every event that got a 200 is in Kafka
+afterwards, and the clients' retries deliver the rest once the broker is back.
+
+Stopping the shared broker would disturb every other test session, so this test runs a
+private single-node Kafka (the jars of the local stack, its own ports and data
+directory) and a private ingest process that publishes to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from cdp_common.testing import PlatformUnderTest, free_port, read_topic, wait_for
+from cdp_common.topics import TopicName
+
+from .conftest import start_ingest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[4]
+KAFKA_LIBS = ROOT / ".run" / "kafka" / "libs"
+KAFKA_CONFIG = ROOT / "deploy" / "local" / "kafka"
+BATCHES = 120
+EVENTS_PER_BATCH = 25
+SENDERS = 4
+
+
+class PrivateKafka:
+    """A single-node KRaft broker of one test, in a directory of its own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.properties = directory / "server.properties"
+        self.log = directory / "kafka.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker's address."""
+        return f"127.0.0.1:{self.port}"
+
+    def _java(self, *arguments: str) -> list[str]:
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-Djava.awt.headless=true",
+            "-Djava.net.preferIPv4Stack=true",
+            f"-Dkafka.logs.dir={self.directory}",
+            f"-Dlog4j.configuration=file:{KAFKA_CONFIG / 'log4j.properties'}",
+            "-cp",
+            f"{KAFKA_LIBS}/*",
+            *arguments,
+        ]
+
+    def format(self) -> None:
+        """Write the broker's configuration and format its storage."""
+        template = (KAFKA_CONFIG / "server.properties").read_text()
+        self.properties.write_text(
+            template.replace("@KAFKA_PORT@", str(self.port))
+            .replace("@KAFKA_CONTROLLER_PORT@", str(self.controller_port))
+            .replace("@KAFKA_DATA@", str(self.directory / "data"))
+        )
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def launch(self) -> None:
+        """Start the broker process without waiting for it."""
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.properties)), stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def start(self) -> None:
+        """Start the broker and wait until it accepts connections."""
+        self.launch()
+        assert self.process is not None
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the private broker did not start") from None
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        """Stop the broker the hard way, as a crash or a lost machine would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
+    if not (KAFKA_LIBS / ".complete").exists():
+        pytest.fail("the Kafka jars are missing: run `make install`", pytrace=False)
+    kafka = PrivateKafka(tmp_path)
+    kafka.format()
+    # The ingest process started next waits for the broker itself, so both start together.
+    kafka.launch()
+    try:
+        yield kafka
+    finally:
+        kafka.kill()
+
+
+@dataclass
+class Tally:
+    """What the clients saw."""
+
+    acknowledged: set[str] = field(default_factory=set)
+    acknowledged_while_down: set[str] = field(default_factory=set)
+    unavailable: int = 0
+    connection_errors: int = 0
+    retried_batches: int = 0
+    broker_down: bool = False
+
+
+async def send_with_retries(
+    client: httpx.AsyncClient, url: str, write_key: str, batch: list[dict[str, str]], tally: Tally
+) -> None:
+    """Send one batch until it gets a 200, retrying 503s as the Segment clients do."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            response = await client.post(f"{url}/v1/batch", json={"batch": batch}, auth=(write_key, ""))
+        except httpx.TransportError:
+            tally.connection_errors += 1
+        else:
+            if response.status_code == 200:
+                assert response.json()["accepted"] == len(batch)
+                ids = {item["messageId"] for item in batch}
+                tally.acknowledged |= ids
+                if tally.broker_down:
+                    tally.acknowledged_while_down |= ids
+                if attempts > 1:
+                    tally.retried_batches += 1
+                return
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"]
+            tally.unavailable += 1
+        await asyncio.sleep(0.3)
+
+
+async def test_accepted_events_survive_a_broker_outage_and_retries_deliver_the_rest(
+    platform: PlatformUnderTest,
+    private_kafka: PrivateKafka,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
+    env = f"{platform.env}-dur{secrets.token_hex(2)}"
+    process, write_key = await asyncio.to_thread(
+        start_ingest,
+        platform,
+        tmp_path,
+        CDP_ENV=env,
+        CDP_KAFKA_BOOTSTRAP=private_kafka.bootstrap,
+        CDP_PRODUCE_TIMEOUT_S="2",
+    )
+    try:
+        run = secrets.token_hex(4)
+        batches = [
+            [
+                {"type": "track", "userId": f"u{b % 17}", "event": "Load", "messageId": f"{run}-{b}-{i}"}
+                for i in range(EVENTS_PER_BATCH)
+            ]
+            for b in range(BATCHES)
+        ]
+        queue: asyncio.Queue[list[dict[str, str]]] = asyncio.Queue()
+        for batch in batches:
+            queue.put_nowait(batch)
+        tally = Tally()
+
+        async def sender(client: httpx.AsyncClient) -> None:
+            while not queue.empty():
+                await send_with_retries(client, process.url, write_key, queue.get_nowait(), tally)
+
+        async def quarter_acknowledged() -> bool:
+            return len(tally.acknowledged) >= BATCHES * EVENTS_PER_BATCH // 4
+
+        async def refused_while_down() -> bool:
+            return tally.unavailable >= 3
+
+        async def outage() -> None:
+            await wait_for(quarter_acknowledged, timeout=120, what="a quarter of the load to be acknowledged")
+            tally.broker_down = True
+            await asyncio.to_thread(private_kafka.kill)
+            await wait_for(refused_while_down, timeout=120, what="503 answers during the outage")
+            await asyncio.to_thread(private_kafka.start)
+            tally.broker_down = False
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            await asyncio.wait_for(
+                asyncio.gather(outage(), *(sender(client) for _ in range(SENDERS))), timeout=240
+            )
+
+        everything = {item["messageId"] for batch in batches for item in batch}
+        assert tally.acknowledged == everything, "the retries deliver every event in the end"
+        assert tally.unavailable >= 3
+        assert tally.retried_batches >= 1
+        envelopes = await read_topic(
+            bootstrap=private_kafka.bootstrap,
+            topic=f"{env}.{TopicName.EVENTS.value}",
+            until=lambda found: everything <= {e.data.messageId for e in found},
+            timeout=120,
+        )
+        in_kafka = {e.data.messageId for e in envelopes}
+        assert tally.acknowledged <= in_kafka, "every event that got a 200 is in Kafka"
+        assert not tally.acknowledged_while_down - in_kafka
+        # What the outage cost, counted: 503s answered, batches that needed retries, and the
+        # copies a retry left in Kafka (same envelope id, so consumers apply them once).
+        record_property("events", len(everything))
+        record_property("unavailable_answers", tally.unavailable)
+        record_property("retried_batches", tally.retried_batches)
+        record_property("duplicates_in_kafka", len(envelopes) - len(in_kafka))
+        assert len({e.id for e in envelopes}) == len(in_kafka), "a resent event keeps its envelope id"
+    finally:
+        await asyncio.to_thread(process.stop)
