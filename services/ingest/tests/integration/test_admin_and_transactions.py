@@ -10,7 +10,7 @@ import httpx
 import pytest
 from cdp_common.testing import PlatformUnderTest, wait_for
 
-from .conftest import Ingest, message_id, read_events
+from ..conftest import Ingest, message_id, read_events
 
 pytestmark = pytest.mark.e2e
 

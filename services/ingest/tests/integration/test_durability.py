@@ -25,7 +25,7 @@ import pytest
 from cdp_common.testing import PlatformUnderTest, free_port, read_topic, wait_for
 from cdp_common.topics import TopicName
 
-from .conftest import start_ingest
+from ..conftest import start_ingest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 

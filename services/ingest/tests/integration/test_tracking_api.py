@@ -11,7 +11,7 @@ import orjson
 import pytest
 from cdp_common.testing import PlatformUnderTest
 
-from .conftest import Ingest, message_id, read_events
+from ..conftest import Ingest, message_id, read_events
 
 pytestmark = pytest.mark.e2e
 

@@ -56,6 +56,16 @@ def test_every_call_type_becomes_a_valid_event_envelope(call_type: str, call: di
     assert envelope.data.receivedAt == NOW
 
 
+def test_identify_traits_sent_only_in_the_context_become_the_traits() -> None:
+    rudder = build({"userId": "u", "context": {"traits": {"plan": "pro"}}}, "identify")
+    assert rudder["traits"] == {"plan": "pro"}
+    segment = build(
+        {"userId": "u", "traits": {"plan": "free"}, "context": {"traits": {"plan": "pro"}}}, "identify"
+    )
+    assert segment["traits"] == {"plan": "free"}
+    assert build({"userId": "u", "event": "E", "context": {"traits": {"a": 1}}})["traits"] == {}
+
+
 def test_group_and_alias_keep_their_ids() -> None:
     assert build(CALLS[4][1], "group")["groupId"] == "g1"
     alias = build(CALLS[5][1], "alias")

@@ -296,7 +296,7 @@ def build_event(
         receivedAt=received_at,
         timestamp=timestamp,
         properties=properties,
-        traits=call.get("traits") or {},
+        traits=_traits_of(call, call_type, context),
         context=context,
         integrations=call.get("integrations") or {},
     )
@@ -309,6 +309,14 @@ def build_event(
     if original is not None or explicit is not None:
         event["originalTimestamp"] = original if original is not None else explicit
     return event
+
+
+def _traits_of(call: Mapping[str, Any], call_type: str, context: Mapping[str, Any]) -> dict[str, Any]:
+    traits: dict[str, Any] = call.get("traits") or {}
+    # RudderStack's SDKs send identify traits only in context.traits.
+    if not traits and call_type == "identify" and isinstance(context.get("traits"), dict):
+        return dict(context["traits"])
+    return traits
 
 
 def event_id(*, source_id: str, message_id: str) -> str:

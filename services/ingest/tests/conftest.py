@@ -1,11 +1,11 @@
-"""Fixtures of ingest's HTTP tests: the ingest service alone as a process in the session's
-environment (so these tests depend on no other service), and reads of cdp.events.v1."""
+"""Fixtures of ingest's HTTP and client tests: the ingest service alone as a process in the
+session's environment (so these tests depend on no other service), and reads of cdp.events.v1."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,23 @@ async def read_events(
         for e in envelopes
         if e.type == "cdp.event.received.v1" and e.data.messageId in wanted
     }
+
+
+async def read_events_where(
+    platform: PlatformUnderTest, predicate: Callable[[Any], bool], count: int, *, timeout: float = 60
+) -> list[Envelope[Any]]:
+    """Read cdp.events.v1 of the session until `count` events match; return those events."""
+
+    def matching(envelopes: list[Envelope[Any]]) -> list[Envelope[Any]]:
+        return [e for e in envelopes if e.type == "cdp.event.received.v1" and predicate(e.data)]
+
+    envelopes = await read_topic(
+        bootstrap=platform.kafka_bootstrap,
+        topic=platform.settings().topic(TopicName.EVENTS),
+        until=lambda found: len(matching(found)) >= count,
+        timeout=timeout,
+    )
+    return matching(envelopes)
 
 
 def message_id() -> str:
