@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from cdp_consent.api import routers
 from cdp_consent.consumer import SERVICE, consumer_specs
 from cdp_consent.handlers import ConsentContext
-from cdp_consent.scheduler import AccessBundleAssembler, Scheduler, report_overdue
+from cdp_consent.scheduler import AccessBundleAssembler, Scheduler, expire_bundles, report_overdue
 from cdp_consent.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -28,17 +28,22 @@ class ConsentRuntime(ServiceRuntime):
     async def start(self) -> None:
         """Start the platform's parts, then the scheduler."""
         await super().start()
-        assert isinstance(self.settings, Settings)
+        settings = self.settings
+        assert isinstance(settings, Settings)
         self.scheduler = Scheduler(
-            session_factory=self.session_factory, interval_s=self.settings.scheduler_interval_s
+            session_factory=self.session_factory, interval_s=settings.scheduler_interval_s
         )
         self.assembler = AccessBundleAssembler(
             session_factory=self.session_factory,
-            settings=self.settings,
-            privacy_topic=self.settings.topic(TopicName.PRIVACY),
+            settings=settings,
+            privacy_topic=settings.topic(TopicName.PRIVACY),
         )
         self.scheduler.add_job("assemble_access_bundles", self.assembler.assemble_due)
         self.scheduler.add_job("report_overdue_requests", lambda: report_overdue(self.session_factory))
+        self.scheduler.add_job(
+            "expire_access_bundles",
+            lambda: expire_bundles(self.session_factory, retention_days=settings.bundle_retention_days),
+        )
         self.scheduler.start()
 
     async def stop(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -146,6 +146,14 @@ class AccessBundleAssembler:
             return response.json()["data"]
         except (ValueError, KeyError, TypeError) as exc:
             raise PartNotFetched(f"{service} answered without data") from exc
+
+
+async def expire_bundles(session_factory: async_sessionmaker[AsyncSession], *, retention_days: int) -> int:
+    """Drop access bundles older than their retention."""
+    async with transaction(session_factory) as session:
+        return await store.expire_bundles(
+            session=session, completed_before=datetime.now(UTC) - timedelta(days=retention_days)
+        )
 
 
 async def report_overdue(session_factory: async_sessionmaker[AsyncSession]) -> int:

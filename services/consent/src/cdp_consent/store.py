@@ -597,6 +597,16 @@ async def erase_bundles(*, session: AsyncSession, profile_ids: list[str]) -> int
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def expire_bundles(*, session: AsyncSession, completed_before: datetime) -> int:
+    """Drop access bundles of requests completed before a time; return how many."""
+    result = await session.execute(
+        privacy_requests.update()
+        .where(privacy_requests.c.bundle.is_not(None), privacy_requests.c.completed_at < completed_before)
+        .values(bundle=None, bundle_erased_at=sa.func.now())
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def _delete_where(
     session: AsyncSession, table: sa.Table, column: sa.ColumnElement[Any], ids: list[str]
 ) -> int:
