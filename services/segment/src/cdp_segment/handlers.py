@@ -28,7 +28,7 @@ from cdp_segment import store
 from cdp_segment.batch import recompute_segment, recompute_segments
 from cdp_segment.compiler import members_query
 from cdp_segment.domain.evaluation import ProfileFacts, explain
-from cdp_segment.domain.lifecycle import BUILTIN_COMPUTED_TRAITS, STAGES, LifecycleThresholds, lifecycle_model
+from cdp_segment.domain.lifecycle import STAGES, LifecycleThresholds, builtin_computed_traits, lifecycle_model
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
 from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
 from cdp_segment.domain.rules import ParsedRule, RuleError, is_segment_key, parse_rule
@@ -472,7 +472,7 @@ BUILTIN_SEGMENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-async def ensure_builtin_segments(*, session: AsyncSession) -> list[str]:
+async def ensure_builtin_segments(*, session: AsyncSession, new_days: int = 30) -> list[str]:
     """Create the built-in RFM and lifecycle segments that are missing; return the keys created."""
     await session.execute(
         sa.text("SELECT pg_advisory_xact_lock(hashtextextended('cdp-segment-builtins', 0))")
@@ -495,6 +495,7 @@ async def ensure_builtin_segments(*, session: AsyncSession) -> list[str]:
         )
         created.append(key)
     await store.request_computed_traits(
-        session=session, specs={spec.key: spec.as_request_body() for spec in BUILTIN_COMPUTED_TRAITS}
+        session=session,
+        specs={spec.key: spec.as_request_body() for spec in builtin_computed_traits(new_days)},
     )
     return created

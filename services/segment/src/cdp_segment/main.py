@@ -46,7 +46,7 @@ def create_app(
 
     async def start_segments(runtime: ServiceRuntime) -> None:
         async with runtime.session_factory() as session, session.begin():
-            await ensure_builtin_segments(session=session)
+            await ensure_builtin_segments(session=session, new_days=settings.lifecycle_new_days)
         models = ModelRunner(
             session_factory=runtime.session_factory,
             context=context,

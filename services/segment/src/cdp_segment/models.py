@@ -26,8 +26,8 @@ from cdp_segment.compiler import LIVE_PROFILES
 from cdp_segment.domain import clusters as clustering
 from cdp_segment.domain import clv as value_model
 from cdp_segment.domain.lifecycle import (
-    FIRST_ORDER,
-    LAST_ORDER,
+    FIRST_SEEN,
+    LAST_ORDER_DATE,
     ORDERS_COUNT,
     ORDERS_REVENUE,
     lifecycle_model,
@@ -50,11 +50,13 @@ async def _customers(session: AsyncSession, now: datetime) -> list[dict[str, Any
     customers = []
     for profile_id, computed, model in rows:
         count = computed.get(ORDERS_COUNT.key)
-        last = parse_instant(computed.get(LAST_ORDER.key))
+        last = parse_instant(computed.get(LAST_ORDER_DATE))
         if not isinstance(count, int | float) or isinstance(count, bool) or count < 1 or last is None:
             customers.append({"profile_id": profile_id, "orders": 0, "model": model, "computed": computed})
             continue
-        first = parse_instant(computed.get(FIRST_ORDER.key)) or last
+        # Profile keeps no first-order time; the first event seen stands in for it.
+        first = parse_instant(computed.get(FIRST_SEEN)) or last
+        first = min(first, last)
         revenue = computed.get(ORDERS_REVENUE.key)
         revenue = (
             float(revenue) if isinstance(revenue, int | float) and not isinstance(revenue, bool) else 0.0

@@ -39,13 +39,15 @@ class NoProfile:
 
 
 def orders(
-    now: datetime, *, first_days: float, last_days: float, count: int, revenue: float
+    now: datetime, *, first_days: float, last_days: float, count: int, revenue: float, recent: int = 0
 ) -> dict[str, Any]:
+    """Computed traits as profile publishes them: its built-ins and the counts segment defined."""
     return {
         "seg_orders_count": count,
         "seg_orders_revenue": revenue,
-        "seg_first_order_at": (now - timedelta(days=first_days)).isoformat(),
-        "seg_last_order_at": (now - timedelta(days=last_days)).isoformat(),
+        "seg_orders_last_30d": recent,
+        "first_seen": (now - timedelta(days=first_days)).isoformat(),
+        "last_order_date": (now - timedelta(days=last_days)).date().isoformat(),
     }
 
 
@@ -81,8 +83,8 @@ async def test_lifecycle_stages_in_real_time_and_as_time_passes(db: SegmentDb) -
     await with_builtins(db)
     now = db.clock()
     customers = {
-        "fresh": orders(now, first_days=10, last_days=5, count=1, revenue=20),
-        "regular": orders(now, first_days=300, last_days=20, count=6, revenue=300),
+        "fresh": orders(now, first_days=10, last_days=5, count=1, revenue=20, recent=1),
+        "regular": orders(now, first_days=300, last_days=20, count=6, revenue=300, recent=1),
         "fading": orders(now, first_days=300, last_days=120, count=3, revenue=90),
         "gone": orders(now, first_days=400, last_days=200, count=2, revenue=50),
     }
@@ -94,13 +96,24 @@ async def test_lifecycle_stages_in_real_time_and_as_time_passes(db: SegmentDb) -
     assert await db.members("lifecycle_churned") == {"gone"}
 
     # The churned customer orders again: reactivated at once.
-    comeback = {"seg_last_order_at": (now - timedelta(days=1)).isoformat(), "seg_orders_count": 3}
+    comeback = {
+        "last_order_date": (now - timedelta(days=1)).date().isoformat(),
+        "seg_orders_count": 3,
+        "seg_orders_last_30d": 1,
+    }
     await db.apply(ProfileUpdated(profile_id="gone", version=2, changed_computed_traits=comeback))
     assert await db.members("lifecycle_reactivated") == {"gone"}
     assert await db.members("lifecycle_churned") == set()
 
-    # 100 days later, without any event, the scheduler moves everyone on.
+    # 100 days later, without any event, the scheduler moves everyone on (profile has
+    # meanwhile expired the 30-day counts).
     db.clock.advance(days=100)
+    for version, name in enumerate(("fresh", "regular", "gone"), start=3):
+        await db.apply(
+            ProfileUpdated(
+                profile_id=name, version=version, changed_computed_traits={"seg_orders_last_30d": 0}
+            )
+        )
     scheduler = Scheduler(
         session_factory=db.sessions,
         context=db.context,

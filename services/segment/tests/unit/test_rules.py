@@ -89,10 +89,10 @@ def test_event_conditions_become_computed_traits() -> None:
     (spec,) = parsed.computed_traits
     assert spec.as_request_body() == {
         "key": spec.key,
-        "kind": "count",
-        "event": "Order Completed",
+        "aggregation": "count",
+        "event_name": "Order Completed",
         "property": None,
-        "where": [{"property": "properties.total", "op": ">", "value": 50}],
+        "filters": [{"property": "total", "op": "gt", "value": 50}],
         "window_days": 30,
     }
     assert f"computed:{spec.key}" in parsed.dependencies

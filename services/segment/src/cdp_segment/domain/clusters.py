@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.cluster import KMeans  # type: ignore[import-untyped]
 
 FEATURES = ("recency_days", "orders", "revenue", "mean_order_value", "tenure_days")
 WORDS = {
@@ -50,6 +49,9 @@ def describe(means: NDArray[np.float64], overall: NDArray[np.float64], spread: N
 
 def fit_clusters(features: NDArray[np.float64], k: int, seed: int = 0) -> tuple[list[int], list[Cluster]]:
     """Cluster rows of FEATURES; return each row's cluster id and the clusters, largest first."""
+    # Imported here: scikit-learn takes seconds to import and only model runs need it.
+    from sklearn.cluster import KMeans  # type: ignore[import-untyped]
+
     scaled = np.log1p(np.maximum(features, 0))
     mean, std = scaled.mean(axis=0), scaled.std(axis=0)
     standardised = (scaled - mean) / np.where(std > 0, std, 1.0)

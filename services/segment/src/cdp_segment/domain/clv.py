@@ -6,6 +6,7 @@ out with a probability drawn from Beta(a, b). Gamma-Gamma (Fader, Hardie and Lee
 2005) models the mean order value, assumed independent of the purchase rate. The
 `lifetimes` package that implemented both is unmaintained, and `btyd` is a 2022
 beta, so both likelihoods are fitted here with scipy.optimize. Time is in days.
+scipy is imported where it is used: it is slow to import and only model runs need it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import optimize, special  # type: ignore[import-untyped]
 
 Array = NDArray[np.float64]
 
@@ -57,6 +57,8 @@ class BgNbd:
         """Return each customer's expected number of purchases in the next `horizon` days."""
         x, t = c.frequency, c.age
         a, b, r, alpha = self.a, self.b, self.r, self.alpha
+        from scipy import special  # type: ignore[import-untyped]
+
         z = horizon / (alpha + t + horizon)
         hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, z)
         first = (a + b + x - 1) / (a - 1) * (1 - ((alpha + t) / (alpha + t + horizon)) ** (r + x) * hyp)
@@ -64,6 +66,8 @@ class BgNbd:
 
 
 def _bgnbd_negative_ll(log_params: Array, x: Array, t_x: Array, t: Array) -> float:
+    from scipy import special
+
     r, alpha, a, b = np.exp(log_params)
     a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
     a2 = special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b) - special.gammaln(a + b + x)
@@ -76,6 +80,8 @@ def _bgnbd_negative_ll(log_params: Array, x: Array, t_x: Array, t: Array) -> flo
 
 def fit_bgnbd(c: Customers) -> BgNbd:
     """Fit BG/NBD by maximum likelihood."""
+    from scipy import optimize
+
     result = optimize.minimize(
         _bgnbd_negative_ll,
         x0=np.log([1.0, 30.0, 1.0, 3.0]),
@@ -106,6 +112,8 @@ class GammaGamma:
 
 
 def _gg_negative_ll(log_params: Array, x: Array, m: Array) -> float:
+    from scipy import special
+
     p, q, v = np.exp(log_params)
     ll = (
         special.gammaln(p * x + q)
@@ -121,6 +129,8 @@ def _gg_negative_ll(log_params: Array, x: Array, m: Array) -> float:
 
 def fit_gamma_gamma(c: Customers) -> GammaGamma:
     """Fit Gamma-Gamma on repeat customers with a positive mean order value."""
+    from scipy import optimize
+
     mask = (c.frequency > 0) & (c.monetary > 0)
     result = optimize.minimize(
         _gg_negative_ll,

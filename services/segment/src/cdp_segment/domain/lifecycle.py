@@ -1,16 +1,18 @@
 """Lifecycle stages (new, active, at risk, churned, reactivated) from a profile's order aggregates.
 
-Inputs are the computed traits of first and last `Order Completed` that profile
-maintains. A customer is new while the first order is at most `new_days` old; active
-while the last order is at most `active_days` old; at risk up to `churn_days`; then
-churned. A churned customer who orders again is reactivated, and stays so until the
-last order is older than `active_days` again.
+Inputs are computed traits that profile maintains: its built-in `last_order_date`,
+and two counts of `Order Completed` that segment defines, all time and within the
+last `new_days` (profile keeps windowed counts current as time passes). A customer
+is new while every order is at most `new_days` old; active while the last order is
+at most `active_days` old; at risk up to `churn_days`; then churned. A churned
+customer who orders again is reactivated, and stays so until the last order is
+older than `active_days` again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,10 +23,22 @@ ORDERS_COUNT = ComputedTraitSpec(kind="count", event=ORDER_EVENT, fixed_key="seg
 ORDERS_REVENUE = ComputedTraitSpec(
     kind="sum", event=ORDER_EVENT, property_path="properties.total", fixed_key="seg_orders_revenue"
 )
-FIRST_ORDER = ComputedTraitSpec(kind="first", event=ORDER_EVENT, fixed_key="seg_first_order_at")
-LAST_ORDER = ComputedTraitSpec(kind="last", event=ORDER_EVENT, fixed_key="seg_last_order_at")
-BUILTIN_COMPUTED_TRAITS = (ORDERS_COUNT, ORDERS_REVENUE, FIRST_ORDER, LAST_ORDER)
+# Profile's own computed traits, published with every change of a profile.
+LAST_ORDER_DATE = "last_order_date"
+FIRST_SEEN = "first_seen"
 STAGES = ("new", "active", "at_risk", "churned", "reactivated")
+
+
+def recent_orders_spec(new_days: int) -> ComputedTraitSpec:
+    """Return the computed trait counting orders within the last `new_days`."""
+    return ComputedTraitSpec(
+        kind="count", event=ORDER_EVENT, window_days=new_days, fixed_key=f"seg_orders_last_{new_days}d"
+    )
+
+
+def builtin_computed_traits(new_days: int) -> tuple[ComputedTraitSpec, ...]:
+    """Return the computed traits the built-in models need profile to maintain."""
+    return (ORDERS_COUNT, ORDERS_REVENUE, recent_orders_spec(new_days))
 
 
 @dataclass(frozen=True)
@@ -34,29 +48,32 @@ class LifecycleThresholds:
     new_days: int = 30
     active_days: int = 90
     churn_days: int = 180
-    dependencies: frozenset[str] = field(
-        default=frozenset({f"computed:{FIRST_ORDER.key}", f"computed:{LAST_ORDER.key}"})
-    )
+
+    @property
+    def dependencies(self) -> frozenset[str]:
+        """The computed traits whose change can move a profile's stage."""
+        keys = (ORDERS_COUNT.key, LAST_ORDER_DATE, recent_orders_spec(self.new_days).key)
+        return frozenset(f"computed:{key}" for key in keys)
 
 
 def lifecycle_stage(
     *,
-    first_order: datetime | None,
+    orders: int,
+    recent_orders: int,
     last_order: datetime | None,
     previous: str | None,
     now: datetime,
     thresholds: LifecycleThresholds,
 ) -> str | None:
     """Return the stage of a customer, or None for someone who never ordered."""
-    if last_order is None:
+    if last_order is None or orders < 1:
         return None
-    first_order = first_order or last_order
     since_last = now - last_order
     if since_last > timedelta(days=thresholds.churn_days):
         return "churned"
     if since_last > timedelta(days=thresholds.active_days):
         return "at_risk"
-    if now - first_order <= timedelta(days=thresholds.new_days):
+    if recent_orders >= orders:
         return "new"
     if previous in {"churned", "reactivated"}:
         return "reactivated"
@@ -72,8 +89,9 @@ def lifecycle_model(
     """Return the lifecycle result kept for a profile (`{"stage": ...}`), or None."""
     previous_stage = previous.get("stage") if previous else None
     stage = lifecycle_stage(
-        first_order=parse_instant(computed.get(FIRST_ORDER.key)),
-        last_order=parse_instant(computed.get(LAST_ORDER.key)),
+        orders=_count(computed.get(ORDERS_COUNT.key)),
+        recent_orders=_count(computed.get(recent_orders_spec(thresholds.new_days).key)),
+        last_order=parse_instant(computed.get(LAST_ORDER_DATE)),
         previous=previous_stage,
         now=now,
         thresholds=thresholds,
@@ -83,3 +101,7 @@ def lifecycle_model(
     if stage == previous_stage and previous is not None:
         return dict(previous)
     return {"stage": stage, "since": now.isoformat()}
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0

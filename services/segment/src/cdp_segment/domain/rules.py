@@ -131,18 +131,22 @@ class ComputedTraitSpec:
         return "seg_" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def as_request_body(self, *, key: str | None = None) -> dict[str, Any]:
-        """Return the body of profile's `POST /v1/computed-traits`."""
+        """Return the body of profile's `POST /v1/computed-traits` (property paths inside `properties`)."""
         return {
             "key": self.key if key is None else key,
-            "kind": self.kind,
-            "event": self.event,
-            "property": self.property_path,
-            "where": [{"property": p, "op": SYMBOLS.get(o, o), "value": v} for p, o, v in self.where],
+            "aggregation": self.kind,
+            "event_name": self.event,
+            "property": _inside_properties(self.property_path),
+            "filters": [{"property": _inside_properties(p), "op": o, "value": v} for p, o, v in self.where],
             "window_days": self.window_days,
         }
 
 
-SYMBOLS = {"eq": "=", "neq": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+def _inside_properties(path: str | None) -> str | None:
+    """Return an event property path relative to `properties`, as profile reads it."""
+    if path is None:
+        return None
+    return path.removeprefix("properties.")
 
 
 @dataclass
