@@ -181,6 +181,20 @@ class CampaignUnderTest:
         )
         return envelope
 
+    async def publish_many(
+        self, topic: TopicName, items: Sequence[tuple[Payload, str]], source: str = "test"
+    ) -> None:
+        """Publish many events at once and wait for every acknowledgement."""
+        futures = []
+        for payload, subject in items:
+            envelope = make_envelope(payload=payload, source=source, subject=subject)
+            futures.append(
+                await self.producer.send(
+                    self.settings.topic(topic), value=envelope.to_bytes(), key=subject.encode()
+                )
+            )
+        await asyncio.gather(*futures)
+
     async def profile(
         self,
         profile_id: str,

@@ -8,6 +8,7 @@ segment entries and exits, and send jobs (the worker that checks and hands over)
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_campaign import store
-from cdp_campaign.domain.addresses import AddressNotAllowed
+from cdp_campaign.domain.addresses import AddressNotAllowed, check_address, check_url_shape
 from cdp_campaign.domain.assignment import HOLDOUT, assign_group
 from cdp_campaign.domain.campaigns import (
     CampaignError,
@@ -125,9 +126,29 @@ def campaign_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _validate_webhook(url: str | None) -> None:
+    if url is None:
+        return
+    try:
+        _, host, _ = check_url_shape(url)
+        if _is_ip_literal(host):
+            check_address(host, allowlist=[])
+    except AddressNotAllowed as exc:
+        raise CampaignError(str(exc), code="webhook_not_allowed", details={"webhook_url": url}) from exc
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 async def create_campaign(*, session: AsyncSession, spec: CampaignSpec) -> dict[str, Any]:
     """Store a new campaign as a draft."""
     _validate_templates(spec.variants)
+    _validate_webhook(spec.webhook_url)
     return await store.insert_definition(
         session=session,
         table=store.campaigns,
@@ -173,6 +194,7 @@ async def update_campaign(*, session: AsyncSession, campaign_id: str, spec: Camp
             f"a {row['status']} campaign cannot be changed; pause it first", code="invalid_transition"
         )
     _validate_templates(spec.variants)
+    _validate_webhook(spec.webhook_url)
     await store.update_definition(
         session=session,
         table=store.campaigns,
@@ -221,6 +243,10 @@ async def set_campaign_status(
     """Pause, resume or complete a campaign; a resumed campaign's waiting sends are queued again."""
     row = await load_campaign(session=session, campaign_id=campaign_id, for_update=True)
     current = Status(row["status"])
+    if target is Status.RUNNING and current is not Status.PAUSED:
+        raise CampaignError(
+            f"only a paused campaign can be resumed; this one is {current.value}", code="invalid_transition"
+        )
     not_started = row["next_run_at"] is not None and row["runs"] == 0
     if target is Status.RUNNING and not_started and row["next_run_at"] > ctx.clock.now():
         target = Status.SCHEDULED
@@ -1252,6 +1278,7 @@ async def campaign_report(*, session: AsyncSession, campaign_id: str) -> dict[st
                 "failed": 0,
                 "unknown": 0,
                 "queued": 0,
+                "in_flight": 0,
                 "deferred": 0,
                 "skipped": 0,
                 "skipped_by_reason": {},
@@ -1275,6 +1302,8 @@ async def campaign_report(*, session: AsyncSession, campaign_id: str) -> dict[st
                 g["delivered"] += n
             if status in ("bounced", "failed", "unknown", "queued", "deferred", "skipped"):
                 g[status] += n
+            if status == "handing_over":
+                g["in_flight"] += n
             if status == "skipped":
                 g["skipped_by_reason"][item["reason"]] = g["skipped_by_reason"].get(item["reason"], 0) + n
         else:

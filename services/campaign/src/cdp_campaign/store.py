@@ -487,7 +487,7 @@ async def open_sends_for_goal(
         .join(campaigns, sa.and_(sends.c.source == "campaign", campaigns.c.id == sends.c.source_id))
         .where(
             sends.c.profile_id == profile_id,
-            sends.c.status.in_(("sent", "unknown", "holdout")),
+            sends.c.status.in_(("handing_over", "sent", "unknown", "holdout")),
             campaigns.c.spec["goal"]["event"].as_string() == event,
             sa.func.coalesce(sends.c.handed_at, sends.c.created_at) <= at,
             sa.func.coalesce(sends.c.handed_at, sends.c.created_at)
