@@ -27,6 +27,7 @@ COPY services/campaign/pyproject.toml services/campaign/
 COPY services/consent/pyproject.toml services/consent/
 COPY tools/cli/pyproject.toml tools/cli/
 COPY tools/dashboards/pyproject.toml tools/dashboards/
+COPY tools/shop/pyproject.toml tools/shop/
 RUN uv sync --frozen --all-packages --no-dev --no-install-workspace
 
 # Then the platform itself.
