@@ -57,6 +57,7 @@ def test_service_environment_matches_the_local_stack(compose: dict[str, Any], se
     for other in SERVICES:
         assert env[f"CDP_{other.upper()}_URL"] == f"http://{other}:{SERVICE_PORTS[other]}"
     assert env["CDP_DEFAULT_WRITE_KEY"] == env["CDP_WRITE_KEY"]
+    assert env["CDP_HOST"] == "0.0.0.0", "in a container the service must listen beyond loopback"
 
 
 @pytest.mark.parametrize("service", SERVICES)

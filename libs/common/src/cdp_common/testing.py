@@ -232,7 +232,7 @@ class ServiceProcess:
                 [sys.executable, "-m", f"cdp_{self.name}"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
 
-    async def wait_ready(self, timeout: float = 120.0) -> None:
+    async def wait_ready(self, timeout: float = 240.0) -> None:
         """Wait until /readyz answers 200, failing early if the process died."""
 
         async def ready() -> bool:
