@@ -203,14 +203,13 @@ async def resolve_event(
         EVENTS_DROPPED.labels("erased").inc()
         logger.info("event of an erased person dropped", extra={"event_id": envelope.id})
         return None
-    await store.lock_identifier_keys(session=session, keys=[k for k in keys if k.type != PROFILE_ID])
-    owners, locked = await _lock_owners(session=session, keys=keys)
-    counts = await store.identifier_counts(session=session, profile_ids=sorted(locked))
+    # Writers of this service are serialised by the outbox's write lock taken above; the row
+    # locks and the unique (type, value) index guard the graph should that ever change.
+    holders = await store.lock_holders(session=session, keys=keys)
+    owners, locked, counts = holders.owners, holders.profiles, holders.counts
     holdings = {
         pid: ProfileHolding(
-            profile_id=pid,
-            created_order=survivor_order(profile, counts[pid]),
-            counts=counts[pid],
+            profile_id=pid, created_order=survivor_order(profile, counts[pid]), counts=counts[pid]
         )
         for pid, profile in locked.items()
     }
@@ -318,25 +317,6 @@ async def resolve_event(
         "event resolved", extra={"event_id": envelope.id, "profile_id": target.id, "version": version}
     )
     return target.id
-
-
-async def _lock_owners(
-    *, session: AsyncSession, keys: list[IdentifierKey]
-) -> tuple[dict[IdentifierKey, store.Owner], dict[str, store.StoredProfile]]:
-    """Find the owners of the keys and lock their profiles, re-reading until the graph holds still."""
-    owners = await store.find_owners(session=session, keys=keys)
-    for _ in range(RESOLUTION_ATTEMPTS):
-        wanted = sorted({o.profile_id for o in owners.values()})
-        locked = await store.lock_profiles(session=session, profile_ids=wanted)
-        again = await store.find_owners(session=session, keys=keys)
-        if (
-            again == owners
-            and set(locked) == set(wanted)
-            and all(p.status == "active" for p in locked.values())
-        ):
-            return owners, locked
-        owners = again
-    raise store.ConcurrentChange("identity graph changed during resolution")
 
 
 async def _note_conflicts(

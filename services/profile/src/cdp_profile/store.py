@@ -225,6 +225,14 @@ async def tombstoned(*, session: AsyncSession, hashes: Sequence[str]) -> bool:
     """Whether any of the keyed hashes belongs to an erased person."""
     if not hashes:
         return False
+    # Erasures write under the same writers' lock, so what this transaction saw first holds.
+    if session.info.get("profile_no_tombstones"):
+        return False
+    if "profile_no_tombstones" not in session.info:
+        any_row = (await session.execute(sa.select(tombstones.c.value_hash).limit(1))).first()
+        session.info["profile_no_tombstones"] = any_row is None
+        if any_row is None:
+            return False
     found = await session.execute(
         sa.select(tombstones.c.value_hash).where(tombstones.c.value_hash.in_(list(hashes))).limit(1)
     )
@@ -276,6 +284,57 @@ async def find_owners(*, session: AsyncSession, keys: Sequence[IdentifierKey]) -
             if resolved is not None:
                 found[key] = Owner(resolved, False)
     return found
+
+
+_OWNERS_WITH_PROFILES = sa.text(
+    """
+    SELECT i.type AS key_type, i.value AS key_value, i.quarantined_at IS NOT NULL AS quarantined,
+           p.id, p.version, p.status, p.merged_into, p.traits, p.aggregates, p.computed, p.created_at,
+           p.updated_at,
+           (SELECT jsonb_object_agg(c.type, c.n)
+              FROM (SELECT x.type, count(*) AS n FROM identifiers x WHERE x.profile_id = p.id GROUP BY x.type) c
+           ) AS counts
+      FROM identifiers i JOIN profiles p ON p.id = i.profile_id
+     WHERE (i.type, i.value) IN (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:vals AS text[])))
+     ORDER BY p.id
+       FOR UPDATE OF p
+    """
+).columns(
+    traits=postgresql.JSONB, aggregates=postgresql.JSONB, computed=postgresql.JSONB, counts=postgresql.JSONB
+)
+
+
+@dataclass
+class Holders:
+    """The owners of an event's identifiers, their profiles (locked) and identifier counts."""
+
+    owners: dict[IdentifierKey, Owner]
+    profiles: dict[str, StoredProfile]
+    counts: dict[str, dict[str, int]]
+
+
+async def lock_holders(*, session: AsyncSession, keys: Sequence[IdentifierKey]) -> Holders:
+    """Find who holds the identifiers, lock those profiles in id order and count their identifiers, at once."""
+    holders = Holders(owners={}, profiles={}, counts={})
+    plain = [k for k in keys if k.type != PROFILE_ID]
+    if plain:
+        rows = await session.execute(
+            _OWNERS_WITH_PROFILES, {"types": [k.type for k in plain], "vals": [k.value for k in plain]}
+        )
+        for row in rows:
+            holders.owners[IdentifierKey(row.key_type, row.key_value)] = Owner(row.id, row.quarantined)
+            holders.profiles[row.id] = _profile_of(row)
+            holders.counts[row.id] = dict(row.counts or {})
+    named = [k for k in keys if k.type == PROFILE_ID]
+    for key in named:
+        resolved = await resolve_profile_id(session=session, profile_id=key.value)
+        if resolved is None:
+            continue
+        holders.owners[key] = Owner(resolved, False)
+        if resolved not in holders.profiles:
+            holders.profiles.update(await lock_profiles(session=session, profile_ids=[resolved]))
+            holders.counts.update(await identifier_counts(session=session, profile_ids=[resolved]))
+    return holders
 
 
 async def lock_profiles(*, session: AsyncSession, profile_ids: Sequence[str]) -> dict[str, StoredProfile]:
