@@ -257,6 +257,10 @@ install_apt_packages() {
   have curl || missing+=(curl)
   have pgrep || missing+=(procps)
   have ss || missing+=(iproute2)
+  # The ingest tests drive the official JavaScript clients and analytics.js in Chromium.
+  have node || missing+=(nodejs)
+  have npm || missing+=(npm)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   if ! have pg_ctlcluster || [[ ! -x "/usr/lib/postgresql/$PG_VERSION/bin/postgres" ]]; then
     missing+=("postgresql-$PG_VERSION" postgresql-client-common)
   fi

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from cdp_common.testing import PlatformUnderTest
-from rudderstack.analytics import Client as RudderClient
-from segment.analytics import Client as SegmentClient
+from rudderstack.analytics import Client as RudderClient  # type: ignore[import-untyped]
+from segment.analytics import Client as SegmentClient  # type: ignore[import-untyped]
 
 from ..conftest import Ingest, read_events_where
 
