@@ -118,6 +118,21 @@ def _compare(
     return _strict(test)
 
 
+def _contains_any(condition: Condition) -> ColumnElement[bool]:
+    """Equality as JSONB containment: the value at the path equals one of the values (GIN-indexable)."""
+    column = {"trait": profiles.c.traits, "computed": profiles.c.computed, "model": profiles.c.model}[
+        condition.source
+    ]
+    values = [condition.value] if condition.op == "eq" else list(condition.value)
+    documents = []
+    for value in values:
+        document: Any = value
+        for part in reversed(condition.path):
+            document = {part: document}
+        documents.append(column.op("@>")(_jsonb(document)))
+    return sa.or_(*documents)
+
+
 def _birthday() -> ColumnElement[Any]:
     value = profiles.c.traits.op("->", return_type=JSONB)(sa.literal("birthday"))
     return sa.cast(sa.func.timezone("UTC", _instant(value)), sa.Date)
@@ -138,6 +153,8 @@ def _compile(rule: Rule, now: ColumnElement[Any]) -> ColumnElement[bool]:
             return sa.or_(*children)
         return sa.not_(children[0])
     if isinstance(rule, Condition):
+        if rule.op in {"eq", "in"} and not rule.fold_case and rule.default is None:
+            return _contains_any(rule)
         return _compare(rule.op, _value(rule), rule.value, rule.fold_case, now)
     if isinstance(rule, Age):
         birthday = _birthday()
