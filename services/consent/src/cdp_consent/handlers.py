@@ -483,9 +483,25 @@ async def apply_privacy_receipt(
     else:
         outcome = None
     if outcome is not None:
+        empty_bundle = request["type"] == "access" and outcome is RequestStatus.COMPLETED
         await complete_privacy_request(
-            session=session, request_id=request["id"], status=outcome, privacy_topic=privacy_topic
+            session=session,
+            request_id=request["id"],
+            status=outcome,
+            privacy_topic=privacy_topic,
+            values={"bundle": _empty_bundle(request)} if empty_bundle else None,
         )
+
+
+def _empty_bundle(request: dict[str, Any]) -> dict[str, Any]:
+    """Return the bundle of an access request about nobody: every service holds nothing."""
+    return assemble_bundle(
+        request_id=request["id"],
+        subject_type=request["subject_type"],
+        profile_ids=[],
+        parts={},
+        generated_at=datetime.now(UTC),
+    )
 
 
 async def complete_privacy_request(

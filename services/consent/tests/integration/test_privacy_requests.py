@@ -224,6 +224,18 @@ async def test_an_erasure_of_nobody_completes_on_the_profile_receipt_alone(
     assert "found nobody" in done["note"]
 
 
+async def test_an_access_request_about_nobody_yields_an_empty_bundle(
+    consent: ConsentUnderTest, http: httpx.AsyncClient
+) -> None:
+    opened = await open_request(http, "access", "anonymous_id", "anon-" + secrets.token_hex(4))
+    await receipt(consent, opened["id"], "profile", [], found=0)
+    done = await wait_for(lambda: finished(http, opened["id"]), what="the request to complete")
+    assert done["status"] == "completed"
+    bundle = (await http.get(f"/v1/privacy/requests/{opened['id']}/bundle")).json()
+    assert bundle["profile_ids"] == []
+    assert all(part == {} for part in bundle["services"].values())
+
+
 async def test_deadlines_are_flagged_and_foreign_receipts_are_ignored(
     consent: ConsentUnderTest, http: httpx.AsyncClient
 ) -> None:
