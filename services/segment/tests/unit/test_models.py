@@ -1,0 +1,125 @@
+"""The models' domain: RFM scoring and names, lifecycle stages, clusters, and the CLV backtest of the model card."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from cdp_segment.domain.clusters import FEATURES, fit_clusters
+from cdp_segment.domain.clv import BgNbd, fit_bgnbd, fit_gamma_gamma, simulate_customers
+from cdp_segment.domain.lifecycle import LifecycleThresholds, lifecycle_stage
+from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle
+from cdp_segment.domain.rfm import named_segment, quintile_scores
+from cdp_segment.domain.rules import parse_rule
+
+NOW = datetime(2025, 6, 15, tzinfo=UTC)
+
+
+def test_quintiles_share_scores_on_ties() -> None:
+    assert quintile_scores([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert quintile_scores([7, 7, 7, 7]) == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize(
+    ("r", "f", "m", "name"),
+    [(5, 5, 5, "champions"), (5, 1, 1, "new"), (4, 1, 1, "promising"), (4, 3, 2, "potential_loyalists"),
+     (3, 4, 5, "loyal"), (3, 2, 2, "need_attention"), (2, 4, 3, "at_risk"), (1, 5, 5, "cant_lose"),
+     (2, 1, 2, "hibernating"), (1, 2, 1, "lost")],
+)  # fmt: skip
+def test_named_rfm_segments(r: int, f: int, m: int, name: str) -> None:
+    assert named_segment(r, f, m) == name
+
+
+@pytest.mark.parametrize(
+    ("orders", "recent", "days", "previous", "stage"),
+    [(1, 1, 3, None, "new"), (5, 1, 3, None, "active"), (5, 0, 120, "active", "at_risk"),
+     (5, 0, 200, "at_risk", "churned"), (6, 1, 2, "churned", "reactivated"), (7, 1, 40, "reactivated", "reactivated"),
+     (0, 0, 0, None, None)],
+)  # fmt: skip
+def test_lifecycle_stages(
+    orders: int, recent: int, days: int, previous: str | None, stage: str | None
+) -> None:
+    last = NOW - timedelta(days=days) if orders else None
+    found = lifecycle_stage(
+        orders=orders,
+        recent_orders=recent,
+        last_order=last,
+        previous=previous,
+        now=NOW,
+        thresholds=LifecycleThresholds(),
+    )
+    assert found == stage
+
+
+def test_thresholds_are_configurable() -> None:
+    strict = LifecycleThresholds(new_days=7, active_days=14, churn_days=28)
+    last = NOW - timedelta(days=20)
+    assert (
+        lifecycle_stage(orders=3, recent_orders=0, last_order=last, previous=None, now=NOW, thresholds=strict)
+        == "at_risk"
+    )
+
+
+def test_clusters_are_described_by_what_sets_them_apart() -> None:
+    rng = np.random.default_rng(1)
+    loyal = np.column_stack(
+        [
+            rng.uniform(1, 10, 50),
+            rng.uniform(20, 30, 50),
+            rng.uniform(2000, 3000, 50),
+            rng.uniform(90, 110, 50),
+            rng.uniform(600, 700, 50),
+        ]
+    )
+    one_off = np.column_stack(
+        [
+            rng.uniform(200, 300, 50),
+            np.ones(50),
+            rng.uniform(20, 40, 50),
+            rng.uniform(20, 40, 50),
+            rng.uniform(200, 300, 50),
+        ]
+    )
+    labels, clusters = fit_clusters(np.vstack([loyal, one_off]), k=2)
+    assert len(set(labels[:50])) == 1
+    assert len(set(labels[50:])) == 1
+    loyal_cluster = clusters[labels[0]]
+    assert "orders more often" in loyal_cluster.description or "spends more" in loyal_cluster.description
+    assert set(loyal_cluster.means) == set(FEATURES)
+
+
+def test_clv_backtest_on_a_synthetic_shop_beats_the_naive_rate() -> None:
+    """The figures of the model card: fit on 365 days, predict the next 180, compare with what happened."""
+    truth = BgNbd(r=0.5, alpha=40.0, a=0.8, b=4.0)
+    customers, holdout = simulate_customers(
+        count=3000, calibration_days=365, holdout_days=180, params=truth, seed=7
+    )
+    model = fit_bgnbd(customers)
+    predicted = model.expected_purchases(customers, 180)
+    naive = customers.frequency / np.maximum(customers.age, 1) * 180
+    model_mae = float(np.abs(predicted - holdout).mean())
+    naive_mae = float(np.abs(naive - holdout).mean())
+    total_error = abs(predicted.sum() - holdout.sum()) / holdout.sum()
+    assert total_error < 0.10
+    assert model_mae < naive_mae
+    alive = model.probability_alive(customers)
+    assert ((alive >= 0) & (alive <= 1)).all()
+    value = fit_gamma_gamma(customers).expected_order_value(customers)
+    assert (value > 0).all()
+
+
+def test_a_change_reaches_only_dependent_segments_then_their_dependents() -> None:
+    def definition(key: str, rule: dict[str, object]) -> SegmentDefinition:
+        return SegmentDefinition(id=key, key=key, version=1, parsed=parse_rule(rule))
+
+    catalog = Catalog(
+        [
+            definition("pro", {"trait": "plan", "op": "eq", "value": "pro"}),
+            definition("berlin", {"geo": {"city": "Berlin"}}),
+            definition("pro_berlin", {"all": [{"segment": "pro"}, {"segment": "berlin"}]}),
+        ]
+    )
+    assert catalog.affected_by({"trait:plan"}) == {"pro"}
+    assert [d.key for d in catalog.ordered][-1] == "pro_berlin"
+    assert find_cycle({"a": frozenset({"b"}), "b": frozenset({"a"})}) == ["a", "b", "a"]
