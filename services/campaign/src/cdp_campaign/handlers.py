@@ -598,7 +598,8 @@ async def _facts(
 ) -> Facts:
     contact = (await store.contacts_of(session=session, profile_ids=[profile_id])).get(profile_id)
     kinds_rows = await session.execute(
-        sa.select(sa.distinct(store.engagements.c.kind))
+        sa.select(store.engagements.c.kind)
+        .distinct()
         .select_from(store.engagements.join(store.sends, store.sends.c.id == store.engagements.c.send_id))
         .where(
             store.sends.c.source == "journey",
@@ -905,9 +906,9 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
             error="the worker stopped during the hand-over; not repeated",
         )
         queued = [r for r in rows if r["status"] == "queued" and r["profile_id"] is not None]
-        definitions: dict[tuple[str, str], Definition | None] = {}
+        definitions: dict[tuple[str, str, int | None], Definition | None] = {}
         for send in queued:
-            key = (send["source"], send["source_id"])
+            key = (send["source"], send["source_id"], send["step"])
             if key not in definitions:
                 table = store.campaigns if send["source"] == "campaign" else store.journeys
                 row = await store.get_definition(session=session, table=table, id=send["source_id"])
@@ -925,7 +926,7 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
 
         waiting: list[tuple[dict[str, Any], Definition]] = []
         for send in queued:
-            definition = definitions[(send["source"], send["source_id"])]
+            definition = definitions[(send["source"], send["source_id"], send["step"])]
             if definition is None or definition.status in (Status.COMPLETED, "archived"):
                 skipped[send["id"]] = SkipReason.CAMPAIGN_NOT_RUNNING
             elif definition.running:

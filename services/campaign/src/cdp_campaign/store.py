@@ -571,7 +571,7 @@ async def timeline(
     rows = await session.execute(
         sa.select(sends)
         .where(sends.c.source == source, sends.c.source_id == source_id, sends.c.profile_id == profile_id)
-        .order_by(sends.c.created_at, sends.c.id)
+        .order_by(sends.c.created_at, sends.c.step, sends.c.id)
     )
     items = [dict(r) for r in rows.mappings()]
     if not items:
