@@ -57,8 +57,16 @@ def fold_builtin(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
         _bump(state.setdefault("orders_by_currency", {}), currency)
         _add_money(state.setdefault("gross", {}), currency, amount)
         state["last_order_at"] = max(filter(None, [state.get("last_order_at"), at]), key=_as_time)
-        for category in _categories(event.properties):
-            _bump(state.setdefault("categories", {}), category)
+        bought: dict[str, int] = {}
+        for category, quantity in _categories(event.properties):
+            bought[category] = bought.get(category, 0) + quantity
+        order_id = event.properties.get("order_id")
+        key = (
+            str(order_id)
+            if isinstance(order_id, str | int) and not isinstance(order_id, bool)
+            else event.event_id
+        )
+        state.setdefault("order_categories", {})[key] = bought
         method = event.properties.get("payment_method")
         if isinstance(method, str) and method:
             _bump(state.setdefault("payments", {}), method)
@@ -66,6 +74,9 @@ def fold_builtin(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
         _add_money(
             state.setdefault("refunds", {}), _currency(event.properties), abs(_amount(event.properties))
         )
+        order_id = event.properties.get("order_id")
+        if isinstance(order_id, str | int) and not isinstance(order_id, bool):
+            state.setdefault("refunded_orders", {})[str(order_id)] = 1
     return state
 
 
@@ -76,12 +87,16 @@ def combine_builtin(left: dict[str, Any], right: dict[str, Any]) -> dict[str, An
     if not right:
         return dict(left)
     combined: dict[str, Any] = {}
-    for counter in ("type_counts", "event_counts", "orders_by_currency", "categories", "payments"):
+    for counter in ("type_counts", "event_counts", "orders_by_currency", "payments"):
         merged = dict(left.get(counter, {}))
         for name, count in right.get(counter, {}).items():
             merged[name] = merged.get(name, 0) + count
         if merged:
             combined[counter] = merged
+    for keyed in ("order_categories", "refunded_orders"):
+        union = {**left.get(keyed, {}), **right.get(keyed, {})}
+        if union:
+            combined[keyed] = union
     for money in ("gross", "refunds"):
         merged = dict(left.get(money, {}))
         for currency, amount in right.get(money, {}).items():
@@ -116,7 +131,8 @@ def derive_builtin(state: dict[str, Any]) -> dict[str, Any]:
         "revenue": {c: _money(v) for c, v in net.items()},
         "average_order_value": aov,
         "last_order_date": _as_time(last_order).date().isoformat() if last_order else None,
-        "favourite_category": _most_frequent(state.get("categories", {})),
+        "refunded_orders": len(state.get("refunded_orders", {})),
+        "favourite_category": _favourite_category(state),
         "preferred_payment_method": _most_frequent(state.get("payments", {})),
         "rfm_frequency": state.get("orders", 0),
         "rfm_monetary": {c: _money(v) for c, v in net.items()},
@@ -379,16 +395,30 @@ def _money(value: Decimal) -> float:
     return float(value.quantize(Decimal("0.01")))
 
 
-def _categories(properties: dict[str, Any]) -> list[str]:
-    found: list[str] = []
+def _categories(properties: dict[str, Any]) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
     products = properties.get("products")
     if isinstance(products, list):
         for product in products:
             if isinstance(product, dict) and isinstance(product.get("category"), str):
-                found.append(product["category"])
+                quantity = product.get("quantity", 1)
+                valid = isinstance(quantity, int) and not isinstance(quantity, bool) and quantity > 0
+                found.append((product["category"], quantity if valid else 1))
     elif isinstance(properties.get("category"), str):
-        found.append(properties["category"])
+        found.append((properties["category"], 1))
     return found
+
+
+def _favourite_category(state: dict[str, Any]) -> str | None:
+    """Return the category bought most (by quantity) over orders not refunded; ties by name."""
+    refunded = state.get("refunded_orders", {})
+    totals: dict[str, int] = {}
+    for order_id, bought in state.get("order_categories", {}).items():
+        if order_id in refunded:
+            continue
+        for category, quantity in bought.items():
+            totals[category] = totals.get(category, 0) + quantity
+    return _most_frequent(totals)
 
 
 def _most_frequent(counter: dict[str, int]) -> str | None:
