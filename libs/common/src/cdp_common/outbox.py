@@ -67,6 +67,14 @@ async def add_to_outbox(*, session: AsyncSession, topic: str, envelope: Envelope
     )
 
 
+async def purge_published(*, session: AsyncSession, keys: list[str]) -> int:
+    """Delete published outbox rows under these keys, so an erased person's payloads go at once."""
+    result = await session.execute(
+        outbox_table.delete().where(outbox_table.c.key.in_(keys), outbox_table.c.published_at.is_not(None))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 class OutboxRelay:
     """Publishes a service's outbox rows in commit order while it holds the relay lock."""
 

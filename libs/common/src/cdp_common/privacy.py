@@ -13,7 +13,7 @@ from cdp_common.deps import SessionDep
 from cdp_common.envelope import Envelope
 from cdp_common.events import PrivacyReceipt, ProfileErased, make_envelope
 from cdp_common.kafka import Handler
-from cdp_common.outbox import add_to_outbox
+from cdp_common.outbox import add_to_outbox, purge_published
 from cdp_common.web import ApiError
 
 
@@ -30,6 +30,7 @@ def erasure_handler(*, service: str, privacy_topic: str, erase: EraseProfiles) -
         data: ProfileErased = envelope.data
         profile_ids = [data.profile_id, *data.merged_profile_ids]
         details = await erase(session=session, profile_ids=profile_ids)
+        await purge_published(session=session, keys=profile_ids)
         receipt = make_envelope(
             payload=PrivacyReceipt(
                 request_id=data.request_id, service=service, profile_ids=profile_ids, details=details
