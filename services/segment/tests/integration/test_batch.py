@@ -45,7 +45,7 @@ RULES: list[dict[str, Any]] = [
     {"birthday_today": True},
     {"consent": {"purpose": "marketing", "channel": "email"}},
     {"event": "Order Completed", "op": "eq", "value": 0},
-    {"event": "Order Completed", "measure": "last", "op": "within_last", "value": {"days": 7}},
+    {"event": "Order Completed", "measure": "last", "property": "placed_at", "op": "within_last", "value": {"days": 7}},
     {"model": "rfm.segment", "op": "eq", "value": "champions"},
 ]  # fmt: skip
 

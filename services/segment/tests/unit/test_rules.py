@@ -108,11 +108,29 @@ def test_did_not_perform_holds_for_a_profile_profile_never_counted() -> None:
 
 
 def test_first_and_last_occurrence() -> None:
-    rule = {"event": "Order Completed", "measure": "first", "op": "within_last", "value": {"days": 30}}
+    rule = {
+        "event": "Order Completed",
+        "measure": "first",
+        "property": "properties.channel",
+        "op": "eq",
+        "value": "app",
+    }
     key = parse_rule(rule).computed_traits[0].key
-    assert matches(rule, computed={key: (NOW - timedelta(days=2)).isoformat()})
+    assert matches(rule, computed={key: "app"})
     assert not matches(rule)
-    assert parse_rule(rule).uses_clock
+    last = {
+        "event": "Order Completed",
+        "measure": "last",
+        "property": "properties.placed_at",
+        "op": "within_last",
+        "value": {"days": 30},
+    }
+    last_key = parse_rule(last).computed_traits[0].key
+    assert matches(last, computed={last_key: (NOW - timedelta(days=2)).isoformat()})
+    assert parse_rule(last).uses_clock
+    with pytest.raises(RuleError) as caught:
+        parse_rule({"event": "Order Completed", "measure": "last", "op": "exists"})
+    assert caught.value.where == "rule.property"
 
 
 def test_equal_event_conditions_share_one_computed_trait() -> None:

@@ -233,7 +233,9 @@ class _Parser:
         prop = raw.get("property")
         if prop is not None:
             prop = ".".join(_path(prop, f"{where}.property"))
-        if measure in {"sum", "avg", "min", "max", "most_frequent", "unique"} and prop is None:
+        # Profile's first and last carry a property's value at that occurrence; whether an
+        # event happened within N days is a windowed count.
+        if measure != "count" and prop is None:
             raise RuleError(f"{where}.property", f"the measure {measure!r} needs a property")
         window = raw.get("within_days")
         if window is not None and (
