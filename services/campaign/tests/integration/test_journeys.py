@@ -3,6 +3,7 @@ an event, exit on the goal; positions are stored and read back through the API."
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Any
 
@@ -75,7 +76,7 @@ async def test_a_welcome_journey_follows_the_clock_and_the_persons_behaviour(
         ],
     )
     for p in people:
-        await wait_for(lambda p=p: _known(campaign, p), what="the profile")
+        await wait_for(functools.partial(_known, campaign, p), what="the profile")
     start = campaign.clock.now()
     await campaign.publish_many(
         TopicName.SEGMENTS,
@@ -83,7 +84,8 @@ async def test_a_welcome_journey_follows_the_clock_and_the_persons_behaviour(
     )
     for p in people:
         await wait_for(
-            lambda p=p: _subjects_are(campaign, f"{p}@example.com", ["Welcome"]), what="the welcome e-mail"
+            functools.partial(_subjects_are, campaign, f"{p}@example.com", ["Welcome"]),
+            what="the welcome e-mail",
         )
     stored = await position(http, journey_id, quiet)
     assert stored is not None
