@@ -278,3 +278,36 @@ async def test_transactions_single_and_bulk_are_idempotent_on_the_order_id(
         url, content="{oops}\n", headers={"Content-Type": "application/x-ndjson"}, auth=(ingest.write_key, "")
     )
     assert none_valid.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        ("\n".join([json.dumps(sale("o"))] * 2400), "application/x-ndjson", 413, "payload_too_large"),
+        (
+            "\n".join(["{}"] * 2501),
+            "application/x-ndjson",
+            413,
+            "too_many_events",
+        ),
+        (
+            json.dumps(sale("big", items=[{"sku": "x" * 150, "price": 1, "quantity": 1}] * 300)),
+            "application/json",
+            413,
+            "payload_too_large",
+        ),
+        ("[1, 2]", "application/json", 400, "invalid_transaction"),
+        ("{oops", "application/json", 400, "invalid_json"),
+    ],
+)
+async def test_transaction_requests_that_cannot_be_taken_are_refused(
+    ingest: Ingest, http: httpx.AsyncClient, body: str, content_type: str, status: int, code: str
+) -> None:
+    response = await http.post(
+        f"{ingest.url}/v1/transactions",
+        content=body,
+        headers={"Content-Type": content_type},
+        auth=(ingest.write_key, ""),
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
