@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -260,8 +261,6 @@ class RulesBody(BaseModel):
     @field_validator("blocked_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        import re
-
         for pattern in patterns:
             try:
                 re.compile(pattern)

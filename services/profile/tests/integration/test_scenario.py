@@ -22,7 +22,7 @@ from ..conftest import ProfileDb
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-PEOPLE = 60
+PEOPLE = 40
 BATCH = 200
 
 
