@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -298,8 +298,9 @@ class ConsumerRunner:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
             await consumer.commit(offsets)
-        except CommitFailedError:
-            # A rebalance took the partition away; its next owner sees the record
+        except (CommitFailedError, IllegalStateError):
+            # A rebalance took the partition away (during a long batch it may already be
+            # unassigned here); its next owner sees the record
             # again and skips it through the processed-event record.
             logger.warning("offset commit failed after a rebalance", extra={"group": self.group_id})
 
