@@ -135,6 +135,16 @@ def _computed_of(
     return computed
 
 
+def _refreshed_builtins(
+    computed: dict[str, Any], aggregates: dict[str, Any], definitions: Sequence[Definition]
+) -> dict[str, Any]:
+    """Return computed traits with the built-ins re-derived and user-defined values kept."""
+    refreshed = {**computed, **derive_builtin(aggregates)}
+    for definition in definitions:
+        refreshed.setdefault(definition.key, derive_defined({}, definition))
+    return refreshed
+
+
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     changed = {name: value for name, value in after.items() if before.get(name) != value}
     changed.update({name: None for name in before if name not in after})
@@ -236,9 +246,16 @@ async def resolve_event(
         target = locked[plan.target]
     traits_before = {name: trait.value for name, trait in target.traits.items()}
     computed_before = dict(target.computed)
-    states = (
-        await store.defined_states(session=session, profile_id=target.id) if configuration.definitions else {}
+    stored = StoredEvent(
+        event_id=envelope.id,
+        type=event.type,
+        name=event_name(event),
+        timestamp=event.timestamp,
+        properties=event.properties,
     )
+    # The user-defined states are read only when this event can change them.
+    needs_states = bool(plan.absorbed) or any(d.selects(stored) for d in configuration.definitions)
+    states = await store.defined_states(session=session, profile_id=target.id) if needs_states else {}
     now = context.clock()
     for absorbed_id in plan.absorbed:
         states = await _merge_into(
@@ -261,13 +278,6 @@ async def resolve_event(
     )
     await _note_conflicts(
         session=session, context=context, plan_dropped=plan.dropped, owners=owners, target=target.id
-    )
-    stored = StoredEvent(
-        event_id=envelope.id,
-        type=event.type,
-        name=event_name(event),
-        timestamp=event.timestamp,
-        properties=event.properties,
     )
     asserted = traits_of(event)
     is_new = await store.store_event(
@@ -295,7 +305,10 @@ async def resolve_event(
             definitions=configuration.definitions,
             now=now,
         )
-    target.computed = _computed_of(target.aggregates, states, configuration.definitions)
+    if needs_states:
+        target.computed = _computed_of(target.aggregates, states, configuration.definitions)
+    else:
+        target.computed = _refreshed_builtins(target.computed, target.aggregates, configuration.definitions)
     traits_now = {name: trait.value for name, trait in target.traits.items()}
     if not (created or plan.absorbed or plan.attach or is_new or traits_now != traits_before):
         # A replay of an event the store already holds changes nothing.
