@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -22,6 +21,7 @@ import aiosmtplib
 import httpx
 
 from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
+from cdp_campaign.domain.messages import OutgoingMail
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class TemporaryFailure(Exception):
 class MailSender(Protocol):
     """Hands e-mails over to an SMTP server."""
 
-    async def send(self, message: EmailMessage) -> None: ...
+    async def send(self, message: OutgoingMail) -> None: ...
 
 
 class SmtpMailer:
@@ -241,11 +241,11 @@ class SmtpMailer:
                 else:
                     client.close()
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: OutgoingMail) -> None:
         """Hand one message over; raise Rejected, TemporaryFailure or HandOverUnknown when it did not go."""
         async with self._connection() as client:
             try:
-                await client.send_message(message)
+                await client.sendmail(message.sender, list(message.recipients), message.data)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 if all(400 <= r.code < 500 for r in exc.recipients):
                     raise TemporaryFailure(str(exc)) from exc

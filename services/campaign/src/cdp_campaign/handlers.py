@@ -1024,11 +1024,16 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
                 handed_at=now,
             )
         )
-        for o in outgoing:
-            if o.send["id"] in claimed:
-                await session.execute(
-                    store.sends.update().where(store.sends.c.id == o.send["id"]).values(address=o.address)
-                )
+        addresses = [
+            {"b_id": o.send["id"], "b_address": o.address} for o in outgoing if o.send["id"] in claimed
+        ]
+        if addresses:
+            await session.execute(
+                store.sends.update()
+                .where(store.sends.c.id == sa.bindparam("b_id"))
+                .values(address=sa.bindparam("b_address")),
+                addresses,
+            )
     # The claim is committed before anything leaves: a crash from here on is reported, not repeated.
     results = await asyncio.gather(*(_hand_over(ctx, o) for o in outgoing if o.send["id"] in claimed))
     async with transaction(factory) as session:

@@ -261,21 +261,42 @@ def test_apple_privacy_proxy_opens_are_recognised() -> None:
 
 def test_an_email_carries_tracked_links_a_pixel_and_one_click_unsubscribe() -> None:
     links = TrackingLinks(key="k", base_url="http://c.test", send_id="snd_1")
-    message = build_email(
-        sender="a@b.test",
+    mail = build_email(
+        sender="Shop <a@b.test>",
         to="x@y.test",
-        subject="S",
-        html='<a href="https://shop.test/p">p</a>',
+        subject="Grüße",
+        html='<a href="https://shop.test/p">p</a> ü',
         text=None,
         links=links,
         reference="snd_1",
     )
+    assert mail.sender == "a@b.test"
+    assert mail.recipients == ("x@y.test",)
+    message = mail.parsed()
+    assert message["Subject"] == "Grüße"
     assert message["List-Unsubscribe"].startswith("<http://c.test/v1/t/unsubscribe/")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     html = message.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
     assert "http://c.test/v1/t/click/" in html
     assert "https://shop.test/p" not in html
     assert "http://c.test/v1/t/open/" in html
+    assert "ü" in html
+    assert message.get_body(preferencelist=("plain",)).get_content().strip() == "p ü"  # type: ignore[union-attr]
+
+
+def test_a_rendered_subject_cannot_add_headers() -> None:
+    mail = build_email(
+        sender="a@b.test",
+        to="x@y.test",
+        subject="Hi\r\nBcc: victim@evil.test",
+        html="b",
+        text=None,
+        links=None,
+        reference="r",
+    )
+    message = mail.parsed()
+    assert message["Bcc"] is None
+    assert message["Subject"] == "Hi Bcc: victim@evil.test"
 
 
 # --- statistics -------------------------------------------------------------------------------------------------

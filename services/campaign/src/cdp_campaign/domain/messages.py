@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
+import quopri
 import re
 from dataclasses import dataclass
+from email.header import Header
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import formatdate, make_msgid, parseaddr
 
 from cdp_campaign.domain.tokens import sign_token
 
@@ -49,6 +53,38 @@ def text_of(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", _TAGS.sub("", html)).strip()
 
 
+@dataclass(frozen=True)
+class OutgoingMail:
+    """An e-mail ready for SMTP: envelope sender, recipients and the message as bytes."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    message_id: str
+
+    def parsed(self) -> EmailMessage:
+        """Return the message parsed back (for tests and previews)."""
+        message = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        return message
+
+
+def _header_value(value: str) -> str:
+    # Rendered values must not be able to add headers of their own.
+    flat = " ".join(value.replace("\r", " ").replace("\n", " ").split())
+    if flat.isascii():
+        return flat
+    return Header(flat, "utf-8").encode(maxlinelen=998)
+
+
+def _part(content_type: str, body: str) -> bytes:
+    encoded = quopri.encodestring(body.replace("\r\n", "\n").encode("utf-8")).replace(b"\n", b"\r\n")
+    return (
+        f"Content-Type: {content_type}; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n".encode()
+        + encoded
+    )
+
+
 def build_email(
     *,
     sender: str,
@@ -58,20 +94,36 @@ def build_email(
     text: str | None,
     links: TrackingLinks | None,
     reference: str,
-) -> EmailMessage:
+) -> OutgoingMail:
     """Build the e-mail; with links, it is tracked and carries List-Unsubscribe one-click headers."""
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = to
-    message["Subject"] = subject
-    message["Message-ID"] = make_msgid(idstring=reference[-16:], domain="cdp.local")
-    message["X-CDP-Send"] = reference
+    message_id = make_msgid(idstring=reference[-16:], domain="cdp.local")
+    boundary = "=_cdp_" + reference[-24:]
+    headers = [
+        f"From: {_header_value(sender)}",
+        f"To: {_header_value(to)}",
+        f"Subject: {_header_value(subject)}",
+        f"Date: {formatdate(usegmt=True)}",
+        f"Message-ID: {message_id}",
+        f"X-CDP-Send: {_header_value(reference)}",
+        "MIME-Version: 1.0",
+    ]
     body = html
     if links is not None:
-        unsubscribe = links.unsubscribe_url()
-        message["List-Unsubscribe"] = f"<{unsubscribe}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        headers.append(f"List-Unsubscribe: <{links.unsubscribe_url()}>")
+        headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         body = track_html(html, links)
-    message.set_content(text if text is not None else text_of(html))
-    message.add_alternative(body, subtype="html")
-    return message
+    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    data = b"\r\n".join(
+        [
+            "\r\n".join(headers).encode(),
+            b"",
+            f"--{boundary}".encode(),
+            _part("text/plain", text if text is not None else text_of(html)),
+            f"--{boundary}".encode(),
+            _part("text/html", body),
+            f"--{boundary}--".encode(),
+            b"",
+        ]
+    )
+    envelope_sender = parseaddr(sender)[1] or sender
+    return OutgoingMail(sender=envelope_sender, recipients=(to,), data=data, message_id=message_id)

@@ -88,6 +88,7 @@ def validate_template(source: str) -> None:
     _compile(source, False)
 
 
+@lru_cache(maxsize=1024)
 def uses_name(source: str, name: str) -> bool:
     """Whether a template refers to a top-level variable (so it is only computed when needed)."""
     try:

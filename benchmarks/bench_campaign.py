@@ -1,0 +1,239 @@
+"""The campaign send pipeline: personalised e-mails per second (rendered, consent-checked through
+the consent service's API, recorded before and after the hand-over, handed to SMTP) to the local
+mail catcher, beside raw aiosmtplib sends of the same messages over as many connections, in the
+same run."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from datetime import UTC, datetime
+from datetime import time as clock_time
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import httpx
+import sqlalchemy as sa
+from cdp_campaign import store
+from cdp_campaign.domain.campaigns import CampaignSpec
+from cdp_campaign.domain.messages import TrackingLinks, build_email
+from cdp_campaign.domain.templates import render
+from cdp_campaign.gateways import (
+    HttpConsentGate,
+    HttpSmsProvider,
+    IngestTracker,
+    SafeWebhookSender,
+    SmtpMailer,
+    SystemClock,
+)
+from cdp_campaign.handlers import CampaignContext, deliver_sends
+from cdp_campaign.settings import Settings
+from cdp_common.db import create_engine, create_session_factory, transaction
+from cdp_common.migrations import migrate
+
+NAME = "campaign"
+MESSAGES = 3000
+CONNECTIONS = 8
+JOB_SIZE = 200
+PARALLEL_JOBS = 4
+MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "campaign" / "migrations"
+
+SUBJECT = "{{ profile.first_name | default('Hello') }}, your picks for this week"
+BODY = """<html><body>
+<p>Hi {{ profile.first_name | default('there') }},</p>
+<p>{% if 'vip' in segments %}As a VIP you get 20% off.{% else %}Here is 10% off.{% endif %}
+You have ordered {{ computed.orders_90d | default(0) }} times in the last 90 days.</p>
+<ul>{% for item in profile.wishlist | default([]) %}<li>{{ item }}</li>{% endfor %}</ul>
+<a href="https://shop.example/sale?c={{ profile.city | default('') | urlencode }}">Shop the sale</a>
+<a href="https://shop.example/account">Your account</a>
+</body></html>"""
+
+
+async def _grant_consent(*, env: dict[str, str], profile_ids: list[str]) -> None:
+    headers = {"Authorization": f"Bearer {env['CDP_ADMIN_TOKEN']}"}
+    base = env["CDP_CONSENT_URL"]
+    async with httpx.AsyncClient(timeout=30, headers=headers) as client:
+        response = await client.post(
+            f"{base}/v1/consents/check",
+            json={"purpose": "email_marketing", "channel": "email", "profile_ids": profile_ids},
+        )
+        response.raise_for_status()
+        missing = [p for p in profile_ids if p not in set(response.json()["allowed"])]
+        limit = asyncio.Semaphore(16)
+
+        async def grant(profile_id: str) -> None:
+            async with limit:
+                body = {
+                    "profile_id": profile_id,
+                    "purpose": "email_marketing",
+                    "channel": "email",
+                    "status": "granted",
+                    "source": "bench",
+                }
+                (await client.post(f"{base}/v1/consents", json=body)).raise_for_status()
+
+        await asyncio.gather(*(grant(p) for p in missing))
+
+
+async def _raw_sends(*, smtp_url: str, messages: list[Any]) -> float:
+    host, port = smtp_url.split("://", 1)[1].split(":")
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+
+    async def connection() -> None:
+        client = aiosmtplib.SMTP(hostname=host, port=int(port))
+        await client.connect()
+        while not queue.empty():
+            mail = queue.get_nowait()
+            await client.sendmail(mail.sender, list(mail.recipients), mail.data)
+        await client.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    return time.perf_counter() - started
+
+
+async def run(env: dict[str, str]) -> dict[str, Any]:
+    """Prepare a campaign of MESSAGES recipients, time raw SMTP sends and the pipeline over them."""
+    schema = "bench_campaign_" + secrets.token_hex(4)
+    settings = Settings(
+        database_url=env["CDP_DATABASE_URL"],
+        kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"],
+        smtp_url=env["CDP_SMTP_URL"],
+        consent_url=env["CDP_CONSENT_URL"],
+        admin_token=env["CDP_ADMIN_TOKEN"],
+        campaign_frequency_cap=0,
+        campaign_quiet_start=clock_time(0),
+        campaign_quiet_end=clock_time(0),
+        campaign_smtp_connections=CONNECTIONS,
+    )
+    engine = create_engine(database_url=settings.database_url, schema=schema, pool_size=PARALLEL_JOBS * 2)
+    await migrate(engine=engine, schema=schema, script_location=MIGRATIONS)
+    factory = create_session_factory(engine)
+    client = httpx.AsyncClient(timeout=30, trust_env=False)
+    mailer = SmtpMailer(url=settings.smtp_url, connections=CONNECTIONS, timeout_s=30)
+    ctx = CampaignContext(
+        settings=settings,
+        session_factory=lambda: factory,
+        consent=HttpConsentGate(client=client, base_url=settings.consent_url, token=env["CDP_ADMIN_TOKEN"]),
+        tracker=IngestTracker(client=client, base_url=env["CDP_INGEST_URL"], write_key=""),
+        mailer=mailer,
+        sms=HttpSmsProvider(client=client, url="", token=""),
+        webhooks=SafeWebhookSender(key="bench", allowlist=[], timeout_s=1),
+        clock=SystemClock(),
+    )
+    try:
+        profile_ids = [f"bench-campaign-{i}" for i in range(MESSAGES)]
+        await _grant_consent(env=env, profile_ids=profile_ids)
+        campaign_id = "cmp_bench_" + secrets.token_hex(4)
+        spec = CampaignSpec.model_validate(
+            {
+                "name": "Bench",
+                "audience": {"type": "segment", "segment_key": "bench"},
+                "variants": [{"key": "a", "subject": SUBJECT, "body": BODY}],
+                "holdout_percent": 0,
+            }
+        )
+        now = datetime.now(UTC)
+        contacts = [
+            {
+                "profile_id": p,
+                "version": 1,
+                "email": f"{p}@bench.example",
+                "traits": {"first_name": f"Name{i}", "city": "Berlin", "wishlist": ["tea", "mug"]},
+                "computed": {"orders_90d": i % 7},
+            }
+            for i, p in enumerate(profile_ids)
+        ]
+        async with transaction(factory) as session:
+            await store.insert_definition(
+                session=session,
+                table=store.campaigns,
+                id=campaign_id,
+                name="Bench",
+                status="running",
+                spec=spec.model_dump(mode="json"),
+            )
+            for start in range(0, MESSAGES, 1000):
+                await session.execute(sa.insert(store.contacts), contacts[start : start + 1000])
+                await session.execute(
+                    sa.insert(store.memberships),
+                    [
+                        {"segment_key": "vip", "profile_id": p, "entered_at": now}
+                        for p in profile_ids[start : start + 1000 : 3]
+                    ],
+                )
+            send_ids = await store.insert_sends(
+                session=session,
+                rows=[
+                    {
+                        "id": store.send_id_for(
+                            source="campaign", source_id=campaign_id, step=None, run_key="bench", profile_id=p
+                        ),
+                        "source": "campaign",
+                        "source_id": campaign_id,
+                        "profile_id": p,
+                        "profile_hash": p,
+                        "variant": "a",
+                        "channel": "email",
+                        "status": "queued",
+                        "created_at": now,
+                    }
+                    for p in profile_ids
+                ],
+            )
+
+        # The same messages, rendered and built beforehand, for the raw baseline.
+        messages = []
+        for contact in contacts:
+            values = {
+                "profile": contact["traits"],
+                "computed": contact["computed"],
+                "segments": [],
+                "locale": "en",
+            }
+            links = TrackingLinks(key="bench", base_url=settings.public_url, send_id=contact["profile_id"])
+            messages.append(
+                build_email(
+                    sender=settings.campaign_mail_from,
+                    to=contact["email"],
+                    subject=render(SUBJECT, values),
+                    html=render(BODY, values, html=True),
+                    text=None,
+                    links=links,
+                    reference=contact["profile_id"],
+                )
+            )
+        raw_s = await _raw_sends(smtp_url=settings.smtp_url, messages=messages)
+
+        jobs = [send_ids[i : i + JOB_SIZE] for i in range(0, len(send_ids), JOB_SIZE)]
+        limit = asyncio.Semaphore(PARALLEL_JOBS)
+        totals: dict[str, int] = {}
+
+        async def work(job: list[str]) -> None:
+            async with limit:
+                for outcome, n in (await deliver_sends(ctx=ctx, send_ids=job)).items():
+                    totals[outcome] = totals.get(outcome, 0) + n
+
+        started = time.perf_counter()
+        await asyncio.gather(*(work(job) for job in jobs))
+        pipeline_s = time.perf_counter() - started
+        if totals.get("sent") != MESSAGES:
+            raise RuntimeError(f"the pipeline did not send everything: {totals}")
+        return {
+            "messages": MESSAGES,
+            "smtp_connections": CONNECTIONS,
+            "pipeline_messages_per_s": round(MESSAGES / pipeline_s, 1),
+            "raw_smtp_messages_per_s": round(MESSAGES / raw_s, 1),
+            "pipeline_vs_raw": round(raw_s / pipeline_s, 3),
+            "outcomes": totals,
+        }
+    finally:
+        await mailer.close()
+        await client.aclose()
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
