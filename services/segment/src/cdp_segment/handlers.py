@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -97,12 +97,17 @@ async def reevaluate_profile(
     profile_id: str,
     changed: set[str] | None,
     cause: dict[str, Any],
+    row: store.ProfileRow | None = None,
 ) -> int:
-    """Evaluate the segments a change can affect for one profile and record who enters or leaves."""
+    """Evaluate the segments a change can affect for one profile and record who enters or leaves.
+
+    A caller that has just written the profile (and so holds its row lock) passes the row.
+    """
     catalog = await context.catalog.current(session)
     if changed is not None and not catalog.affected_by(changed):
         return 0
-    row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
+    if row is None:
+        row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
     if row is None or row.merged_into is not None or row.version == 0:
         return 0
     now = context.clock()
@@ -127,21 +132,26 @@ def _cause(envelope: Envelope[Any], changed: set[str] | None, **extra: Any) -> d
 
 
 async def _refresh_lifecycle(
-    *, session: AsyncSession, context: SegmentContext, profile_id: str, changed: set[str] | None
-) -> bool:
-    """Recompute the profile's lifecycle stage when its order aggregates changed; True when it moved."""
+    *,
+    session: AsyncSession,
+    context: SegmentContext,
+    profile_id: str,
+    changed: set[str] | None,
+    row: store.ProfileRow | None = None,
+) -> store.ProfileRow | None:
+    """Recompute the profile's lifecycle stage when its order aggregates changed; return the row when it moved."""
     if changed is not None and not changed & context.lifecycle.dependencies:
-        return False
-    row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
+        return None
     if row is None:
-        return False
+        row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
+    if row is None:
+        return None
     model = lifecycle_model(row.computed, row.model.get("lifecycle"), context.clock(), context.lifecycle)
     if model == row.model.get("lifecycle"):
-        return False
-    await store.set_profile_documents(
-        session=session, profile_id=profile_id, model={**row.model, "lifecycle": model}
-    )
-    return True
+        return None
+    documents = {**row.model, "lifecycle": model}
+    await store.set_profile_documents(session=session, profile_id=profile_id, model=documents)
+    return replace(row, model=documents)
 
 
 def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
@@ -149,23 +159,25 @@ def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
 
     async def on_profile_changed(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
         data: ProfileChanged = envelope.data
-        applied = await store.apply_profile_change(
+        row = await store.apply_profile_change(
             session=session,
             profile_id=data.profile_id,
             version=data.version,
             changed_traits=dict(data.changed_traits),
             changed_computed=dict(data.changed_computed_traits),
         )
-        if not applied:
+        if row is None:
             return
         changed: set[str] | None = None
         if not isinstance(data, ProfileCreated):
             changed = {f"trait:{k}" for k in data.changed_traits} | {
                 f"computed:{k}" for k in data.changed_computed_traits
             }
-        if await _refresh_lifecycle(
-            session=session, context=context, profile_id=data.profile_id, changed=changed
-        ):
+        moved = await _refresh_lifecycle(
+            session=session, context=context, profile_id=data.profile_id, changed=changed, row=row
+        )
+        if moved is not None:
+            row = moved
             changed = None if changed is None else changed | {"model:lifecycle"}
         await reevaluate_profile(
             session=session,
@@ -173,6 +185,7 @@ def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
             profile_id=data.profile_id,
             changed=changed,
             cause=_cause(envelope, changed, tracking_event_id=data.event_id),
+            row=row,
         )
 
     async def on_profile_merged(*, session: AsyncSession, envelope: Envelope[Any]) -> None:

@@ -293,8 +293,8 @@ async def apply_profile_change(
     version: int,
     changed_traits: dict[str, Any],
     changed_computed: dict[str, Any],
-) -> bool:
-    """Merge changed traits into the copy unless a newer version is held; True when applied.
+) -> ProfileRow | None:
+    """Merge changed traits into the copy unless a newer version is held; return it when applied.
 
     A trait or computed trait changed to null is removed.
     """
@@ -322,8 +322,9 @@ async def apply_profile_change(
             "updated_at": sa.func.now(),
         },
         where=profiles.c.version < excluded.version,
-    ).returning(profiles.c.profile_id)
-    return (await session.execute(upsert)).first() is not None
+    ).returning(*profiles.c)
+    row = (await session.execute(upsert)).first()
+    return None if row is None else _profile(row)
 
 
 async def load_profile(*, session: AsyncSession, profile_id: str, lock: bool = False) -> ProfileRow | None:
@@ -332,8 +333,10 @@ async def load_profile(*, session: AsyncSession, profile_id: str, lock: bool = F
     if lock:
         query = query.with_for_update()
     row = (await session.execute(query)).first()
-    if row is None:
-        return None
+    return None if row is None else _profile(row)
+
+
+def _profile(row: Any) -> ProfileRow:
     return ProfileRow(
         profile_id=row.profile_id,
         version=row.version,
