@@ -493,3 +493,98 @@ async def test_erasure_removes_the_person_but_keeps_the_counts(
     assert await campaign.sends(http, created["id"], ada) == []
     report = (await http.get(f"/v1/campaigns/{created['id']}/report")).json()
     assert report["variants"]["a"]["sent"] == 1
+
+
+async def test_a_birthday_campaign_speaks_the_locale_and_recommends_from_purchases(
+    http: httpx.AsyncClient, campaign: CampaignUnderTest
+) -> None:
+    ada, bob, carl = pid("ada"), pid("bob"), pid("carl")
+    today = campaign.clock.now().strftime("%m-%d")
+    await campaign.publish_many(
+        TopicName.PROFILES,
+        [
+            (
+                ProfileUpdated(
+                    profile_id=ada,
+                    version=1,
+                    changed_traits={
+                        "email": f"{ada}@example.com",
+                        "birthday": f"1990-{today}",
+                        "locale": "de-DE",
+                        "first_name": "Ada",
+                    },
+                ),
+                ada,
+            ),
+            (
+                ProfileUpdated(
+                    profile_id=bob,
+                    version=1,
+                    changed_traits={"email": f"{bob}@example.com", "birthday": "1985-02-30"},
+                ),
+                bob,
+            ),
+        ],
+    )
+    tag = secrets.token_hex(3)
+
+    def order(profile_id: str, *products: tuple[str, str, int]) -> ProfileUpdated:
+        lines = [
+            {
+                "product_id": f"{p}-{tag}",
+                "name": p.upper(),
+                "category": f"{c}-{tag}",
+                "quantity": q,
+                "price": 5,
+            }
+            for p, c, q in products
+        ]
+        event = campaign.track_event(
+            "Order Completed", {"order_id": secrets.token_hex(4), "products": lines, "revenue": 10}
+        )
+        return ProfileUpdated(profile_id=profile_id, version=2, event=event)
+
+    await campaign.publish_many(
+        TopicName.PROFILES,
+        [
+            (order(ada, ("earl", "tea", 1)), ada),
+            (order(carl, ("earl", "tea", 1), ("mug", "kitchen", 1)), carl),
+            (order(carl, ("sencha", "tea", 9)), carl),
+            (order(carl, ("rooibos", "tea", 2)), carl),
+        ],
+    )
+    campaign.consent.granted |= {ada, bob}
+
+    async def purchases_known() -> bool:
+        async with campaign.ctx.session_factory()() as session:
+            return len(await store.purchase_history(session=session, profile_id=carl)) == 4
+
+    await wait_for(purchases_known, what="the purchases")
+    await wait_for(lambda: _known(campaign, bob), what="bob")
+    body = email_campaign(
+        audience={"type": "date_trait", "trait": "birthday"},
+        variants=[
+            {
+                "key": "a",
+                "subject": "Happy birthday",
+                "body": "<p>Happy birthday</p>",
+                "locales": {
+                    "de": {
+                        "subject": "Alles Gute, {{ profile.first_name }}",
+                        "body": "<p>{% for p in recommendations %}{{ p.name }};{% endfor %}</p>",
+                    }
+                },
+            }
+        ],
+    )
+    created = await create(http, body)
+    assert (await http.post(f"/v1/campaigns/{created['id']}/schedule")).json()["status"] == "running"
+    sends = await campaign.settled(http, created["id"], [ada])
+    assert sends[ada]["status"] == "sent"
+    assert await campaign.sends(http, created["id"], bob) == []
+    [mail] = campaign.mailbox.to(f"{ada}@example.com")
+    assert mail["Subject"] == "Alles Gute, Ada"
+    html = mail.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+    assert "SENCHA;ROOIBOS;MUG;" in html  # the favourite category's best sellers, then what goes with it
+    nxt = (await http.get(f"/v1/campaigns/{created['id']}")).json()["next_run_at"]
+    assert nxt.startswith(campaign.clock.now().date().isoformat()[:8])
