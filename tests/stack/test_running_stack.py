@@ -111,8 +111,12 @@ def test_mail_catcher_writes_each_message_to_an_eml_file(dev_env: dict[str, str]
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        for path in sorted(MAIL_DIR.glob("*.eml")):
-            caught = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(MAIL_DIR.glob("*.eml"), reverse=True):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue  # someone cleaned the folder meanwhile; the message we sent is newer
+            caught = email.message_from_bytes(raw, policy=email.policy.default)
             if caught["Subject"] == subject:
                 assert caught["To"] == "someone@example.com"
                 body = caught.get_body(preferencelist=("plain",))
