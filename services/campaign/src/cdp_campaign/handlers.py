@@ -1218,20 +1218,30 @@ async def record_tracking(
         send = await store.get_send(session=session, send_id=send_id)
         if send is None:
             return False
-        stored_kind = (
-            "opened_privacy_proxy" if kind == "opened" and is_privacy_proxy_open(user_agent) else kind
-        )
-        dedupe = "once" if kind == "unsubscribed" else None
-        fresh = await store.record_engagement(
-            session=session, send_id=send_id, kind=stored_kind, at=now, url=url, dedupe_key=dedupe
-        )
         definition: Definition | None = None
         table = store.campaigns if send["source"] == "campaign" else store.journeys
         row = await store.get_definition(session=session, table=table, id=send["source_id"])
-        if row is not None and (send["source"] == "campaign" or send["step"] is not None):
-            definition = _definition(row, send["source"], send) if send["variant"] != HOLDOUT else None
+        if row is not None and send["variant"] != HOLDOUT:
+            definition = _definition(row, send["source"], send)
     profile_id = send["profile_id"]
-    if profile_id is None or not fresh:
+    if kind == "unsubscribed" and definition is not None and profile_id is not None:
+        # Withdraw before recording, so a failed withdrawal leaves nothing behind and a retry does it all.
+        try:
+            await ctx.consent.withdraw(
+                profile_id=profile_id, purpose=definition.purpose, channel=definition.consent_channel, at=now
+            )
+        except ConsentUnavailable:
+            logger.exception("could not withdraw consent after an unsubscribe", extra={"send_id": send_id})
+            raise
+    stored_kind = "opened_privacy_proxy" if kind == "opened" and is_privacy_proxy_open(user_agent) else kind
+    dedupe = "once" if kind == "unsubscribed" else None
+    async with transaction(ctx.session_factory()) as session:
+        fresh = await store.record_engagement(
+            session=session, send_id=send_id, kind=stored_kind, at=now, url=url, dedupe_key=dedupe
+        )
+    if profile_id is None:
+        return True
+    if not fresh:
         return True
     properties: dict[str, Any] = {
         "send_id": send_id,
@@ -1253,14 +1263,6 @@ async def record_tracking(
         )
     except Exception:
         logger.exception("could not send engagement back through ingest", extra={"send_id": send_id})
-    if kind == "unsubscribed" and definition is not None:
-        try:
-            await ctx.consent.withdraw(
-                profile_id=profile_id, purpose=definition.purpose, channel=definition.consent_channel, at=now
-            )
-        except ConsentUnavailable:
-            logger.exception("could not withdraw consent after an unsubscribe", extra={"send_id": send_id})
-            raise
     return True
 
 

@@ -289,8 +289,16 @@ async def test_open_click_and_unsubscribe_come_back_and_withdraw_consent(
         page = await browser.get(unsubscribe)
         assert page.status_code == 200  # a GET only shows the button
         assert campaign.consent.withdrawals == [] or ada not in [w[0] for w in campaign.consent.withdrawals]
+        campaign.consent.down = True
+        try:
+            unavailable = await browser.post(unsubscribe, content=b"List-Unsubscribe=One-Click")
+        finally:
+            campaign.consent.down = False
+        assert unavailable.status_code == 503  # the person is told to try again; nothing half-done
         one_click = await browser.post(unsubscribe, content=b"List-Unsubscribe=One-Click")
         assert one_click.status_code == 200
+        again = await browser.post(unsubscribe, content=b"List-Unsubscribe=One-Click")
+        assert again.status_code == 200
 
     assert (ada, "email_marketing", "email") in campaign.consent.withdrawals
     events = [e for e in campaign.tracker.events if e["profile_id"] == ada]
