@@ -38,8 +38,14 @@ def node_modules() -> Path:
     installed = HERE / "node_modules" / ".package-lock.json"
     lock = HERE / "package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        # `npm ci` refuses this lock on npm 11 (it wants every platform's optional
+        # binaries listed); `npm install --no-save` installs the locked versions and
+        # leaves the lock as it is.
         subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE, check=True, timeout=600
+            ["npm", "install", "--no-save", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=HERE,
+            check=True,
+            timeout=600,
         )
     return HERE / "node_modules"
 

@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cdp_segment.batch import recompute_segments
 from cdp_segment.computed_traits import ComputedTraitsClient, push_pending
 from cdp_segment.handlers import SegmentContext
+from cdp_segment.metrics import SEGMENT_MEMBERS
 from cdp_segment.models import ModelRunner
+from cdp_segment.store import count_members
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,13 @@ class Scheduler:
             self._models_ran_at = at
         return report
 
+    async def report_sizes(self) -> None:
+        """Set the segment-size gauge from the memberships held now."""
+        async with self._session_factory() as session:
+            sizes = await count_members(session=session)
+        for key, members in sizes.items():
+            SEGMENT_MEMBERS.labels(key).set(members)
+
     def start(self) -> None:
         """Run rounds in the background until stopped."""
         self._task = asyncio.create_task(self._loop(), name="segment-scheduler")
@@ -83,6 +92,7 @@ class Scheduler:
             try:
                 await push_pending(session_factory=self._session_factory, client=self._computed_traits)
                 await self.tick()
+                await self.report_sizes()
             except asyncio.CancelledError:
                 raise
             except Exception:

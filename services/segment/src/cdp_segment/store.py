@@ -371,6 +371,17 @@ async def ensure_profile(*, session: AsyncSession, profile_id: str) -> None:
 # --- memberships ---------------------------------------------------------------------
 
 
+async def count_members(*, session: AsyncSession) -> dict[str, int]:
+    """Return the number of members of every live segment, by key."""
+    rows = await session.execute(
+        sa.select(segments.c.key, sa.func.count(memberships.c.profile_id))
+        .select_from(segments.outerjoin(memberships, memberships.c.segment_id == segments.c.id))
+        .where(segments.c.deleted_at.is_(None))
+        .group_by(segments.c.key)
+    )
+    return {key: int(count) for key, count in rows.all()}
+
+
 async def member_keys(*, session: AsyncSession, profile_id: str) -> set[str]:
     """Return the keys of the live segments a profile is in."""
     rows = await session.execute(

@@ -351,6 +351,14 @@ BUSINESS_ROWS: dict[str, tuple[Graph, ...]] = {
             width=12,
         ),
     ),
+    "Segments": (
+        Graph(
+            "Segment sizes",
+            "Profiles in each segment over time, as the segment scheduler counts them each round.",
+            (Query("sum by (segment) (cdp_segment_members)", "{{segment}}"),),
+            width=24,
+        ),
+    ),
     "Campaigns and consent": (
         Graph(
             "Campaign sends by outcome",
