@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from cdp_common.service import ServiceRuntime, build_app, serve
@@ -39,7 +40,12 @@ class ConsentRuntime(ServiceRuntime):
             privacy_topic=settings.topic(TopicName.PRIVACY),
         )
         self.scheduler.add_job("assemble_access_bundles", self.assembler.assemble_due)
-        self.scheduler.add_job("report_overdue_requests", lambda: report_overdue(self.session_factory))
+        self.scheduler.add_job(
+            "report_overdue_requests",
+            lambda: report_overdue(
+                self.session_factory, warn_before=timedelta(days=settings.privacy_deadline_warning_days)
+            ),
+        )
         self.scheduler.add_job(
             "expire_access_bundles",
             lambda: expire_bundles(self.session_factory, retention_days=settings.bundle_retention_days),

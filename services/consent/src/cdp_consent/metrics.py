@@ -27,6 +27,18 @@ PRIVACY_REQUESTS_OVERDUE = Gauge(
     "cdp_privacy_requests_overdue",
     "Privacy requests past their deadline and not completed.",
 )
+PRIVACY_REQUESTS_OPEN = Gauge(
+    "cdp_privacy_requests_open",
+    "Privacy requests not yet completed or failed.",
+)
+PRIVACY_REQUESTS_DUE_SOON = Gauge(
+    "cdp_privacy_requests_due_soon",
+    "Open privacy requests whose deadline falls within the warning period and has not passed.",
+)
+PRIVACY_REQUEST_OLDEST_AGE = Gauge(
+    "cdp_privacy_request_oldest_open_age_seconds",
+    "Age of the oldest open privacy request (0 when none is open).",
+)
 PRIVACY_REQUESTS_OPENED = Counter(
     "cdp_privacy_requests_opened_total",
     "Privacy requests opened, by type.",

@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_consent import handlers, store
 from cdp_consent.domain.privacy import SERVICES
-from cdp_consent.metrics import PRIVACY_REQUESTS_OVERDUE
+from cdp_consent.metrics import (
+    PRIVACY_REQUEST_OLDEST_AGE,
+    PRIVACY_REQUESTS_DUE_SOON,
+    PRIVACY_REQUESTS_OPEN,
+    PRIVACY_REQUESTS_OVERDUE,
+)
 from cdp_consent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -156,9 +161,16 @@ async def expire_bundles(session_factory: async_sessionmaker[AsyncSession], *, r
         )
 
 
-async def report_overdue(session_factory: async_sessionmaker[AsyncSession]) -> int:
-    """Set the gauge of open privacy requests past their deadline."""
+async def report_overdue(
+    session_factory: async_sessionmaker[AsyncSession], *, warn_before: timedelta = timedelta(days=7)
+) -> int:
+    """Set the gauges of open privacy requests: open, near their deadline, overdue, oldest age."""
     async with transaction(session_factory) as session:
-        overdue = await store.count_overdue(session=session, now=datetime.now(UTC))
-    PRIVACY_REQUESTS_OVERDUE.set(overdue)
-    return overdue
+        summary = await store.summarise_open_requests(
+            session=session, now=datetime.now(UTC), warn_before=warn_before
+        )
+    PRIVACY_REQUESTS_OPEN.set(summary.open)
+    PRIVACY_REQUESTS_DUE_SOON.set(summary.due_soon)
+    PRIVACY_REQUESTS_OVERDUE.set(summary.overdue)
+    PRIVACY_REQUEST_OLDEST_AGE.set(summary.oldest_age_s)
+    return summary.overdue

@@ -42,6 +42,7 @@ class Settings(PlatformSettings):
     opt_in_ttl_s: int = Field(default=48 * 3600, ge=1)
 
     privacy_deadline_days: int = Field(default=30, ge=1)
+    privacy_deadline_warning_days: int = Field(default=7, ge=1)
     bundle_retention_days: int = Field(default=30, ge=1)
     ingest_url: str = "http://127.0.0.1:8001"
     profile_url: str = "http://127.0.0.1:8002"

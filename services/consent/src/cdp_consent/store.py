@@ -569,6 +569,44 @@ async def claim_due_assemblies(
     return [dict(r._mapping) for r in rows]
 
 
+@dataclass(frozen=True)
+class OpenRequests:
+    """How the open privacy requests stand against their deadlines."""
+
+    open: int
+    due_soon: int
+    overdue: int
+    oldest_age_s: float
+
+
+async def summarise_open_requests(
+    *, session: AsyncSession, now: datetime, warn_before: timedelta
+) -> OpenRequests:
+    """Count open privacy requests, those near or past their deadline, and the oldest one's age."""
+    is_open = privacy_requests.c.status.in_(["pending", "in_progress"])
+    row = (
+        await session.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.count().filter(
+                    privacy_requests.c.deadline >= now, privacy_requests.c.deadline < now + warn_before
+                ),
+                sa.func.count().filter(privacy_requests.c.deadline < now),
+                sa.func.min(privacy_requests.c.opened_at),
+            )
+            .select_from(privacy_requests)
+            .where(is_open)
+        )
+    ).one()
+    oldest = row[3]
+    return OpenRequests(
+        open=int(row[0]),
+        due_soon=int(row[1]),
+        overdue=int(row[2]),
+        oldest_age_s=max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0,
+    )
+
+
 async def count_overdue(*, session: AsyncSession, now: datetime) -> int:
     """Count open privacy requests past their deadline."""
     return int(

@@ -7,11 +7,13 @@ is played here by publishing what it publishes."""
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from cdp_common.db import create_engine, create_session_factory
 from cdp_common.events import (
     PrivacyReceipt,
     PrivacyRequestCompleted,
@@ -22,6 +24,7 @@ from cdp_common.events import (
 from cdp_common.hashing import subject_hash
 from cdp_common.testing import read_topic, wait_for
 from cdp_common.topics import TopicName
+from cdp_consent import store
 
 from ..conftest import ConsentUnderTest, OtherServices
 
@@ -283,3 +286,40 @@ async def test_bad_privacy_requests_are_refused_clearly(http: httpx.AsyncClient)
     not_access = await http.get(f"/v1/privacy/requests/{erasure['id']}/bundle")
     assert not_access.status_code == 409
     assert not_access.json()["error"]["code"] == "not_an_access_request"
+
+
+async def test_open_requests_are_summarised_against_their_deadlines(
+    consent: ConsentUnderTest, http: httpx.AsyncClient
+) -> None:
+    engine = create_engine(database_url=consent.settings.database_url, schema="consent", pool_size=1)
+    factory = create_session_factory(engine)
+    warn_before = timedelta(days=7)
+    try:
+        async with factory() as session:
+            before = await store.summarise_open_requests(
+                session=session, now=datetime.now(UTC), warn_before=warn_before
+            )
+        ids = [
+            (await open_request(http, "erasure", "user_id", "due-" + secrets.token_hex(3)))["id"]
+            for _ in range(3)
+        ]
+        conn = await asyncpg.connect(consent.database_url)
+        try:
+            for request_id, days in zip(ids, (-1, 3, 20), strict=True):
+                await conn.execute(
+                    "UPDATE consent.privacy_requests SET deadline = now() + make_interval(days => $2) WHERE id = $1",
+                    request_id,
+                    days,
+                )
+        finally:
+            await conn.close()
+        async with factory() as session:
+            after = await store.summarise_open_requests(
+                session=session, now=datetime.now(UTC), warn_before=warn_before
+            )
+    finally:
+        await engine.dispose()
+    assert after.open - before.open == 3
+    assert after.due_soon - before.due_soon == 1, "only the request due in 3 days is near its deadline"
+    assert after.overdue - before.overdue == 1
+    assert after.oldest_age_s >= before.oldest_age_s

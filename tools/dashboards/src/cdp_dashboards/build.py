@@ -383,18 +383,21 @@ BUSINESS_ROWS: dict[str, tuple[Graph, ...]] = {
             width=12,
         ),
         Graph(
-            "Privacy requests open and overdue",
-            "Requests opened minus requests closed since the consent process started (open now), and "
-            "those past their deadline.",
+            "Privacy requests open, near their deadline and overdue",
+            "Open requests, those whose deadline falls within the warning period, and those past it.",
             (
-                Query(
-                    "(sum(cdp_privacy_requests_opened_total) or vector(0))"
-                    " - (sum(cdp_privacy_requests_completed_total) or vector(0))",
-                    "open",
-                ),
+                Query("max(cdp_privacy_requests_open)", "open"),
+                Query("max(cdp_privacy_requests_due_soon)", "near deadline"),
                 Query("max(cdp_privacy_requests_overdue)", "overdue"),
             ),
-            width=24,
+            width=12,
+        ),
+        Graph(
+            "Oldest open privacy request",
+            "Age of the oldest request not yet completed; GDPR allows a month.",
+            (Query("max(cdp_privacy_request_oldest_open_age_seconds)", "oldest"),),
+            unit="s",
+            width=12,
         ),
     ),
 }
