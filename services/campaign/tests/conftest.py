@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import secrets
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
@@ -20,7 +17,6 @@ import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from aiosmtpd.controller import Controller
 from cdp_campaign.gateways import ConsentUnavailable, ConsentVerdicts, Rejected
 from cdp_campaign.handlers import CampaignContext, scheduler_tick
 from cdp_campaign.main import Gateways, create_app
@@ -28,52 +24,8 @@ from cdp_campaign.settings import Settings
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ProfileUpdated, SegmentEntered, TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.testing import PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.testing import Mailbox, PlatformUnderTest, free_port, unique_env, wait_for
 from cdp_common.topics import TopicName
-
-
-class MailboxHandler:
-    """An aiosmtpd handler that keeps every message it receives; refuses addresses at bounce.test."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
-        if address.endswith("@bounce.test"):
-            return "550 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        return "250 OK"
-
-
-@dataclass
-class Mailbox:
-    """The SMTP server of the tests and the messages it received."""
-
-    port: int
-    handler: MailboxHandler
-
-    def to(self, address: str) -> list[EmailMessage]:
-        """Return the messages sent to an address."""
-        return [m for m in self.handler.messages if address in str(m["To"])]
-
-
-@pytest.fixture(scope="session")
-def mailbox() -> Iterator[Mailbox]:
-    """Run a real SMTP server on a free loopback port for the whole session."""
-    handler = MailboxHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield Mailbox(port=port, handler=handler)
-    finally:
-        controller.stop()
 
 
 class FakeClock:

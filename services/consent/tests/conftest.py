@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
@@ -18,54 +15,15 @@ import httpx
 import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from aiosmtpd.controller import Controller
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.testing import PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.testing import Mailbox, PlatformUnderTest, free_port, unique_env, wait_for
 from cdp_common.topics import TopicName
 from cdp_consent.main import create_app
 from cdp_consent.settings import Settings
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
-
-class MailboxHandler:
-    """An aiosmtpd handler that keeps every message it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        self.messages.append(message)
-        return "250 OK"
-
-
-@dataclass
-class Mailbox:
-    """The SMTP server of the tests and the messages it received."""
-
-    port: int
-    handler: MailboxHandler
-
-    def to(self, address: str) -> list[EmailMessage]:
-        """Return the messages sent to an address."""
-        return [m for m in self.handler.messages if address in str(m["To"])]
-
-
-@pytest.fixture(scope="session")
-def mailbox() -> Iterator[Mailbox]:
-    """Run a real SMTP server on a free loopback port for the whole session."""
-    handler = MailboxHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield Mailbox(port=port, handler=handler)
-    finally:
-        controller.stop()
 
 
 @dataclass

@@ -8,6 +8,8 @@ stack or with each other's sessions.
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import os
 import secrets
 import signal
@@ -18,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -320,3 +323,51 @@ def stack(platform: PlatformUnderTest, tmp_path_factory: pytest.TempPathFactory)
     finally:
         for service in services.values():
             service.stop()
+
+
+class MailboxHandler:
+    """An aiosmtpd handler that keeps every message it receives; refuses addresses at bounce.test."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
+        """Refuse recipients at bounce.test as an unknown user; accept the rest."""
+        if address.endswith("@bounce.test"):
+            return "550 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        """Keep the message as it arrived."""
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+
+@dataclass
+class Mailbox:
+    """The real SMTP server of the tests and the messages it received."""
+
+    port: int
+    handler: MailboxHandler
+
+    def to(self, address: str) -> list[EmailMessage]:
+        """Return the messages sent to an address."""
+        return [m for m in self.handler.messages if address in str(m["To"])]
+
+
+@pytest.fixture(scope="session")
+def mailbox() -> Iterator[Mailbox]:
+    """Run a real SMTP server (aiosmtpd) on a free loopback port for the whole session."""
+    from aiosmtpd.controller import Controller
+
+    handler = MailboxHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Mailbox(port=port, handler=handler)
+    finally:
+        controller.stop()

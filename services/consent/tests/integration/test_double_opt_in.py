@@ -10,9 +10,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from cdp_common.testing import wait_for
+from cdp_common.testing import Mailbox, wait_for
 
-from ..conftest import ConsentUnderTest, Mailbox
+from ..conftest import ConsentUnderTest
 
 pytestmark = pytest.mark.integration
 
