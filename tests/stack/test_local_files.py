@@ -9,9 +9,10 @@ import smtplib
 import socket
 import subprocess
 import sys
-import time
 from email.message import EmailMessage
 from pathlib import Path
+
+from cdp_common.testing import port_open, wait_until
 
 from .conftest import ROOT, SERVICES, STACK_SH
 
@@ -97,15 +98,12 @@ def test_mail_catcher_keeps_each_message_as_an_eml_file(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def listening() -> bool:
             assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the mail catcher did not listen"
-                time.sleep(0.1)
+            return port_open(port)
+
+        wait_until(listening, timeout=20, what="the mail catcher to listen")
 
         subjects = ["First message", "Zweite Nachricht über Umlaute"]
         for subject in subjects:

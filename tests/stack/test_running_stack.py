@@ -10,7 +10,6 @@ import email
 import email.policy
 import json
 import smtplib
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +18,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from cdp_common.testing import wait_until
 
 from .conftest import RUN, SERVICE_PORTS, SERVICES, read_env_file, skip_unless_ci
 
@@ -82,19 +82,19 @@ def test_service_is_ready(dev_env: dict[str, str], service: str) -> None:
 
 def test_prometheus_scrapes_every_service(dev_env: dict[str, str]) -> None:
     url = dev_env["CDP_PROMETHEUS_URL"] + "/api/v1/targets?state=active"
-    deadline = time.monotonic() + 60
     health: dict[str, str] = {}
-    while True:
+
+    def all_up() -> bool:
         status, body = http_get(url)
         if status == 200:
             targets = json.loads(body)["data"]["activeTargets"]
-            health = {t["labels"]["service"]: t["health"] for t in targets if "service" in t["labels"]}
-            if all(health.get(service) == "up" for service in SERVICES):
-                return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    pytest.fail(f"Prometheus does not report every service as up after 60s: {health}")
+            health.update({t["labels"]["service"]: t["health"] for t in targets if "service" in t["labels"]})
+        return all(health.get(service) == "up" for service in SERVICES)
+
+    try:
+        wait_until(all_up, timeout=60, interval=1, what="Prometheus to report every service as up")
+    except AssertionError as exc:
+        pytest.fail(f"{exc}; last seen: {health}")
 
 
 def test_mail_catcher_writes_each_message_to_an_eml_file(dev_env: dict[str, str]) -> None:
@@ -109,8 +109,7 @@ def test_mail_catcher_writes_each_message_to_an_eml_file(dev_env: dict[str, str]
     with smtplib.SMTP(smtp.hostname or "127.0.0.1", smtp.port or 25, timeout=10) as client:
         client.send_message(message)
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def caught_message() -> tuple[Path, EmailMessage] | None:
         for path in sorted(MAIL_DIR.glob("*.eml"), reverse=True):
             try:
                 raw = path.read_bytes()
@@ -118,11 +117,15 @@ def test_mail_catcher_writes_each_message_to_an_eml_file(dev_env: dict[str, str]
                 continue  # someone cleaned the folder meanwhile; the message we sent is newer
             caught = email.message_from_bytes(raw, policy=email.policy.default)
             if caught["Subject"] == subject:
-                assert caught["To"] == "someone@example.com"
-                body = caught.get_body(preferencelist=("plain",))
-                assert body is not None
-                assert "Hello from the stack tests." in body.get_content()
-                assert Path(path).name.endswith(".eml")
-                return
-        time.sleep(0.2)
-    pytest.fail(f"no .eml file with subject {subject!r} appeared in {MAIL_DIR}")
+                assert isinstance(caught, EmailMessage)
+                return path, caught
+        return None
+
+    path, caught = wait_until(
+        caught_message, timeout=10, interval=0.2, what=f"an .eml file with subject {subject!r}"
+    )
+    assert caught["To"] == "someone@example.com"
+    body = caught.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Hello from the stack tests." in body.get_content()
+    assert Path(path).name.endswith(".eml")

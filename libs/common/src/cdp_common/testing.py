@@ -43,10 +43,7 @@ DEFAULT_ADMIN_DATABASE_URL = "postgresql://cdp:cdp@127.0.0.1:5432/postgres"
 
 def _require_port(address: str, what: str) -> None:
     host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            return
-    except OSError:
+    if not port_open(int(port), host):
         pytest.fail(f"{what} is not reachable at {address}: start it with `make infra`", pytrace=False)
 
 
@@ -66,6 +63,29 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1, what: str = "a condition"
+) -> T:
+    """Poll a blocking probe until it returns something truthy, or fail after a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on a port right now."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -185,15 +205,17 @@ async def read_topic(
     await consumer.start()
     envelopes: list[Envelope[Any]] = []
     try:
-        partitions: set[int] | None = None
         deadline = time.monotonic() + timeout
-        while not partitions:
-            partitions = consumer.partitions_for_topic(topic)
+
+        async def known_partitions() -> set[int] | None:
+            partitions: set[int] | None = consumer.partitions_for_topic(topic)
             if not partitions:
                 await consumer._client.force_metadata_update()
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"topic {topic} does not exist")
-                await asyncio.sleep(0.2)
+            return partitions
+
+        partitions = await wait_for(
+            known_partitions, timeout=timeout, interval=0.2, what=f"topic {topic} to exist"
+        )
         assignment = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assignment)
         await consumer.seek_to_beginning(*assignment)

@@ -40,6 +40,7 @@ class SlowSink:
         self.received: collections.Counter[str] = collections.Counter()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        # A slow server, not a wait: it keeps the campaign in flight long enough to kill a worker mid-way.
         await asyncio.sleep(0.02)
         for address in envelope.rcpt_tos:
             self.received[address] += 1

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cdp_common.testing import PlatformUnderTest, free_port, read_topic, wait_for
+from cdp_common.testing import PlatformUnderTest, free_port, port_open, read_topic, wait_for, wait_until
 from cdp_common.topics import TopicName
 
 from ..conftest import start_ingest
@@ -95,16 +94,13 @@ class PrivateKafka:
         """Start the broker and wait until it accepts connections."""
         self.launch()
         assert self.process is not None
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("the private broker did not start") from None
-                time.sleep(0.2)
+        process = self.process
+
+        def listening() -> bool:
+            assert process.poll() is None, self.log.read_text()[-3000:]
+            return port_open(self.port)
+
+        wait_until(listening, timeout=120, interval=0.2, what="the private broker to start")
 
     def kill(self) -> None:
         """Stop the broker the hard way, as a crash or a lost machine would."""
@@ -142,9 +138,11 @@ class Tally:
 async def send_with_retries(
     client: httpx.AsyncClient, url: str, write_key: str, batch: list[dict[str, str]], tally: Tally
 ) -> None:
-    """Send one batch until it gets a 200, retrying 503s as the Segment clients do."""
+    """Send one batch until it gets a 200, retrying 503s as the Segment clients do (for at most 3 minutes)."""
     attempts = 0
+    give_up_at = time.monotonic() + 180
     while True:
+        assert time.monotonic() < give_up_at, f"batch still refused after {attempts} attempts"
         attempts += 1
         try:
             response = await client.post(f"{url}/v1/batch", json={"batch": batch}, auth=(write_key, ""))
@@ -163,7 +161,7 @@ async def send_with_retries(
             assert response.status_code == 503, response.text
             assert response.headers["retry-after"]
             tally.unavailable += 1
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the client's backoff before its next try
 
 
 async def test_accepted_events_survive_a_broker_outage_and_retries_deliver_the_rest(
