@@ -5,17 +5,14 @@ through the same seams main.py uses, a clock the tests move, and a real SMTP ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from cdp_campaign.gateways import ConsentUnavailable, ConsentVerdicts, Rejected
 from cdp_campaign.handlers import CampaignContext, scheduler_tick
@@ -24,7 +21,16 @@ from cdp_campaign.settings import Settings
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ProfileUpdated, SegmentEntered, TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.testing import Mailbox, PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.testing import (
+    Mailbox,
+    PlatformUnderTest,
+    answers_ready,
+    free_port,
+    private_database,
+    serving,
+    unique_env,
+    wait_for,
+)
 from cdp_common.topics import TopicName
 
 
@@ -223,68 +229,43 @@ class CampaignUnderTest:
 async def campaign(platform: PlatformUnderTest, mailbox: Mailbox) -> AsyncIterator[CampaignUnderTest]:
     """Start the campaign service on a free port in its own database, topics and groups."""
     env = unique_env(platform).replace("-", "_")
-    base = platform.database_url.rsplit("/", 1)[0]
-    database = f"cdp_{env}_campaign"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = platform.settings(
-        Settings,
-        env=env,
-        database_url=f"{base}/{database}",
-        smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
-        campaign_public_url=url,
-        campaign_retry_backoff_s=0.01,
-        campaign_webhook_timeout_s=2.0,
-    )
-    assert isinstance(settings, Settings)
-    clock, consent, tracker, sms = FakeClock(), FakeConsent(), FakeTracker(), FakeSms()
-    app = create_app(
-        settings, Gateways(consent=consent, tracker=tracker, sms=sms, clock=clock, run_scheduler=False)
-    )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())
-
-    async def ready() -> bool:
-        if serving.done():
-            raise AssertionError("the campaign service did not start; its log is above")
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"{url}/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    producer = create_producer(settings, client_id="campaign-tests")
-    try:
-        await wait_for(ready, timeout=90, interval=0.2, what="the campaign service to be ready")
-        await producer.start()
-        yield CampaignUnderTest(
-            url=url,
-            settings=settings,
-            ctx=app.state.campaign,
-            producer=producer,
-            clock=clock,
-            consent=consent,
-            tracker=tracker,
-            sms=sms,
-            mailbox=mailbox,
-            admin_token=platform.admin_token,
-            database_url=f"{base}/{database}",
+    async with private_database(platform, f"{env}_campaign") as database_url:
+        settings = platform.settings(
+            Settings,
+            env=env,
+            database_url=database_url,
+            smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
+            campaign_public_url=url,
+            campaign_retry_backoff_s=0.01,
+            campaign_webhook_timeout_s=2.0,
         )
-    finally:
-        await producer.stop()
-        server.should_exit = True
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(serving, timeout=30)
-        admin = await asyncpg.connect(f"{base}/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        assert isinstance(settings, Settings)
+        clock, consent, tracker, sms = FakeClock(), FakeConsent(), FakeTracker(), FakeSms()
+        app = create_app(
+            settings, Gateways(consent=consent, tracker=tracker, sms=sms, clock=clock, run_scheduler=False)
+        )
+        producer = create_producer(settings, client_id="campaign-tests")
+        async with serving(app, port):
+            await wait_for(lambda: answers_ready(url), timeout=90, interval=0.2, what="the campaign service")
+            await producer.start()
+            try:
+                yield CampaignUnderTest(
+                    url=url,
+                    settings=settings,
+                    ctx=app.state.campaign,
+                    producer=producer,
+                    clock=clock,
+                    consent=consent,
+                    tracker=tracker,
+                    sms=sms,
+                    mailbox=mailbox,
+                    admin_token=platform.admin_token,
+                    database_url=database_url,
+                )
+            finally:
+                await producer.stop()
 
 
 @pytest.fixture

@@ -3,22 +3,26 @@ own database and topics, with a real SMTP server on loopback that keeps what it 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.testing import Mailbox, PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.testing import (
+    Mailbox,
+    PlatformUnderTest,
+    answers_ready,
+    free_port,
+    private_database,
+    serving,
+    unique_env,
+    wait_for,
+)
 from cdp_common.topics import TopicName
 from cdp_consent.main import create_app
 from cdp_consent.settings import Settings
@@ -56,35 +60,6 @@ def other_services_app(services: OtherServices) -> FastAPI:
         return JSONResponse({"service": service, "profile_id": profile_id, "data": data})
 
     return app
-
-
-@asynccontextmanager
-async def serving(app: FastAPI, port: int) -> AsyncIterator[None]:
-    """Serve an app with uvicorn in this event loop until the block ends."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-
-    async def started() -> bool:
-        if task.done():
-            raise AssertionError(f"the server on port {port} did not start; its log is above")
-        return bool(server.started)
-
-    try:
-        await wait_for(started, timeout=90, interval=0.1, what=f"the server on port {port}")
-        yield
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(task, timeout=30)
-
-
-async def answers_ready(url: str) -> bool:
-    """Whether a service answers /readyz with 200."""
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            return (await client.get(f"{url}/readyz")).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -128,32 +103,25 @@ async def consent(
 ) -> AsyncIterator[ConsentUnderTest]:
     """Start the consent service on a free port in its own database, topics and groups."""
     env = unique_env(platform).replace("-", "_")
-    base = platform.database_url.rsplit("/", 1)[0]
-    database = f"cdp_{env}_consent"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = platform.settings(
-        Settings,
-        env=env,
-        database_url=f"{base}/{database}",
-        smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
-        consent_url=url,
-        ingest_url=other_services.base("ingest"),
-        profile_url=other_services.base("profile"),
-        segment_url=other_services.base("segment"),
-        campaign_url=other_services.base("campaign"),
-        scheduler_interval_s=0.1,
-        assembly_retry_s=0.2,
-        assembly_max_attempts=4,
-    )
-    assert isinstance(settings, Settings)
-    producer = create_producer(settings, client_id="consent-tests")
-    try:
+    async with private_database(platform, f"{env}_consent") as database_url:
+        settings = platform.settings(
+            Settings,
+            env=env,
+            database_url=database_url,
+            smtp_url=f"smtp://127.0.0.1:{mailbox.port}",
+            consent_url=url,
+            ingest_url=other_services.base("ingest"),
+            profile_url=other_services.base("profile"),
+            segment_url=other_services.base("segment"),
+            campaign_url=other_services.base("campaign"),
+            scheduler_interval_s=0.1,
+            assembly_retry_s=0.2,
+            assembly_max_attempts=4,
+        )
+        assert isinstance(settings, Settings)
+        producer = create_producer(settings, client_id="consent-tests")
         async with serving(create_app(settings), port):
             await wait_for(lambda: answers_ready(url), timeout=60, interval=0.2, what="consent to be ready")
             await producer.start()
@@ -163,16 +131,10 @@ async def consent(
                     settings=settings,
                     producer=producer,
                     admin_token=platform.admin_token,
-                    database_url=f"{base}/{database}",
+                    database_url=database_url,
                 )
             finally:
                 await producer.stop()
-    finally:
-        admin = await asyncpg.connect(f"{base}/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ stack or with each other's sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import os
@@ -234,6 +235,57 @@ async def read_topic(
     return envelopes
 
 
+async def answers_ready(url: str) -> bool:
+    """Whether a service at a base URL answers /readyz with 200."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(f"{url}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@asynccontextmanager
+async def serving(app: Any, port: int) -> AsyncIterator[None]:
+    """Serve an ASGI app with uvicorn in this event loop, on loopback, until the block ends."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():
+            raise AssertionError(f"the server on port {port} did not start; its log is above")
+        return bool(server.started)
+
+    try:
+        await wait_for(started, timeout=90, interval=0.1, what=f"the server on port {port}")
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, timeout=30)
+
+
+@asynccontextmanager
+async def private_database(platform: PlatformUnderTest, name: str) -> AsyncIterator[str]:
+    """Create a database of its own beside the session's, yield its URL, and drop it after."""
+    base = platform.database_url.rsplit("/", 1)[0]
+    database = f"cdp_{platform.env}_{name}".replace("-", "_")
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    try:
+        yield f"{base}/{database}"
+    finally:
+        admin = await asyncpg.connect(f"{base}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
 @dataclass
 class ServiceProcess:
     """One service running as its own process, as `make up` runs it."""
@@ -264,11 +316,7 @@ class ServiceProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                async with httpx.AsyncClient(timeout=2) as client:
-                    return (await client.get(f"{self.url}/readyz")).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return await answers_ready(self.url)
 
         await wait_for(ready, timeout=timeout, interval=0.3, what=f"{self.name} to be ready")
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import os
 import secrets
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +13,18 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiosmtpd.controller import Controller
 from cdp_common.events import ProfileUpdated, SegmentEntered, make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.testing import PlatformUnderTest, free_port, unique_env, wait_for
+from cdp_common.testing import (
+    PlatformUnderTest,
+    ServiceProcess,
+    free_port,
+    private_database,
+    serving,
+    unique_env,
+    wait_for,
+)
 from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
@@ -69,42 +71,21 @@ async def consent_url() -> AsyncIterator[str]:
         return {"allowed": body["profile_ids"], "refused": {}}
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())
-    await wait_for(lambda: _up(f"http://127.0.0.1:{port}/docs"), what="the consent stand-in")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    with contextlib.suppress(BaseException):
-        await asyncio.wait_for(serving, timeout=10)
-
-
-async def _up(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=1) as client:
-            return (await client.get(url)).status_code == 200
-    except httpx.HTTPError:
-        return False
+    async with serving(app, port):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
 async def database(platform: PlatformUnderTest) -> AsyncIterator[str]:
-    base = platform.database_url.rsplit("/", 1)[0]
-    name = f"cdp_{platform.env}_crash_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with private_database(platform, f"crash_{secrets.token_hex(3)}") as url:
+        yield url
 
 
-def start_worker(environ: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **environ, "CDP_CAMPAIGN_PORT": str(port)}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cdp_campaign"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+def worker(name: str, environ: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """A campaign worker process, as `make up` runs the service."""
+    return ServiceProcess(
+        name="campaign", port=free_port(), environ=environ, log_path=log_dir / f"{name}.log"
+    )
 
 
 async def statuses(database_url: str, campaign_id: str) -> dict[str, int]:
@@ -135,12 +116,12 @@ async def test_no_duplicate_sends_after_a_worker_is_killed_mid_campaign(
         "CDP_CAMPAIGN_QUIET_START": "00:00",
         "CDP_CAMPAIGN_QUIET_END": "00:00",
     }
-    first_port = free_port()
-    first = start_worker(environ, first_port, tmp_path / "first.log")
-    second: subprocess.Popen[bytes] | None = None
+    first = worker("first", environ, tmp_path)
+    second = worker("second", environ, tmp_path)
+    first.start()
     try:
-        url = f"http://127.0.0.1:{first_port}"
-        await wait_for(lambda: _up(f"{url}/readyz"), timeout=90, what="the first worker")
+        url = first.url
+        await first.wait_ready()
         settings = platform.settings(env=env)
         producer = create_producer(settings, client_id="crash-test")
         await producer.start()
@@ -196,13 +177,11 @@ async def test_no_duplicate_sends_after_a_worker_is_killed_mid_campaign(
             return sum(handler.received.values()) >= 15
 
         await wait_for(some_delivered, timeout=60, what="the first messages")
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        first.stop(kill=True)
         delivered_before = sum(handler.received.values())
         assert delivered_before < PEOPLE, "the campaign finished before the worker could be killed"
 
-        second_port = free_port()
-        second = start_worker(environ, second_port, tmp_path / "second.log")
+        second.start()
 
         async def settled() -> dict[str, int] | None:
             counts = await statuses(database, created["id"])
@@ -211,15 +190,12 @@ async def test_no_duplicate_sends_after_a_worker_is_killed_mid_campaign(
         counts = await wait_for(
             settled, timeout=90, interval=0.5, what="the second worker to finish the campaign"
         )
-        second_url = f"http://127.0.0.1:{second_port}"
-        await wait_for(lambda: _up(f"{second_url}/readyz"), timeout=30, what="the second worker's API")
-        async with httpx.AsyncClient(base_url=second_url, headers=headers) as http:
+        await second.wait_ready()
+        async with httpx.AsyncClient(base_url=second.url, headers=headers) as http:
             report = (await http.get(f"/v1/campaigns/{created['id']}/report")).json()
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
+        first.stop()
+        second.stop()
 
     assert max(handler.received.values()) == 1, "someone got the same message twice"
     assert set(counts) <= {"sent", "unknown"}
