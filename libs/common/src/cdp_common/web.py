@@ -138,6 +138,24 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return value
 
 
+PositionT = TypeVar("PositionT", str, int)
+
+
+def cursor_position(params: PageParams, kind: type[PositionT], *, field: str = "after") -> PositionT | None:
+    """Return the keyset position a page's cursor carries (None on the first page); a bad one is a 400."""
+    if params.cursor is None:
+        return None
+    value = decode_cursor(params.cursor).get(field)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+    return value
+
+
+def next_cursor(items: list[dict[str, Any]], *, limit: int, key: str, field: str = "after") -> str | None:
+    """Return the cursor of the page after a full one, keyed by its last item; None after the last page."""
+    return encode_cursor({field: items[-1][key]}) if items and len(items) == limit else None
+
+
 class PageParams(BaseModel):
     """The `limit` and `cursor` query parameters of every list."""
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.privacy import access_router
-from cdp_common.web import ApiError, Page, PageParams, decode_cursor, encode_cursor, page_params
+from cdp_common.web import ApiError, Page, PageParams, cursor_position, next_cursor, page_params
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,15 +53,6 @@ def _api_error(exc: CampaignError) -> ApiError:
     )
 
 
-def _after(page: PageParams) -> str | None:
-    if page.cursor is None:
-        return None
-    after = decode_cursor(page.cursor).get("after")
-    if not isinstance(after, str):
-        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
-    return after
-
-
 # --- campaigns ----------------------------------------------------------------------------------
 
 
@@ -78,10 +69,11 @@ async def create_campaign(body: CampaignSpec, session: SessionDep, _: Writer) ->
 async def list_campaigns(session: SessionDep, _: Reader, page: PageDep) -> Page[dict[str, Any]]:
     """List campaigns."""
     rows = await store.list_definitions(
-        session=session, table=store.campaigns, after=_after(page), limit=page.limit
+        session=session, table=store.campaigns, after=cursor_position(page, str), limit=page.limit
     )
-    next_cursor = encode_cursor({"after": rows[-1]["id"]}) if len(rows) == page.limit else None
-    return Page[dict[str, Any]](items=[handlers.campaign_view(r) for r in rows], next=next_cursor)
+    return Page[dict[str, Any]](
+        items=[handlers.campaign_view(r) for r in rows], next=next_cursor(rows, limit=page.limit, key="id")
+    )
 
 
 @campaigns_router.get("/{campaign_id}")
@@ -256,10 +248,11 @@ async def create_journey(body: JourneySpec, session: SessionDep, _: Writer) -> d
 async def list_journeys(session: SessionDep, _: Reader, page: PageDep) -> Page[dict[str, Any]]:
     """List journeys."""
     rows = await store.list_definitions(
-        session=session, table=store.journeys, after=_after(page), limit=page.limit
+        session=session, table=store.journeys, after=cursor_position(page, str), limit=page.limit
     )
-    next_cursor = encode_cursor({"after": rows[-1]["id"]}) if len(rows) == page.limit else None
-    return Page[dict[str, Any]](items=[_journey_view(r) for r in rows], next=next_cursor)
+    return Page[dict[str, Any]](
+        items=[_journey_view(r) for r in rows], next=next_cursor(rows, limit=page.limit, key="id")
+    )
 
 
 @journeys_router.get("/{journey_id}")

@@ -15,7 +15,7 @@ from cdp_common.deps import SessionDep
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.privacy import access_router
 from cdp_common.topics import TopicName
-from cdp_common.web import ApiError, Page, PageParams, decode_cursor, encode_cursor, page_params
+from cdp_common.web import ApiError, Page, PageParams, cursor_position, next_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -145,15 +145,9 @@ async def consent_history(
     profile_id: ProfileId, session: SessionDep, _: Reader, page: PageDep
 ) -> Page[dict[str, Any]]:
     """Return every ledger entry of a profile, oldest first."""
-    after: int | None = None
-    if page.cursor is not None:
-        position = decode_cursor(page.cursor).get("after")
-        if not isinstance(position, int):
-            raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
-        after = position
+    after = cursor_position(page, int)
     items = await store.ledger_page(session=session, profile_id=profile_id, after_id=after, limit=page.limit)
-    next_cursor = encode_cursor({"after": items[-1]["id"]}) if len(items) == page.limit else None
-    return Page[dict[str, Any]](items=items, next=next_cursor)
+    return Page[dict[str, Any]](items=items, next=next_cursor(items, limit=page.limit, key="id"))
 
 
 class CheckRequest(StrictModel):
@@ -258,16 +252,9 @@ async def lookup_suppression(
 @consents.get("/suppressions")
 async def list_suppressions(session: SessionDep, _: Reader, page: PageDep) -> Page[dict[str, Any]]:
     """List the suppression list (hashes only)."""
-    after = None
-    if page.cursor is not None:
-        position = decode_cursor(page.cursor).get("after")
-        if not isinstance(position, str):
-            raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
-        after = position
-    rows = await store.suppression_page(session=session, after=after, limit=page.limit)
+    rows = await store.suppression_page(session=session, after=cursor_position(page, str), limit=page.limit)
     items = [_suppression_view(r) for r in rows]
-    next_cursor = encode_cursor({"after": items[-1]["hash"]}) if len(items) == page.limit else None
-    return Page[dict[str, Any]](items=items, next=next_cursor)
+    return Page[dict[str, Any]](items=items, next=next_cursor(items, limit=page.limit, key="hash"))
 
 
 @consents.delete("/suppressions/{hash_value}", status_code=204)

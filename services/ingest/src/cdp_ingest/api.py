@@ -15,7 +15,16 @@ from cdp_common.auth import SCOPES, Principal, authenticate, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.privacy import access_router
 from cdp_common.topics import TopicName
-from cdp_common.web import ApiError, Page, PageParams, decode_cursor, encode_cursor, page_params
+from cdp_common.web import (
+    ApiError,
+    Page,
+    PageParams,
+    cursor_position,
+    decode_cursor,
+    encode_cursor,
+    next_cursor,
+    page_params,
+)
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, field_validator
@@ -493,17 +502,7 @@ TokenAdmin = Annotated[Principal, Depends(require_scope("tokens:admin"))]
 
 
 def _page(items: list[dict[str, Any]], limit: int, key: str) -> Page[dict[str, Any]]:
-    next_cursor = encode_cursor({"after": items[-1][key]}) if len(items) == limit else None
-    return Page[dict[str, Any]](items=items, next=next_cursor)
-
-
-def _after(params: PageParams) -> str | None:
-    if params.cursor is None:
-        return None
-    after = decode_cursor(params.cursor).get("after")
-    if not isinstance(after, str):
-        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
-    return after
+    return Page[dict[str, Any]](items=items, next=next_cursor(items, limit=limit, key=key))
 
 
 @admin.post("/sources", status_code=201)
@@ -519,7 +518,7 @@ async def create_source(
 @admin.get("/sources")
 async def list_sources(session: SessionDep, params: PageDep, _: SourceAdmin) -> Page[dict[str, Any]]:
     """List sources."""
-    items = await store.list_sources(session=session, after=_after(params), limit=params.limit)
+    items = await store.list_sources(session=session, after=cursor_position(params, str), limit=params.limit)
     return _page(items, params.limit, "id")
 
 
@@ -648,7 +647,7 @@ async def create_token(
 @admin.get("/tokens")
 async def list_tokens(session: SessionDep, params: PageDep, _: TokenAdmin) -> Page[dict[str, Any]]:
     """List issued tokens (never their secrets)."""
-    items = await store.list_tokens(session=session, after=_after(params), limit=params.limit)
+    items = await store.list_tokens(session=session, after=cursor_position(params, str), limit=params.limit)
     return _page(items, params.limit, "id")
 
 
