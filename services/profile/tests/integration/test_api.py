@@ -261,11 +261,13 @@ async def test_scopes_guard_reads_and_writes(service: Running, http: httpx.Async
     reader = await token(service, ["profiles:read"])
     other = await token(service, ["segments:read"])
 
-    async def allowed() -> bool:
-        response = await http.get(f"{service.url}/v1/computed-traits", headers=reader)
-        return response.status_code == 200
+    async def both_known() -> bool:
+        # The two tokens travel on different partitions, so either may arrive first.
+        read = await http.get(f"{service.url}/v1/computed-traits", headers=reader)
+        wrong_scope = await http.get(f"{service.url}/v1/identity/rules", headers=other)
+        return read.status_code == 200 and wrong_scope.status_code != 401
 
-    await wait_for(allowed, what="the token to reach profile")
+    await wait_for(both_known, what="both tokens to reach profile")
     assert (await http.get(f"{service.url}/v1/identity/rules", headers=other)).status_code == 403
     write = await http.post(
         f"{service.url}/v1/computed-traits", json={"key": "nope", "aggregation": "count"}, headers=reader
