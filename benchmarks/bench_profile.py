@@ -128,6 +128,7 @@ class Run:
             group_id=self.group,
             topics=events_spec.topics,
             handlers=events_spec.handlers,
+            batch_handlers=events_spec.batch_handlers,
             session_factory=create_session_factory(self.engine),
             publisher=KafkaPublisher(producer),
             source="profile",

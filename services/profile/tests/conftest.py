@@ -20,6 +20,7 @@ from cdp_common.testing import PlatformUnderTest
 from cdp_profile import handlers
 from cdp_profile.handlers import ProfileContext
 from cdp_profile.main import MIGRATIONS
+from cdp_profile.resolution import resolve_events
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -47,10 +48,14 @@ class ProfileDb:
     sessions: async_sessionmaker[AsyncSession]
     context: ProfileContext
     clock: FakeClock
+    batched: bool = False
 
     async def resolve(self, *envelopes: Envelope[Any]) -> list[str | None]:
-        """Resolve events in one transaction, as the consumer runner does with a partition batch."""
+        """Resolve events in one transaction, as the consumer runner does with a partition batch:
+        in bulk, or one at a time as it does after a batch failed."""
         async with transaction(self.sessions) as session:
+            if self.batched:
+                return await resolve_events(session=session, envelopes=envelopes, context=self.context)
             return [
                 await handlers.resolve_event(session=session, envelope=envelope, context=self.context)
                 for envelope in envelopes
@@ -68,8 +73,8 @@ class ProfileDb:
             return (await conn.execute(sa.text(sql), params)).scalar()
 
 
-@pytest.fixture
-async def db(platform: PlatformUnderTest) -> AsyncIterator[ProfileDb]:
+@pytest.fixture(params=["one_at_a_time", "batched"])
+async def db(platform: PlatformUnderTest, request: pytest.FixtureRequest) -> AsyncIterator[ProfileDb]:
     schema = "profile_" + secrets.token_hex(5)
     settings = platform.settings()
     engine = create_engine(database_url=settings.database_url, schema=schema, pool_size=5)
@@ -82,7 +87,13 @@ async def db(platform: PlatformUnderTest) -> AsyncIterator[ProfileDb]:
         default_region="DE",
         clock=clock,
     )
-    yield ProfileDb(engine=engine, sessions=create_session_factory(engine), context=context, clock=clock)
+    yield ProfileDb(
+        engine=engine,
+        sessions=create_session_factory(engine),
+        context=context,
+        clock=clock,
+        batched=request.param == "batched",
+    )
     await engine.dispose()
     cleanup = create_engine(database_url=settings.database_url, schema="public", pool_size=1)
     async with cleanup.begin() as conn:

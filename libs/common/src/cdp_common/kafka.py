@@ -49,6 +49,16 @@ class Handler(Protocol):
     async def __call__(self, *, session: AsyncSession, envelope: Envelope[Any]) -> None: ...
 
 
+class BatchHandler(Protocol):
+    """Applies consecutive events of one type inside the caller's transaction, as if one at a time.
+
+    Its effect must equal calling the type's one-event handler on each envelope in order; the
+    runner falls back to that handler when a batch fails, so a poison message is found alone.
+    """
+
+    async def __call__(self, *, session: AsyncSession, envelopes: Sequence[Envelope[Any]]) -> None: ...
+
+
 _INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
@@ -151,11 +161,13 @@ class ConsumerRunner:
         publisher: KafkaPublisher,
         source: str,
         auto_offset_reset: str = "earliest",
+        batch_handlers: Mapping[type[Payload], BatchHandler] | None = None,
     ) -> None:
         self._settings = settings
         self.group_id = group_id
         self._topics = [settings.topic(t) for t in topics]
         self._handlers = dict(handlers)
+        self._batch_handlers = dict(batch_handlers or {})
         self._session_factory = session_factory
         self._publisher = publisher
         self._source = source
@@ -261,14 +273,27 @@ class ConsumerRunner:
             fresh = await record_processed_many(
                 session=session, consumer=self.group_id, event_ids=[envelope.id for _, envelope, _ in decoded]
             )
+            run: list[Envelope[Any]] = []
             for _, envelope, handler in decoded:
-                if envelope.id in fresh:
-                    fresh.discard(envelope.id)
-                    await handler(session=session, envelope=envelope)
-                    outcomes.append("processed")
-                else:
+                if envelope.id not in fresh:
                     outcomes.append("duplicate")
+                    continue
+                fresh.discard(envelope.id)
+                outcomes.append("processed")
+                if run and type(run[0].data) is not type(envelope.data):
+                    await self._apply_run(session, run)
+                    run = []
+                if type(envelope.data) in self._batch_handlers:
+                    run.append(envelope)
+                else:
+                    await handler(session=session, envelope=envelope)
+            if run:
+                await self._apply_run(session, run)
         return outcomes
+
+    async def _apply_run(self, session: AsyncSession, run: Sequence[Envelope[Any]]) -> None:
+        """Hand consecutive events of one type to that type's batch handler."""
+        await self._batch_handlers[type(run[0].data)](session=session, envelopes=run)
 
     async def _route(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope[Any], Handler] | None:
         try:

@@ -57,13 +57,35 @@ def notify_channel(schema: str) -> str:
     return f"cdp_outbox_{schema}"
 
 
+async def lock_outbox_writes(*, session: AsyncSession) -> None:
+    """Take the outbox's write lock (and queue the relay's wake-up) once per transaction.
+
+    The lock is transaction-scoped, so holding it from the first outbox write to the commit
+    is what hands out row ids in commit order; taking it again would only cost a round trip.
+    """
+    current = session.sync_session.get_transaction()
+    if current is not None and session.info.get("cdp_outbox_locked_in") is current:
+        return
+    await session.execute(_WRITE_LOCK_AND_NOTIFY)
+    session.info["cdp_outbox_locked_in"] = session.sync_session.get_transaction()
+
+
 async def add_to_outbox(*, session: AsyncSession, topic: str, envelope: Envelope[Any]) -> None:
     """Write an envelope to the outbox in the caller's transaction."""
-    await session.execute(_WRITE_LOCK_AND_NOTIFY)
+    await add_many_to_outbox(session=session, messages=[(topic, envelope)])
+
+
+async def add_many_to_outbox(*, session: AsyncSession, messages: Sequence[tuple[str, Envelope[Any]]]) -> None:
+    """Write (topic, envelope) pairs to the outbox in the caller's transaction, in this order."""
+    if not messages:
+        return
+    await lock_outbox_writes(session=session)
     await session.execute(
-        outbox_table.insert().values(
-            topic=topic, key=envelope.subject, event_id=envelope.id, payload=envelope.to_bytes()
-        )
+        outbox_table.insert(),
+        [
+            {"topic": topic, "key": envelope.subject, "event_id": envelope.id, "payload": envelope.to_bytes()}
+            for topic, envelope in messages
+        ],
     )
 
 

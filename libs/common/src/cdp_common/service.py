@@ -26,7 +26,14 @@ from cdp_common.auth import apply_token_created, apply_token_revoked
 from cdp_common.db import create_engine, create_session_factory
 from cdp_common.envelope import Payload
 from cdp_common.events import TokenCreated, TokenRevoked
-from cdp_common.kafka import ConsumerRunner, Handler, KafkaPublisher, create_producer, ensure_topics
+from cdp_common.kafka import (
+    BatchHandler,
+    ConsumerRunner,
+    Handler,
+    KafkaPublisher,
+    create_producer,
+    ensure_topics,
+)
 from cdp_common.logs import configure_logging
 from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from cdp_common.migrations import migrate
@@ -58,6 +65,7 @@ class ConsumerSpec:
     purpose: str
     topics: Sequence[TopicName]
     handlers: Mapping[type[Payload], Handler]
+    batch_handlers: Mapping[type[Payload], BatchHandler] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +119,7 @@ class ServiceRuntime:
                 session_factory=self.session_factory,
                 publisher=self.publisher,
                 source=self.service,
+                batch_handlers=spec.batch_handlers,
             )
             await runner.start()
             self.runners.append(runner)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cdp_common.envelope import Envelope
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import handlers
 from cdp_profile.handlers import ProfileContext
+from cdp_profile.resolution import resolve_events
 
 SERVICE = handlers.SERVICE
 
@@ -22,12 +24,18 @@ def consumer_specs(context: ProfileContext) -> list[ConsumerSpec]:
     async def on_tracking_event(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
         await handlers.resolve_event(session=session, envelope=envelope, context=context)
 
+    async def on_tracking_events(*, session: AsyncSession, envelopes: Sequence[Envelope[Any]]) -> None:
+        await resolve_events(session=session, envelopes=envelopes, context=context)
+
     async def on_privacy_request(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
         await handlers.handle_privacy_request(session=session, envelope=envelope, context=context)
 
     return [
         ConsumerSpec(
-            purpose="events", topics=[TopicName.EVENTS], handlers={TrackingEventReceived: on_tracking_event}
+            purpose="events",
+            topics=[TopicName.EVENTS],
+            handlers={TrackingEventReceived: on_tracking_event},
+            batch_handlers={TrackingEventReceived: on_tracking_events},
         ),
         ConsumerSpec(
             purpose="privacy", topics=[TopicName.PRIVACY], handlers={PrivacyRequestOpened: on_privacy_request}

@@ -126,7 +126,7 @@ async def _publish(
     )
 
 
-def _computed_of(
+def computed_of(
     aggregates: dict[str, Any], states: dict[str, dict[str, Any]], definitions: Sequence[Definition]
 ) -> dict[str, Any]:
     computed = derive_builtin(aggregates)
@@ -135,7 +135,7 @@ def _computed_of(
     return computed
 
 
-def _refreshed_builtins(
+def refreshed_builtins(
     computed: dict[str, Any], aggregates: dict[str, Any], definitions: Sequence[Definition]
 ) -> dict[str, Any]:
     """Return computed traits with the built-ins re-derived and user-defined values kept."""
@@ -151,6 +151,44 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, A
     return changed, {name: before.get(name) for name in changed}
 
 
+def update_payload(
+    *,
+    profile: store.StoredProfile,
+    traits_before: dict[str, Any],
+    computed_before: dict[str, Any],
+    created: bool = False,
+    envelope: Envelope[Any] | None = None,
+    keys: Sequence[IdentifierKey] = (),
+) -> ProfileCreated | ProfileUpdated:
+    """Return the created/updated change of a profile at its current version, before and after."""
+    changed_traits, previous_traits = _changes(
+        traits_before, {name: trait.value for name, trait in profile.traits.items()}
+    )
+    changed_computed, previous_computed = _changes(computed_before, profile.computed)
+    payload_cls = ProfileCreated if created else ProfileUpdated
+    return payload_cls(
+        profile_id=profile.id,
+        version=profile.version,
+        event_id=envelope.id if envelope is not None else None,
+        event=envelope.data if envelope is not None else None,
+        identifiers=[Identifier(type=k.type, value=k.value) for k in keys],
+        changed_traits=changed_traits,
+        changed_computed_traits=changed_computed,
+        previous_traits=previous_traits,
+        previous_computed_traits=previous_computed,
+    )
+
+
+def profile_change(payload: ProfileCreated | ProfileUpdated) -> Envelope[Any]:
+    """Return the envelope a profile change is published in, with its version in the id."""
+    return make_envelope(
+        payload=payload,
+        source=SERVICE,
+        subject=payload.profile_id,
+        id=f"{payload.profile_id}:v{payload.version}",
+    )
+
+
 async def _publish_update(
     *,
     session: AsyncSession,
@@ -164,29 +202,15 @@ async def _publish_update(
 ) -> int:
     """Save a profile and publish created/updated with before and after of what changed."""
     version = await store.save_profile(session=session, profile=profile)
-    changed_traits, previous_traits = _changes(
-        traits_before, {name: trait.value for name, trait in profile.traits.items()}
+    payload = update_payload(
+        profile=profile,
+        traits_before=traits_before,
+        computed_before=computed_before,
+        created=created,
+        envelope=envelope,
+        keys=keys,
     )
-    changed_computed, previous_computed = _changes(computed_before, profile.computed)
-    payload_cls = ProfileCreated if created else ProfileUpdated
-    payload = payload_cls(
-        profile_id=profile.id,
-        version=version,
-        event_id=envelope.id if envelope is not None else None,
-        event=envelope.data if envelope is not None else None,
-        identifiers=[Identifier(type=k.type, value=k.value) for k in keys],
-        changed_traits=changed_traits,
-        changed_computed_traits=changed_computed,
-        previous_traits=previous_traits,
-        previous_computed_traits=previous_computed,
-    )
-    await _publish(
-        session=session,
-        topic=context.profiles_topic,
-        payload=payload,
-        subject=profile.id,
-        event_id=f"{profile.id}:v{version}",
-    )
+    await add_to_outbox(session=session, topic=context.profiles_topic, envelope=profile_change(payload))
     return version
 
 
@@ -306,9 +330,9 @@ async def resolve_event(
             now=now,
         )
     if needs_states:
-        target.computed = _computed_of(target.aggregates, states, configuration.definitions)
+        target.computed = computed_of(target.aggregates, states, configuration.definitions)
     else:
-        target.computed = _refreshed_builtins(target.computed, target.aggregates, configuration.definitions)
+        target.computed = refreshed_builtins(target.computed, target.aggregates, configuration.definitions)
     traits_now = {name: trait.value for name, trait in target.traits.items()}
     if not (created or plan.absorbed or plan.attach or is_new or traits_now != traits_before):
         # A replay of an event the store already holds changes nothing.
@@ -457,7 +481,7 @@ async def _merge_into(
                 next_change_at(states[definition.key], definition),
             )
         await store.save_defined_states(session=session, profile_id=survivor.id, states=changed)
-    survivor.computed = _computed_of(survivor.aggregates, states, definitions)
+    survivor.computed = computed_of(survivor.aggregates, states, definitions)
     merge_id = str(uuid.uuid4())
     await store.append_ledger(
         session=session,
@@ -562,7 +586,7 @@ async def _rederive(
     states = await _recompute_defined(
         session=session, profile_id=profile.id, definitions=definitions, now=now
     )
-    profile.computed = _computed_of(aggregates, states, definitions)
+    profile.computed = computed_of(aggregates, states, definitions)
 
 
 async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_id: str) -> dict[str, Any]:
@@ -712,7 +736,7 @@ async def expire_windowed_traits(
             )
         await store.save_defined_states(session=session, profile_id=profile_id, states=updates)
         computed_before = dict(profile.computed)
-        profile.computed = _computed_of(profile.aggregates, states, configuration.definitions)
+        profile.computed = computed_of(profile.aggregates, states, configuration.definitions)
         if profile.computed != computed_before:
             traits_now = {name: trait.value for name, trait in profile.traits.items()}
             await _publish_update(

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.outbox import lock_outbox_writes
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -213,12 +214,7 @@ async def serialise_writers(*, session: AsyncSession) -> None:
     it before any identifier or profile lock means a batch of events never waits for it
     while holding locks another replica needs, so replicas cannot deadlock.
     """
-    if session.info.get("profile_writers_serialised"):
-        return
-    await session.execute(
-        sa.text("SELECT pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0))")
-    )
-    session.info["profile_writers_serialised"] = True
+    await lock_outbox_writes(session=session)
 
 
 async def tombstoned(*, session: AsyncSession, hashes: Sequence[str]) -> bool:
@@ -386,6 +382,62 @@ async def create_profile(*, session: AsyncSession, profile_id: str, id_hash: str
         )
     ).one()
     return _profile_of(row)
+
+
+def _profile_columns(profile: StoredProfile) -> dict[str, Any]:
+    return {
+        "traits": {name: trait.to_json() for name, trait in profile.traits.items()},
+        "aggregates": profile.aggregates,
+        "computed": profile.computed,
+        "version": profile.version,
+    }
+
+
+async def insert_profiles(*, session: AsyncSession, created: Sequence[tuple[StoredProfile, str]]) -> None:
+    """Insert new active profiles (with their keyed id hash) as they stand, version included."""
+    if not created:
+        return
+    await session.execute(
+        profiles.insert().values(created_at=sa.func.clock_timestamp()),
+        [
+            {"id": profile.id, "id_hash": id_hash, "status": "active", **_profile_columns(profile)}
+            for profile, id_hash in created
+        ],
+    )
+
+
+async def save_profiles(*, session: AsyncSession, changed: Sequence[StoredProfile]) -> None:
+    """Write active profiles as they stand, each at the version it was brought to."""
+    if not changed:
+        return
+    statement = (
+        profiles.update()
+        .where(profiles.c.id == sa.bindparam("profile_id"))
+        .values(
+            traits=sa.bindparam("traits"),
+            aggregates=sa.bindparam("aggregates"),
+            computed=sa.bindparam("computed"),
+            version=sa.bindparam("version"),
+            updated_at=sa.func.now(),
+        )
+    )
+    await session.execute(
+        statement, [{"profile_id": profile.id, **_profile_columns(profile)} for profile in changed]
+    )
+
+
+async def attach_many(
+    *, session: AsyncSession, attached: Sequence[tuple[str, IdentifierKey, str, str | None]]
+) -> None:
+    """Attach new identifiers given as (profile id, key, keyed hash, event id) at once."""
+    if attached:
+        await session.execute(
+            identifiers.insert(),
+            [
+                {"type": k.type, "value": k.value, "value_hash": h, "profile_id": pid, "event_id": event_id}
+                for pid, k, h, event_id in attached
+            ],
+        )
 
 
 async def attach_identifiers(
@@ -705,6 +757,32 @@ async def move_back(
 # --- event store ------------------------------------------------------------------------------
 
 
+def event_row(
+    *,
+    event_id: str,
+    profile_id: str,
+    event: StoredEvent,
+    received_at: datetime,
+    source_id: str,
+    traits: dict[str, Any],
+    keys: Sequence[IdentifierKey],
+) -> dict[str, Any]:
+    """Return the event store's row of one event of a profile."""
+    return {
+        "event_id": event_id,
+        "profile_id": profile_id,
+        "origin_profile_id": profile_id,
+        "type": event.type,
+        "name": event.name,
+        "timestamp": event.timestamp,
+        "received_at": received_at,
+        "source_id": source_id,
+        "properties": event.properties,
+        "traits": traits,
+        "identifiers": [{"type": k.type, "value": k.value} for k in keys],
+    }
+
+
 async def store_event(
     *,
     session: AsyncSession,
@@ -717,25 +795,42 @@ async def store_event(
     keys: Sequence[IdentifierKey],
 ) -> bool:
     """Store an event of a profile once; False when the store already held it (a replay)."""
+    row = event_row(
+        event_id=event_id,
+        profile_id=profile_id,
+        event=event,
+        received_at=received_at,
+        source_id=source_id,
+        traits=traits,
+        keys=keys,
+    )
     statement = (
         postgresql.insert(events)
-        .values(
-            event_id=event_id,
-            profile_id=profile_id,
-            origin_profile_id=profile_id,
-            type=event.type,
-            name=event.name,
-            timestamp=event.timestamp,
-            received_at=received_at,
-            source_id=source_id,
-            properties=event.properties,
-            traits=traits,
-            identifiers=[{"type": k.type, "value": k.value} for k in keys],
-        )
+        .values(**row)
         .on_conflict_do_nothing(index_elements=[events.c.event_id])
         .returning(events.c.seq)
     )
     return (await session.execute(statement)).first() is not None
+
+
+async def stored_event_ids(*, session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
+    """Return which of these events the store already holds."""
+    if not event_ids:
+        return set()
+    rows = await session.execute(
+        sa.select(events.c.event_id).where(
+            events.c.event_id == sa.func.any(sa.cast(list(event_ids), sa.ARRAY(sa.Text)))
+        )
+    )
+    return set(rows.scalars())
+
+
+async def store_events(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Store new events (rows from `event_row`) at once; events already held stay as they are."""
+    if rows:
+        await session.execute(
+            postgresql.insert(events).on_conflict_do_nothing(index_elements=[events.c.event_id]), list(rows)
+        )
 
 
 def _stored_event(row: Any) -> StoredEvent:
@@ -827,6 +922,39 @@ async def defined_states(*, session: AsyncSession, profile_id: str) -> dict[str,
         )
     )
     return {r.key: r.state for r in rows}
+
+
+async def defined_states_of(
+    *, session: AsyncSession, profile_ids: Sequence[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Return the user-defined computed-trait states of many profiles."""
+    states: dict[str, dict[str, dict[str, Any]]] = {pid: {} for pid in profile_ids}
+    if profile_ids:
+        rows = await session.execute(
+            sa.select(computed_values).where(computed_values.c.profile_id.in_(list(profile_ids)))
+        )
+        for r in rows:
+            states[r.profile_id][r.key] = r.state
+    return states
+
+
+async def save_defined_states_many(
+    *, session: AsyncSession, states: Sequence[tuple[str, str, dict[str, Any], datetime | None]]
+) -> None:
+    """Write (profile id, key, state, next window change) of user-defined traits at once."""
+    if not states:
+        return
+    statement = postgresql.insert(computed_values)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[computed_values.c.profile_id, computed_values.c.key],
+            set_={"state": statement.excluded.state, "next_change_at": statement.excluded.next_change_at},
+        ),
+        [
+            {"profile_id": pid, "key": key, "state": state, "next_change_at": due}
+            for pid, key, state, due in states
+        ],
+    )
 
 
 async def save_defined_states(

@@ -1,0 +1,281 @@
+"""Batch resolution: a partition batch of tracking events resolved with bulk reads and writes.
+
+The events are applied in order to an in-memory view of the identifiers, profiles and
+computed-trait states they touch, read at once, and their writes go out together. An event
+the view cannot decide alone (it merges profiles, drops an identifier under the rules, names
+a profile id, may belong to an erased person, or feeds a windowed computed trait) goes
+through the one-event path after a flush, and the view is read afresh for the events after
+it. Every event therefore ends exactly as the one-event path would have left it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdp_common.envelope import Envelope
+from cdp_common.events import TrackingEventReceived
+from cdp_common.outbox import add_many_to_outbox
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_profile import store
+from cdp_profile.domain.computed import StoredEvent, fold_builtin, fold_defined, next_change_at
+from cdp_profile.domain.identity import (
+    PROFILE_ID,
+    IdentifierKey,
+    ProfileHolding,
+    identifiers_of,
+    plan_resolution,
+    traits_of,
+)
+from cdp_profile.domain.traits import apply_traits
+from cdp_profile.handlers import (
+    ProfileContext,
+    computed_of,
+    event_name,
+    profile_change,
+    refreshed_builtins,
+    resolve_event,
+    survivor_order,
+    update_payload,
+)
+from cdp_profile.metrics import EVENTS_DROPPED, EVENTS_RESOLVED, IDENTIFIERS_BLOCKED, PROFILES_CREATED
+
+# How many events one view covers at most; after an event the view could not decide, the
+# next view starts small and doubles, so runs of merges do not reread long stretches.
+LARGEST_VIEW = 500
+SMALLEST_VIEW = 8
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    envelope: Envelope[Any]
+    keys: list[IdentifierKey]
+    blocked: list[IdentifierKey]
+    hashes: dict[IdentifierKey, str]
+
+
+@dataclass
+class _View:
+    """What the events of one stretch touch, as read at its start, and the writes they make."""
+
+    owners: dict[IdentifierKey, store.Owner]
+    profiles: dict[str, store.StoredProfile]
+    counts: dict[str, dict[str, int]]
+    states: dict[str, dict[str, dict[str, Any]]]
+    stored_events: set[str]
+    maybe_erased: bool
+    created: dict[str, str] = field(default_factory=dict)
+    changed: dict[str, None] = field(default_factory=dict)
+    attached: list[tuple[str, IdentifierKey, str, str | None]] = field(default_factory=list)
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    changed_states: dict[tuple[str, str], tuple[dict[str, Any], Any]] = field(default_factory=dict)
+    outbox: list[tuple[str, Envelope[Any]]] = field(default_factory=list)
+
+
+async def resolve_events(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], context: ProfileContext
+) -> list[str | None]:
+    """Resolve tracking events in order, as `resolve_event` would one at a time; return their profiles."""
+    await store.serialise_writers(session=session)
+    configuration = await store.load_configuration(session=session)
+    prepared = [_prepare(envelope, configuration.rules, context) for envelope in envelopes]
+    resolved: list[str | None] = []
+    position, size = 0, LARGEST_VIEW
+    while position < len(prepared):
+        stretch = prepared[position : position + size]
+        view = await _read_view(session=session, stretch=stretch, with_states=bool(configuration.definitions))
+        applied = 0
+        for item in stretch:
+            decided, profile_id = _apply(view=view, item=item, configuration=configuration, context=context)
+            if not decided:
+                break
+            resolved.append(profile_id)
+            applied += 1
+        await _flush(session=session, view=view)
+        position += applied
+        if applied < len(stretch):
+            envelope = prepared[position].envelope
+            resolved.append(await resolve_event(session=session, envelope=envelope, context=context))
+            position += 1
+            size = SMALLEST_VIEW
+        else:
+            size = min(size * 2, LARGEST_VIEW)
+    return resolved
+
+
+def _prepare(envelope: Envelope[Any], rules: Any, context: ProfileContext) -> _Prepared:
+    keys, blocked = identifiers_of(envelope.data, rules=rules, default_region=context.default_region)
+    return _Prepared(
+        envelope=envelope, keys=keys, blocked=blocked, hashes={k: context.hash_of(k) for k in keys}
+    )
+
+
+async def _read_view(*, session: AsyncSession, stretch: Sequence[_Prepared], with_states: bool) -> _View:
+    keys = list(dict.fromkeys(k for item in stretch for k in item.keys if k.type != PROFILE_ID))
+    holders = await store.lock_holders(session=session, keys=keys)
+    hashes = [h for item in stretch for h in item.hashes.values()]
+    states = (
+        await store.defined_states_of(session=session, profile_ids=list(holders.profiles))
+        if with_states
+        else {}
+    )
+    return _View(
+        owners=holders.owners,
+        profiles=holders.profiles,
+        counts=holders.counts,
+        states=states,
+        stored_events=await store.stored_event_ids(
+            session=session, event_ids=[item.envelope.id for item in stretch]
+        ),
+        maybe_erased=await store.tombstoned(session=session, hashes=hashes),
+    )
+
+
+def _apply(
+    *, view: _View, item: _Prepared, configuration: store.Configuration, context: ProfileContext
+) -> tuple[bool, str | None]:
+    """Apply one event to the view: (decided, its profile); undecided when only the one-event
+    path can decide it."""
+    envelope = item.envelope
+    event: TrackingEventReceived = envelope.data
+    if view.maybe_erased or any(k.type == PROFILE_ID for k in item.keys):
+        return False, None
+    if not item.keys:
+        IDENTIFIERS_BLOCKED.inc(len(item.blocked))
+        EVENTS_DROPPED.labels("no_identifier").inc()
+        return True, None
+    owners = {k: view.owners[k] for k in item.keys if k in view.owners}
+    held = {owner.profile_id for owner in owners.values()}
+    plan = plan_resolution(
+        keys=item.keys,
+        owners={k: owner.profile_id for k, owner in owners.items()},
+        holdings={
+            pid: ProfileHolding(
+                profile_id=pid,
+                created_order=survivor_order(view.profiles[pid], view.counts[pid]),
+                counts=view.counts[pid],
+            )
+            for pid in held
+        },
+        quarantined=[k for k, owner in owners.items() if owner.quarantined],
+        rules=configuration.rules,
+    )
+    if plan.absorbed or plan.dropped:
+        return False, None
+    stored = StoredEvent(
+        event_id=envelope.id,
+        type=event.type,
+        name=event_name(event),
+        timestamp=event.timestamp,
+        properties=event.properties,
+    )
+    selected = [d for d in configuration.definitions if d.selects(stored)]
+    if any(d.window is not None for d in selected):
+        return False, None
+    if item.blocked:
+        IDENTIFIERS_BLOCKED.inc(len(item.blocked))
+    created = plan.target is None
+    if plan.target is None:
+        if not plan.attach:
+            EVENTS_DROPPED.labels("no_identifier").inc()
+            return True, None
+        target = _new_profile(view, context)
+    else:
+        target = view.profiles[plan.target]
+    traits_before = {name: trait.value for name, trait in target.traits.items()}
+    computed_before = dict(target.computed)
+    counts = view.counts[target.id]
+    for key in plan.attach:
+        view.owners[key] = store.Owner(target.id, False)
+        counts[key.type] = counts.get(key.type, 0) + 1
+        view.attached.append((target.id, key, item.hashes[key], envelope.id))
+    asserted = traits_of(event)
+    is_new = envelope.id not in view.stored_events
+    if is_new:
+        view.stored_events.add(envelope.id)
+        view.event_rows.append(
+            store.event_row(
+                event_id=envelope.id,
+                profile_id=target.id,
+                event=stored,
+                received_at=event.receivedAt,
+                source_id=event.sourceId,
+                traits=asserted,
+                keys=item.keys,
+            )
+        )
+    target.traits.update(
+        apply_traits(
+            target.traits, asserted, source=event.sourceId, event_id=envelope.id, timestamp=event.timestamp
+        )
+    )
+    states = view.states.setdefault(target.id, {})
+    if is_new:
+        target.aggregates = fold_builtin(target.aggregates, stored)
+        for definition in selected:
+            states[definition.key] = fold_defined(states.get(definition.key, {}), stored, definition)
+            view.changed_states[(target.id, definition.key)] = (
+                states[definition.key],
+                next_change_at(states[definition.key], definition),
+            )
+    if selected:
+        target.computed = computed_of(target.aggregates, states, configuration.definitions)
+    else:
+        target.computed = refreshed_builtins(target.computed, target.aggregates, configuration.definitions)
+    traits_now = {name: trait.value for name, trait in target.traits.items()}
+    if not (created or plan.attach or is_new or traits_now != traits_before):
+        return True, target.id
+    target.version += 1
+    if not created:
+        view.changed[target.id] = None
+    payload = update_payload(
+        profile=target,
+        traits_before=traits_before,
+        computed_before=computed_before,
+        created=created,
+        envelope=envelope,
+        keys=item.keys,
+    )
+    view.outbox.append((context.profiles_topic, profile_change(payload)))
+    if created:
+        PROFILES_CREATED.inc()
+    EVENTS_RESOLVED.labels(event.type).inc()
+    return True, target.id
+
+
+def _new_profile(view: _View, context: ProfileContext) -> store.StoredProfile:
+    now = context.clock()
+    profile = store.StoredProfile(
+        id=str(uuid.uuid4()),
+        version=0,
+        status="active",
+        merged_into=None,
+        traits={},
+        aggregates={},
+        computed={},
+        created_at=now,
+        updated_at=now,
+    )
+    view.profiles[profile.id] = profile
+    view.counts[profile.id] = {}
+    view.states[profile.id] = {}
+    view.created[profile.id] = context.hash_of(IdentifierKey(PROFILE_ID, profile.id))
+    return profile
+
+
+async def _flush(*, session: AsyncSession, view: _View) -> None:
+    """Write what the view's events changed, in one statement per table."""
+    await store.insert_profiles(
+        session=session, created=[(view.profiles[pid], id_hash) for pid, id_hash in view.created.items()]
+    )
+    await store.save_profiles(session=session, changed=[view.profiles[pid] for pid in view.changed])
+    await store.attach_many(session=session, attached=view.attached)
+    await store.store_events(session=session, rows=view.event_rows)
+    await store.save_defined_states_many(
+        session=session,
+        states=[(pid, key, state, due) for (pid, key), (state, due) in view.changed_states.items()],
+    )
+    await add_many_to_outbox(session=session, messages=view.outbox)
