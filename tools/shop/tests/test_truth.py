@@ -26,7 +26,8 @@ def groups(truth: dict[str, Any]) -> list[set[tuple[str, str]]]:
 
 def profile_of(truth: dict[str, Any], kind: str, value: str) -> dict[str, Any]:
     """Return the expected profile that holds one identifier."""
-    [found] = [p for p in truth["profiles"] if {"type": kind, "value": value} in p["identifiers"]]
+    profiles: list[dict[str, Any]] = truth["profiles"]
+    [found] = [p for p in profiles if {"type": kind, "value": value} in p["identifiers"]]
     return found
 
 
