@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.truth).write_text(json.dumps(world.truth, indent=1, sort_keys=True) + "\n")
     out = sys.stdout
     totals = world.truth["totals"]
-    out.write(f"simulated {args.people} people: {totals['events']} events; truth in {args.truth}\n")
+    out.write(
+        f"simulated {args.people} people: {totals['events']} events, {totals['profiles']} expected profiles;"
+        f" truth in {args.truth}\n"
+    )
     if args.dry_run:
         return 0
     if not args.write_key:
