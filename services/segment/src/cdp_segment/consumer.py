@@ -11,7 +11,7 @@ from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 
 from cdp_segment import store
-from cdp_segment.handlers import SegmentContext, consent_handler, profile_handlers
+from cdp_segment.handlers import SegmentContext, consent_handler, profile_batch_handlers, profile_handlers
 
 SERVICE = "segment"
 
@@ -34,6 +34,11 @@ def consumer_specs(settings: PlatformSettings, context: SegmentContext) -> list[
         ConsentWithdrawn: on_consent,
     }
     return [
-        ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=handlers),
+        ConsumerSpec(
+            purpose="profiles",
+            topics=[TopicName.PROFILES],
+            handlers=handlers,
+            batch_handlers=profile_batch_handlers(context),
+        ),
         ConsumerSpec(purpose="consents", topics=[TopicName.CONSENTS], handlers=consents),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ from cdp_common.events import (
     ProfileSplit,
     ProfileUpdated,
 )
-from cdp_common.kafka import Handler
+from cdp_common.kafka import BatchHandler, Handler
 from cdp_common.replica import apply_profile_version
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -47,7 +47,7 @@ def definition_of(row: store.SegmentRow) -> SegmentDefinition:
 class CatalogCache:
     """The live segments parsed once, reloaded when any definition changed."""
 
-    _stamp: tuple[Any, int] | None = None
+    _stamp: tuple[Any, ...] | None = None
     _catalog: Catalog = field(default_factory=lambda: Catalog([]))
 
     async def current(self, session: AsyncSession) -> Catalog:
@@ -110,25 +110,59 @@ async def reevaluate_profile(
         row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
     if row is None or row.merged_into is not None or row.version == 0:
         return 0
-    now = context.clock()
     members = await store.member_keys(session=session, profile_id=profile_id)
+    changes = _membership_changes(
+        catalog=catalog, row=row, members=members, changed=changed, cause=cause, now=context.clock()
+    )
+    await store.write_membership_changes(session=session, topic=context.segments_topic, changes=changes)
+    return len(changes)
+
+
+def _membership_changes(
+    *,
+    catalog: Catalog,
+    row: store.ProfileRow,
+    members: set[str],
+    changed: set[str] | None,
+    cause: dict[str, Any],
+    now: datetime,
+) -> list[store.MembershipChange]:
+    """Return the entries and exits of one profile after a change; `members` is brought up to date."""
+    if changed is not None and not catalog.affected_by(changed):
+        return []
     decisions = catalog.decide(facts_of(row, members), changed, now)
     for decision in decisions:
-        await store.record_membership_change(
-            session=session,
-            topic=context.segments_topic,
+        if decision.entered:
+            members.add(decision.segment.key)
+        else:
+            members.discard(decision.segment.key)
+    return [
+        store.MembershipChange(
             segment=decision.segment,
-            profile_id=profile_id,
+            profile_id=row.profile_id,
             entered=decision.entered,
             at=now,
             reason={"cause": cause, "conditions": public_reason(decision.explanation)},
             history_reason={"cause": cause, "explanation": decision.explanation},
         )
-    return len(decisions)
+        for decision in decisions
+    ]
 
 
 def _cause(envelope: Envelope[Any], changed: set[str] | None, **extra: Any) -> dict[str, Any]:
     return {"event_id": envelope.id, "type": envelope.type, "changed": sorted(changed or ["*"]), **extra}
+
+
+def _lifecycle_documents(
+    context: SegmentContext, row: store.ProfileRow, changed: set[str] | None
+) -> dict[str, Any] | None:
+    """Return the profile's model documents with a new lifecycle stage, or None when it did not move."""
+    if changed is not None and not changed & context.lifecycle.dependencies:
+        return None
+    model = lifecycle_model(row.computed, row.model.get("lifecycle"), context.clock(), context.lifecycle)
+    if model == row.model.get("lifecycle"):
+        return None
+    return {**row.model, "lifecycle": model}
 
 
 async def _refresh_lifecycle(
@@ -137,56 +171,113 @@ async def _refresh_lifecycle(
     context: SegmentContext,
     profile_id: str,
     changed: set[str] | None,
-    row: store.ProfileRow | None = None,
 ) -> store.ProfileRow | None:
     """Recompute the profile's lifecycle stage when its order aggregates changed; return the row when it moved."""
     if changed is not None and not changed & context.lifecycle.dependencies:
         return None
-    if row is None:
-        row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
+    row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
     if row is None:
         return None
-    model = lifecycle_model(row.computed, row.model.get("lifecycle"), context.clock(), context.lifecycle)
-    if model == row.model.get("lifecycle"):
+    documents = _lifecycle_documents(context, row, changed)
+    if documents is None:
         return None
-    documents = {**row.model, "lifecycle": model}
     await store.set_profile_documents(session=session, profile_id=profile_id, model=documents)
     return replace(row, model=documents)
+
+
+def _in_waves(envelopes: Sequence[Envelope[Any]]) -> list[list[Envelope[Any]]]:
+    """Split changes into waves that hold each profile at most once, keeping each profile's order."""
+    waves: list[list[Envelope[Any]]] = []
+    seen: dict[str, int] = {}
+    for envelope in envelopes:
+        profile_id = envelope.data.profile_id
+        wave = seen.get(profile_id, 0)
+        seen[profile_id] = wave + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(envelope)
+    return waves
+
+
+def _changed_names(data: ProfileChanged) -> set[str] | None:
+    """Return the dependency names a change touches; None (everything) for a new profile."""
+    if isinstance(data, ProfileCreated):
+        return None
+    return {f"trait:{k}" for k in data.changed_traits} | {
+        f"computed:{k}" for k in data.changed_computed_traits
+    }
+
+
+async def apply_profile_changes(
+    *, session: AsyncSession, context: SegmentContext, envelopes: Sequence[Envelope[Any]]
+) -> None:
+    """Apply created/updated profiles in order and record who enters or leaves, a few statements a batch.
+
+    The copies are written one wave at a time (each profile at most once a wave) and
+    read back with their memberships; the segments each change can affect are
+    evaluated in memory; memberships, history and outbox rows are written together at the end.
+    """
+    catalog = await context.catalog.current(session)
+    members_now: dict[str, set[str]] = {}
+    changes: list[store.MembershipChange] = []
+    for wave in _in_waves(envelopes):
+        applied = await store.apply_profile_changes(
+            session=session,
+            changes=[
+                store.ProfileChange(
+                    profile_id=e.data.profile_id,
+                    version=e.data.version,
+                    changed_traits=dict(e.data.changed_traits),
+                    changed_computed=dict(e.data.changed_computed_traits),
+                )
+                for e in wave
+            ],
+        )
+        models: dict[str, dict[str, Any]] = {}
+        for envelope in wave:
+            data: ProfileChanged = envelope.data
+            held = applied.get(data.profile_id)
+            if held is None:
+                continue
+            row, segment_ids = held
+            changed = _changed_names(data)
+            documents = _lifecycle_documents(context, row, changed)
+            if documents is not None:
+                models[row.profile_id] = documents
+                row = replace(row, model=documents)
+                changed = None if changed is None else changed | {"model:lifecycle"}
+            if row.merged_into is not None:
+                continue
+            members = members_now.get(row.profile_id)
+            if members is None:
+                members = {catalog.by_id[i].key for i in segment_ids if i in catalog.by_id}
+                members_now[row.profile_id] = members
+            changes += _membership_changes(
+                catalog=catalog,
+                row=row,
+                members=members,
+                changed=changed,
+                cause=_cause(envelope, changed, tracking_event_id=data.event_id),
+                now=context.clock(),
+            )
+        await store.set_profile_models(session=session, models=models)
+    await store.write_membership_changes(session=session, topic=context.segments_topic, changes=changes)
+
+
+def profile_batch_handlers(context: SegmentContext) -> dict[type[Payload], BatchHandler]:
+    """Return the handlers of runs of created or updated profiles, equal to the one-event handlers in order."""
+
+    async def on_profile_changes(*, session: AsyncSession, envelopes: Sequence[Envelope[Any]]) -> None:
+        await apply_profile_changes(session=session, context=context, envelopes=envelopes)
+
+    return {ProfileCreated: on_profile_changes, ProfileUpdated: on_profile_changes}
 
 
 def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
     """Return the handlers of cdp.profiles.v1 that keep the copy and memberships current."""
 
     async def on_profile_changed(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
-        data: ProfileChanged = envelope.data
-        row = await store.apply_profile_change(
-            session=session,
-            profile_id=data.profile_id,
-            version=data.version,
-            changed_traits=dict(data.changed_traits),
-            changed_computed=dict(data.changed_computed_traits),
-        )
-        if row is None:
-            return
-        changed: set[str] | None = None
-        if not isinstance(data, ProfileCreated):
-            changed = {f"trait:{k}" for k in data.changed_traits} | {
-                f"computed:{k}" for k in data.changed_computed_traits
-            }
-        moved = await _refresh_lifecycle(
-            session=session, context=context, profile_id=data.profile_id, changed=changed, row=row
-        )
-        if moved is not None:
-            row = moved
-            changed = None if changed is None else changed | {"model:lifecycle"}
-        await reevaluate_profile(
-            session=session,
-            context=context,
-            profile_id=data.profile_id,
-            changed=changed,
-            cause=_cause(envelope, changed, tracking_event_id=data.event_id),
-            row=row,
-        )
+        await apply_profile_changes(session=session, context=context, envelopes=[envelope])
 
     async def on_profile_merged(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
         data: ProfileMerged = envelope.data
@@ -216,19 +307,25 @@ def profile_handlers(context: SegmentContext) -> dict[type[Payload], Handler]:
         )
         cause = _cause(envelope, None, merge_id=data.merge_id, merged_into=data.profile_id)
         now = context.clock()
-        for key in sorted(await store.member_keys(session=session, profile_id=data.absorbed_profile_id)):
-            segment = (await context.catalog.current(session)).by_key[key]
-            reason = {"cause": {**cause, "why": "merged into another profile"}, "conditions": {}}
-            await store.record_membership_change(
-                session=session,
-                topic=context.segments_topic,
-                segment=segment,
-                profile_id=data.absorbed_profile_id,
-                entered=False,
-                at=now,
-                reason=reason,
-                history_reason=reason,
-            )
+        catalog = await context.catalog.current(session)
+        reason = {"cause": {**cause, "why": "merged into another profile"}, "conditions": {}}
+        await store.write_membership_changes(
+            session=session,
+            topic=context.segments_topic,
+            changes=[
+                store.MembershipChange(
+                    segment=catalog.by_key[key],
+                    profile_id=data.absorbed_profile_id,
+                    entered=False,
+                    at=now,
+                    reason=reason,
+                    history_reason=reason,
+                )
+                for key in sorted(
+                    await store.member_keys(session=session, profile_id=data.absorbed_profile_id)
+                )
+            ],
+        )
         await _refresh_lifecycle(session=session, context=context, profile_id=data.profile_id, changed=None)
         await reevaluate_profile(
             session=session, context=context, profile_id=data.profile_id, changed=None, cause=cause

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from cdp_common.events import SegmentEntered, SegmentExited, make_envelope
-from cdp_common.outbox import add_to_outbox
+from cdp_common.outbox import add_many_to_outbox
 from cdp_common.replica import erase_known_profiles, export_known_profile, known_profiles_table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
@@ -139,10 +139,23 @@ def _segment(row: Any) -> SegmentRow:
 _LIVE = segments.c.deleted_at.is_(None)
 
 
-async def catalog_stamp(*, session: AsyncSession) -> tuple[Any, int]:
-    """Return what changes whenever a definition changes: the latest update and the count."""
-    row = (await session.execute(sa.select(sa.func.max(segments.c.updated_at), sa.func.count()))).one()
-    return row[0], int(row[1])
+async def catalog_stamp(*, session: AsyncSession) -> tuple[Any, ...]:
+    """Return what changes whenever a definition changes.
+
+    Counts of segments and deletions and the sum of versions only grow, so a change
+    committed after another with a later update time still changes the stamp.
+    """
+    row = (
+        await session.execute(
+            sa.select(
+                sa.func.max(segments.c.updated_at),
+                sa.func.count(),
+                sa.func.count(segments.c.deleted_at),
+                sa.func.coalesce(sa.func.sum(segments.c.version), 0),
+            )
+        )
+    ).one()
+    return tuple(row)
 
 
 async def list_live_segments(*, session: AsyncSession) -> list[SegmentRow]:
@@ -327,6 +340,93 @@ async def apply_profile_change(
     return None if row is None else _profile(row)
 
 
+@dataclass(frozen=True)
+class ProfileChange:
+    """What one profile message changes in the copy: a new version and its changed traits."""
+
+    profile_id: str
+    version: int
+    changed_traits: dict[str, Any]
+    changed_computed: dict[str, Any]
+
+
+# One statement for a batch of changes (at most one per profile): the insert or merge
+# of every copy, each row's current memberships read back with it. Rows come in
+# profile-id order so concurrent writers lock them in the same order.
+_APPLY_CHANGES = sa.text(
+    """
+    WITH input AS (
+      SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb)) AS r(
+        profile_id text, version bigint, traits jsonb, computed jsonb,
+        removed_traits text[], removed_computed text[])
+    )
+    INSERT INTO known_profiles AS p (profile_id, version, traits, computed, model, consents)
+    SELECT profile_id, version, traits, computed, '{}', '{}' FROM input ORDER BY profile_id
+    ON CONFLICT (profile_id) DO UPDATE SET
+      version = excluded.version,
+      traits = (p.traits || excluded.traits)
+        - (SELECT i.removed_traits FROM input i WHERE i.profile_id = excluded.profile_id),
+      computed = (p.computed || excluded.computed)
+        - (SELECT i.removed_computed FROM input i WHERE i.profile_id = excluded.profile_id),
+      updated_at = now()
+    WHERE p.version < excluded.version
+    RETURNING p.profile_id, p.version, p.merged_into, p.traits, p.computed, p.model, p.consents,
+      ARRAY(SELECT m.segment_id FROM memberships m WHERE m.profile_id = p.profile_id) AS segment_ids
+    """
+).columns(
+    sa.column("profile_id", sa.Text),
+    sa.column("version", sa.BigInteger),
+    sa.column("merged_into", sa.Text),
+    sa.column("traits", JSONB),
+    sa.column("computed", JSONB),
+    sa.column("model", JSONB),
+    sa.column("consents", JSONB),
+    sa.column("segment_ids", postgresql.ARRAY(sa.Text)),
+)
+
+
+async def apply_profile_changes(
+    *, session: AsyncSession, changes: Sequence[ProfileChange]
+) -> dict[str, tuple[ProfileRow, frozenset[str]]]:
+    """Merge changes (at most one per profile) into the copies in one statement.
+
+    Return, by profile id, each copy a change was applied to (newer than the version
+    held) with the ids of the segments it is in. A trait or computed trait changed
+    to null is removed.
+    """
+    if not changes:
+        return {}
+    document = [
+        {
+            "profile_id": change.profile_id,
+            "version": change.version,
+            "traits": _without_nulls(change.changed_traits),
+            "computed": _without_nulls(change.changed_computed),
+            "removed_traits": [k for k, v in change.changed_traits.items() if v is None],
+            "removed_computed": [k for k, v in change.changed_computed.items() if v is None],
+        }
+        for change in changes
+    ]
+    rows = await session.execute(_APPLY_CHANGES, {"changes": json.dumps(document)})
+    return {row.profile_id: (_profile(row), frozenset(row.segment_ids)) for row in rows}
+
+
+async def set_profile_models(*, session: AsyncSession, models: dict[str, dict[str, Any]]) -> None:
+    """Replace the model documents of several profiles in one statement."""
+    if not models:
+        return
+    await session.execute(
+        sa.text(
+            """
+            UPDATE known_profiles AS p SET model = m.value, updated_at = now()
+              FROM jsonb_each(CAST(:models AS jsonb)) AS m
+             WHERE p.profile_id = m.key
+            """
+        ),
+        {"models": json.dumps(models)},
+    )
+
+
 async def load_profile(*, session: AsyncSession, profile_id: str, lock: bool = False) -> ProfileRow | None:
     """Return the copy of one profile; with lock, hold it until the transaction ends."""
     query = sa.select(profiles).where(profiles.c.profile_id == profile_id)
@@ -392,6 +492,103 @@ async def member_keys(*, session: AsyncSession, profile_id: str) -> set[str]:
     return set(rows.scalars())
 
 
+@dataclass(frozen=True)
+class MembershipChange:
+    """A profile enters or leaves a segment, with the reason published and the one kept in history."""
+
+    segment: SegmentRow | SegmentDefinition
+    profile_id: str
+    entered: bool
+    at: datetime
+    reason: dict[str, Any]
+    history_reason: dict[str, Any]
+
+
+_ADD_MEMBERS = sa.text(
+    """
+    INSERT INTO memberships (segment_id, profile_id, entered_at)
+    SELECT * FROM unnest(CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[]),
+                         CAST(:entered_at AS timestamptz[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+_REMOVE_MEMBERS = sa.text(
+    """
+    DELETE FROM memberships
+     WHERE (segment_id, profile_id) IN (
+       SELECT * FROM unnest(CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[])))
+    """
+)
+_ADD_HISTORY = sa.text(
+    """
+    INSERT INTO membership_history (segment_id, profile_id, change, segment_version, at, event_id, reason)
+    SELECT segment_id, profile_id, change, segment_version, at, event_id, CAST(reason AS jsonb)
+      FROM unnest(CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[]), CAST(:changes AS text[]),
+                  CAST(:versions AS integer[]), CAST(:ats AS timestamptz[]), CAST(:event_ids AS text[]),
+                  CAST(:reasons AS text[])) WITH ORDINALITY
+        AS h(segment_id, profile_id, change, segment_version, at, event_id, reason, position)
+     ORDER BY position
+    """
+)
+
+
+async def write_membership_changes(
+    *, session: AsyncSession, topic: str, changes: Sequence[MembershipChange]
+) -> None:
+    """Apply entries and exits in order: memberships, history and outbox events, a few statements in all."""
+    if not changes:
+        return
+    # Every membership left in the batch is deleted, then every one held at its end is
+    # inserted with its last entry time: the rows one change at a time would leave.
+    # Every change is kept in the history and published.
+    final: dict[tuple[str, str], MembershipChange] = {}
+    for change in changes:
+        final[(change.segment.id, change.profile_id)] = change
+    left = list(dict.fromkeys((c.segment.id, c.profile_id) for c in changes if not c.entered))
+    entered = [c for c in final.values() if c.entered]
+    if left:
+        await session.execute(
+            _REMOVE_MEMBERS,
+            {"segment_ids": [key[0] for key in left], "profile_ids": [key[1] for key in left]},
+        )
+    if entered:
+        await session.execute(
+            _ADD_MEMBERS,
+            {
+                "segment_ids": [c.segment.id for c in entered],
+                "profile_ids": [c.profile_id for c in entered],
+                "entered_at": [c.at for c in entered],
+            },
+        )
+    envelopes = [
+        make_envelope(
+            payload=(SegmentEntered if change.entered else SegmentExited)(
+                profile_id=change.profile_id,
+                segment_key=change.segment.key,
+                segment_version=change.segment.version,
+                reason=change.reason,
+                at=change.at,
+            ),
+            source="segment",
+            subject=change.profile_id,
+        )
+        for change in changes
+    ]
+    await session.execute(
+        _ADD_HISTORY,
+        {
+            "segment_ids": [c.segment.id for c in changes],
+            "profile_ids": [c.profile_id for c in changes],
+            "changes": ["entered" if c.entered else "exited" for c in changes],
+            "versions": [c.segment.version for c in changes],
+            "ats": [c.at for c in changes],
+            "event_ids": [e.id for e in envelopes],
+            "reasons": [json.dumps(c.history_reason) for c in changes],
+        },
+    )
+    await add_many_to_outbox(session=session, messages=[(topic, envelope) for envelope in envelopes])
+
+
 async def record_membership_change(
     *,
     session: AsyncSession,
@@ -404,42 +601,11 @@ async def record_membership_change(
     history_reason: dict[str, Any],
 ) -> None:
     """Enter or leave a segment: the membership, its history and the outbox event, together."""
-    if entered:
-        await session.execute(
-            postgresql.insert(memberships)
-            .values(segment_id=segment.id, profile_id=profile_id, entered_at=at)
-            .on_conflict_do_nothing()
-        )
-    else:
-        await session.execute(
-            memberships.delete().where(
-                memberships.c.segment_id == segment.id, memberships.c.profile_id == profile_id
-            )
-        )
-    payload_cls = SegmentEntered if entered else SegmentExited
-    envelope = make_envelope(
-        payload=payload_cls(
-            profile_id=profile_id,
-            segment_key=segment.key,
-            segment_version=segment.version,
-            reason=reason,
-            at=at,
-        ),
-        source="segment",
-        subject=profile_id,
+    await write_membership_changes(
+        session=session,
+        topic=topic,
+        changes=[MembershipChange(segment, profile_id, entered, at, reason, history_reason)],
     )
-    await session.execute(
-        membership_history.insert().values(
-            segment_id=segment.id,
-            profile_id=profile_id,
-            change="entered" if entered else "exited",
-            segment_version=segment.version,
-            at=at,
-            event_id=envelope.id,
-            reason=history_reason,
-        )
-    )
-    await add_to_outbox(session=session, topic=topic, envelope=envelope)
 
 
 async def page_members(

@@ -15,6 +15,7 @@ from cdp_common.events import (
     ProfileUpdated,
     SegmentEntered,
     SegmentExited,
+    make_envelope,
 )
 from cdp_segment import handlers, store
 from cdp_segment.domain.rules import parse_rule
@@ -198,3 +199,66 @@ async def test_explain_gives_each_condition_and_the_event_of_the_last_entry(db: 
     ]
     assert explained["last_change"]["change"] == "entered"
     assert explained["last_change"]["reason"]["cause"]["event_id"] == cause.id
+
+
+async def _apply_batch(db: SegmentDb, payloads: list[Any]) -> None:
+    """Hand consecutive profile changes to the batch handler in one transaction, as the consumer does."""
+    envelopes = [make_envelope(payload=p, source="test", subject=p.profile_id) for p in payloads]
+    async with db.sessions() as session, session.begin():
+        await handlers.apply_profile_changes(session=session, context=db.context, envelopes=envelopes)
+
+
+async def test_a_batch_of_changes_ends_as_one_change_at_a_time_would(db: SegmentDb) -> None:
+    await define(db, "pro_users", {"trait": "plan", "op": "eq", "value": "pro"})
+    await define(
+        db, "pro_buyers", {"all": [{"segment": "pro_users"}, {"computed": "orders", "op": "gte", "value": 1}]}
+    )
+    await db.apply(created("p3", plan="pro"))
+    await _apply_batch(
+        db,
+        [
+            created("p1", plan="pro"),
+            created("p2", plan="free"),
+            updated("p1", 2, traits={"plan": "free"}),
+            updated("p2", 2, traits={"plan": "pro"}, computed={"orders": 3}),
+            updated("p3", 1, traits={"plan": "free"}),  # older than the copy held: ignored
+            updated("p1", 3, traits={"plan": "pro"}),
+        ],
+    )
+    assert await db.members("pro_users") == {"p1", "p2", "p3"}
+    assert await db.members("pro_buyers") == {"p2"}
+    changes = [(e.data.profile_id, e.data.segment_key, type(e.data)) for e in await db.published()]
+    assert [c for c in changes if c[0] == "p1"] == [
+        ("p1", "pro_users", SegmentEntered),
+        ("p1", "pro_users", SegmentExited),
+        ("p1", "pro_users", SegmentEntered),
+    ]
+    assert [c for c in changes if c[0] == "p2"] == [
+        ("p2", "pro_users", SegmentEntered),
+        ("p2", "pro_buyers", SegmentEntered),
+    ]
+    async with db.sessions() as session:
+        history = await store.page_history(
+            session=session, segment_id=None, profile_id="p1", before_id=None, limit=10
+        )
+    assert [h["change"] for h in history] == ["entered", "exited", "entered"]
+    assert history[0]["reason"]["cause"]["tracking_event_id"] == "evt-p1-3"
+
+
+async def test_a_changed_definition_is_used_by_the_next_change(db: SegmentDb) -> None:
+    segment = await define(db, "pro_users", {"trait": "plan", "op": "eq", "value": "pro"})
+    await db.apply(created("p1", plan="team"))
+    async with db.sessions() as session, session.begin():
+        await handlers.update_segment(
+            session=session,
+            context=db.context,
+            ref=segment.key,
+            name="paying",
+            description="",
+            rule={"trait": "plan", "op": "in", "value": ["pro", "team"]},
+        )
+    assert await db.members("pro_users") == {"p1"}
+    await db.apply(updated("p1", 2, traits={"plan": "trial"}))
+    assert await db.members("pro_users") == set()
+    await db.apply(updated("p1", 3, traits={"plan": "team"}))
+    assert await db.members("pro_users") == {"p1"}

@@ -41,6 +41,7 @@ class Catalog:
 
     def __init__(self, definitions: list[SegmentDefinition]) -> None:
         self.by_key = {d.key: d for d in definitions}
+        self.by_id = {d.id: d for d in definitions}
         self.ordered = _dependency_order(definitions)
         self.by_dependency: dict[str, set[str]] = {}
         for definition in definitions:
