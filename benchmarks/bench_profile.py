@@ -30,8 +30,8 @@ from cdp_profile.main import MIGRATIONS, profile_context
 from cdp_profile.settings import Settings
 
 NAME = "profile"
-PLAIN_PEOPLE = 500  # 4 events each
-HEAVY_PEOPLE = 250  # 5 events each, two merges per person
+PLAIN_PEOPLE = 5000  # 4 events each
+HEAVY_PEOPLE = 1000  # 5 events each, two merges per person
 BASELINE_EVENTS = 600  # the per-event baseline runs on the first events of the plain mix
 STEADY_SECONDS = 15
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

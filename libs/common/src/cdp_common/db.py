@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -49,10 +52,20 @@ api_tokens_table = sa.Table(
 )
 
 
+def json_text(value: Any) -> str:
+    """Serialise a JSON column's value: fast for the usual documents, the standard library for the rest."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        # Integers beyond 64 bits and other rarities; the standard library decides as before.
+        return json.dumps(value)
+
+
 def create_engine(*, database_url: str, schema: str, pool_size: int = 10) -> AsyncEngine:
     """Create the service's engine; every connection works in the service's own schema."""
     return create_async_engine(
         database_url,
+        json_serializer=json_text,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,

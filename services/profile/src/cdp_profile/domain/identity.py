@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cdp_common.events import TrackingEventReceived
@@ -68,12 +69,19 @@ class IdentityRules:
         custom = key.type not in self.priority and key.type != PROFILE_ID
         return (self.rank_of(key.type), 0 if custom else 1, key.type, key.value)
 
+    @cached_property
+    def _blocked_lowered(self) -> frozenset[str]:
+        return frozenset(v.lower() for v in self.blocked_values)
+
+    @cached_property
+    def _blocked_compiled(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(pattern, flags=re.IGNORECASE) for pattern in self.blocked_patterns)
+
     def is_blocked(self, key: IdentifierKey) -> bool:
         """Whether a value is junk that must never identify anybody."""
-        lowered = key.value.strip().lower()
-        if lowered in {v.lower() for v in self.blocked_values}:
+        if key.value.strip().lower() in self._blocked_lowered:
             return True
-        return any(re.search(pattern, key.value, flags=re.IGNORECASE) for pattern in self.blocked_patterns)
+        return any(pattern.search(key.value) for pattern in self._blocked_compiled)
 
     def to_json(self) -> dict[str, Any]:
         """Return the stored and served form."""
