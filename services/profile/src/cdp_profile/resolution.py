@@ -1,11 +1,11 @@
 """Batch resolution: a partition batch of tracking events resolved with bulk reads and writes.
 
 The events are applied in order to an in-memory view of the identifiers, profiles and
-computed-trait states they touch, read at once, and their writes go out together. An event
-the view cannot decide alone (it merges profiles, drops an identifier under the rules, names
-a profile id, may belong to an erased person, or feeds a windowed computed trait) goes
-through the one-event path after a flush, and the view is read afresh for the events after
-it. Every event therefore ends exactly as the one-event path would have left it.
+computed-trait states (with the events their windows count) they touch, read at once, and
+their writes go out together. An event the view cannot decide alone (it merges profiles,
+drops an identifier under the rules, names a profile id, or may belong to an erased person)
+goes through the one-event path after a flush, and the view is read afresh for the events
+after it. Every event therefore ends exactly as the one-event path would have left it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from cdp_common.envelope import Envelope
@@ -21,7 +22,14 @@ from cdp_common.outbox import add_many_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import store
-from cdp_profile.domain.computed import StoredEvent, fold_builtin, fold_defined, next_change_at
+from cdp_profile.domain.computed import (
+    Definition,
+    StoredEvent,
+    fold_all,
+    fold_builtin,
+    fold_defined,
+    next_change_at,
+)
 from cdp_profile.domain.identity import (
     PROFILE_ID,
     IdentifierKey,
@@ -55,6 +63,8 @@ class _Prepared:
     keys: list[IdentifierKey]
     blocked: list[IdentifierKey]
     hashes: dict[IdentifierKey, str]
+    stored: StoredEvent
+    selected: list[Definition]
 
 
 @dataclass
@@ -67,6 +77,9 @@ class _View:
     states: dict[str, dict[str, dict[str, Any]]]
     stored_events: set[str]
     maybe_erased: bool
+    now: datetime
+    # Per profile, its events a windowed trait of this stretch may count (None: none read).
+    windowed_events: dict[str, list[StoredEvent]] | None = None
     created: dict[str, str] = field(default_factory=dict)
     changed: dict[str, None] = field(default_factory=dict)
     attached: list[tuple[str, IdentifierKey, str, str | None]] = field(default_factory=list)
@@ -81,12 +94,14 @@ async def resolve_events(
     """Resolve tracking events in order, as `resolve_event` would one at a time; return their profiles."""
     await store.serialise_writers(session=session)
     configuration = await store.load_configuration(session=session)
-    prepared = [_prepare(envelope, configuration.rules, context) for envelope in envelopes]
+    prepared = [_prepare(envelope, configuration, context) for envelope in envelopes]
     resolved: list[str | None] = []
     position, size = 0, LARGEST_VIEW
     while position < len(prepared):
         stretch = prepared[position : position + size]
-        view = await _read_view(session=session, stretch=stretch, with_states=bool(configuration.definitions))
+        view = await _read_view(
+            session=session, stretch=stretch, configuration=configuration, now=context.clock()
+        )
         applied = 0
         for item in stretch:
             decided, profile_id = _apply(view=view, item=item, configuration=configuration, context=context)
@@ -106,22 +121,50 @@ async def resolve_events(
     return resolved
 
 
-def _prepare(envelope: Envelope[Any], rules: Any, context: ProfileContext) -> _Prepared:
-    keys, blocked = identifiers_of(envelope.data, rules=rules, default_region=context.default_region)
+def _prepare(
+    envelope: Envelope[Any], configuration: store.Configuration, context: ProfileContext
+) -> _Prepared:
+    event: TrackingEventReceived = envelope.data
+    keys, blocked = identifiers_of(event, rules=configuration.rules, default_region=context.default_region)
+    stored = StoredEvent(
+        event_id=envelope.id,
+        type=event.type,
+        name=event_name(event),
+        timestamp=event.timestamp,
+        properties=event.properties,
+    )
     return _Prepared(
-        envelope=envelope, keys=keys, blocked=blocked, hashes={k: context.hash_of(k) for k in keys}
+        envelope=envelope,
+        keys=keys,
+        blocked=blocked,
+        hashes={k: context.hash_of(k) for k in keys},
+        stored=stored,
+        selected=[d for d in configuration.definitions if d.selects(stored)],
     )
 
 
-async def _read_view(*, session: AsyncSession, stretch: Sequence[_Prepared], with_states: bool) -> _View:
+async def _read_view(
+    *, session: AsyncSession, stretch: Sequence[_Prepared], configuration: store.Configuration, now: datetime
+) -> _View:
     keys = list(dict.fromkeys(k for item in stretch for k in item.keys if k.type != PROFILE_ID))
     holders = await store.lock_holders(session=session, keys=keys)
     hashes = [h for item in stretch for h in item.hashes.values()]
+    profile_ids = list(holders.profiles)
     states = (
-        await store.defined_states_of(session=session, profile_ids=list(holders.profiles))
-        if with_states
+        await store.defined_states_of(session=session, profile_ids=profile_ids)
+        if configuration.definitions
         else {}
     )
+    windowed = [d for item in stretch for d in item.selected if d.window is not None]
+    windowed_events = None
+    if windowed:
+        names = {d.event_name for d in windowed}
+        windowed_events = await store.events_of_profiles(
+            session=session,
+            profile_ids=profile_ids,
+            names=None if None in names else sorted(n for n in names if n is not None),
+            since=now - max(d.window for d in windowed if d.window is not None),
+        )
     return _View(
         owners=holders.owners,
         profiles=holders.profiles,
@@ -131,6 +174,8 @@ async def _read_view(*, session: AsyncSession, stretch: Sequence[_Prepared], wit
             session=session, event_ids=[item.envelope.id for item in stretch]
         ),
         maybe_erased=await store.tombstoned(session=session, hashes=hashes),
+        now=now,
+        windowed_events=windowed_events,
     )
 
 
@@ -165,16 +210,7 @@ def _apply(
     )
     if plan.absorbed or plan.dropped:
         return False, None
-    stored = StoredEvent(
-        event_id=envelope.id,
-        type=event.type,
-        name=event_name(event),
-        timestamp=event.timestamp,
-        properties=event.properties,
-    )
-    selected = [d for d in configuration.definitions if d.selects(stored)]
-    if any(d.window is not None for d in selected):
-        return False, None
+    stored, selected = item.stored, item.selected
     if item.blocked:
         IDENTIFIERS_BLOCKED.inc(len(item.blocked))
     created = plan.target is None
@@ -215,8 +251,13 @@ def _apply(
     states = view.states.setdefault(target.id, {})
     if is_new:
         target.aggregates = fold_builtin(target.aggregates, stored)
+        if view.windowed_events is not None:
+            view.windowed_events.setdefault(target.id, []).append(stored)
         for definition in selected:
-            states[definition.key] = fold_defined(states.get(definition.key, {}), stored, definition)
+            if definition.window is None:
+                states[definition.key] = fold_defined(states.get(definition.key, {}), stored, definition)
+            else:
+                states[definition.key] = _fold_window(view, target.id, definition)
             view.changed_states[(target.id, definition.key)] = (
                 states[definition.key],
                 next_change_at(states[definition.key], definition),
@@ -244,6 +285,22 @@ def _apply(
         PROFILES_CREATED.inc()
     EVENTS_RESOLVED.labels(event.type).inc()
     return True, target.id
+
+
+def _fold_window(view: _View, profile_id: str, definition: Definition) -> dict[str, Any]:
+    """Fold a windowed trait afresh over the profile's events inside its window, in time order."""
+    assert view.windowed_events is not None
+    assert definition.window is not None
+    since = view.now - definition.window
+    inside = sorted(
+        (
+            e
+            for e in view.windowed_events.get(profile_id, [])
+            if (definition.event_name is None or e.name == definition.event_name) and e.timestamp > since
+        ),
+        key=lambda e: (e.timestamp, e.event_id),
+    )
+    return fold_all(inside, definition, now=view.now)
 
 
 def _new_profile(view: _View, context: ProfileContext) -> store.StoredProfile:

@@ -858,6 +858,28 @@ async def events_for_fold(
     return [_stored_event(r) for r in rows]
 
 
+async def events_of_profiles(
+    *, session: AsyncSession, profile_ids: Sequence[str], names: Sequence[str] | None, since: datetime
+) -> dict[str, list[StoredEvent]]:
+    """Return the events of many profiles since a time (optionally only some names), per profile."""
+    found: dict[str, list[StoredEvent]] = {pid: [] for pid in profile_ids}
+    if not profile_ids:
+        return found
+    query = sa.select(
+        events.c.profile_id,
+        events.c.event_id,
+        events.c.type,
+        events.c.name,
+        events.c.timestamp,
+        events.c.properties,
+    ).where(events.c.profile_id.in_(list(profile_ids)), events.c.timestamp > since)
+    if names is not None:
+        query = query.where(events.c.name.in_(list(names)))
+    for row in await session.execute(query):
+        found[row.profile_id].append(_stored_event(row))
+    return found
+
+
 async def asserted_traits(
     *, session: AsyncSession, profile_id: str
 ) -> list[tuple[dict[str, Any], str, str, datetime]]:
