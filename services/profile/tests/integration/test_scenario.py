@@ -77,35 +77,20 @@ def event_id(message_id: str) -> str:
     return f"shop:{message_id}"
 
 
-def served(computed: dict[str, Any]) -> dict[str, Any]:
-    """Return the computed traits the truth states, as the profile holds them."""
+def compared(values: dict[str, Any]) -> dict[str, Any]:
+    """Return the computed traits the truth states, from the truth or from a profile (same names),
+    with times parsed and zero counts and amounts left out."""
     return {
-        "first_seen": datetime.fromisoformat(computed["first_seen"]),
-        "last_seen": datetime.fromisoformat(computed["last_seen"]),
-        "page_views": computed["page_views"],
-        "event_counts": {name: n for name, n in computed["event_counts"].items() if n},
-        "orders": computed["orders"],
-        "refunded_orders": computed["refunded_orders"],
-        "revenue": {currency: v for currency, v in computed["revenue"].items() if v},
-        "last_order_date": computed["last_order_date"],
-        "favourite_category": computed["favourite_category"],
-        "preferred_payment_method": computed["preferred_payment_method"],
-    }
-
-
-def expected(profile: dict[str, Any]) -> dict[str, Any]:
-    """Return the computed traits of one expected profile of the truth."""
-    return {
-        "first_seen": datetime.fromisoformat(profile["first_seen"]),
-        "last_seen": datetime.fromisoformat(profile["last_seen"]),
-        "page_views": profile["page_views"],
-        "event_counts": profile["event_counts"],
-        "orders": profile["orders"],
-        "refunded_orders": profile["refunded_orders"],
-        "revenue": {currency: v for currency, v in profile["revenue"].items() if v},
-        "last_order_date": profile["last_order_date"],
-        "favourite_category": profile["favourite_category"],
-        "preferred_payment_method": profile["preferred_payment_method"],
+        "first_seen": datetime.fromisoformat(values["first_seen"]),
+        "last_seen": datetime.fromisoformat(values["last_seen"]),
+        "page_views": values["page_views"],
+        "event_counts": {name: n for name, n in values["event_counts"].items() if n},
+        "orders": values["orders"],
+        "refunded_orders": values["refunded_orders"],
+        "revenue": {currency: v for currency, v in values["revenue"].items() if v},
+        "last_order_date": values["last_order_date"],
+        "favourite_category": values["favourite_category"],
+        "preferred_payment_method": values["preferred_payment_method"],
     }
 
 
@@ -170,7 +155,7 @@ async def test_a_generated_shop_ends_with_exactly_the_true_profiles_and_their_co
         if profile_id not in active:
             wrong.append(f"{who}: profile {profile_id} is not active")
             continue
-        actual, wanted = served(active[profile_id]), expected(profile)
+        actual, wanted = compared(active[profile_id]), compared(profile)
         differing = {name: (actual[name], wanted[name]) for name in wanted if actual[name] != wanted[name]}
         if differing:
             wrong.append(f"{who}: computed traits (actual, expected) {differing}")

@@ -77,5 +77,8 @@ profile per device; a household laptop stays with whoever the platform saw on it
 so a second person's anonymous browsing on it counts for the first, while their own user
 id never joins it (two known customers are never merged); an e-mail change keeps both
 addresses, up to the limit of five; the store kiosk every customer signs in at is
-quarantined once it has tied more than ten profiles.
+quarantined once it has tied more than ten profiles. The shared laptop and the kiosk are
+the only order-dependent conflicts: through several Kafka partitions the platform may see
+them in another order (ARCHITECTURE.md allows it), so only a run that resolves the calls
+in the order sent (as the profile scenario test does) must match `profiles` exactly.
 """

@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 KNOWN_TYPES = ("user_id", "email", "phone", "anonymous_id")
 
@@ -47,11 +48,19 @@ class Rules:
     priority: tuple[str, ...] = ("user_id", "email", "phone", "anonymous_id")
     supernode_threshold: int = 10
 
+    @cached_property
+    def _blocked_exactly(self) -> frozenset[str]:
+        return frozenset(value.lower() for value in self.blocked_values)
+
+    @cached_property
+    def _blocked_matching(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(pattern, flags=re.IGNORECASE) for pattern in self.blocked_patterns)
+
     def is_blocked(self, key: Key) -> bool:
         """Whether a value is junk that must never identify anybody."""
-        if key.value.strip().lower() in {value.lower() for value in self.blocked_values}:
+        if key.value.strip().lower() in self._blocked_exactly:
             return True
-        return any(re.search(pattern, key.value, flags=re.IGNORECASE) for pattern in self.blocked_patterns)
+        return any(pattern.search(key.value) for pattern in self._blocked_matching)
 
     def limit_of(self, kind: str) -> int:
         """Return how many identifiers of a type one profile may hold."""
