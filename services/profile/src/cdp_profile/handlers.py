@@ -253,6 +253,7 @@ async def resolve_event(
         holdings=holdings,
         quarantined=[k for k, o in owners.items() if o.quarantined],
         rules=rules,
+        apart=await store.apart_among(session=session, profile_ids=list(locked)),
     )
     created = False
     if plan.target is None:
@@ -546,6 +547,8 @@ async def merge_profiles(
         if sum(c.get(kind, 0) for c in counts.values()) > configuration.rules.limit_of(kind):
             raise SplitRefused(f"merging would pass the limit of {kind} identifiers")
     ordered = sorted(unique, key=lambda pid: survivor_order(locked[pid], counts[pid]))
+    # The operator says these are one person, whatever an earlier split said.
+    await store.forget_apart(session=session, profile_ids=unique)
     survivor = locked[ordered[0]]
     traits_before = {name: trait.value for name, trait in survivor.traits.items()}
     computed_before = dict(survivor.computed)
@@ -613,6 +616,8 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
         family=family,
         keys=entry["identifiers"],
     )
+    # Events that carry identifiers of both profiles no longer merge them again.
+    await store.keep_apart_pairs(session=session, pairs=[(survivor_id, restored_id, merge_id)])
     await store.append_ledger(
         session=session,
         merge_id=merge_id,

@@ -120,6 +120,15 @@ identity_rules = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
+kept_apart = sa.Table(
+    "kept_apart",
+    metadata,
+    sa.Column("profile_id", sa.Text, primary_key=True),
+    sa.Column("other_id", sa.Text, primary_key=True),
+    sa.Column("merge_id", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
 # Consumers hold this advisory lock shared while they read the definitions; defining a new
 # computed trait holds it exclusively, so its backfill sees every event stored before it.
 DEFINITIONS_LOCK = 0x70726F66696C65
@@ -632,7 +641,59 @@ async def move_profile_contents(
     await session.execute(
         profiles.update().where(profiles.c.merged_into == absorbed_id).values(merged_into=survivor_id)
     )
+    await _carry_apart(session=session, absorbed_id=absorbed_id, survivor_id=survivor_id)
     return keys
+
+
+async def _carry_apart(*, session: AsyncSession, absorbed_id: str, survivor_id: str) -> None:
+    """Whoever was kept apart from the absorbed profile stays apart from its survivor."""
+    rows = (
+        await session.execute(
+            kept_apart.delete()
+            .where(sa.or_(kept_apart.c.profile_id == absorbed_id, kept_apart.c.other_id == absorbed_id))
+            .returning(kept_apart.c.profile_id, kept_apart.c.other_id, kept_apart.c.merge_id)
+        )
+    ).all()
+    carried = {
+        (
+            survivor_id if r.profile_id == absorbed_id else r.profile_id,
+            survivor_id if r.other_id == absorbed_id else r.other_id,
+        ): r.merge_id
+        for r in rows
+    }
+    await keep_apart_pairs(session=session, pairs=[(a, b, m) for (a, b), m in carried.items() if a != b])
+
+
+async def keep_apart_pairs(*, session: AsyncSession, pairs: Sequence[tuple[str, str, str]]) -> None:
+    """Keep (profile, other, merge id) pairs apart, in both directions."""
+    rows = [
+        {"profile_id": x, "other_id": y, "merge_id": merge_id}
+        for a, b, merge_id in pairs
+        for x, y in ((a, b), (b, a))
+    ]
+    if rows:
+        await session.execute(postgresql.insert(kept_apart).on_conflict_do_nothing(), rows)
+
+
+async def forget_apart(*, session: AsyncSession, profile_ids: Sequence[str]) -> None:
+    """Stop keeping these profiles apart from one another (an operator merged them)."""
+    await session.execute(
+        kept_apart.delete().where(
+            kept_apart.c.profile_id.in_(list(profile_ids)), kept_apart.c.other_id.in_(list(profile_ids))
+        )
+    )
+
+
+async def apart_among(*, session: AsyncSession, profile_ids: Sequence[str]) -> set[frozenset[str]]:
+    """Return the pairs among these profiles that an operator's split keeps apart."""
+    if len(profile_ids) < 2:
+        return set()
+    rows = await session.execute(
+        sa.select(kept_apart.c.profile_id, kept_apart.c.other_id).where(
+            kept_apart.c.profile_id.in_(list(profile_ids)), kept_apart.c.other_id.in_(list(profile_ids))
+        )
+    )
+    return {frozenset((r.profile_id, r.other_id)) for r in rows}
 
 
 async def append_ledger(

@@ -180,3 +180,34 @@ async def test_merge_then_split_rederives_both_profiles_from_their_own_events(db
     assert [e["kind"] for e in ledger] == ["merge", "split"]
     splits = [e for e in await db.published() if isinstance(e.data, ProfileSplit)]
     assert sorted(e.subject for e in splits) == sorted([browsing, customer])
+
+
+async def test_a_split_sticks_until_an_operator_merges_the_two_again(db: ProfileDb) -> None:
+    anon, user = uid("a"), uid()
+    browsing, customer = await db.resolve(tracking(anonymous_id=anon), tracking(user_id=user))
+    assert browsing is not None
+    assert customer is not None
+    await db.resolve(tracking(user_id=user, anonymous_id=anon))
+    async with transaction(db.sessions) as session:
+        [entry] = await store.ledger_of(session=session, profile_ids=[customer])
+        await handlers.split_merge(session=session, context=db.context, merge_id=entry["merge_id"])
+    # The same device signing in again does not undo the operator's split: the event goes to
+    # the customer by the more trusted identifier, and the device's id stays where it was.
+    again = await db.resolve(
+        tracking(user_id=user, anonymous_id=anon), tracking(anonymous_id=anon), tracking(user_id=user)
+    )
+    assert again == [customer, browsing, customer]
+    async with transaction(db.sessions) as session:
+        ledger = await store.ledger_of(session=session, profile_ids=[customer, browsing])
+        device = await store.load_profile(session=session, profile_id=browsing)
+    assert [e["kind"] for e in ledger] == ["merge", "split"]
+    assert device is not None
+    assert device.status == "active"
+    assert device.identifiers == [IdentifierKey("anonymous_id", anon)]
+    async with transaction(db.sessions) as session:
+        merged = await handlers.merge_profiles(
+            session=session, context=db.context, profile_ids=[browsing, customer], rule="operator", reason={}
+        )
+    assert merged == {"profile_id": customer, "absorbed_profile_ids": [browsing]}
+    [after] = await db.resolve(tracking(anonymous_id=anon))
+    assert after == customer

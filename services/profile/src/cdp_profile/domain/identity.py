@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -210,8 +210,10 @@ def plan_resolution(
     holdings: Mapping[str, ProfileHolding],
     quarantined: Iterable[IdentifierKey],
     rules: IdentityRules,
+    apart: Collection[frozenset[str]] = (),
 ) -> MergePlan:
-    """Decide target, merges and dropped identifiers for an event, honouring limits and priority."""
+    """Decide target, merges and dropped identifiers for an event, honouring limits, priority and
+    the pairs of profiles an operator's split keeps apart."""
     quarantined_set = set(quarantined)
     active = list(keys)
     dropped: list[IdentifierKey] = []
@@ -219,7 +221,7 @@ def plan_resolution(
         matching = [k for k in active if k in owners and k not in quarantined_set]
         profiles = list(dict.fromkeys(owners[k] for k in matching))
         new_keys = [k for k in active if k not in owners]
-        if _within_limits(profiles, new_keys, holdings, rules):
+        if _within_limits(profiles, new_keys, holdings, rules) and not _any_apart(profiles, apart):
             break
         # Drop the event's lowest-priority identifier and match again.
         victim = active[-1]
@@ -236,6 +238,12 @@ def plan_resolution(
     # Quarantined identifiers owned elsewhere neither merge nor move.
     dropped.extend(k for k in active if k in quarantined_set and owners.get(k) not in (target, None))
     return MergePlan(target=target, absorbed=absorbed, attach=attach, dropped=dropped, linking=linking)
+
+
+def _any_apart(profiles: list[str], apart: Collection[frozenset[str]]) -> bool:
+    return bool(apart) and any(
+        frozenset((a, b)) in apart for i, a in enumerate(profiles) for b in profiles[i + 1 :]
+    )
 
 
 def _within_limits(
