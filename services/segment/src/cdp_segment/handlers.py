@@ -47,15 +47,19 @@ def definition_of(row: store.SegmentRow) -> SegmentDefinition:
 class CatalogCache:
     """The live segments parsed once, reloaded when any definition changed."""
 
-    _stamp: tuple[Any, ...] | None = None
+    _stamp: tuple[str | None, ...] | None = None
     _catalog: Catalog = field(default_factory=lambda: Catalog([]))
 
-    async def current(self, session: AsyncSession) -> Catalog:
-        """Return the catalog as of the session's transaction (checked once per transaction)."""
+    async def current(self, session: AsyncSession, stamp: tuple[str | None, ...] | None = None) -> Catalog:
+        """Return the catalog as of the session's transaction (checked once per transaction).
+
+        A caller that has read the stamp in its own statement passes it, saving a query.
+        """
         held = session.info.get("segment_catalog")
         if held is not None and held[0] is session.get_transaction():
             return held[1]  # type: ignore[no-any-return]
-        stamp = await store.catalog_stamp(session=session)
+        if stamp is None:
+            stamp = await store.catalog_stamp(session=session)
         if stamp != self._stamp:
             definitions = []
             for row in await store.list_live_segments(session=session):
@@ -217,7 +221,6 @@ async def apply_profile_changes(
     read back with their memberships; the segments each change can affect are
     evaluated in memory; memberships, history and outbox rows are written together at the end.
     """
-    catalog = await context.catalog.current(session)
     members_now: dict[str, set[str]] = {}
     changes: list[store.MembershipChange] = []
     for wave in _in_waves(envelopes):
@@ -233,10 +236,13 @@ async def apply_profile_changes(
                 for e in wave
             ],
         )
+        if not applied.profiles:
+            continue
+        catalog = await context.catalog.current(session, stamp=applied.catalog_stamp)
         models: dict[str, dict[str, Any]] = {}
         for envelope in wave:
             data: ProfileChanged = envelope.data
-            held = applied.get(data.profile_id)
+            held = applied.profiles.get(data.profile_id)
             if held is None:
                 continue
             row, segment_ids = held

@@ -185,9 +185,16 @@ class ModelRunner:
         self, session: AsyncSession, now: datetime
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         thresholds = self._context.lifecycle
+        # Only someone who ordered has a stage, and only someone with a stage can lose
+        # it: everyone else would compute to no stage and stay as they are, so the
+        # round (every scheduler tick) reads the buyers alone.
         rows = await session.execute(
             sa.select(store.profiles.c.profile_id, store.profiles.c.computed, store.profiles.c.model).where(
-                LIVE_PROFILES
+                LIVE_PROFILES,
+                sa.or_(
+                    store.profiles.c.computed.has_key(LAST_ORDER_DATE),
+                    store.profiles.c.model.has_key("lifecycle"),
+                ),
             )
         )
         results = {

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from cdp_common.events import SegmentEntered, SegmentExited, make_envelope
-from cdp_common.outbox import add_many_to_outbox
+from cdp_common.outbox import lock_outbox_writes
 from cdp_common.replica import erase_known_profiles, export_known_profile, known_profiles_table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
@@ -139,23 +139,19 @@ def _segment(row: Any) -> SegmentRow:
 _LIVE = segments.c.deleted_at.is_(None)
 
 
-async def catalog_stamp(*, session: AsyncSession) -> tuple[Any, ...]:
-    """Return what changes whenever a definition changes.
+# What changes whenever a definition changes, as text: counts of segments and
+# deletions and the sum of versions only grow, so a change committed after another
+# with a later update time still changes it.
+_CATALOG_STAMP = """
+    SELECT ARRAY[CAST(max(updated_at) AS text), CAST(count(*) AS text), CAST(count(deleted_at) AS text),
+                 CAST(coalesce(sum(version), 0) AS text)]
+      FROM segments
+"""
 
-    Counts of segments and deletions and the sum of versions only grow, so a change
-    committed after another with a later update time still changes the stamp.
-    """
-    row = (
-        await session.execute(
-            sa.select(
-                sa.func.max(segments.c.updated_at),
-                sa.func.count(),
-                sa.func.count(segments.c.deleted_at),
-                sa.func.coalesce(sa.func.sum(segments.c.version), 0),
-            )
-        )
-    ).one()
-    return tuple(row)
+
+async def catalog_stamp(*, session: AsyncSession) -> tuple[str | None, ...]:
+    """Return what changes whenever a definition changes."""
+    return tuple((await session.execute(sa.text(_CATALOG_STAMP))).scalar_one())
 
 
 async def list_live_segments(*, session: AsyncSession) -> list[SegmentRow]:
@@ -352,16 +348,17 @@ class ProfileChange:
 
 # One statement for a batch of changes (at most one per profile): the insert or merge
 # of every copy, each row's current memberships read back with it. Rows come in
-# profile-id order so concurrent writers lock them in the same order.
+# profile-id order so concurrent writers lock them in the same order. The only
+# interpolation is the constant stamp query.
 _APPLY_CHANGES = sa.text(
-    """
+    f"""
     WITH input AS (
       SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb)) AS r(
         profile_id text, version bigint, traits jsonb, computed jsonb,
         removed_traits text[], removed_computed text[])
     )
     INSERT INTO known_profiles AS p (profile_id, version, traits, computed, model, consents)
-    SELECT profile_id, version, traits, computed, '{}', '{}' FROM input ORDER BY profile_id
+    SELECT profile_id, version, traits, computed, '{{}}', '{{}}' FROM input ORDER BY profile_id
     ON CONFLICT (profile_id) DO UPDATE SET
       version = excluded.version,
       traits = (p.traits || excluded.traits)
@@ -371,8 +368,9 @@ _APPLY_CHANGES = sa.text(
       updated_at = now()
     WHERE p.version < excluded.version
     RETURNING p.profile_id, p.version, p.merged_into, p.traits, p.computed, p.model, p.consents,
-      ARRAY(SELECT m.segment_id FROM memberships m WHERE m.profile_id = p.profile_id) AS segment_ids
-    """
+      ARRAY(SELECT m.segment_id FROM memberships m WHERE m.profile_id = p.profile_id) AS segment_ids,
+      ({_CATALOG_STAMP}) AS catalog_stamp
+    """  # noqa: S608
 ).columns(
     sa.column("profile_id", sa.Text),
     sa.column("version", sa.BigInteger),
@@ -382,20 +380,27 @@ _APPLY_CHANGES = sa.text(
     sa.column("model", JSONB),
     sa.column("consents", JSONB),
     sa.column("segment_ids", postgresql.ARRAY(sa.Text)),
+    sa.column("catalog_stamp", postgresql.ARRAY(sa.Text)),
 )
 
 
-async def apply_profile_changes(
-    *, session: AsyncSession, changes: Sequence[ProfileChange]
-) -> dict[str, tuple[ProfileRow, frozenset[str]]]:
+@dataclass(frozen=True)
+class AppliedChanges:
+    """The copies a batch of changes was applied to, with their memberships, and the catalog stamp."""
+
+    profiles: dict[str, tuple[ProfileRow, frozenset[str]]]
+    catalog_stamp: tuple[str | None, ...] | None
+
+
+async def apply_profile_changes(*, session: AsyncSession, changes: Sequence[ProfileChange]) -> AppliedChanges:
     """Merge changes (at most one per profile) into the copies in one statement.
 
     Return, by profile id, each copy a change was applied to (newer than the version
-    held) with the ids of the segments it is in. A trait or computed trait changed
-    to null is removed.
+    held) with the ids of the segments it is in, and the catalog stamp read in the
+    same statement. A trait or computed trait changed to null is removed.
     """
     if not changes:
-        return {}
+        return AppliedChanges(profiles={}, catalog_stamp=None)
     document = [
         {
             "profile_id": change.profile_id,
@@ -407,8 +412,11 @@ async def apply_profile_changes(
         }
         for change in changes
     ]
-    rows = await session.execute(_APPLY_CHANGES, {"changes": json.dumps(document)})
-    return {row.profile_id: (_profile(row), frozenset(row.segment_ids)) for row in rows}
+    rows = (await session.execute(_APPLY_CHANGES, {"changes": json.dumps(document)})).all()
+    return AppliedChanges(
+        profiles={row.profile_id: (_profile(row), frozenset(row.segment_ids)) for row in rows},
+        catalog_stamp=tuple(rows[0].catalog_stamp) if rows else None,
+    )
 
 
 async def set_profile_models(*, session: AsyncSession, models: dict[str, dict[str, Any]]) -> None:
@@ -504,30 +512,42 @@ class MembershipChange:
     history_reason: dict[str, Any]
 
 
-_ADD_MEMBERS = sa.text(
+# One statement for every entry and exit of a batch, in order: the membership rows
+# (deleted where the last change is an exit; inserted where it is an entry, with the
+# entry time renewed where the profile left and came back), the history and the
+# outbox rows. The caller holds the outbox write lock, so outbox ids follow commit order.
+_WRITE_CHANGES = sa.text(
     """
-    INSERT INTO memberships (segment_id, profile_id, entered_at)
-    SELECT * FROM unnest(CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[]),
-                         CAST(:entered_at AS timestamptz[]))
-    ON CONFLICT DO NOTHING
-    """
-)
-_REMOVE_MEMBERS = sa.text(
-    """
-    DELETE FROM memberships
-     WHERE (segment_id, profile_id) IN (
-       SELECT * FROM unnest(CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[])))
-    """
-)
-_ADD_HISTORY = sa.text(
-    """
-    INSERT INTO membership_history (segment_id, profile_id, change, segment_version, at, event_id, reason)
-    SELECT segment_id, profile_id, change, segment_version, at, event_id, CAST(reason AS jsonb)
-      FROM unnest(CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[]), CAST(:changes AS text[]),
-                  CAST(:versions AS integer[]), CAST(:ats AS timestamptz[]), CAST(:event_ids AS text[]),
-                  CAST(:reasons AS text[])) WITH ORDINALITY
-        AS h(segment_id, profile_id, change, segment_version, at, event_id, reason, position)
-     ORDER BY position
+    WITH input AS (
+      SELECT * FROM unnest(
+          CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[]), CAST(:changes AS text[]),
+          CAST(:versions AS integer[]), CAST(:ats AS timestamptz[]), CAST(:event_ids AS text[]),
+          CAST(:reasons AS text[]), CAST(:payloads AS bytea[])) WITH ORDINALITY
+        AS c(segment_id, profile_id, change, segment_version, at, event_id, reason, payload, position)
+    ),
+    last_change AS (
+      SELECT DISTINCT ON (segment_id, profile_id) segment_id, profile_id, change, at,
+             bool_or(change = 'exited') OVER (PARTITION BY segment_id, profile_id) AS left_once
+        FROM input ORDER BY segment_id, profile_id, position DESC
+    ),
+    removed AS (
+      DELETE FROM memberships m USING last_change l
+       WHERE l.change = 'exited' AND m.segment_id = l.segment_id AND m.profile_id = l.profile_id
+    ),
+    added AS (
+      INSERT INTO memberships AS m (segment_id, profile_id, entered_at)
+      SELECT segment_id, profile_id, at FROM last_change WHERE change = 'entered'
+      ON CONFLICT (segment_id, profile_id) DO UPDATE SET entered_at = excluded.entered_at
+       WHERE EXISTS (SELECT 1 FROM last_change l WHERE l.left_once
+                        AND l.segment_id = excluded.segment_id AND l.profile_id = excluded.profile_id)
+    ),
+    history AS (
+      INSERT INTO membership_history (segment_id, profile_id, change, segment_version, at, event_id, reason)
+      SELECT segment_id, profile_id, change, segment_version, at, event_id, CAST(reason AS jsonb)
+        FROM input ORDER BY position
+    )
+    INSERT INTO outbox (topic, key, event_id, payload)
+    SELECT :topic, profile_id, event_id, payload FROM input ORDER BY position
     """
 )
 
@@ -535,31 +555,9 @@ _ADD_HISTORY = sa.text(
 async def write_membership_changes(
     *, session: AsyncSession, topic: str, changes: Sequence[MembershipChange]
 ) -> None:
-    """Apply entries and exits in order: memberships, history and outbox events, a few statements in all."""
+    """Apply entries and exits in order: memberships, history and outbox events in one statement."""
     if not changes:
         return
-    # Every membership left in the batch is deleted, then every one held at its end is
-    # inserted with its last entry time: the rows one change at a time would leave.
-    # Every change is kept in the history and published.
-    final: dict[tuple[str, str], MembershipChange] = {}
-    for change in changes:
-        final[(change.segment.id, change.profile_id)] = change
-    left = list(dict.fromkeys((c.segment.id, c.profile_id) for c in changes if not c.entered))
-    entered = [c for c in final.values() if c.entered]
-    if left:
-        await session.execute(
-            _REMOVE_MEMBERS,
-            {"segment_ids": [key[0] for key in left], "profile_ids": [key[1] for key in left]},
-        )
-    if entered:
-        await session.execute(
-            _ADD_MEMBERS,
-            {
-                "segment_ids": [c.segment.id for c in entered],
-                "profile_ids": [c.profile_id for c in entered],
-                "entered_at": [c.at for c in entered],
-            },
-        )
     envelopes = [
         make_envelope(
             payload=(SegmentEntered if change.entered else SegmentExited)(
@@ -574,8 +572,9 @@ async def write_membership_changes(
         )
         for change in changes
     ]
+    await lock_outbox_writes(session=session)
     await session.execute(
-        _ADD_HISTORY,
+        _WRITE_CHANGES,
         {
             "segment_ids": [c.segment.id for c in changes],
             "profile_ids": [c.profile_id for c in changes],
@@ -584,9 +583,10 @@ async def write_membership_changes(
             "ats": [c.at for c in changes],
             "event_ids": [e.id for e in envelopes],
             "reasons": [json.dumps(c.history_reason) for c in changes],
+            "payloads": [e.to_bytes() for e in envelopes],
+            "topic": topic,
         },
     )
-    await add_many_to_outbox(session=session, messages=[(topic, envelope) for envelope in envelopes])
 
 
 async def record_membership_change(
