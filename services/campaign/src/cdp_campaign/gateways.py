@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -200,7 +200,7 @@ class SmtpMailer:
         self._username = parts.username
         self._password = parts.password
         self._timeout = timeout_s
-        self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(connections)
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -216,41 +216,31 @@ class SmtpMailer:
         await client.connect()
         return client
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        async with self._slots:
-            client = None
-            while not self._idle.empty() and client is None:
-                candidate = self._idle.get_nowait()
-                if candidate.is_connected:
-                    client = candidate
-            if client is None:
-                try:
-                    client = await self._connect()
-                except (aiosmtplib.SMTPException, OSError) as exc:
-                    raise TemporaryFailure(
-                        f"cannot connect to the SMTP server: {type(exc).__name__}"
-                    ) from exc
-            healthy = False
-            try:
-                yield client
-                healthy = True
-            finally:
-                if healthy and client.is_connected:
-                    self._idle.put_nowait(client)
-                else:
-                    client.close()
+    async def _take_connection(self) -> aiosmtplib.SMTP:
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client
+        try:
+            return await self._connect()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise TemporaryFailure(f"cannot connect to the SMTP server: {type(exc).__name__}") from exc
 
     async def send(self, message: OutgoingMail) -> None:
         """Hand one message over; raise Rejected, TemporaryFailure or HandOverUnknown when it did not go."""
-        async with self._connection() as client:
+        async with self._slots:
+            client = await self._take_connection()
+            healthy = False
             try:
                 await client.sendmail(message.sender, list(message.recipients), message.data)
+                healthy = True
             except aiosmtplib.SMTPRecipientsRefused as exc:
+                healthy = True
                 if all(400 <= r.code < 500 for r in exc.recipients):
                     raise TemporaryFailure(str(exc)) from exc
                 raise Rejected(str(exc)) from exc
             except aiosmtplib.SMTPResponseException as exc:
+                healthy = True
                 if 400 <= exc.code < 500:
                     raise TemporaryFailure(str(exc)) from exc
                 raise Rejected(str(exc)) from exc
@@ -258,11 +248,16 @@ class SmtpMailer:
                 raise HandOverUnknown(
                     f"the SMTP connection broke during the hand-over: {type(exc).__name__}"
                 ) from exc
+            finally:
+                if healthy and client.is_connected:
+                    self._idle.append(client)
+                else:
+                    client.close()
 
     async def close(self) -> None:
         """Close the idle connections."""
-        while not self._idle.empty():
-            client = self._idle.get_nowait()
+        while self._idle:
+            client = self._idle.pop()
             with contextlib.suppress(aiosmtplib.SMTPException, OSError):
                 await client.quit()
 

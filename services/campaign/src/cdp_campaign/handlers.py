@@ -1015,25 +1015,10 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
                 not_before=resume,
             )
         claimed = set(
-            await store.set_send_status(
-                session=session,
-                send_ids=[o.send["id"] for o in outgoing],
-                status="handing_over",
-                from_statuses=["queued"],
-                claimed_at=now,
-                handed_at=now,
+            await store.claim_sends(
+                session=session, addresses={o.send["id"]: o.address for o in outgoing}, at=now
             )
         )
-        addresses = [
-            {"b_id": o.send["id"], "b_address": o.address} for o in outgoing if o.send["id"] in claimed
-        ]
-        if addresses:
-            await session.execute(
-                store.sends.update()
-                .where(store.sends.c.id == sa.bindparam("b_id"))
-                .values(address=sa.bindparam("b_address")),
-                addresses,
-            )
     # The claim is committed before anything leaves: a crash from here on is reported, not repeated.
     results = await asyncio.gather(*(_hand_over(ctx, o) for o in outgoing if o.send["id"] in claimed))
     async with transaction(factory) as session:

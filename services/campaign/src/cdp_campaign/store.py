@@ -429,6 +429,33 @@ async def set_send_status(
     return list((await session.execute(statement)).scalars())
 
 
+async def claim_sends(*, session: AsyncSession, addresses: dict[str, str], at: datetime) -> list[str]:
+    """Mark queued sends as handing over to their addresses in one statement; return the ids claimed."""
+    if not addresses:
+        return []
+    claimed = (
+        sa.func.unnest(
+            sa.bindparam("claim_ids", list(addresses), type_=postgresql.ARRAY(sa.Text)),
+            sa.bindparam("claim_addresses", list(addresses.values()), type_=postgresql.ARRAY(sa.Text)),
+        )
+        .table_valued("id", "address")
+        .render_derived(name="claimed")
+    )
+    statement = (
+        sends.update()
+        .where(sends.c.id == claimed.c.id, sends.c.status == "queued")
+        .values(
+            status="handing_over",
+            address=claimed.c.address,
+            claimed_at=at,
+            handed_at=at,
+            updated_at=sa.func.now(),
+        )
+        .returning(sends.c.id)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
 async def handed_counts(
     *, session: AsyncSession, profile_ids: Sequence[str], channel: str, since: datetime
 ) -> dict[str, int]:

@@ -6,10 +6,12 @@ import email
 import email.policy
 import quopri
 import re
+import time
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from functools import lru_cache
 
 from cdp_campaign.domain.tokens import sign_token
 
@@ -85,6 +87,16 @@ def _part(content_type: str, body: str) -> bytes:
     )
 
 
+@lru_cache(maxsize=64)
+def _envelope_address(sender: str) -> str:
+    return parseaddr(sender)[1] or sender
+
+
+@lru_cache(maxsize=4)
+def _date_header(second: int) -> str:
+    return formatdate(second, usegmt=True)
+
+
 def build_email(
     *,
     sender: str,
@@ -102,7 +114,7 @@ def build_email(
         f"From: {_header_value(sender)}",
         f"To: {_header_value(to)}",
         f"Subject: {_header_value(subject)}",
-        f"Date: {formatdate(usegmt=True)}",
+        f"Date: {_date_header(int(time.time()))}",
         f"Message-ID: {message_id}",
         f"X-CDP-Send: {_header_value(reference)}",
         "MIME-Version: 1.0",
@@ -125,5 +137,4 @@ def build_email(
             b"",
         ]
     )
-    envelope_sender = parseaddr(sender)[1] or sender
-    return OutgoingMail(sender=envelope_sender, recipients=(to,), data=data, message_id=message_id)
+    return OutgoingMail(sender=_envelope_address(sender), recipients=(to,), data=data, message_id=message_id)
