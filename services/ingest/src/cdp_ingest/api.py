@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import orjson
+from aiokafka import AIOKafkaProducer
 from cdp_common.auth import SCOPES, Principal, authenticate, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.privacy import access_router
@@ -31,13 +32,14 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import exc as sa_exc
 
 from cdp_ingest import handlers, store
+from cdp_ingest.batching import EventBatcher
 from cdp_ingest.domain.calls import CALL_TYPES, build_event, merge_batch_defaults
 from cdp_ingest.domain.errors import CallError
 from cdp_ingest.domain.plans import MODES, InvalidPlan, Violation, plan_from_document
 from cdp_ingest.domain.ratelimit import RateLimiter, retry_after_header
 from cdp_ingest.domain.transactions import parse_transaction, transaction_call
 from cdp_ingest.intake import client_ip, parse_json, parse_object, read_body, refuse, write_key_of
-from cdp_ingest.metrics import EVENTS_REFUSED, PAYLOAD_SIZE, RATE_LIMITED, REQUEST_DURATION
+from cdp_ingest.metrics import EVENTS_REFUSED, RATE_LIMITED, payload_size, request_duration
 from cdp_ingest.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,14 @@ NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-s
 
 
 class Intake:
-    """The long-lived state of the tracking path: settings, limits, write keys and rate limits."""
+    """The long-lived state of the tracking path: settings, limits, write keys, rate limits, producer."""
 
-    def __init__(self, *, settings: Settings, write_keys: handlers.WriteKeys) -> None:
+    def __init__(
+        self, *, settings: Settings, write_keys: handlers.WriteKeys, producer: AIOKafkaProducer
+    ) -> None:
         self.settings = settings
+        self.producer = producer
+        self.batcher = EventBatcher(producer=producer, topic=settings.topic(TopicName.EVENTS))
         self.limits = settings.limits()
         self.proxies = settings.proxy_networks()
         self.write_keys = write_keys
@@ -80,7 +86,7 @@ async def _measured(
         status = str(exc.status)
         raise
     finally:
-        REQUEST_DURATION.labels(endpoint, status).observe(time.perf_counter() - started)
+        request_duration(endpoint, status).observe(time.perf_counter() - started)
 
 
 async def _source_for(
@@ -167,12 +173,10 @@ def _screen(
 
 
 async def _publish_and_record(request: Request, intake: Intake, screened: _Screened, source_id: str) -> None:
-    runtime = request.app.state.runtime
     if screened.events:
         try:
             await handlers.publish_events(
-                producer=runtime.producer,
-                topic=intake.settings.topic(TopicName.EVENTS),
+                batcher=intake.batcher,
                 events=screened.events,
                 timeout_s=intake.settings.produce_timeout_s,
             )
@@ -185,7 +189,9 @@ async def _publish_and_record(request: Request, intake: Intake, screened: _Scree
             ) from exc
     try:
         await handlers.record_violations(
-            session_factory=runtime.session_factory, source_id=source_id, found=screened.violations
+            session_factory=request.app.state.runtime.session_factory,
+            source_id=source_id,
+            found=screened.violations,
         )
     except (sa_exc.SQLAlchemyError, OSError):
         # The events are in Kafka already; a lost violation record must not turn that into an error.
@@ -195,7 +201,7 @@ async def _publish_and_record(request: Request, intake: Intake, screened: _Scree
 async def _accept_call(request: Request, intake: Intake, call_type: str) -> Response:
     received_at = datetime.now(UTC)
     body_bytes = await read_body(request, limit=intake.limits.max_event_bytes, call_type=call_type)
-    PAYLOAD_SIZE.labels(call_type).observe(len(body_bytes))
+    payload_size(call_type).observe(len(body_bytes))
     body = parse_object(body_bytes, call_type=call_type)
     source = await _source_for(request, intake, body, call_type)
     screened = _Screened()
@@ -239,7 +245,7 @@ async def _accept_batch(request: Request, intake: Intake) -> Response:
     received_at = datetime.now(UTC)
     settings = intake.settings
     body_bytes = await read_body(request, limit=settings.max_batch_bytes, call_type="batch")
-    PAYLOAD_SIZE.labels("batch").observe(len(body_bytes))
+    payload_size("batch").observe(len(body_bytes))
     body = parse_object(body_bytes, call_type="batch")
     source = await _source_for(request, intake, body, "batch")
     items = body.get("batch")
@@ -290,7 +296,7 @@ async def _accept_transactions(request: Request, intake: Intake) -> Response:
     bulk = media_type in NDJSON_TYPES
     limit = settings.max_batch_bytes if bulk else intake.limits.max_event_bytes
     body_bytes = await read_body(request, limit=limit, call_type="transaction")
-    PAYLOAD_SIZE.labels("transactions").observe(len(body_bytes))
+    payload_size("transactions").observe(len(body_bytes))
     if bulk:
         lines = body_bytes.split(b"\n")
         documents = [(index, line) for index, line in enumerate(lines) if line.strip()]

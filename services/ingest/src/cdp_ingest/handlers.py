@@ -20,9 +20,11 @@ from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_ingest import store
+from cdp_ingest.batching import EventBatcher
 from cdp_ingest.domain.calls import event_id, partition_key
 from cdp_ingest.domain.plans import TrackingPlan, Violation, plan_from_document
-from cdp_ingest.metrics import EVENTS_ACCEPTED, KAFKA_UNAVAILABLE, PLAN_VIOLATIONS, PRODUCE_DURATION
+from cdp_ingest.metrics import KAFKA_UNAVAILABLE, PLAN_VIOLATIONS, PRODUCE_DURATION, events_accepted
+from cdp_ingest.settings import Settings
 
 SERVICE = "ingest"
 
@@ -118,27 +120,43 @@ class SourceConfig:
 class WriteKeys:
     """Resolves write keys to sources, with a short cache so tracking calls skip the database.
 
-    Another replica learns of a rotated or disabled key when its cache entry expires
-    (`write_key_cache_s`); this process forgets its cache at once.
+    Concurrent calls with a key that is not cached wait for one lookup instead of each
+    querying the database. Another replica learns of a rotated or disabled key when its
+    cache entry expires (`write_key_cache_s`); this process forgets its cache at once.
     """
 
     def __init__(self, *, session_factory: async_sessionmaker[AsyncSession], ttl_s: float) -> None:
         self._session_factory = session_factory
         self._ttl_s = ttl_s
         self._cache: dict[str, tuple[float, SourceConfig | None]] = {}
+        self._lookups: dict[str, asyncio.Task[SourceConfig | None]] = {}
+        self._generation = 0
 
     def forget(self) -> None:
         """Drop every cached resolution (after a source changed)."""
         self._cache.clear()
+        self._lookups.clear()
+        self._generation += 1
 
     async def source_of(self, write_key: str) -> SourceConfig | None:
         """Return the source of a write key, or None when it is unknown or disabled."""
         cached = self._cache.get(write_key)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        async with self._session_factory() as session:
-            row = await store.find_enabled_source(session=session, write_key_hash=hash_token(write_key))
+        lookup = self._lookups.get(write_key)
+        if lookup is None:
+            lookup = self._lookups[write_key] = asyncio.create_task(self._look_up(write_key))
+        # A caller that gives up (a cancelled request) must not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, write_key: str) -> SourceConfig | None:
+        generation, started = self._generation, time.monotonic()
+        try:
+            async with self._session_factory() as session:
+                row = await store.find_enabled_source(session=session, write_key_hash=hash_token(write_key))
+        finally:
+            if generation == self._generation:
+                self._lookups.pop(write_key, None)
         config = None
         if row is not None:
             config = SourceConfig(
@@ -147,9 +165,10 @@ class WriteKeys:
                 rate_limit_burst=row["rate_limit_burst"],
                 plan=plan_from_document(row["plan"]) if row["plan"] is not None else None,
             )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[write_key] = (now + self._ttl_s, config)
+        if generation == self._generation:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[write_key] = (started + self._ttl_s, config)
         return config
 
 
@@ -169,26 +188,44 @@ def envelope_bytes(event: dict[str, Any], *, now: datetime) -> tuple[str, bytes]
     return key, orjson.dumps(envelope, option=orjson.OPT_UTC_Z)
 
 
+def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
+    """Create the producer of accepted events: idempotent, acks=all, with room for large batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.env}.{SERVICE}.tracking",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=settings.produce_linger_ms,
+        max_batch_size=settings.produce_batch_bytes,
+        request_timeout_ms=15_000,
+    )
+
+
 async def publish_events(
-    *, producer: AIOKafkaProducer, topic: str, events: Sequence[dict[str, Any]], timeout_s: float
+    *, batcher: EventBatcher, events: Sequence[dict[str, Any]], timeout_s: float
 ) -> None:
     """Write accepted events to Kafka and return once every one is acknowledged (acks=all)."""
     now = datetime.now(UTC)
     started = time.perf_counter()
+    messages = []
+    for event in events:
+        key, value = envelope_bytes(event, now=now)
+        messages.append((key.encode(), value))
     try:
         async with asyncio.timeout(timeout_s):
-            futures = []
-            for event in events:
-                key, value = envelope_bytes(event, now=now)
-                futures.append(await producer.send(topic, value=value, key=key.encode()))
-            await asyncio.gather(*futures)
+            batches = await batcher.add(messages)
+            # wait, unlike gather, leaves the batches alone when this request gives up: others share them.
+            if batches:
+                await asyncio.wait(batches)
+        for batch in batches:
+            batch.result()
     except (KafkaError, TimeoutError) as exc:
         KAFKA_UNAVAILABLE.inc()
         raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
     PRODUCE_DURATION.observe(time.perf_counter() - started)
     counts = Counter((event["sourceId"], event["type"]) for event in events)
     for (source_id, call_type), count in counts.items():
-        EVENTS_ACCEPTED.labels(source_id, call_type).inc(count)
+        events_accepted(source_id, call_type).inc(count)
 
 
 async def record_violations(

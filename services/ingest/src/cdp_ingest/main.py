@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from cdp_common.db import transaction
@@ -10,8 +12,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cdp_ingest import handlers
-from cdp_ingest.api import Intake, routers
+from cdp_ingest.api import Intake, routers, tracking
 from cdp_ingest.consumer import SERVICE, consumer_specs
+from cdp_ingest.dispatch import TrackingDispatch, post_endpoints
 from cdp_ingest.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -21,11 +24,14 @@ def create_app(settings: Settings) -> FastAPI:
     """Create the ingest service's app; resources are built in its lifespan."""
 
     async def prepare(runtime: ServiceRuntime) -> None:
+        producer = handlers.create_tracking_producer(settings)
+        await producer.start()
         app.state.intake = Intake(
             settings=settings,
             write_keys=handlers.WriteKeys(
                 session_factory=runtime.session_factory, ttl_s=settings.write_key_cache_s
             ),
+            producer=producer,
         )
         default_key = settings.default_write_key.get_secret_value()
         if default_key:
@@ -40,6 +46,22 @@ def create_app(settings: Settings) -> FastAPI:
         on_start=[prepare],
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP ingest service")
+    runtime_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The tracking producer flushes and stops before the runtime (and its engine) does.
+        async with runtime_lifespan(app):
+            try:
+                yield
+            finally:
+                intake: Intake | None = getattr(app.state, "intake", None)
+                if intake is not None:
+                    await intake.batcher.close()
+                    await intake.producer.stop()
+
+    app.router.lifespan_context = lifespan
+    app.add_middleware(TrackingDispatch, service=SERVICE, endpoints=post_endpoints(tracking))
     # Browsers call the tracking API from any site (analytics.js, sendBeacon); no cookies are read.
     app.add_middleware(
         CORSMiddleware,

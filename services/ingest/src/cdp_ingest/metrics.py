@@ -6,6 +6,8 @@ never a user id, an e-mail or an event's values.
 
 from __future__ import annotations
 
+from functools import cache
+
 from prometheus_client import Counter, Histogram
 
 EVENTS_ACCEPTED = Counter(
@@ -48,3 +50,24 @@ PAYLOAD_SIZE = Histogram(
     ["endpoint"],
     buckets=(256, 1024, 4096, 16384, 32768, 131072, 524288),
 )
+
+
+# The tracking path looks its labelled series up once per label set, not once per request.
+
+
+@cache
+def request_duration(endpoint: str, status: str) -> Histogram:
+    """Return the request-duration series of an endpoint and status."""
+    return REQUEST_DURATION.labels(endpoint, status)
+
+
+@cache
+def payload_size(endpoint: str) -> Histogram:
+    """Return the payload-size series of an endpoint."""
+    return PAYLOAD_SIZE.labels(endpoint)
+
+
+@cache
+def events_accepted(source: str, call_type: str) -> Counter:
+    """Return the accepted-events series of a source and call type."""
+    return EVENTS_ACCEPTED.labels(source, call_type)
