@@ -130,11 +130,12 @@ def _membership_changes(
     changed: set[str] | None,
     cause: dict[str, Any],
     now: datetime,
+    new_profile: bool = False,
 ) -> list[store.MembershipChange]:
     """Return the entries and exits of one profile after a change; `members` is brought up to date."""
     if changed is not None and not catalog.affected_by(changed):
         return []
-    decisions = catalog.decide(facts_of(row, members), changed, now)
+    decisions = catalog.decide(facts_of(row, members), changed, now, new_profile=new_profile)
     for decision in decisions:
         if decision.entered:
             members.add(decision.segment.key)
@@ -265,6 +266,7 @@ async def apply_profile_changes(
                 changed=changed,
                 cause=_cause(envelope, changed, tracking_event_id=data.event_id),
                 now=context.clock(),
+                new_profile=isinstance(data, ProfileCreated),
             )
         await store.set_profile_models(session=session, models=models)
     await store.write_membership_changes(session=session, topic=context.segments_topic, changes=changes)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from cdp_segment.domain.evaluation import ProfileFacts, evaluate, explain
+from cdp_segment.domain.membership import Catalog, SegmentDefinition
 from cdp_segment.domain.rules import RuleError, parse_rule
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
@@ -265,3 +266,24 @@ def test_dependencies_name_what_can_change_the_outcome() -> None:
         "clock",
     }
     assert parsed.segment_refs == {"vip"}
+
+
+def test_a_new_profile_is_evaluated_only_against_the_segments_it_can_be_in() -> None:
+    rules = {
+        "pro": {"trait": "plan", "op": "eq", "value": "pro"},
+        "unseen": {"not": {"trait": "seen", "op": "exists"}},
+        "adults": {"age": {"op": "gte", "value": 18}},
+        "emailable": {"consent": {"purpose": "marketing", "channel": "email"}},
+        "pro_unseen": {"all": [{"segment": "pro"}, {"segment": "unseen"}]},
+    }
+    catalog = Catalog(
+        [SegmentDefinition(id=k, key=k, version=1, parsed=parse_rule(rule)) for k, rule in rules.items()]
+    )
+    facts = ProfileFacts(traits={"plan": "pro", "birthday": "2000-01-01"})
+    assert catalog.affecting_new_profile(facts) == {"pro", "unseen", "adults"}
+    now = datetime(2025, 6, 15, tzinfo=UTC)
+    decided = {d.segment.key for d in catalog.decide(facts, None, now, new_profile=True)}
+    # Equal to evaluating every segment: the skipped ones would not have matched.
+    assert decided == {d.segment.key for d in catalog.decide(facts, None, now)} == {
+        "pro", "unseen", "adults", "pro_unseen"
+    }  # fmt: skip

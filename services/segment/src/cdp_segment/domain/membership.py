@@ -10,11 +10,13 @@ membership just changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from cdp_segment.domain.evaluation import ProfileFacts, evaluate, explain
 from cdp_segment.domain.rules import ParsedRule
+
+_ANY_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,13 @@ class Catalog:
         for definition in definitions:
             for dependency in definition.parsed.dependencies:
                 self.by_dependency.setdefault(dependency, set()).add(definition.key)
+        # A segment none of whose inputs a profile holds decides as it would for a
+        # profile of which nothing is known; without the clock that outcome never changes.
+        self.match_unknown = frozenset(
+            d.key
+            for d in definitions
+            if not d.parsed.uses_clock and evaluate(d.parsed.root, ProfileFacts(), _ANY_INSTANT)
+        )
 
     def affected_by(self, changed: set[str]) -> set[str]:
         """Return the keys of segments that depend directly on one of the changed names."""
@@ -55,11 +64,32 @@ class Catalog:
             keys |= self.by_dependency.get(name, set())
         return keys
 
+    def affecting_new_profile(self, facts: ProfileFacts) -> set[str]:
+        """Return the keys of segments a new profile can be in: those reading what it holds, the clock,
+        those that match a profile of which nothing is known, and those it is already in."""
+        held = {
+            *(f"trait:{k}" for k in facts.traits),
+            *(f"computed:{k}" for k in facts.computed),
+            *(f"model:{k}" for k in facts.model),
+            *(f"consent:{k}" for k in facts.consents),
+            "clock",
+        }
+        return self.affected_by(held) | self.match_unknown | set(facts.segments)
+
     def decide(
-        self, facts: ProfileFacts, changed: set[str] | None, now: datetime
+        self, facts: ProfileFacts, changed: set[str] | None, now: datetime, *, new_profile: bool = False
     ) -> list[MembershipDecision]:
-        """Evaluate the segments a change can affect (all when changed is None) for one profile."""
-        pending = set(self.by_key) if changed is None else self.affected_by(changed)
+        """Evaluate the segments a change can affect (all when changed is None) for one profile.
+
+        For a new profile (changed None) only the segments it can be in are evaluated:
+        every other one would not match it.
+        """
+        if changed is not None:
+            pending = self.affected_by(changed)
+        elif new_profile:
+            pending = self.affecting_new_profile(facts)
+        else:
+            pending = set(self.by_key)
         decisions: list[MembershipDecision] = []
         for definition in self.ordered:
             if definition.key not in pending:
