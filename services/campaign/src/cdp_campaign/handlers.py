@@ -1020,7 +1020,7 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
             )
         )
     # The claim is committed before anything leaves: a crash from here on is reported, not repeated.
-    results = await asyncio.gather(*(_hand_over(ctx, o) for o in outgoing if o.send["id"] in claimed))
+    results = await _hand_over_all(ctx, [o for o in outgoing if o.send["id"] in claimed])
     async with transaction(factory) as session:
         for status in ("sent", "bounced", "failed", "unknown"):
             ids = [send_id for send_id, s, _ in results if s == status]
@@ -1053,6 +1053,22 @@ def _address_of(contact: dict[str, Any] | None, definition: Definition) -> str |
     if contact is None:
         return None
     return contact.get("email") if definition.channel == "email" else contact.get("phone")
+
+
+async def _hand_over_all(ctx: CampaignContext, outgoing: list[Outgoing]) -> list[tuple[str, str, str | None]]:
+    """Hand sends over, e-mails by as many workers as there are SMTP connections, the rest at once."""
+    emails = [o for o in outgoing if o.send["channel"] == "email"]
+    others = [o for o in outgoing if o.send["channel"] != "email"]
+    results = list(await asyncio.gather(*(_hand_over(ctx, o) for o in others)))
+    pending = iter(emails)
+
+    async def worker() -> None:
+        # A few workers pulling from one iterator, rather than a task per e-mail queueing for a connection.
+        for item in pending:
+            results.append(await _hand_over(ctx, item))
+
+    await asyncio.gather(*(worker() for _ in range(min(len(emails), ctx.settings.campaign_smtp_connections))))
+    return results
 
 
 async def _hand_over(ctx: CampaignContext, outgoing: Outgoing) -> tuple[str, str, str | None]:

@@ -21,6 +21,16 @@ metadata = sa.MetaData()
 known_profiles = known_profiles_table(metadata)
 
 
+def _any_of(column: sa.ColumnElement[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
+    # One array parameter instead of an IN list: the statement stays the same for any number of ids.
+    return column == sa.any_(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.Text)))
+
+
+def _dicts(result: sa.Result[Any]) -> list[dict[str, Any]]:
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
+
+
 def _now_column(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
 
@@ -298,8 +308,8 @@ async def contacts_of(*, session: AsyncSession, profile_ids: Sequence[str]) -> d
     """Return the records of profiles by id."""
     if not profile_ids:
         return {}
-    rows = await session.execute(sa.select(contacts).where(contacts.c.profile_id.in_(list(profile_ids))))
-    return {r["profile_id"]: dict(r) for r in rows.mappings()}
+    rows = await session.execute(sa.select(contacts).where(_any_of(contacts.c.profile_id, profile_ids)))
+    return {r["profile_id"]: r for r in _dicts(rows)}
 
 
 async def set_membership(
@@ -335,7 +345,7 @@ async def segments_of(*, session: AsyncSession, profile_ids: Sequence[str]) -> d
         return result
     rows = await session.execute(
         sa.select(memberships.c.profile_id, memberships.c.segment_key)
-        .where(memberships.c.profile_id.in_(list(profile_ids)))
+        .where(_any_of(memberships.c.profile_id, profile_ids))
         .order_by(memberships.c.segment_key)
     )
     for profile_id, key in rows:
@@ -399,8 +409,8 @@ async def insert_sends(*, session: AsyncSession, rows: list[dict[str, Any]]) -> 
 
 async def sends_by_id(*, session: AsyncSession, send_ids: Sequence[str]) -> list[dict[str, Any]]:
     """Return sends by id."""
-    rows = await session.execute(sa.select(sends).where(sends.c.id.in_(list(send_ids))).order_by(sends.c.id))
-    return [dict(r) for r in rows.mappings()]
+    rows = await session.execute(sa.select(sends).where(_any_of(sends.c.id, send_ids)).order_by(sends.c.id))
+    return _dicts(rows)
 
 
 async def get_send(*, session: AsyncSession, send_id: str) -> dict[str, Any] | None:
@@ -422,7 +432,7 @@ async def set_send_status(
         return []
     statement = (
         sends.update()
-        .where(sends.c.id.in_(list(send_ids)), sends.c.status.in_(list(from_statuses)))
+        .where(_any_of(sends.c.id, send_ids), sends.c.status.in_(list(from_statuses)))
         .values(status=status, updated_at=sa.func.now(), **values)
         .returning(sends.c.id)
     )

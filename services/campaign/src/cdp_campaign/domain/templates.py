@@ -78,9 +78,13 @@ _html_environment.globals["range"] = _limited_range
 def _compile(source: str, html: bool) -> Any:
     environment = _html_environment if html else _environment
     try:
-        return environment.from_string(source)
+        template = environment.from_string(source)
     except TemplateError as exc:
         raise TemplateRefused(f"the template is invalid: {exc}") from exc
+    # A plain dict instead of Jinja's ChainMap of the environment's globals, which each
+    # render would otherwise walk twice; the globals never change after start-up.
+    template.globals = dict(template.globals)
+    return template
 
 
 def validate_template(source: str) -> None:
