@@ -15,19 +15,26 @@ import base64
 import json
 import math
 import secrets
+import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from cdp_common.db import create_engine, create_session_factory
-from cdp_common.events import SegmentEntered
+from cdp_common.events import ProfileCreated, SegmentEntered, make_envelope
+from cdp_common.kafka import create_producer, ensure_topics
 from cdp_common.migrations import migrate
 from cdp_common.settings import PlatformSettings
+from cdp_common.testing import ServiceProcess, free_port
+from cdp_common.topics import TopicName
 from cdp_segment.batch import recompute_segment
 from cdp_segment.compiler import members_query
 from cdp_segment.domain.rules import parse_rule
@@ -53,6 +60,8 @@ RATE_SECONDS = 10.0
 # An entered event later than this after the last call of a rate counts as a miss.
 DRAIN_S = 30.0
 LATENCY_GOAL_MS = 250.0
+# Segment alone (its own process fed by a producer) is offered each rate for this long.
+SHARE_SECONDS = 10.0
 SEGMENTS_TOPIC = "dev.cdp.segments.v1"
 PROFILES_TOPIC = "dev.cdp.profiles.v1"
 
@@ -342,15 +351,192 @@ async def _at_rate(
     }
 
 
+async def segment_share_benchmark(env: dict[str, str]) -> dict[str, Any]:
+    """Time segment alone: a profile change produced to its topic until the entered event, beside one Kafka hop.
+
+    A segment process of its own runs in a private environment (its own topics and
+    database), so the figures do not depend on ingest and profile or on what else the
+    dev stack is doing; its profile URL points nowhere, so nothing reaches the dev profile.
+    """
+    run = secrets.token_hex(3)
+    name = f"benchseg{run}"
+    base = PlatformSettings(database_url=env["CDP_DATABASE_URL"]).database_url.replace("+asyncpg", "")
+    server, database = base.rsplit("/", 1)[0], f"cdp_{name}"
+    settings = PlatformSettings(env=name, kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"])
+    admin_db = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await admin_db.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin_db.close()
+    process = ServiceProcess(
+        name="segment",
+        port=free_port(),
+        environ={
+            "CDP_ENV": name,
+            "CDP_DATABASE_URL": f"{server}/{database}",
+            "CDP_KAFKA_BOOTSTRAP": env["CDP_KAFKA_BOOTSTRAP"],
+            "CDP_ADMIN_TOKEN": env["CDP_ADMIN_TOKEN"],
+            "CDP_PROFILE_URL": f"http://127.0.0.1:{free_port()}",
+            "CDP_LOG_LEVEL": "WARNING",
+        },
+        log_path=Path(tempfile.gettempdir()) / f"{name}.log",
+    )
+    producer = create_producer(settings, client_id="bench")
+    report: dict[str, Any] = {}
+    try:
+        process.start()
+        await process.wait_ready()
+        async with httpx.AsyncClient(timeout=30) as http:
+            created = await http.post(
+                f"{process.url}/v1/segments",
+                json={
+                    "key": "bench",
+                    "name": "bench",
+                    "rule": {"trait": "bench_run", "op": "eq", "value": run},
+                },
+                headers={"Authorization": f"Bearer {env['CDP_ADMIN_TOKEN']}"},
+            )
+            created.raise_for_status()
+        await ensure_topics(settings, [TopicName.PROFILES, TopicName.SEGMENTS])
+        await producer.start()
+        for rate in RATES:
+            report[f"{rate}_events_per_s"] = {
+                "profile_change_to_entered": await _segment_alone(settings, producer, run, rate),
+                "baseline_one_kafka_hop": await _kafka_hop(settings, producer, rate),
+            }
+    finally:
+        await producer.stop()
+        process.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=env["CDP_KAFKA_BOOTSTRAP"])
+        await admin.start()
+        try:
+            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(f"{name}.")])
+        finally:
+            await admin.close()
+        admin_db = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await admin_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin_db.close()
+    return report
+
+
+async def _offered(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    rate: int,
+    message: Callable[[int], tuple[str, bytes, bytes]],
+    arrival: Callable[[bytes], int | None],
+) -> dict[str, Any]:
+    """Produce message(i) at start + i/rate (open-loop) and time each until `arrival` names it on the consumer."""
+    total = int(rate * SHARE_SECONDS)
+    messages = [message(i) for i in range(total)]
+    scheduled = [0.0] * total
+    arrived = [math.inf] * total
+
+    async def read() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    index = arrival(record.value or b"")
+                    if index is not None and 0 <= index < total and math.isinf(arrived[index]):
+                        arrived[index] = now
+
+    reader = asyncio.create_task(read())
+    started = time.perf_counter()
+    for i, (topic, key, value) in enumerate(messages):
+        scheduled[i] = started + i / rate
+        await asyncio.sleep(max(0.0, scheduled[i] - time.perf_counter()))
+        await producer.send(topic, value=value, key=key)
+    deadline = scheduled[-1] + DRAIN_S
+    while time.perf_counter() < deadline and any(math.isinf(a) for a in arrived[-rate:]):
+        await asyncio.sleep(0.1)
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    latencies = sorted(a - s for a, s in zip(arrived, scheduled, strict=True))
+    return {
+        "sent": total,
+        "missed": sum(1 for v in latencies if math.isinf(v)),
+        "p50_ms": _ms(_percentile(latencies, 0.50)),
+        "p99_ms": _ms(_percentile(latencies, 0.99)),
+        "max_ms": _ms(latencies[-1]),
+    }
+
+
+async def _segment_alone(
+    settings: PlatformSettings, producer: AIOKafkaProducer, run: str, rate: int
+) -> dict[str, Any]:
+    consumer = AIOKafkaConsumer(
+        settings.topic(TopicName.SEGMENTS), bootstrap_servers=settings.kafka_bootstrap, group_id=None
+    )
+    await consumer.start()
+    await consumer.seek_to_end()
+    prefix = f"p-{rate}-"
+
+    def message(i: int) -> tuple[str, bytes, bytes]:
+        profile_id = f"{prefix}{i}"
+        envelope = make_envelope(
+            payload=ProfileCreated(profile_id=profile_id, version=1, changed_traits={"bench_run": run}),
+            source="profile",
+            subject=profile_id,
+        )
+        return settings.topic(TopicName.PROFILES), profile_id.encode(), envelope.to_bytes()
+
+    def arrival(value: bytes) -> int | None:
+        envelope = json.loads(value)
+        subject = envelope.get("subject", "")
+        if envelope.get("type") != SegmentEntered.EVENT_TYPE or not subject.startswith(prefix):
+            return None
+        return int(subject[len(prefix) :])
+
+    try:
+        return await _offered(producer, consumer, rate, message, arrival)
+    finally:
+        await consumer.stop()
+
+
+async def _kafka_hop(settings: PlatformSettings, producer: AIOKafkaProducer, rate: int) -> dict[str, Any]:
+    topic = f"{settings.env}.hop.{rate}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, settings.topic_partitions, 1)])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.env}.hop",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        return await _offered(
+            producer,
+            consumer,
+            rate,
+            lambda i: (topic, str(i).encode(), json.dumps({"index": i, "pad": "x" * 400}).encode()),
+            lambda value: int(json.loads(value)["index"]),
+        )
+    finally:
+        await consumer.stop()
+
+
 async def run(env: dict[str, str]) -> dict[str, Any]:
     """Run both parts; the latency part needs the running stack."""
     recompute = await recompute_benchmark(env["CDP_DATABASE_URL"])
     latency = await latency_benchmark(env)
+    share = await segment_share_benchmark(env)
     at_goal_rate = latency[f"{RATES[-1]}_events_per_s"]
     p99 = at_goal_rate["p99_ms"]
     return {
         "recompute": recompute,
         "latency_ingest_to_entered": latency,
+        "latency_segment_alone": share,
         "goals": {
             "p99_ms_at_1000_events_per_s": p99,
             "p99_at_most_ms": LATENCY_GOAL_MS,
