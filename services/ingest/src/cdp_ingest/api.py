@@ -215,6 +215,8 @@ async def _accept_call(request: Request, intake: Intake, call_type: str) -> Resp
         received_at=received_at,
         ip=client_ip(request, intake.proxies),
         check_size=False,
+        # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
+        nul_possible=b"\\u0000" in body_bytes,
     )
     await _publish_and_record(request, intake, screened, source.id)
     if refusal is not None:

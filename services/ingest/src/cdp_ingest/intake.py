@@ -22,6 +22,8 @@ from cdp_ingest.metrics import EVENTS_REFUSED
 
 # curl and some servers label JSON as form data; only multipart bodies cannot be JSON.
 REFUSED_MEDIA_TYPES = ("multipart/form-data",)
+# Decoded Basic credentials by Authorization header, so a client's repeated calls skip base64.
+_BASIC_USERS: dict[str, str] = {}
 
 
 def refuse(
@@ -39,6 +41,14 @@ def refuse(
     return ApiError(status=status, code=code, message=message, details=details, headers=headers)
 
 
+def header(request: Request, name: bytes) -> str | None:
+    """Return one request header, found in the raw ASGI list (names come lower-cased) without building Headers."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _too_large(limit: int, call_type: str) -> ApiError:
     return refuse(
         413,
@@ -51,7 +61,7 @@ def _too_large(limit: int, call_type: str) -> ApiError:
 
 async def read_body(request: Request, *, limit: int, call_type: str) -> bytes:
     """Read the body, decompressing gzip, refusing anything over `limit` bytes before or after decompression."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media_type = (header(request, b"content-type") or "").split(";", 1)[0].strip().lower()
     if media_type in REFUSED_MEDIA_TYPES:
         raise refuse(
             415,
@@ -60,7 +70,7 @@ async def read_body(request: Request, *, limit: int, call_type: str) -> bytes:
             {"content_type": media_type},
             call_type=call_type,
         )
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = (header(request, b"content-encoding") or "identity").strip().lower()
     if encoding not in ("identity", "gzip", ""):
         raise refuse(
             415,
@@ -69,7 +79,7 @@ async def read_body(request: Request, *, limit: int, call_type: str) -> bytes:
             {"content_encoding": encoding},
             call_type=call_type,
         )
-    declared = request.headers.get("content-length")
+    declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, call_type)
     body = bytearray()
@@ -144,17 +154,29 @@ def parse_object(body: bytes, *, call_type: str) -> dict[str, Any]:
     return document
 
 
+def _basic_user(authorization: str) -> str:
+    """Return the user name of HTTP Basic credentials ('' when there is none)."""
+    user = _BASIC_USERS.get(authorization)
+    if user is not None:
+        return user
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "basic" or not credentials:
+        return ""
+    try:
+        user, _, _ = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise refuse(401, "invalid_write_key", "the Basic credentials are not valid base64") from exc
+    if len(_BASIC_USERS) >= 10_000:
+        _BASIC_USERS.clear()
+    _BASIC_USERS[authorization] = user
+    return user
+
+
 def write_key_of(request: Request, body: dict[str, Any]) -> str:
     """Return the write key from HTTP Basic (`writeKey:`) or the body's `writeKey`."""
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "basic" and credentials:
-        try:
-            user, _, _ = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise refuse(401, "invalid_write_key", "the Basic credentials are not valid base64") from exc
-        if user:
-            return user
+    user = _basic_user(header(request, b"authorization") or "")
+    if user:
+        return user
     key = body.get("writeKey")
     if isinstance(key, str) and key:
         return key

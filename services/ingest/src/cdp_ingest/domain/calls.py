@@ -21,6 +21,7 @@ from cdp_ingest.domain.errors import CallError
 
 MESSAGE_NAMESPACE = uuid.UUID("6f1d3c4e-5b0a-4c57-9a55-2f3c1b7d8e90")
 _NAMESPACE_BYTES = MESSAGE_NAMESPACE.bytes
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 CALL_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
@@ -145,6 +146,8 @@ def parse_time(value: Any, field: str) -> datetime | None:
 
 def _optional_id(call: Mapping[str, Any], field: str) -> str | None:
     value = call.get(field)
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -324,11 +327,10 @@ def event_id(*, source_id: str, message_id: str) -> str:
 
     This is uuid5(MESSAGE_NAMESPACE, "source:messageId"), computed without building UUID objects.
     """
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{source_id}:{message_id}".encode()).digest()[:16])  # noqa: S324
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    text = hashlib.sha1(_NAMESPACE_BYTES + f"{source_id}:{message_id}".encode()).hexdigest()  # noqa: S324
+    # The version nibble becomes 5; the variant's top two bits become 10.
+    variant = _VARIANT[text[16]]
+    return f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{variant}{text[17:20]}-{text[20:32]}"
 
 
 def _external_rank(kind: str) -> int:
