@@ -2,11 +2,14 @@
 and `/v1/batch` events/s beside a raw aiokafka producer, all measured in the same run.
 
 The no-op app runs under uvicorn in its own process on a free port, exactly as the
-service is served; the raw producer has the service's settings (idempotent, acks=all,
-linger 2 ms) and writes envelopes of the same size to a topic of its own. The load
-generator is httpx.AsyncClient with a bounded number of concurrent requests, for a
-bounded time, to 127.0.0.1 only. A fixed pool of message ids is reused, so the dev
-stack's consumers see mostly duplicates and stay cheap.
+service is served. The raw producer is made by the service's producer factory and
+sends the very envelopes ingest writes for the benchmark's calls to the same topic
+(see _raw_producer). The load generator is a small HTTP/1.1 client over kept-alive
+asyncio connections with every request built beforehand (so that it costs little on
+the cores it shares with the server, and the same for both sides), with a bounded
+number of concurrent requests, for a bounded time, to 127.0.0.1 only. Baseline and
+subject alternate in ABBA order, round after round, and the median round counts. A
+fixed pool of message ids is reused, so the dev stack's consumers see mostly duplicates.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -26,10 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
-from cdp_common.kafka import ensure_topics
 from cdp_common.testing import free_port
 from cdp_common.topics import TopicName
 from cdp_ingest.domain.calls import Limits, build_event
@@ -45,7 +45,7 @@ ROUNDS = 3
 TRACK_CONCURRENCY = 48
 BATCH_CONCURRENCY = 6
 BATCH_SIZE = 500
-RAW_EVENTS = 40_000
+RAW_EVENTS = 30_000
 MESSAGE_POOL = 2000
 RAW_PARTITIONER = DefaultPartitioner()
 
@@ -232,50 +232,44 @@ async def _raw_send_per_message(
     await asyncio.gather(*(sender() for _ in range(BATCH_CONCURRENCY)))
 
 
-async def _raw_producer(env: dict[str, str], envelope: bytes) -> dict[str, Any]:
-    """Produce RAW_EVENTS envelopes with the service's producer settings, two ways; return events/s.
+async def _raw_producer(env: dict[str, str], messages: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """Produce ingest's own messages with the service's producer settings, two ways; return events/s.
 
-    The messages are ingest's: its enriched envelope, keyed by the same user ids, to a
-    topic of the same partitions, through a producer made by the service's own factory
-    (idempotent, acks=all, same linger and batch size). Nothing is parsed, validated or
-    serialised. One way streams every message into full record batches per partition and
-    awaits the acknowledgements at the end (the most a raw aiokafka producer does); the
-    other has the batch benchmark's shape (BATCH_CONCURRENCY senders of BATCH_SIZE
-    messages, awaiting each block) with one `send` per message. The better is the baseline.
+    The messages are exactly what ingest writes for the benchmark's calls (the enriched
+    envelopes, keyed by user id, with the benchmark source's event ids) and they go to
+    the same topic, so the dev stack's consumers do the same work downstream of either.
+    The producer is made by the service's own factory (idempotent, acks=all, same linger
+    and batch size). Nothing is parsed, validated or serialised. One way streams the
+    messages into full record batches per partition and awaits the acknowledgements at
+    the end (the most a raw aiokafka producer does); the other has the batch benchmark's
+    shape (BATCH_CONCURRENCY senders of BATCH_SIZE messages, awaiting each block) with
+    one `send` per message. The better of the two is the baseline.
     """
-    settings = Settings(
-        env="bench" + secrets.token_hex(3), kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"], topic_partitions=6
-    )
-    await ensure_topics(settings, [TopicName.EVENTS])
+    settings = Settings(env=env.get("CDP_ENV", "dev"), kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"])
     topic = settings.topic(TopicName.EVENTS)
     producer = create_tracking_producer(settings)
     await producer.start()
-    messages = [(f"bench-user-{i % 500}".encode(), envelope) for i in range(RAW_EVENTS)]
     rates: dict[str, int] = {}
     try:
-        await _raw_send_per_message(producer, topic, messages[:1000])
+        await _raw_send_per_message(producer, topic, messages[:BATCH_SIZE])
         for name, produce in (
             ("record_batches", _raw_record_batches),
             ("send_per_message", _raw_send_per_message),
         ):
+            load = [messages[i % len(messages)] for i in range(RAW_EVENTS)]
             started = time.perf_counter()
-            await produce(producer, topic, messages)
+            await produce(producer, topic, load)
             rates[name] = round(RAW_EVENTS / (time.perf_counter() - started))
     finally:
         await producer.stop()
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(settings.env)])
-        finally:
-            await admin.close()
     return {
         "events_per_s": max(rates.values()),
         **{f"{name}_events_per_s": rate for name, rate in rates.items()},
     }
 
 
-async def _bench_source(env: dict[str, str]) -> str:
+async def _bench_source(env: dict[str, str]) -> tuple[str, str]:
+    """Create a source without a practical rate limit; return its write key and id."""
     headers = {"Authorization": f"Bearer {env['CDP_ADMIN_TOKEN']}"}
     async with httpx.AsyncClient(timeout=10) as client:
         created = await client.post(
@@ -289,8 +283,7 @@ async def _bench_source(env: dict[str, str]) -> str:
             headers=headers,
         )
         changed.raise_for_status()
-    write_key: str = source["write_key"]
-    return write_key
+    return str(source["write_key"]), str(source["id"])
 
 
 async def run(env: dict[str, str]) -> dict[str, Any]:
@@ -298,57 +291,72 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
     ingest = env["CDP_INGEST_URL"]
     if not ingest.startswith("http://127.0.0.1:"):
         raise SystemExit("the ingest benchmark only loads 127.0.0.1")
-    write_key = await _bench_source(env)
+    write_key, source_id = await _bench_source(env)
     auth = (write_key, "")
     track_bodies = [orjson.dumps(_call(i)) for i in range(MESSAGE_POOL)]
     batch_bodies = [
         orjson.dumps({"batch": [_call(b * BATCH_SIZE + i) for i in range(BATCH_SIZE)]})
         for b in range(MESSAGE_POOL // BATCH_SIZE)
     ]
-    # The raw producer sends what ingest sends for the same call: its enriched envelope.
+    # The raw producer sends what ingest sends for the same calls: their enriched envelopes.
     now = datetime.now(UTC)
-    event = build_event(
-        call=_call(0), call_type="track", source_id="src_" + "0" * 16, received_at=now, limits=Limits()
-    )
-    sample = envelope_bytes({**event, "context": {**event["context"], "ip": "127.0.0.1"}}, now=now)[1]
+    raw_messages = []
+    for index in range(MESSAGE_POOL):
+        event = build_event(
+            call=_call(index),
+            call_type="track",
+            source_id=source_id,
+            received_at=now,
+            limits=Limits(),
+            client_ip="127.0.0.1",
+        )
+        key, value = envelope_bytes(event, now=now)
+        raw_messages.append((key.encode(), value))
 
     process, noop_url = await _noop_app()
     noop_rounds, track_rounds = [], []
     try:
-        for _ in range(ROUNDS):
-            noop_rounds.append(
-                await _load(
-                    url=noop_url,
-                    bodies=track_bodies[:1],
-                    concurrency=TRACK_CONCURRENCY,
-                    auth=None,
-                    per_request=1,
-                )
-            )
-            track_rounds.append(
-                await _load(
-                    url=f"{ingest}/v1/track",
-                    bodies=track_bodies,
-                    concurrency=TRACK_CONCURRENCY,
-                    auth=auth,
-                    per_request=1,
-                )
-            )
+        for round_index in range(ROUNDS):
+            # ABBA order: the consumers' work after one side's events spills into the other side equally.
+            for side in ("noop", "track") if round_index % 2 == 0 else ("track", "noop"):
+                if side == "noop":
+                    noop_rounds.append(
+                        await _load(
+                            url=noop_url,
+                            bodies=track_bodies[:1],
+                            concurrency=TRACK_CONCURRENCY,
+                            auth=None,
+                            per_request=1,
+                        )
+                    )
+                else:
+                    track_rounds.append(
+                        await _load(
+                            url=f"{ingest}/v1/track",
+                            bodies=track_bodies,
+                            concurrency=TRACK_CONCURRENCY,
+                            auth=auth,
+                            per_request=1,
+                        )
+                    )
     finally:
         process.terminate()
         process.wait(timeout=10)
     raw_rounds, batch_rounds = [], []
-    for _ in range(ROUNDS):
-        raw_rounds.append(await _raw_producer(env, sample))
-        batch_rounds.append(
-            await _load(
-                url=f"{ingest}/v1/batch",
-                bodies=batch_bodies,
-                concurrency=BATCH_CONCURRENCY,
-                auth=auth,
-                per_request=BATCH_SIZE,
-            )
-        )
+    for round_index in range(ROUNDS):
+        for side in ("raw", "batch") if round_index % 2 == 0 else ("batch", "raw"):
+            if side == "raw":
+                raw_rounds.append(await _raw_producer(env, raw_messages))
+            else:
+                batch_rounds.append(
+                    await _load(
+                        url=f"{ingest}/v1/batch",
+                        bodies=batch_bodies,
+                        concurrency=BATCH_CONCURRENCY,
+                        auth=auth,
+                        per_request=BATCH_SIZE,
+                    )
+                )
     noop = _median_round(noop_rounds, "requests_per_s")
     track = _median_round(track_rounds, "requests_per_s")
     raw = _median_round(raw_rounds, "events_per_s")
