@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiosmtplib
 import httpx
+import orjson
 
 from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
 from cdp_campaign.domain.messages import OutgoingMail
@@ -71,17 +72,19 @@ class HttpConsentGate:
     def __init__(self, *, client: httpx.AsyncClient, base_url: str, token: str) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"}
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._client.post(f"{self._base}{path}", json=body, headers=self._headers)
+            response = await self._client.post(
+                f"{self._base}{path}", content=orjson.dumps(body), headers=self._headers
+            )
         except httpx.HTTPError as exc:
             raise ConsentUnavailable(f"consent service unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 300:
             raise ConsentUnavailable(f"consent service answered {response.status_code}")
         try:
-            document: dict[str, Any] = response.json()
+            document: dict[str, Any] = orjson.loads(response.content)
         except ValueError as exc:
             raise ConsentUnavailable("consent service answered something that is not JSON") from exc
         return document

@@ -918,7 +918,9 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
         segments = await store.segments_of(session=session, profile_ids=profile_ids)
         since = now - timedelta(hours=ctx.settings.campaign_frequency_window_hours)
         counts: dict[tuple[str, str], int] = {}
-        for channel in {s["channel"] for s in queued}:
+        # Without a cap the counts are not needed.
+        capped_channels = {s["channel"] for s in queued} if ctx.settings.campaign_frequency_cap > 0 else set()
+        for channel in capped_channels:
             per = await store.handed_counts(
                 session=session, profile_ids=profile_ids, channel=channel, since=since
             )

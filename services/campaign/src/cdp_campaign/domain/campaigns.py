@@ -145,7 +145,7 @@ class Variant(LocalisedContent):
             language = wanted.split("-")[0]
             if language in candidates:
                 return candidates[language]
-        return LocalisedContent(subject=self.subject, body=self.body, text=self.text)
+        return self
 
 
 Channel = Literal["email", "sms", "webhook"]

@@ -30,11 +30,11 @@ class QuietHours:
 
     def next_allowed(self, *, now: datetime, timezone: str | None) -> datetime | None:
         """Return when sending may resume if `now` is inside the window, else None."""
+        if self.start == self.end:
+            return None
         zone = zone_of(timezone)
         local = now.astimezone(zone)
         clock = local.time().replace(tzinfo=None)
-        if self.start == self.end:
-            return None
         if self.start < self.end:
             inside = self.start <= clock < self.end
         else:
