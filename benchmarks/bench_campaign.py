@@ -1,12 +1,17 @@
 """The campaign send pipeline: personalised e-mails per second (rendered, consent-checked through
 the consent service's API, recorded before and after the hand-over, handed to SMTP) to the local
 mail catcher, beside raw aiosmtplib sends of the same messages over as many connections, in the
-same run."""
+same run.
+
+Raw sends and the pipeline alternate for ROUNDS rounds (the order swapped every round) and the
+median round is reported, because the machine is shared. Both run on uvloop, the event loop the
+campaign service runs on (uvicorn picks it), in a thread of their own."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import statistics
 import time
 from datetime import UTC, datetime
 from datetime import time as clock_time
@@ -16,6 +21,7 @@ from typing import Any
 import aiosmtplib
 import httpx
 import sqlalchemy as sa
+import uvloop
 from cdp_campaign import store
 from cdp_campaign.domain.campaigns import CampaignSpec
 from cdp_campaign.domain.messages import TrackingLinks, build_email
@@ -34,7 +40,8 @@ from cdp_common.db import create_engine, create_session_factory, transaction
 from cdp_common.migrations import migrate
 
 NAME = "campaign"
-MESSAGES = 3000
+MESSAGES = 2000
+ROUNDS = 3
 CONNECTIONS = 8
 JOB_SIZE = 200
 PARALLEL_JOBS = 4
@@ -80,27 +87,76 @@ async def _grant_consent(*, env: dict[str, str], profile_ids: list[str]) -> None
         await asyncio.gather(*(grant(p) for p in missing))
 
 
-async def _raw_sends(*, smtp_url: str, messages: list[Any]) -> tuple[float, float]:
-    host, port = smtp_url.split("://", 1)[1].split(":")
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for message in messages:
-        queue.put_nowait(message)
+async def _insert_sends(*, session: Any, campaign_id: str, profile_ids: list[str], run_key: str) -> list[str]:
+    now = datetime.now(UTC)
+    return await store.insert_sends(
+        session=session,
+        rows=[
+            {
+                "id": store.send_id_for(
+                    source="campaign", source_id=campaign_id, step=None, run_key=run_key, profile_id=p
+                ),
+                "source": "campaign",
+                "source_id": campaign_id,
+                "profile_id": p,
+                "profile_hash": p,
+                "variant": "a",
+                "channel": "email",
+                "status": "queued",
+                "created_at": now,
+            }
+            for p in profile_ids
+        ],
+    )
 
-    async def connection() -> None:
-        client = aiosmtplib.SMTP(hostname=host, port=int(port))
-        await client.connect()
-        while not queue.empty():
-            mail = queue.get_nowait()
-            await client.sendmail(mail.sender, list(mail.recipients), mail.data)
-        await client.quit()
 
+class RawSender:
+    """A competent raw sender: CONNECTIONS connections opened once and kept, aiosmtplib's sendmail."""
+
+    def __init__(self, smtp_url: str) -> None:
+        host, port = smtp_url.split("://", 1)[1].split(":")
+        self.clients = [aiosmtplib.SMTP(hostname=host, port=int(port)) for _ in range(CONNECTIONS)]
+
+    async def open(self) -> None:
+        """Connect every connection and greet the server."""
+        for client in self.clients:
+            await client.connect()
+            await client.ehlo()
+
+    async def send_all(self, messages: list[Any]) -> None:
+        """Send every message, each connection taking the next one when it is free."""
+        pending = iter(messages)
+
+        async def connection(client: aiosmtplib.SMTP) -> None:
+            for mail in pending:
+                await client.sendmail(mail.sender, list(mail.recipients), mail.data)
+
+        await asyncio.gather(*(connection(c) for c in self.clients))
+
+    async def close(self) -> None:
+        """Say goodbye on every connection."""
+        for client in self.clients:
+            await client.quit()
+
+
+async def _timed(work: Any) -> tuple[float, float]:
     started, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
+    await work
     return time.perf_counter() - started, time.process_time() - cpu
 
 
+def _median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
+    ratio = statistics.median(r["pipeline_vs_raw"] for r in rounds)
+    return next(r for r in rounds if r["pipeline_vs_raw"] == ratio)
+
+
 async def run(env: dict[str, str]) -> dict[str, Any]:
-    """Prepare a campaign of MESSAGES recipients, time raw SMTP sends and the pipeline over them."""
+    """Measure on uvloop in a thread of its own, as the service runs."""
+    return await asyncio.to_thread(uvloop.run, _measure(env))
+
+
+async def _measure(env: dict[str, str]) -> dict[str, Any]:
+    """Prepare a campaign of MESSAGES recipients; alternate raw SMTP sends and the pipeline over them."""
     schema = "bench_campaign_" + secrets.token_hex(4)
     settings = Settings(
         database_url=env["CDP_DATABASE_URL"],
@@ -117,6 +173,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
     await migrate(engine=engine, schema=schema, script_location=MIGRATIONS)
     factory = create_session_factory(engine)
     client = httpx.AsyncClient(timeout=30, trust_env=False)
+    raw = RawSender(settings.smtp_url)
     mailer = SmtpMailer(url=settings.smtp_url, connections=CONNECTIONS, timeout_s=30)
     ctx = CampaignContext(
         settings=settings,
@@ -169,25 +226,6 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                         for p in profile_ids[start : start + 1000 : 3]
                     ],
                 )
-            send_ids = await store.insert_sends(
-                session=session,
-                rows=[
-                    {
-                        "id": store.send_id_for(
-                            source="campaign", source_id=campaign_id, step=None, run_key="bench", profile_id=p
-                        ),
-                        "source": "campaign",
-                        "source_id": campaign_id,
-                        "profile_id": p,
-                        "profile_hash": p,
-                        "variant": "a",
-                        "channel": "email",
-                        "status": "queued",
-                        "created_at": now,
-                    }
-                    for p in profile_ids
-                ],
-            )
 
         # The same messages, rendered and built beforehand, for the raw baseline.
         messages = []
@@ -210,36 +248,60 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                     reference=contact["profile_id"],
                 )
             )
-        raw_s, raw_cpu_s = await _raw_sends(smtp_url=settings.smtp_url, messages=messages)
-
-        jobs = [send_ids[i : i + JOB_SIZE] for i in range(0, len(send_ids), JOB_SIZE)]
-        limit = asyncio.Semaphore(PARALLEL_JOBS)
+        await raw.open()
         totals: dict[str, int] = {}
 
-        async def work(job: list[str]) -> None:
-            async with limit:
-                for outcome, n in (await deliver_sends(ctx=ctx, send_ids=job)).items():
-                    totals[outcome] = totals.get(outcome, 0) + n
+        async def pipeline(send_ids: list[str]) -> None:
+            jobs = [send_ids[i : i + JOB_SIZE] for i in range(0, len(send_ids), JOB_SIZE)]
+            limit = asyncio.Semaphore(PARALLEL_JOBS)
 
-        started, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(work(job) for job in jobs))
-        pipeline_s, pipeline_cpu_s = time.perf_counter() - started, time.process_time() - cpu
-        if totals.get("sent") != MESSAGES:
+            async def work(job: list[str]) -> None:
+                async with limit:
+                    for outcome, n in (await deliver_sends(ctx=ctx, send_ids=job)).items():
+                        totals[outcome] = totals.get(outcome, 0) + n
+
+            await asyncio.gather(*(work(job) for job in jobs))
+
+        rounds = []
+        for number in range(ROUNDS):
+            async with transaction(factory) as session:
+                send_ids = await _insert_sends(
+                    session=session,
+                    campaign_id=campaign_id,
+                    profile_ids=profile_ids,
+                    run_key=f"bench{number}",
+                )
+            if number % 2 == 0:
+                raw_s, raw_cpu_s = await _timed(raw.send_all(messages))
+                pipeline_s, pipeline_cpu_s = await _timed(pipeline(send_ids))
+            else:
+                pipeline_s, pipeline_cpu_s = await _timed(pipeline(send_ids))
+                raw_s, raw_cpu_s = await _timed(raw.send_all(messages))
+            rounds.append(
+                {
+                    "pipeline_messages_per_s": round(MESSAGES / pipeline_s, 1),
+                    "raw_smtp_messages_per_s": round(MESSAGES / raw_s, 1),
+                    "pipeline_vs_raw": round(raw_s / pipeline_s, 3),
+                    "pipeline_cpu_us_per_message": round(pipeline_cpu_s / MESSAGES * 1e6),
+                    "raw_smtp_cpu_us_per_message": round(raw_cpu_s / MESSAGES * 1e6),
+                }
+            )
+        await raw.close()
+        if totals.get("sent") != MESSAGES * ROUNDS:
             raise RuntimeError(f"the pipeline did not send everything: {totals}")
-        pipeline_per_s = MESSAGES / pipeline_s
+        median = _median_round(rounds)
         return {
             "messages": MESSAGES,
+            "rounds": ROUNDS,
             "smtp_connections": CONNECTIONS,
-            "pipeline_messages_per_s": round(pipeline_per_s, 1),
-            "raw_smtp_messages_per_s": round(MESSAGES / raw_s, 1),
-            "pipeline_vs_raw": round(raw_s / pipeline_s, 3),
-            "pipeline_cpu_us_per_message": round(pipeline_cpu_s / MESSAGES * 1e6),
-            "raw_smtp_cpu_us_per_message": round(raw_cpu_s / MESSAGES * 1e6),
+            **median,
+            "all_rounds": rounds,
             "outcomes": totals,
             "goals": {
                 "pipeline_messages_per_s": GOAL_MESSAGES_PER_S,
                 "pipeline_vs_raw": GOAL_VS_RAW,
-                "met": pipeline_per_s >= GOAL_MESSAGES_PER_S and raw_s / pipeline_s >= GOAL_VS_RAW,
+                "met": median["pipeline_messages_per_s"] >= GOAL_MESSAGES_PER_S
+                and median["pipeline_vs_raw"] >= GOAL_VS_RAW,
             },
         }
     finally:
