@@ -145,12 +145,14 @@ class WriteKeys:
             return cached[1]
         lookup = self._lookups.get(write_key)
         if lookup is None:
-            lookup = self._lookups[write_key] = asyncio.create_task(self._look_up(write_key))
+            lookup = self._lookups[write_key] = asyncio.create_task(
+                self._look_up(write_key, generation=self._generation)
+            )
         # A caller that gives up (a cancelled request) must not cancel the others' lookup.
         return await asyncio.shield(lookup)
 
-    async def _look_up(self, write_key: str) -> SourceConfig | None:
-        generation, started = self._generation, time.monotonic()
+    async def _look_up(self, write_key: str, *, generation: int) -> SourceConfig | None:
+        started = time.monotonic()
         try:
             async with self._session_factory() as session:
                 row = await store.find_enabled_source(session=session, write_key_hash=hash_token(write_key))

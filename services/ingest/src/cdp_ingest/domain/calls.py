@@ -215,6 +215,8 @@ def merge_batch_defaults(item: dict[str, Any], batch: Mapping[str, Any]) -> dict
 
 def _required_name(call: Mapping[str, Any], field: str, code: str, what: str) -> str:
     value = call.get(field)
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH and not value[0].isspace():
+        return value
     if isinstance(value, int | float) and not isinstance(value, bool) and field != "event":
         return str(value)
     if not isinstance(value, str) or not value.strip():
@@ -238,7 +240,8 @@ def build_event(
     if call_type not in CALL_TYPES:
         raise CallError("invalid_type", f"type must be one of {sorted(CALL_TYPES)}", "type")
     for field in OBJECT_FIELDS:
-        if call.get(field) is not None and not isinstance(call[field], dict):
+        value = call.get(field)
+        if value is not None and type(value) is not dict and not isinstance(value, dict):
             raise CallError("invalid_field", f"{field} must be an object", field)
     check_shape(call, limits, nul_possible=nul_possible)
     context: dict[str, Any] = call.get("context") or {}

@@ -51,6 +51,11 @@ def _error(code: str, message: str, field: str) -> CallError:
 
 
 def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is int:
+        return True
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
