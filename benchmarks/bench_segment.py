@@ -62,6 +62,7 @@ DRAIN_S = 30.0
 LATENCY_GOAL_MS = 250.0
 # Segment alone (its own process fed by a producer) is offered each rate for this long.
 SHARE_SECONDS = 10.0
+WARM_UP_RATE = 20
 SEGMENTS_TOPIC = "dev.cdp.segments.v1"
 PROFILES_TOPIC = "dev.cdp.profiles.v1"
 
@@ -399,6 +400,11 @@ async def segment_share_benchmark(env: dict[str, str]) -> dict[str, Any]:
             created.raise_for_status()
         await ensure_topics(settings, [TopicName.PROFILES, TopicName.SEGMENTS])
         await producer.start()
+        # Steady state only: the consumer group forms (Kafka delays a new group's first
+        # rebalance) before anything is timed.
+        warm_up = await _segment_alone(settings, producer, run, WARM_UP_RATE, seconds=1.0)
+        if warm_up["missed"]:
+            raise RuntimeError(f"the private segment process did not serve the warm-up: {warm_up}")
         for rate in RATES:
             report[f"{rate}_events_per_s"] = {
                 "profile_change_to_entered": await _segment_alone(settings, producer, run, rate),
@@ -427,9 +433,10 @@ async def _offered(
     rate: int,
     message: Callable[[int], tuple[str, bytes, bytes]],
     arrival: Callable[[bytes], int | None],
+    seconds: float = SHARE_SECONDS,
 ) -> dict[str, Any]:
     """Produce message(i) at start + i/rate (open-loop) and time each until `arrival` names it on the consumer."""
-    total = int(rate * SHARE_SECONDS)
+    total = int(rate * seconds)
     messages = [message(i) for i in range(total)]
     scheduled = [0.0] * total
     arrived = [math.inf] * total
@@ -451,7 +458,7 @@ async def _offered(
         await asyncio.sleep(max(0.0, scheduled[i] - time.perf_counter()))
         await producer.send(topic, value=value, key=key)
     deadline = scheduled[-1] + DRAIN_S
-    while time.perf_counter() < deadline and any(math.isinf(a) for a in arrived[-rate:]):
+    while time.perf_counter() < deadline and any(math.isinf(a) for a in arrived):
         await asyncio.sleep(0.1)
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
@@ -466,14 +473,18 @@ async def _offered(
 
 
 async def _segment_alone(
-    settings: PlatformSettings, producer: AIOKafkaProducer, run: str, rate: int
+    settings: PlatformSettings,
+    producer: AIOKafkaProducer,
+    run: str,
+    rate: int,
+    seconds: float = SHARE_SECONDS,
 ) -> dict[str, Any]:
     consumer = AIOKafkaConsumer(
         settings.topic(TopicName.SEGMENTS), bootstrap_servers=settings.kafka_bootstrap, group_id=None
     )
     await consumer.start()
     await consumer.seek_to_end()
-    prefix = f"p-{rate}-"
+    prefix = f"p-{rate}-{seconds}-"
 
     def message(i: int) -> tuple[str, bytes, bytes]:
         profile_id = f"{prefix}{i}"
@@ -492,7 +503,7 @@ async def _segment_alone(
         return int(subject[len(prefix) :])
 
     try:
-        return await _offered(producer, consumer, rate, message, arrival)
+        return await _offered(producer, consumer, rate, message, arrival, seconds)
     finally:
         await consumer.stop()
 
