@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from cdp_common.db import transaction
 from cdp_common.envelope import Envelope
@@ -108,6 +109,34 @@ class CampaignContext:
 def new_id(prefix: str) -> str:
     """Return a new random id with a prefix."""
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+_PARSED_SPECS: dict[tuple[type[Any], bytes], Any] = {}
+_PARSED_SPECS_MAX = 1024
+
+
+def parsed_campaign(spec: dict[str, Any]) -> CampaignSpec:
+    """Return a stored campaign definition parsed, once per distinct content (it is only read)."""
+    parsed: CampaignSpec = _parsed(CampaignSpec, spec)
+    return parsed
+
+
+def parsed_journey(spec: dict[str, Any]) -> JourneySpec:
+    """Return a stored journey definition parsed, once per distinct content (it is only read)."""
+    parsed: JourneySpec = _parsed(JourneySpec, spec)
+    return parsed
+
+
+def _parsed(model: type[Any], spec: dict[str, Any]) -> Any:
+    # Keyed by the content itself, so a changed definition can never be served stale; trigger
+    # matching reads every running campaign on every event, and this spares the validation.
+    key = (model, orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
+    found = _PARSED_SPECS.get(key)
+    if found is None:
+        if len(_PARSED_SPECS) >= _PARSED_SPECS_MAX:
+            _PARSED_SPECS.clear()
+        found = _PARSED_SPECS[key] = model.model_validate(spec)
+    return found
 
 
 # --- campaigns: definition and status ---------------------------------------------------------
@@ -220,7 +249,7 @@ async def schedule_campaign(
 ) -> dict[str, Any]:
     """Schedule a draft: it starts at once for a `now` schedule, else at its time."""
     row = await load_campaign(session=session, campaign_id=campaign_id, for_update=True)
-    spec = CampaignSpec.model_validate(row["spec"])
+    spec = parsed_campaign(row["spec"])
     now = ctx.clock.now()
     start = spec.schedule.at if spec.schedule.type != "now" and spec.schedule.at is not None else now
     target = Status.SCHEDULED if start > now else Status.RUNNING
@@ -329,7 +358,7 @@ async def run_due_campaigns(
     for row in await store.due_campaigns(session=session, now=now):
         if only is not None and row["id"] != only:
             continue
-        spec = CampaignSpec.model_validate(row["spec"])
+        spec = parsed_campaign(row["spec"])
         runs = row["runs"] + 1
         next_run: datetime | None = None
         if isinstance(spec.audience, SegmentAudience):
@@ -385,7 +414,7 @@ async def trigger_campaigns(
 ) -> None:
     """Record a send for every running trigger campaign whose trigger matches; once per person."""
     for row in await store.running_campaigns(session=session):
-        spec = CampaignSpec.model_validate(row["spec"])
+        spec = parsed_campaign(row["spec"])
         if not spec.is_broadcast and matches(spec.audience):
             await record_campaign_sends(
                 session=session,
@@ -575,7 +604,7 @@ async def enter_journeys(
     """Put a person into every active journey whose trigger matches, once, and advance them."""
     now = ctx.clock.now()
     for row in await store.active_journeys(session=session):
-        spec = JourneySpec.model_validate(row["spec"])
+        spec = parsed_journey(row["spec"])
         if not matches(spec.trigger):
             continue
         if await store.get_position(session=session, journey_id=row["id"], profile_id=profile_id) is not None:
@@ -703,7 +732,7 @@ async def _journeys_on_event(
         journey = await store.get_definition(session=session, table=store.journeys, id=row["journey_id"])
         if journey is None or journey["status"] != "active":
             continue
-        spec = JourneySpec.model_validate(journey["spec"])
+        spec = parsed_journey(journey["spec"])
         if spec.goal is not None and spec.goal.event == event:
             await store.save_position(
                 session=session,
@@ -736,9 +765,7 @@ async def advance_due_positions(*, session: AsyncSession, ctx: CampaignContext, 
         if row["journey_id"] not in specs:
             journey = await store.get_definition(session=session, table=store.journeys, id=row["journey_id"])
             specs[row["journey_id"]] = (
-                JourneySpec.model_validate(journey["spec"])
-                if journey and journey["status"] == "active"
-                else None
+                parsed_journey(journey["spec"]) if journey and journey["status"] == "active" else None
             )
         spec = specs[row["journey_id"]]
         if spec is None:
@@ -773,7 +800,7 @@ async def scheduler_tick(*, ctx: CampaignContext, now: datetime) -> bool:
         await enqueue_sends(session=session, ctx=ctx, send_ids=released, key="released")
         await advance_due_positions(session=session, ctx=ctx, now=now)
         for row in await store.running_campaigns(session=session):
-            spec = CampaignSpec.model_validate(row["spec"])
+            spec = parsed_campaign(row["spec"])
             one_off = spec.is_broadcast and spec.schedule.type != "recurring" and row["runs"] >= 1
             if one_off and not await store.pending_count(
                 session=session, source="campaign", source_id=row["id"]
@@ -816,7 +843,7 @@ class Definition:
 
 def _definition(row: dict[str, Any], source: str, send: dict[str, Any]) -> Definition:
     if source == "campaign":
-        spec = CampaignSpec.model_validate(row["spec"])
+        spec = parsed_campaign(row["spec"])
         purpose, channel = consent_pair(
             channel=spec.channel, purpose=spec.consent_purpose, consent_channel=spec.consent_channel
         )
@@ -832,7 +859,7 @@ def _definition(row: dict[str, Any], source: str, send: dict[str, Any]) -> Defin
             spec.from_address,
             spec.name,
         )
-    journey = JourneySpec.model_validate(row["spec"])
+    journey = parsed_journey(row["spec"])
     step = journey.steps[send["step"]]
     assert isinstance(step, SendStep)
     purpose, channel = consent_pair(
@@ -1145,7 +1172,7 @@ async def send_test_email(
 ) -> dict[str, Any]:
     """Render a variant for a profile (or with no data) and e-mail it to an address, untracked."""
     row = await load_campaign(session=session, campaign_id=campaign_id)
-    spec = CampaignSpec.model_validate(row["spec"])
+    spec = parsed_campaign(row["spec"])
     if spec.channel != "email":
         raise CampaignError("test sends are for e-mail campaigns", code="unsupported_channel")
     variant = spec.variant(variant_key) if variant_key else spec.variants[0]
@@ -1275,7 +1302,7 @@ async def record_tracking(
 async def campaign_report(*, session: AsyncSession, campaign_id: str) -> dict[str, Any]:
     """Return the KPIs per variant and for the holdout, with uplift and ROI."""
     row = await load_campaign(session=session, campaign_id=campaign_id)
-    spec = CampaignSpec.model_validate(row["spec"])
+    spec = parsed_campaign(row["spec"])
     groups: dict[str, dict[str, Any]] = {}
 
     def group(key: str) -> dict[str, Any]:
