@@ -353,18 +353,18 @@ class ProfileChange:
 _APPLY_CHANGES = sa.text(
     f"""
     WITH input AS (
-      SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb)) AS r(
-        profile_id text, version bigint, traits jsonb, computed jsonb,
-        removed_traits text[], removed_computed text[])
-    )
+      SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb))
+        AS r(profile_id text, version bigint, traits jsonb, computed jsonb)
+    ),
+    removals AS (SELECT CAST(:removals AS jsonb) AS keys)
     INSERT INTO known_profiles AS p (profile_id, version, traits, computed, model, consents)
     SELECT profile_id, version, traits, computed, '{{}}', '{{}}' FROM input ORDER BY profile_id
     ON CONFLICT (profile_id) DO UPDATE SET
       version = excluded.version,
-      traits = (p.traits || excluded.traits)
-        - (SELECT i.removed_traits FROM input i WHERE i.profile_id = excluded.profile_id),
-      computed = (p.computed || excluded.computed)
-        - (SELECT i.removed_computed FROM input i WHERE i.profile_id = excluded.profile_id),
+      traits = (p.traits || excluded.traits) - ARRAY(
+        SELECT jsonb_array_elements_text(r.keys -> excluded.profile_id -> 'traits') FROM removals r),
+      computed = (p.computed || excluded.computed) - ARRAY(
+        SELECT jsonb_array_elements_text(r.keys -> excluded.profile_id -> 'computed') FROM removals r),
       updated_at = now()
     WHERE p.version < excluded.version
     RETURNING p.profile_id, p.version, p.merged_into, p.traits, p.computed, p.model, p.consents,
@@ -407,12 +407,23 @@ async def apply_profile_changes(*, session: AsyncSession, changes: Sequence[Prof
             "version": change.version,
             "traits": _without_nulls(change.changed_traits),
             "computed": _without_nulls(change.changed_computed),
-            "removed_traits": [k for k, v in change.changed_traits.items() if v is None],
-            "removed_computed": [k for k, v in change.changed_computed.items() if v is None],
         }
         for change in changes
     ]
-    rows = (await session.execute(_APPLY_CHANGES, {"changes": json.dumps(document)})).all()
+    # Removed names by profile id, looked up per row (a JSON object, not a scan of the batch).
+    removals = {
+        change.profile_id: {
+            "traits": [k for k, v in change.changed_traits.items() if v is None],
+            "computed": [k for k, v in change.changed_computed.items() if v is None],
+        }
+        for change in changes
+        if None in change.changed_traits.values() or None in change.changed_computed.values()
+    }
+    rows = (
+        await session.execute(
+            _APPLY_CHANGES, {"changes": json.dumps(document), "removals": json.dumps(removals)}
+        )
+    ).all()
     return AppliedChanges(
         profiles={row.profile_id: (_profile(row), frozenset(row.segment_ids)) for row in rows},
         catalog_stamp=tuple(rows[0].catalog_stamp) if rows else None,
