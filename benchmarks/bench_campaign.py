@@ -48,6 +48,9 @@ PARALLEL_JOBS = 4
 GOAL_MESSAGES_PER_S = 1000
 GOAL_VS_RAW = 0.5
 MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "campaign" / "migrations"
+# Where the stack's mail catcher keeps what it receives (`<UTC stamp>-<n>.eml`).
+MAIL_DIR = Path(__file__).resolve().parents[1] / ".run" / "mail"
+BENCH_DOMAIN = b"@bench.example\r\n"
 
 SUBJECT = "{{ profile.first_name | default('Hello') }}, your picks for this week"
 BODY = """<html><body>
@@ -110,6 +113,20 @@ async def _insert_sends(*, session: Any, campaign_id: str, profile_ids: list[str
     )
 
 
+def _remove_caught_bench_mail(*, since: str) -> None:
+    """Delete what the catcher kept of this run's e-mails (to @bench.example), so runs do not pile up."""
+    for path in MAIL_DIR.glob("*.eml"):
+        if path.name < since:
+            continue
+        try:
+            with path.open("rb") as caught:
+                head = caught.read(512)
+        except FileNotFoundError:
+            continue
+        if BENCH_DOMAIN in head:
+            path.unlink(missing_ok=True)
+
+
 class RawSender:
     """A competent raw sender: CONNECTIONS connections opened once and kept, aiosmtplib's sendmail."""
 
@@ -158,6 +175,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
 async def _measure(env: dict[str, str]) -> dict[str, Any]:
     """Prepare a campaign of MESSAGES recipients; alternate raw SMTP sends and the pipeline over them."""
     schema = "bench_campaign_" + secrets.token_hex(4)
+    started_stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     settings = Settings(
         database_url=env["CDP_DATABASE_URL"],
         kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"],
@@ -310,3 +328,4 @@ async def _measure(env: dict[str, str]) -> dict[str, Any]:
         async with engine.begin() as conn:
             await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         await engine.dispose()
+        await asyncio.to_thread(_remove_caught_bench_mail, since=started_stamp)
