@@ -197,7 +197,7 @@ def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
         client_id=f"{settings.env}.{SERVICE}.tracking",
         enable_idempotence=True,
         acks="all",
-        linger_ms=settings.produce_linger_ms,
+        linger_ms=2,
         max_batch_size=settings.produce_batch_bytes,
         request_timeout_ms=15_000,
     )

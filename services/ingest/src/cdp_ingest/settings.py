@@ -33,9 +33,7 @@ class Settings(PlatformSettings):
     rate_limit_per_s: float = Field(default=1000.0, gt=0)
     rate_limit_burst: int = Field(default=2000, ge=1)
     produce_timeout_s: float = Field(default=10.0, gt=0)
-    # The tracking producer: how long a record batch waits for more events, and its size
-    # (below the broker's message.max.bytes, 1 MiB by default).
-    produce_linger_ms: int = Field(default=2, ge=0, le=1000)
+    # The largest record batch of the tracking producer (below the broker's message.max.bytes, 1 MiB by default).
     produce_batch_bytes: int = Field(default=1_000_000, ge=16_384, le=1_000_000)
     write_key_cache_s: float = Field(default=10.0, ge=0)
 
