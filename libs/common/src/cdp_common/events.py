@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import Field, ValidationError
 
 from cdp_common.envelope import Envelope, Payload, RawEnvelope
@@ -300,6 +301,10 @@ def event_type_of(payload: Payload) -> str:
     return payload.EVENT_TYPE
 
 
+# Parametrising the generic costs a lookup per use; the handlers' hot paths build many.
+_ENVELOPE = Envelope[Any]
+
+
 def make_envelope(*, payload: Payload, source: str, subject: str, id: str | None = None) -> Envelope[Any]:
     """Wrap a payload in an envelope with its type."""
     fields: dict[str, Any] = {
@@ -310,7 +315,7 @@ def make_envelope(*, payload: Payload, source: str, subject: str, id: str | None
     }
     if id is not None:
         fields["id"] = id
-    return Envelope[Any](**fields)
+    return _ENVELOPE(**fields)
 
 
 def decode_envelope(value: bytes | None, *, known: dict[str, type[Payload]] | None = None) -> Envelope[Any]:
@@ -323,9 +328,13 @@ def decode_envelope(value: bytes | None, *, known: dict[str, type[Payload]] | No
     if value is None:
         raise InvalidEvent("message has no value")
     try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(f"message is not JSON: {exc}") from exc
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        # What the fast parser refuses (integers beyond 64 bits, say) the standard one may read.
+        try:
+            document = json.loads(value)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidEvent(f"message is not JSON: {exc}") from exc
     try:
         raw = RawEnvelope.model_validate(document)
     except ValidationError as exc:
@@ -339,4 +348,4 @@ def decode_envelope(value: bytes | None, *, known: dict[str, type[Payload]] | No
         raise InvalidEvent(f"invalid {raw.type} payload: {exc.errors(include_url=False)}") from exc
     fields = raw.model_dump()
     fields["data"] = data
-    return Envelope[Any](**fields)
+    return _ENVELOPE(**fields)
