@@ -3,10 +3,12 @@
 Handing the producer one message at a time costs a future, a partitioner call and
 the accumulator's bookkeeping per event; here an event costs one append to an open
 record batch of its partition, and a request waits on the few batches its events went
-into. One flusher task submits the open batches (in order, per partition) whenever
-there are any, so events that arrive while a submission waits for the broker simply
-ride in the next, larger batches. A batch's future is the producer's: it resolves when
-Kafka acknowledged the batch (idempotent producer, acks=all) and fails when it could not.
+into. One task per partition submits that partition's batches in order, closing each
+as it submits it, so events that arrive while a submission waits for the broker ride
+in the partition's next, larger batch. (A submitted batch is never appended to: the
+producer numbers a batch's records when it takes it, and builds it later.) A batch's
+future is the producer's: it resolves when Kafka acknowledged the batch (idempotent
+producer, acks=all) and fails when it could not.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class EventBatcher:
         self.topic = topic
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
+        # Per partition: the batches not yet submitted (the last one open) and the task submitting them.
         self._chains: dict[int, list[_OpenBatch]] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._submitters: dict[int, asyncio.Task[None]] = {}
 
     async def add(self, messages: list[tuple[bytes, bytes]]) -> set[asyncio.Future[None]]:
         """Append (key, value) messages; return the futures of the batches they went into."""
@@ -63,44 +66,46 @@ class EventBatcher:
                 self._partition_of[key] = partition
             chain = self._chains.get(partition)
             if chain is None:
-                chain = self._chains[partition] = [self._open_batch()]
-            if chain[-1].builder.append(timestamp=None, key=key, value=value) is None:
+                chain = self._chains[partition] = []
+                self._submitters[partition] = asyncio.create_task(self._submit(partition, chain))
+            if not chain or chain[-1].builder.append(timestamp=None, key=key, value=value) is None:
                 chain.append(self._open_batch())
                 if chain[-1].builder.append(timestamp=None, key=key, value=value) is None:
                     raise MessageSizeTooLargeError(f"a message of {len(value)} bytes exceeds a record batch")
             futures.add(chain[-1].future)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
         return futures
 
     def _open_batch(self) -> _OpenBatch:
         return _OpenBatch(self.producer.create_batch(), asyncio.get_running_loop().create_future())
 
-    async def _flush(self) -> None:
-        """Submit open batches until none are left; a failed submission fails its batch's future."""
-        while self._chains:
-            chains, self._chains = self._chains, {}
-            await asyncio.gather(*(self._submit(partition, chain) for partition, chain in chains.items()))
-
     async def _submit(self, partition: int, chain: list[_OpenBatch]) -> None:
-        for index, batch in enumerate(chain):
-            batch.builder.close()
-            try:
-                delivery = await self.producer.send_batch(batch.builder, self.topic, partition=partition)
-            except BaseException as exc:
-                # Later batches of this partition must not overtake a batch that was not sent.
-                for unsent in chain[index:]:
-                    _fail(unsent.future, exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return
-            delivery.add_done_callback(lambda done, future=batch.future: _settle(future, done))
+        """Submit a partition's batches in order until none is left; a refused one fails with the rest."""
+        try:
+            while chain:
+                batch = chain.pop(0)
+                # Closed before the producer sees it: a batch is never appended to once submitted.
+                batch.builder.close()
+                try:
+                    delivery = await self.producer.send_batch(batch.builder, self.topic, partition=partition)
+                except BaseException as exc:
+                    # Later batches of this partition must not overtake a batch that was not sent.
+                    for unsent in (batch, *chain):
+                        unsent.builder.close()
+                        _fail(unsent.future, exc)
+                    chain.clear()
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    return
+                delivery.add_done_callback(lambda done, future=batch.future: _settle(future, done))
+        finally:
+            del self._chains[partition]
+            del self._submitters[partition]
 
     async def close(self) -> None:
-        """Wait for the flusher to hand every open batch to the producer."""
-        while self._flusher is not None and not self._flusher.done():
+        """Wait until every open batch was submitted to the producer."""
+        while self._submitters:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._flusher)
+                await asyncio.shield(next(iter(self._submitters.values())))
 
 
 def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
