@@ -39,8 +39,8 @@ fmt: ## format the code and apply the safe lint fixes
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
-bench: ## the benchmarks
-	$(UV) run --frozen python benchmarks/run.py
+bench: ## the benchmarks (only some: make bench BENCH="segment profile")
+	$(UV) run --frozen python benchmarks/run.py $(BENCH)
 
 demo: ## send a small synthetic shop through the running stack and print profile URLs
 	$(UV) run --frozen cdp-shop --people 40 --truth .run/shop-truth.json --show-profiles 5

@@ -97,12 +97,17 @@ async def record_processed(*, session: AsyncSession, consumer: str, event_id: st
     return result.first() is not None
 
 
+# One statement whatever the number of ids, so it is prepared once per connection.
+_RECORD_PROCESSED_MANY = sa.text(
+    "INSERT INTO processed_events (consumer, event_id)"
+    " SELECT :consumer, unnest(CAST(:event_ids AS text[]))"
+    " ON CONFLICT DO NOTHING RETURNING event_id"
+)
+
+
 async def record_processed_many(*, session: AsyncSession, consumer: str, event_ids: list[str]) -> set[str]:
     """Record many handled events at once; return the ids not seen before."""
-    statement = (
-        postgresql.insert(processed_events_table)
-        .values([{"consumer": consumer, "event_id": event_id} for event_id in dict.fromkeys(event_ids)])
-        .on_conflict_do_nothing()
-        .returning(processed_events_table.c.event_id)
+    rows = await session.execute(
+        _RECORD_PROCESSED_MANY, {"consumer": consumer, "event_ids": list(dict.fromkeys(event_ids))}
     )
-    return set((await session.execute(statement)).scalars())
+    return set(rows.scalars())

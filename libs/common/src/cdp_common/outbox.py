@@ -158,6 +158,9 @@ class OutboxRelay:
             await self._listen(conn)
             last_cleanup = 0.0
             while True:
+                # Cleared before reading, so a commit notified during the read or after it
+                # wakes the wait below at once instead of after the idle wait.
+                self._wake.clear()
                 published = await self.publish_pending(conn)
                 if published:
                     continue
@@ -165,7 +168,6 @@ class OutboxRelay:
                 if time.monotonic() - last_cleanup > 60:
                     await self._delete_old(conn)
                     last_cleanup = time.monotonic()
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_wait_s)
         finally:

@@ -103,6 +103,7 @@ class ServiceRuntime:
             publisher=self.publisher,
             service=self.service,
             batch_size=self.settings.outbox_batch_size,
+            idle_wait_s=self.settings.outbox_poll_interval_s,
         )
         self.relay.start()
         tokens = ConsumerSpec(

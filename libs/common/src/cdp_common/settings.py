@@ -30,7 +30,8 @@ class PlatformSettings(BaseSettings):
     consumer_retry_backoff_s: float = Field(default=0.2, ge=0)
     consumer_poll_timeout_s: float = Field(default=0.5, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1)
-    outbox_poll_interval_s: float = Field(default=0.05, gt=0)
+    # Commits wake the relay through NOTIFY; the poll only backs that up.
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)
     migrate_on_start: bool = True
     db_pool_size: int = Field(default=10, ge=1)
