@@ -42,7 +42,7 @@ WARMUP_S = 1.0
 # Baseline and subject alternate, round after round, and the median round counts, so a
 # neighbour's burst of load on a shared machine hits both sides alike.
 ROUNDS = 3
-TRACK_CONCURRENCY = 48
+TRACK_CONCURRENCY = 128
 BATCH_CONCURRENCY = 6
 BATCH_SIZE = 500
 RAW_EVENTS = 30_000
