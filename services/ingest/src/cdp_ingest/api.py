@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiokafka import AIOKafkaProducer
 from cdp_common.auth import SCOPES, Principal, authenticate, require_scope
+from cdp_common.db import transaction
 from cdp_common.deps import SessionDep
 from cdp_common.privacy import access_router
 from cdp_common.topics import TopicName
@@ -30,6 +32,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_ingest import handlers, store
 from cdp_ingest.batching import EventBatcher
@@ -476,6 +479,19 @@ async def _source_writer(request: Request) -> Principal:
 
 
 SourceAdmin = Annotated[Principal, Depends(_source_writer)]
+
+
+@asynccontextmanager
+async def _changing_sources(request: Request) -> AsyncIterator[AsyncSession]:
+    """Open a transaction that changes sources; forget the cached write keys once it committed.
+
+    Forgetting before the commit would let a call in between cache the old state again.
+    """
+    async with transaction(request.app.state.runtime.session_factory) as session:
+        yield session
+    _intake(request).write_keys.forget()
+
+
 SourceId = Annotated[str, Path(min_length=1, max_length=100)]
 
 
@@ -514,13 +530,10 @@ def _page(items: list[dict[str, Any]], limit: int, key: str) -> Page[dict[str, A
 
 
 @admin.post("/sources", status_code=201)
-async def create_source(
-    request: Request, payload: SourceRequest, session: SessionDep, _: SourceAdmin
-) -> dict[str, Any]:
+async def create_source(request: Request, payload: SourceRequest, _: SourceAdmin) -> dict[str, Any]:
     """Create a source; the answer holds its write key, shown only this once."""
-    source = await handlers.create_source(session=session, name=payload.name)
-    _intake(request).write_keys.forget()
-    return source
+    async with _changing_sources(request) as session:
+        return await handlers.create_source(session=session, name=payload.name)
 
 
 @admin.get("/sources")
@@ -544,65 +557,55 @@ async def get_source(source_id: SourceId, session: SessionDep, _: SourceAdmin) -
 
 @admin.patch("/sources/{source_id}")
 async def change_source(
-    request: Request, source_id: SourceId, payload: SourceChange, session: SessionDep, _: SourceAdmin
+    request: Request, source_id: SourceId, payload: SourceChange, _: SourceAdmin
 ) -> dict[str, Any]:
     """Rename a source or change its rate limit."""
     values = payload.model_dump(exclude_unset=True)
     if values.get("name", "") is None:
         raise ApiError(status=422, code="invalid_request", message="name cannot be null")
-    source = _found(
-        await store.update_source(session=session, source_id=source_id, values=values)
-        if values
-        else await store.get_source(session=session, source_id=source_id)
-    )
-    _intake(request).write_keys.forget()
-    return source
+    async with _changing_sources(request) as session:
+        return _found(
+            await store.update_source(session=session, source_id=source_id, values=values)
+            if values
+            else await store.get_source(session=session, source_id=source_id)
+        )
 
 
 @admin.post("/sources/{source_id}/rotate")
-async def rotate_source_key(
-    request: Request, source_id: SourceId, session: SessionDep, _: SourceAdmin
-) -> dict[str, Any]:
+async def rotate_source_key(request: Request, source_id: SourceId, _: SourceAdmin) -> dict[str, Any]:
     """Replace a source's write key; the answer holds the new key, shown only this once."""
-    source = _found(await handlers.rotate_write_key(session=session, source_id=source_id))
-    _intake(request).write_keys.forget()
-    return source
+    async with _changing_sources(request) as session:
+        return _found(await handlers.rotate_write_key(session=session, source_id=source_id))
 
 
 @admin.post("/sources/{source_id}/disable")
-async def disable_source(
-    request: Request, source_id: SourceId, session: SessionDep, _: SourceAdmin
-) -> dict[str, Any]:
+async def disable_source(request: Request, source_id: SourceId, _: SourceAdmin) -> dict[str, Any]:
     """Disable a source: its write key gets 401 from now on."""
-    source = _found(await handlers.set_source_enabled(session=session, source_id=source_id, enabled=False))
-    _intake(request).write_keys.forget()
-    return source
+    async with _changing_sources(request) as session:
+        return _found(await handlers.set_source_enabled(session=session, source_id=source_id, enabled=False))
 
 
 @admin.post("/sources/{source_id}/enable")
-async def enable_source(
-    request: Request, source_id: SourceId, session: SessionDep, _: SourceAdmin
-) -> dict[str, Any]:
+async def enable_source(request: Request, source_id: SourceId, _: SourceAdmin) -> dict[str, Any]:
     """Enable a disabled source again."""
-    source = _found(await handlers.set_source_enabled(session=session, source_id=source_id, enabled=True))
-    _intake(request).write_keys.forget()
-    return source
+    async with _changing_sources(request) as session:
+        return _found(await handlers.set_source_enabled(session=session, source_id=source_id, enabled=True))
 
 
 @admin.put("/sources/{source_id}/tracking-plan")
 async def put_tracking_plan(
-    request: Request, source_id: SourceId, payload: TrackingPlanRequest, session: SessionDep, _: SourceAdmin
+    request: Request, source_id: SourceId, payload: TrackingPlanRequest, _: SourceAdmin
 ) -> dict[str, Any]:
     """Set (or replace) a source's tracking plan."""
-    _found(await store.get_source(session=session, source_id=source_id))
     document = payload.model_dump()
     try:
         plan_from_document(document)
     except InvalidPlan as exc:
         raise ApiError(status=422, code="invalid_tracking_plan", message=str(exc)) from exc
-    await store.put_tracking_plan(session=session, source_id=source_id, document=document)
-    _intake(request).write_keys.forget()
-    plan = await store.get_tracking_plan(session=session, source_id=source_id)
+    async with _changing_sources(request) as session:
+        _found(await store.get_source(session=session, source_id=source_id))
+        await store.put_tracking_plan(session=session, source_id=source_id, document=document)
+        plan = await store.get_tracking_plan(session=session, source_id=source_id)
     assert plan is not None
     return plan
 
