@@ -31,6 +31,13 @@ _WRITE_LOCK_AND_NOTIFY = sa.text(
     "SELECT pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0)),"
     " pg_notify('cdp_outbox_' || current_schema(), '')"
 )
+# One statement prepared once whatever the number of rows; ids follow the order given.
+_INSERT_ROWS = sa.text(
+    "INSERT INTO outbox (topic, key, event_id, payload)"
+    " SELECT u.t, u.k, u.e, u.p FROM unnest(CAST(:topics AS text[]), CAST(:keys AS text[]),"
+    " CAST(:event_ids AS text[]), CAST(:payloads AS bytea[])) WITH ORDINALITY AS u(t, k, e, p, n)"
+    " ORDER BY u.n"
+)
 _RELAY_LOCK = sa.text(
     "SELECT pg_try_advisory_lock(hashtextextended('cdp-outbox-relay:' || current_schema(), 0))"
 )
@@ -81,11 +88,13 @@ async def add_many_to_outbox(*, session: AsyncSession, messages: Sequence[tuple[
         return
     await lock_outbox_writes(session=session)
     await session.execute(
-        outbox_table.insert(),
-        [
-            {"topic": topic, "key": envelope.subject, "event_id": envelope.id, "payload": envelope.to_bytes()}
-            for topic, envelope in messages
-        ],
+        _INSERT_ROWS,
+        {
+            "topics": [topic for topic, _ in messages],
+            "keys": [envelope.subject for _, envelope in messages],
+            "event_ids": [envelope.id for _, envelope in messages],
+            "payloads": [envelope.to_bytes() for _, envelope in messages],
+        },
     )
 
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.db import json_text
 from cdp_common.outbox import lock_outbox_writes
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -393,25 +394,61 @@ async def create_profile(*, session: AsyncSession, profile_id: str, id_hash: str
     return _profile_of(row)
 
 
-def _profile_columns(profile: StoredProfile) -> dict[str, Any]:
-    return {
-        "traits": {name: trait.to_json() for name, trait in profile.traits.items()},
-        "aggregates": profile.aggregates,
-        "computed": profile.computed,
-        "version": profile.version,
-    }
+def _json_columns(profile: StoredProfile) -> tuple[str, str, str]:
+    return (
+        json_text({name: trait.to_json() for name, trait in profile.traits.items()}),
+        json_text(profile.aggregates),
+        json_text(profile.computed),
+    )
+
+
+# The bulk writes take one array per column, so each is one statement prepared once per
+# connection, whatever the number of rows.
+_INSERT_PROFILES = sa.text(
+    """
+    INSERT INTO profiles (id, id_hash, version, status, traits, aggregates, computed, created_at)
+    SELECT u.id, u.h, u.v, 'active', u.t::jsonb, u.a::jsonb, u.c::jsonb, clock_timestamp()
+      FROM unnest(CAST(:ids AS text[]), CAST(:hashes AS text[]), CAST(:versions AS bigint[]),
+                  CAST(:traits AS text[]), CAST(:aggregates AS text[]), CAST(:computed AS text[]))
+           AS u(id, h, v, t, a, c)
+    """
+)
+
+_SAVE_PROFILES = sa.text(
+    """
+    UPDATE profiles AS p
+       SET traits = u.t::jsonb, aggregates = u.a::jsonb, computed = u.c::jsonb, version = u.v,
+           updated_at = now()
+      FROM unnest(CAST(:ids AS text[]), CAST(:versions AS bigint[]), CAST(:traits AS text[]),
+                  CAST(:aggregates AS text[]), CAST(:computed AS text[])) AS u(id, v, t, a, c)
+     WHERE p.id = u.id
+    """
+)
+
+_ATTACH_MANY = sa.text(
+    """
+    INSERT INTO identifiers (type, value, value_hash, profile_id, event_id)
+    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:vals AS text[]), CAST(:hashes AS text[]),
+                         CAST(:profile_ids AS text[]), CAST(:event_ids AS text[]))
+    """
+)
 
 
 async def insert_profiles(*, session: AsyncSession, created: Sequence[tuple[StoredProfile, str]]) -> None:
     """Insert new active profiles (with their keyed id hash) as they stand, version included."""
     if not created:
         return
+    documents = [_json_columns(profile) for profile, _ in created]
     await session.execute(
-        profiles.insert().values(created_at=sa.func.clock_timestamp()),
-        [
-            {"id": profile.id, "id_hash": id_hash, "status": "active", **_profile_columns(profile)}
-            for profile, id_hash in created
-        ],
+        _INSERT_PROFILES,
+        {
+            "ids": [profile.id for profile, _ in created],
+            "hashes": [id_hash for _, id_hash in created],
+            "versions": [profile.version for profile, _ in created],
+            "traits": [d[0] for d in documents],
+            "aggregates": [d[1] for d in documents],
+            "computed": [d[2] for d in documents],
+        },
     )
 
 
@@ -419,19 +456,16 @@ async def save_profiles(*, session: AsyncSession, changed: Sequence[StoredProfil
     """Write active profiles as they stand, each at the version it was brought to."""
     if not changed:
         return
-    statement = (
-        profiles.update()
-        .where(profiles.c.id == sa.bindparam("profile_id"))
-        .values(
-            traits=sa.bindparam("traits"),
-            aggregates=sa.bindparam("aggregates"),
-            computed=sa.bindparam("computed"),
-            version=sa.bindparam("version"),
-            updated_at=sa.func.now(),
-        )
-    )
+    documents = [_json_columns(profile) for profile in changed]
     await session.execute(
-        statement, [{"profile_id": profile.id, **_profile_columns(profile)} for profile in changed]
+        _SAVE_PROFILES,
+        {
+            "ids": [profile.id for profile in changed],
+            "versions": [profile.version for profile in changed],
+            "traits": [d[0] for d in documents],
+            "aggregates": [d[1] for d in documents],
+            "computed": [d[2] for d in documents],
+        },
     )
 
 
@@ -441,11 +475,14 @@ async def attach_many(
     """Attach new identifiers given as (profile id, key, keyed hash, event id) at once."""
     if attached:
         await session.execute(
-            identifiers.insert(),
-            [
-                {"type": k.type, "value": k.value, "value_hash": h, "profile_id": pid, "event_id": event_id}
-                for pid, k, h, event_id in attached
-            ],
+            _ATTACH_MANY,
+            {
+                "types": [k.type for _, k, _, _ in attached],
+                "vals": [k.value for _, k, _, _ in attached],
+                "hashes": [h for _, _, h, _ in attached],
+                "profile_ids": [pid for pid, _, _, _ in attached],
+                "event_ids": [event_id for _, _, _, event_id in attached],
+            },
         )
 
 
@@ -886,11 +923,39 @@ async def stored_event_ids(*, session: AsyncSession, event_ids: Sequence[str]) -
     return set(rows.scalars())
 
 
+_STORE_EVENTS = sa.text(
+    """
+    INSERT INTO events (event_id, profile_id, origin_profile_id, type, name, timestamp, received_at,
+                        source_id, properties, traits, identifiers)
+    SELECT u.e, u.p, u.p, u.ty, u.n, u.ts, u.r, u.s, u.pr::jsonb, u.tr::jsonb, u.i::jsonb
+      FROM unnest(CAST(:event_ids AS text[]), CAST(:profile_ids AS text[]), CAST(:types AS text[]),
+                  CAST(:names AS text[]), CAST(:times AS timestamptz[]), CAST(:received AS timestamptz[]),
+                  CAST(:sources AS text[]), CAST(:properties AS text[]), CAST(:traits AS text[]),
+                  CAST(:identifiers AS text[]))
+           WITH ORDINALITY AS u(e, p, ty, n, ts, r, s, pr, tr, i, o)
+     ORDER BY u.o
+    ON CONFLICT (event_id) DO NOTHING
+    """
+)
+
+
 async def store_events(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Store new events (rows from `event_row`) at once; events already held stay as they are."""
+    """Store new events (rows from `event_row`) at once, in order; events already held stay as they are."""
     if rows:
         await session.execute(
-            postgresql.insert(events).on_conflict_do_nothing(index_elements=[events.c.event_id]), list(rows)
+            _STORE_EVENTS,
+            {
+                "event_ids": [r["event_id"] for r in rows],
+                "profile_ids": [r["profile_id"] for r in rows],
+                "types": [r["type"] for r in rows],
+                "names": [r["name"] for r in rows],
+                "times": [r["timestamp"] for r in rows],
+                "received": [r["received_at"] for r in rows],
+                "sources": [r["source_id"] for r in rows],
+                "properties": [json_text(r["properties"]) for r in rows],
+                "traits": [json_text(r["traits"]) for r in rows],
+                "identifiers": [json_text(r["identifiers"]) for r in rows],
+            },
         )
 
 
