@@ -148,3 +148,73 @@ async def test_a_redelivered_event_changes_nothing(
     finally:
         await runner.stop()
     assert await effect_rows(schema_engine) == ["dup", "end"]
+
+
+async def _records(settings: PlatformSettings, count: int) -> list[Any]:
+    """Read the first records of the tokens topic with a probe consumer (offsets never committed)."""
+    reader = AIOKafkaConsumer(
+        settings.topic(TopicName.TOKENS),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.group_id("test", "batch-probe"),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    records: list[Any] = []
+    try:
+        while len(records) < count:
+            for batch in (await reader.getmany(timeout_ms=1000)).values():
+                records.extend(batch)
+    finally:
+        await reader.stop()
+    return records
+
+
+async def test_a_batch_handler_takes_a_run_of_events_and_a_poison_one_falls_back_to_one_at_a_time(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    batches: list[list[str]] = []
+
+    async def record_effects(*, session: AsyncSession, envelopes: Any) -> None:
+        tokens = [e.data.token_id for e in envelopes]
+        batches.append(tokens)
+        await session.execute(
+            effects.insert(), [{"event_id": e.id, "token_id": e.data.token_id} for e in envelopes]
+        )
+        if any(token.startswith("poison") for token in tokens):
+            raise ValueError("a poison event in the batch")
+
+    runner = ConsumerRunner(
+        settings=settings,
+        group_id=settings.group_id("test", "batched"),
+        topics=[TopicName.TOKENS],
+        handlers={TokenRevoked: record_effect},
+        batch_handlers={TokenRevoked: record_effects},
+        session_factory=create_session_factory(schema_engine),
+        publisher=KafkaPublisher(producer),
+        source="test",
+    )
+    topic = settings.topic(TopicName.TOKENS)
+    for token in ("a-1", "a-2", "a-3", "b-1", "b-2", "poison-b", "b-3"):
+        await send(producer, topic, revoked(token))
+    records = await _records(settings, 7)
+
+    # A clean run goes to the batch handler in one call, in order.
+    await runner.process_batch(records[:3])
+    assert batches == [["a-1", "a-2", "a-3"]]
+    assert await effect_rows(schema_engine) == ["a-1", "a-2", "a-3"]
+
+    # A poison event rolls the whole batch back; one at a time, only it goes to the DLQ.
+    await runner.process_batch(records[3:])
+    assert batches[1] == ["b-1", "b-2", "poison-b", "b-3"]
+    assert await effect_rows(schema_engine) == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
+    dead = await read_topic(
+        bootstrap=settings.kafka_bootstrap,
+        topic=settings.dlq_topic(TopicName.TOKENS),
+        until=lambda e: len(e) >= 1,
+    )
+    assert ["poison-b" in e.data.value for e in dead] == [True]
+
+    # Redelivered, the batch changes nothing: every event is recorded as processed.
+    await runner.process_batch(records)
+    assert await effect_rows(schema_engine) == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
