@@ -910,6 +910,41 @@ async def render_values(
     return values
 
 
+async def _still_within_caps(
+    *,
+    session: AsyncSession,
+    ctx: CampaignContext,
+    outgoing: list[Outgoing],
+    since: datetime,
+    skipped: dict[str, str],
+) -> list[Outgoing]:
+    """Count again, under a lock per person and channel held until the claim commits, so two
+    jobs (on one replica or two) for the same person cannot both pass the cap."""
+    cap = ctx.settings.campaign_frequency_cap
+    capped = [o for o in outgoing if cap > 0 and o.webhook_url is None]
+    if not capped:
+        return outgoing
+    pairs = sorted({(o.send["profile_id"], o.send["channel"]) for o in capped})
+    await store.lock_contact_windows(session=session, pairs=pairs)
+    counts: dict[tuple[str, str], int] = {}
+    for channel in {c for _, c in pairs}:
+        per = await store.handed_counts(
+            session=session, profile_ids=[p for p, c in pairs if c == channel], channel=channel, since=since
+        )
+        counts.update({(pid, channel): n for pid, n in per.items()})
+    checked = {id(o) for o in capped}
+    kept: list[Outgoing] = []
+    for o in outgoing:
+        if id(o) in checked:
+            key = (o.send["profile_id"], o.send["channel"])
+            if over_cap(sent_in_window=counts.get(key, 0), cap=cap):
+                skipped[o.send["id"]] = SkipReason.FREQUENCY_CAP
+                continue
+            counts[key] = counts.get(key, 0) + 1
+        kept.append(o)
+    return kept
+
+
 async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dict[str, int]:
     """Check each queued send against the rules, record it as handed over, then hand it over.
 
@@ -1029,6 +1064,9 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
             outgoing.append(Outgoing(send, address, subject, body, text, definition.webhook_url))
 
     async with transaction(factory) as session:
+        outgoing = await _still_within_caps(
+            session=session, ctx=ctx, outgoing=outgoing, since=since, skipped=skipped
+        )
         for reason in set(skipped.values()):
             ids = [i for i, r in skipped.items() if r == reason]
             await store.set_send_status(

@@ -466,6 +466,20 @@ async def claim_sends(*, session: AsyncSession, addresses: dict[str, str], at: d
     return list((await session.execute(statement)).scalars())
 
 
+async def lock_contact_windows(*, session: AsyncSession, pairs: Sequence[tuple[str, str]]) -> None:
+    """Serialise, until commit, the claims of sends to these (profile, channel) pairs, in one order."""
+    if not pairs:
+        return
+    keys = sorted({f"{profile_id}\x1f{channel}" for profile_id, channel in pairs})
+    await session.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('cdp-cap:' || k, 0) AS h"
+            " FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
+        ),
+        {"keys": keys},
+    )
+
+
 async def handed_counts(
     *, session: AsyncSession, profile_ids: Sequence[str], channel: str, since: datetime
 ) -> dict[str, int]:

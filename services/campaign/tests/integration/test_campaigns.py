@@ -4,6 +4,7 @@ the consent service and ingest: broadcasts, triggers, send-time rules, tracking,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from cdp_campaign import store
+from cdp_campaign.handlers import deliver_sends
 from cdp_common.events import PrivacyReceipt, ProfileErased, ProfileUpdated, SegmentEntered
 from cdp_common.testing import read_topic, wait_for
 from cdp_common.topics import TopicName
@@ -255,6 +257,58 @@ async def test_frequency_caps_and_quiet_hours(http: httpx.AsyncClient, campaign:
         campaign.clock.advance(hours=-11)
     assert sorted(s["status"] for s in after) == ["sent"] * cap + ["skipped"]
     assert [s["reason"] for s in after if s["status"] == "skipped"] == ["frequency_cap"]
+
+
+async def test_two_jobs_at_once_for_one_person_never_pass_the_frequency_cap_together(
+    http: httpx.AsyncClient, campaign: CampaignUnderTest
+) -> None:
+    # Two replicas (here two concurrent jobs) sending different campaigns to the same person.
+    person = pid("both")
+    await people(campaign, "seg-" + secrets.token_hex(4), {person: {"email": f"{person}@example.com"}})
+    campaign.consent.granted.add(person)
+    campaign_ids = []
+    for _ in range(2):
+        created = await create(http, email_campaign())  # an empty audience: nothing is queued
+        assert (await http.post(f"/v1/campaigns/{created['id']}/schedule")).json()["status"] == "running"
+        campaign_ids.append(created["id"])
+    async with campaign.ctx.session_factory()() as session, session.begin():
+        send_ids = [
+            (
+                await store.insert_sends(
+                    session=session,
+                    rows=[
+                        {
+                            "id": store.send_id_for(
+                                source="campaign", source_id=cid, step=None, run_key="race", profile_id=person
+                            ),
+                            "source": "campaign",
+                            "source_id": cid,
+                            "profile_id": person,
+                            "profile_hash": person,
+                            "variant": "a",
+                            "channel": "email",
+                            "status": "queued",
+                            "created_at": campaign.clock.now(),
+                        }
+                    ],
+                )
+            )[0]
+            for cid in campaign_ids
+        ]
+    capped = dataclasses.replace(
+        campaign.ctx, settings=campaign.settings.model_copy(update={"campaign_frequency_cap": 1})
+    )
+    outcomes = await asyncio.gather(*(deliver_sends(ctx=capped, send_ids=[s]) for s in send_ids))
+    assert sorted(sorted((k, n) for k, n in o.items() if n) for o in outcomes) == [
+        [("sent", 1)],
+        [("skipped", 1)],
+    ]
+    assert len(campaign.mailbox.to(f"{person}@example.com")) == 1
+    async with campaign.ctx.session_factory()() as session:
+        statuses = await session.execute(
+            sa.select(store.sends.c.status, store.sends.c.reason).where(store.sends.c.id.in_(send_ids))
+        )
+        assert sorted(statuses.all()) == [("sent", None), ("skipped", "frequency_cap")]
 
 
 # --- tracking: the closed loop -------------------------------------------------------------------------------
