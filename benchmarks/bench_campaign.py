@@ -34,7 +34,7 @@ from cdp_campaign.gateways import (
     SmtpMailer,
     SystemClock,
 )
-from cdp_campaign.handlers import CampaignContext, deliver_sends
+from cdp_campaign.handlers import CampaignContext, deliver_jobs
 from cdp_campaign.settings import Settings
 from cdp_common.db import create_engine, create_session_factory, transaction
 from cdp_common.migrations import migrate
@@ -44,7 +44,7 @@ MESSAGES = 2000
 ROUNDS = 3
 CONNECTIONS = 8
 JOB_SIZE = 200
-PARALLEL_JOBS = 4
+PARALLEL_JOBS = 4  # CDP_CAMPAIGN_PARALLEL_JOBS; the service's default is 1
 GOAL_MESSAGES_PER_S = 1000
 GOAL_VS_RAW = 0.5
 MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "campaign" / "migrations"
@@ -186,6 +186,7 @@ async def _measure(env: dict[str, str]) -> dict[str, Any]:
         campaign_quiet_start=clock_time(0),
         campaign_quiet_end=clock_time(0),
         campaign_smtp_connections=CONNECTIONS,
+        campaign_parallel_jobs=PARALLEL_JOBS,
     )
     engine = create_engine(database_url=settings.database_url, schema=schema, pool_size=PARALLEL_JOBS * 2)
     await migrate(engine=engine, schema=schema, script_location=MIGRATIONS)
@@ -270,15 +271,10 @@ async def _measure(env: dict[str, str]) -> dict[str, Any]:
         totals: dict[str, int] = {}
 
         async def pipeline(send_ids: list[str]) -> None:
+            # As the service's send consumer does with a poll of jobs.
             jobs = [send_ids[i : i + JOB_SIZE] for i in range(0, len(send_ids), JOB_SIZE)]
-            limit = asyncio.Semaphore(PARALLEL_JOBS)
-
-            async def work(job: list[str]) -> None:
-                async with limit:
-                    for outcome, n in (await deliver_sends(ctx=ctx, send_ids=job)).items():
-                        totals[outcome] = totals.get(outcome, 0) + n
-
-            await asyncio.gather(*(work(job) for job in jobs))
+            for outcome, n in (await deliver_jobs(ctx=ctx, jobs=jobs)).items():
+                totals[outcome] = totals.get(outcome, 0) + n
 
         rounds = []
         for number in range(ROUNDS):
@@ -312,6 +308,7 @@ async def _measure(env: dict[str, str]) -> dict[str, Any]:
             "messages": MESSAGES,
             "rounds": ROUNDS,
             "smtp_connections": CONNECTIONS,
+            "parallel_jobs": PARALLEL_JOBS,
             **median,
             "all_rounds": rounds,
             "outcomes": totals,

@@ -240,6 +240,9 @@ async def campaign(platform: PlatformUnderTest, mailbox: Mailbox) -> AsyncIterat
             campaign_public_url=url,
             campaign_retry_backoff_s=0.01,
             campaign_webhook_timeout_s=2.0,
+            # Small jobs, several at once: broadcasts here run as concurrent jobs.
+            campaign_send_job_size=2,
+            campaign_parallel_jobs=3,
         )
         assert isinstance(settings, Settings)
         clock, consent, tracker, sms = FakeClock(), FakeConsent(), FakeTracker(), FakeSms()

@@ -66,5 +66,8 @@ def consumer_specs(settings: PlatformSettings, ctx: CampaignContext | None = Non
             purpose="sends",
             topics=[TopicName.CAMPAIGN_SENDS],
             handlers={CampaignSendsRequested: _bound(handlers.on_sends_requested, ctx)},
+            batch_handlers={
+                CampaignSendsRequested: functools.partial(handlers.on_sends_requested_together, ctx=ctx)
+            },
         ),
     ]

@@ -1196,6 +1196,35 @@ async def on_sends_requested(*, session: AsyncSession, envelope: Envelope[Any], 
     await deliver_sends(ctx=ctx, send_ids=data.send_ids)
 
 
+async def on_sends_requested_together(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], ctx: CampaignContext
+) -> None:
+    """Work through the send jobs of one poll, `campaign_parallel_jobs` at a time."""
+    await deliver_jobs(ctx=ctx, jobs=[envelope.data.send_ids for envelope in envelopes])
+
+
+async def deliver_jobs(*, ctx: CampaignContext, jobs: Sequence[Sequence[str]]) -> dict[str, int]:
+    """Deliver send jobs, up to `campaign_parallel_jobs` at a time; return the outcomes summed.
+
+    Every job runs to its end before a failure is raised, so a retry of the jobs never meets
+    a send another of them is still handing over (each job's records make the retry harmless).
+    """
+    limit = asyncio.Semaphore(ctx.settings.campaign_parallel_jobs)
+
+    async def one(send_ids: Sequence[str]) -> dict[str, int]:
+        async with limit:
+            return await deliver_sends(ctx=ctx, send_ids=send_ids)
+
+    results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    totals: dict[str, int] = {}
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        for outcome, count in result.items():
+            totals[outcome] = totals.get(outcome, 0) + count
+    return totals
+
+
 # --- test sends ---------------------------------------------------------------------------------
 
 

@@ -25,6 +25,10 @@ class Settings(PlatformSettings):
     campaign_frequency_cap: int = Field(default=3, ge=0)
     campaign_frequency_window_hours: float = Field(default=24.0, gt=0)
     campaign_send_job_size: int = Field(default=200, ge=1, le=1000)
+    # Send jobs one replica works through at once over its SMTP connections. More keeps the
+    # connections busier; a worker killed mid-send leaves every claimed job's hand-overs
+    # unknown (never repeated), so more jobs at once also means more unknown after a crash.
+    campaign_parallel_jobs: int = Field(default=1, ge=1, le=64)
     campaign_send_attempts: int = Field(default=3, ge=1, le=10)
     campaign_retry_backoff_s: float = Field(default=0.2, ge=0)
     campaign_webhook_allowlist: list[str] = Field(default_factory=list)
