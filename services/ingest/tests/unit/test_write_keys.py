@@ -15,6 +15,7 @@ class FakeSources:
     def __init__(self, row: dict[str, Any] | None) -> None:
         self.row = row
         self.lookups = 0
+        self.asked = asyncio.Event()
         self.release = asyncio.Event()
 
     def __call__(self) -> FakeSources:
@@ -28,6 +29,7 @@ class FakeSources:
 
     async def execute(self, _: object) -> FakeSources:
         self.lookups += 1
+        self.asked.set()
         await self.release.wait()
         return self
 
@@ -36,6 +38,11 @@ class FakeSources:
 
     def first(self) -> dict[str, Any] | None:
         return self.row
+
+
+async def until_asked(sources: FakeSources) -> None:
+    """Wait until a lookup reached the database; callers started with it have run up to their wait."""
+    await asyncio.wait_for(sources.asked.wait(), timeout=5)
 
 
 def write_keys(sources: FakeSources, ttl_s: float = 60) -> WriteKeys:
@@ -49,7 +56,7 @@ async def test_concurrent_calls_with_an_uncached_key_share_one_lookup() -> None:
     sources = FakeSources(SOURCE_ROW)
     keys = write_keys(sources)
     waiting = [asyncio.create_task(keys.source_of("wk_a")) for _ in range(50)]
-    await asyncio.sleep(0)
+    await until_asked(sources)
     sources.release.set()
     found = await asyncio.gather(*waiting)
     assert sources.lookups == 1
@@ -78,7 +85,7 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_others_lookup() -> Non
     keys = write_keys(sources)
     impatient = asyncio.create_task(keys.source_of("wk_b"))
     patient = asyncio.create_task(keys.source_of("wk_b"))
-    await asyncio.sleep(0)
+    await until_asked(sources)
     impatient.cancel()
     sources.release.set()
     found = await patient
@@ -92,7 +99,7 @@ async def test_a_lookup_begun_before_forget_is_not_cached_after_it() -> None:
     sources = FakeSources(None)
     keys = write_keys(sources)
     stale = asyncio.create_task(keys.source_of("wk_c"))
-    await asyncio.sleep(0)
+    await until_asked(sources)
     keys.forget()
     sources.row = SOURCE_ROW
     sources.release.set()
