@@ -910,7 +910,7 @@ async def render_values(
     return values
 
 
-async def _still_within_caps(
+async def _within_caps(
     *,
     session: AsyncSession,
     ctx: CampaignContext,
@@ -918,10 +918,11 @@ async def _still_within_caps(
     since: datetime,
     skipped: dict[str, str],
 ) -> list[Outgoing]:
-    """Count again, under a lock per person and channel held until the claim commits, so two
-    jobs (on one replica or two) for the same person cannot both pass the cap."""
+    """Apply the frequency cap where the sends are claimed: counted under a lock per person and
+    channel held until the claim commits, so two jobs (on one replica or two) for the same person
+    cannot both pass it."""
     cap = ctx.settings.campaign_frequency_cap
-    capped = [o for o in outgoing if cap > 0 and o.webhook_url is None]
+    capped = [o for o in outgoing if cap > 0 and o.send["channel"] != "webhook"]
     if not capped:
         return outgoing
     pairs = sorted({(o.send["profile_id"], o.send["channel"]) for o in capped})
@@ -979,14 +980,6 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
         contacts = await store.contacts_of(session=session, profile_ids=profile_ids)
         segments = await store.segments_of(session=session, profile_ids=profile_ids)
         since = now - timedelta(hours=ctx.settings.campaign_frequency_window_hours)
-        counts: dict[tuple[str, str], int] = {}
-        # Without a cap the counts are not needed.
-        capped_channels = {s["channel"] for s in queued} if ctx.settings.campaign_frequency_cap > 0 else set()
-        for channel in capped_channels:
-            per = await store.handed_counts(
-                session=session, profile_ids=profile_ids, channel=channel, since=since
-            )
-            counts.update({(pid, channel): n for pid, n in per.items()})
 
         waiting: list[tuple[dict[str, Any], Definition]] = []
         for send in queued:
@@ -1035,12 +1028,6 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
                 if resume is not None:
                     deferred[send["id"]] = resume
                     continue
-                if over_cap(
-                    sent_in_window=counts.get((pid, definition.channel), 0),
-                    cap=ctx.settings.campaign_frequency_cap,
-                ):
-                    skipped[send["id"]] = SkipReason.FREQUENCY_CAP
-                    continue
             assert definition.content is not None
             content = definition.content.for_locale((contact or {}).get("locale"))
             sources = [s for s in (content.subject, content.body, content.text) if s is not None]
@@ -1060,11 +1047,10 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
                 logger.warning("template failed", extra={"send_id": send["id"], "error": str(exc)})
                 skipped[send["id"]] = SkipReason.RENDER_FAILED
                 continue
-            counts[(pid, definition.channel)] = counts.get((pid, definition.channel), 0) + 1
             outgoing.append(Outgoing(send, address, subject, body, text, definition.webhook_url))
 
     async with transaction(factory) as session:
-        outgoing = await _still_within_caps(
+        outgoing = await _within_caps(
             session=session, ctx=ctx, outgoing=outgoing, since=since, skipped=skipped
         )
         for reason in set(skipped.values()):

@@ -116,6 +116,18 @@ def event_name(event: TrackingEventReceived) -> str | None:
     return None
 
 
+def stored_event_of(envelope: Envelope[Any]) -> StoredEvent:
+    """Return a tracking event as the event store and the folds see it."""
+    event: TrackingEventReceived = envelope.data
+    return StoredEvent(
+        event_id=envelope.id,
+        type=event.type,
+        name=event_name(event),
+        timestamp=event.timestamp,
+        properties=event.properties,
+    )
+
+
 async def _publish(
     *, session: AsyncSession, topic: str, payload: Payload, subject: str, event_id: str
 ) -> None:
@@ -271,13 +283,7 @@ async def resolve_event(
         target = locked[plan.target]
     traits_before = {name: trait.value for name, trait in target.traits.items()}
     computed_before = dict(target.computed)
-    stored = StoredEvent(
-        event_id=envelope.id,
-        type=event.type,
-        name=event_name(event),
-        timestamp=event.timestamp,
-        properties=event.properties,
-    )
+    stored = stored_event_of(envelope)
     # The user-defined states are read only when this event can change them.
     needs_states = bool(plan.absorbed) or any(d.selects(stored) for d in configuration.definitions)
     states = await store.defined_states(session=session, profile_id=target.id) if needs_states else {}

@@ -42,10 +42,10 @@ from cdp_profile.domain.traits import apply_traits
 from cdp_profile.handlers import (
     ProfileContext,
     computed_of,
-    event_name,
     profile_change,
     refreshed_builtins,
     resolve_event,
+    stored_event_of,
     survivor_order,
     update_payload,
 )
@@ -126,13 +126,7 @@ def _prepare(
 ) -> _Prepared:
     event: TrackingEventReceived = envelope.data
     keys, blocked = identifiers_of(event, rules=configuration.rules, default_region=context.default_region)
-    stored = StoredEvent(
-        event_id=envelope.id,
-        type=event.type,
-        name=event_name(event),
-        timestamp=event.timestamp,
-        properties=event.properties,
-    )
+    stored = stored_event_of(envelope)
     return _Prepared(
         envelope=envelope,
         keys=keys,

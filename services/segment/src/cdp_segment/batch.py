@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from cdp_common.db import outbox_table
 from cdp_common.events import SegmentEntered, SegmentExited
+from cdp_common.outbox import lock_outbox_writes
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,12 +23,6 @@ from cdp_segment import store
 from cdp_segment.compiler import members_query
 from cdp_segment.domain.membership import Catalog
 from cdp_segment.domain.rules import parse_rule
-
-# The same lock and wake-up cdp_common.outbox.add_to_outbox takes, so ids follow commit order.
-_OUTBOX_WRITE_LOCK = sa.text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0)),"
-    " pg_notify('cdp_outbox_' || current_schema(), '')"
-)
 
 
 async def recompute_segment(
@@ -134,7 +129,7 @@ async def recompute_segment(
         .returning(outbox_table.c.id)
         .cte("published")
     )
-    await session.execute(_OUTBOX_WRITE_LOCK)
+    await lock_outbox_writes(session=session)
     counts = sa.select(changes.c.change, sa.func.count()).group_by(changes.c.change).add_cte(history, outbox)
     result = {"entered": 0, "exited": 0}
     for change, count in await session.execute(counts):
