@@ -6,12 +6,17 @@ commit order. One relay per service is active at a time: it holds a session-leve
 advisory lock on the connection it does all its work on, so if that connection
 dies the lock goes with it and the relay stops publishing. A row is marked
 published only after Kafka acknowledged it, so it is published at least once.
+
+The relay works on its connection without explicit transactions (each statement
+commits alone), remembers the last id it sent so a read starts past the rows
+already sent, and marks a sent batch in the same statement that reads the next:
+an idle relay woken by a commit sends its rows after one statement, and a busy one
+reads them as soon as the batch it is sending is acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -41,6 +46,19 @@ _INSERT_ROWS = sa.text(
 _RELAY_LOCK = sa.text(
     "SELECT pg_try_advisory_lock(hashtextextended('cdp-outbox-relay:' || current_schema(), 0))"
 )
+# Marks the rows of the batch sent before (acknowledged by then) and reads the next one.
+# The read's snapshot predates the update, so rows just marked still look unpublished to
+# it; starting past the last id sent keeps them out, and keeps the read off the rows the
+# relay has already dealt with. Writers hand out ids in commit order under the write
+# lock, so a row committed later always has a larger id than every row visible now.
+_MARK_AND_READ = """
+    WITH marked AS (UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]))
+    SELECT id, topic, key, payload FROM outbox
+     WHERE published_at IS NULL AND id > $2
+     ORDER BY id LIMIT $3
+"""
+# How often an idle relay reports its backlog (a count over the unpublished rows).
+_BACKLOG_REPORT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,10 @@ class Publisher(Protocol):
     """Publishes messages to Kafka in order and returns once all are acknowledged."""
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+
+def _messages(rows: Sequence[Any]) -> list[OutboxMessage]:
+    return [OutboxMessage(id=r["id"], topic=r["topic"], key=r["key"], payload=r["payload"]) for r in rows]
 
 
 def notify_channel(schema: str) -> str:
@@ -164,21 +186,34 @@ class OutboxRelay:
         self._set_leader(True)
         logger.info("outbox relay is leader", extra={"service": self._service})
         try:
-            await self._listen(conn)
-            last_cleanup = 0.0
+            driver = await self._listen(conn)
+            sent_up_to = 0
+            sent: list[OutboxMessage] = []
+            last_report = last_cleanup = 0.0
             while True:
                 # Cleared before reading, so a commit notified during the read or after it
                 # wakes the wait below at once instead of after the idle wait.
                 self._wake.clear()
-                published = await self.publish_pending(conn)
-                if published:
+                rows = await driver.fetch(_MARK_AND_READ, [m.id for m in sent], sent_up_to, self._batch_size)
+                self._count_published(sent)
+                sent = _messages(rows)
+                if sent:
+                    await self._publisher.publish_batch(sent)
+                    sent_up_to = sent[-1].id
                     continue
-                await self._report_backlog(conn)
-                if time.monotonic() - last_cleanup > 60:
+                now = time.monotonic()
+                if now - last_report > _BACKLOG_REPORT_S:
+                    await self._report_backlog(conn)
+                    last_report = now
+                if now - last_cleanup > 60:
                     await self._delete_old(conn)
-                    last_cleanup = time.monotonic()
-                with contextlib.suppress(TimeoutError):
+                    last_cleanup = now
+                try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_wait_s)
+                except TimeoutError:
+                    # Nothing woke the relay for a while: read from the oldest unpublished
+                    # row again, so a row written without the write lock is not left behind.
+                    sent_up_to = 0
         finally:
             # Closing the connection for real releases the lock and the listener; a
             # pooled connection would keep both alive.
@@ -188,39 +223,30 @@ class OutboxRelay:
         async with conn.begin():
             return bool((await conn.execute(_RELAY_LOCK)).scalar_one())
 
-    async def _listen(self, conn: AsyncConnection) -> None:
+    async def _listen(self, conn: AsyncConnection) -> Any:
+        """Listen for commits that wrote rows; return the driver's connection the relay reads on."""
         async with conn.begin():
             schema = (await conn.execute(sa.text("SELECT current_schema()"))).scalar_one()
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
-        if driver is not None:
-            await driver.add_listener(notify_channel(schema), lambda *_: self._wake.set())
+        assert driver is not None
+        await driver.add_listener(notify_channel(schema), lambda *_: self._wake.set())
+        return driver
+
+    def _count_published(self, messages: Sequence[OutboxMessage]) -> None:
+        for message in messages:
+            OUTBOX_PUBLISHED.labels(self._service, message.topic).inc()
 
     async def publish_pending(self, conn: AsyncConnection) -> int:
         """Publish one batch of unpublished rows in id order and mark them; return how many."""
-        async with conn.begin():
-            rows = (
-                await conn.execute(
-                    sa.select(
-                        outbox_table.c.id, outbox_table.c.topic, outbox_table.c.key, outbox_table.c.payload
-                    )
-                    .where(outbox_table.c.published_at.is_(None))
-                    .order_by(outbox_table.c.id)
-                    .limit(self._batch_size)
-                )
-            ).all()
-        if not rows:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        messages = _messages(await driver.fetch(_MARK_AND_READ, [], 0, self._batch_size))
+        if not messages:
             return 0
-        messages = [OutboxMessage(id=r.id, topic=r.topic, key=r.key, payload=r.payload) for r in rows]
         await self._publisher.publish_batch(messages)
-        async with conn.begin():
-            await conn.execute(
-                outbox_table.update()
-                .where(outbox_table.c.id.in_([m.id for m in messages]))
-                .values(published_at=sa.func.now())
-            )
-        for message in messages:
-            OUTBOX_PUBLISHED.labels(self._service, message.topic).inc()
+        await driver.execute(_MARK_AND_READ, [m.id for m in messages], messages[-1].id, 0)
+        self._count_published(messages)
         return len(messages)
 
     async def _report_backlog(self, conn: AsyncConnection) -> None:

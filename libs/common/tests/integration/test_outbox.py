@@ -172,3 +172,54 @@ async def test_rows_are_published_in_commit_order(
         assert [e.data.token_id for e in read] == committed
     finally:
         await relay.stop()
+
+
+async def test_a_backlog_larger_than_a_batch_goes_out_whole_in_order_and_marked(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    topic = settings.topic(TopicName.TOKENS)
+    names = [f"b{i:02d}" for i in range(11)]
+    async with transaction(create_session_factory(schema_engine)) as session:
+        for name in names:  # one key, so Kafka keeps their order
+            envelope = make_envelope(payload=TokenRevoked(token_id=name), source="test", subject="one-key")
+            await add_to_outbox(session=session, topic=topic, envelope=envelope)
+    publisher = CountingPublisher(KafkaPublisher(producer))
+    relay = OutboxRelay(
+        engine=schema_engine, publisher=publisher, service="test", batch_size=4, idle_wait_s=5
+    )
+    relay.start()
+    try:
+        await wait_for(lambda: drained(schema_engine), what="three batches published and marked")
+        read = await read_topic(bootstrap=settings.kafka_bootstrap, topic=topic, until=lambda e: len(e) >= 11)
+        assert [e.data.token_id for e in read] == names
+        assert publisher.published == sorted(publisher.published)
+        assert len(publisher.published) == 11, "each row is sent once when nothing fails"
+    finally:
+        await relay.stop()
+
+
+async def test_a_row_committed_behind_rows_already_sent_is_still_published(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    """A writer that skipped the write lock commits an older id late: the idle relay reads it again."""
+    topic = settings.topic(TopicName.TOKENS)
+    relay = OutboxRelay(
+        engine=schema_engine, publisher=KafkaPublisher(producer), service="test", idle_wait_s=0.2
+    )
+    relay.start()
+    factory = create_session_factory(schema_engine)
+    try:
+        async with factory() as late, late.begin():
+            envelope = make_envelope(payload=TokenRevoked(token_id="late"), source="test", subject="late")
+            await late.execute(
+                outbox_table.insert().values(
+                    topic=topic, key="late", event_id=envelope.id, payload=envelope.to_bytes()
+                )
+            )
+            await write_rows(schema_engine, topic, ["early"])
+            await wait_for(lambda: drained(schema_engine), what="the row committed first to go out")
+        await wait_for(lambda: drained(schema_engine), what="the late row to go out too")
+        read = await read_topic(bootstrap=settings.kafka_bootstrap, topic=topic, until=lambda e: len(e) >= 2)
+        assert sorted(e.data.token_id for e in read) == ["early", "late"]
+    finally:
+        await relay.stop()
