@@ -64,7 +64,9 @@ class Intake:
     ) -> None:
         self.settings = settings
         self.producer = producer
-        self.batcher = EventBatcher(producer=producer, topic=settings.topic(TopicName.EVENTS))
+        self.batcher = EventBatcher(
+            producer=producer, topic=settings.topic(TopicName.EVENTS), timeout_s=settings.produce_timeout_s
+        )
         self.limits = settings.limits()
         self.proxies = settings.proxy_networks()
         self.write_keys = write_keys
@@ -178,11 +180,7 @@ def _screen(
 async def _publish_and_record(request: Request, intake: Intake, screened: _Screened, source_id: str) -> None:
     if screened.events:
         try:
-            await handlers.publish_events(
-                batcher=intake.batcher,
-                events=screened.events,
-                timeout_s=intake.settings.produce_timeout_s,
-            )
+            await handlers.publish_events(batcher=intake.batcher, events=screened.events)
         except handlers.KafkaUnavailable as exc:
             raise ApiError(
                 status=503,

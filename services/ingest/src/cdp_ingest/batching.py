@@ -2,13 +2,16 @@
 
 Handing the producer one message at a time costs a future, a partitioner call and
 the accumulator's bookkeeping per event; here an event costs one append to an open
-record batch of its partition, and a request waits on the few batches its events went
-into. One task per partition submits that partition's batches in order, closing each
-as it submits it, so events that arrive while a submission waits for the broker ride
-in the partition's next, larger batch. (A submitted batch is never appended to: the
-producer numbers a batch's records when it takes it, and builds it later.) A batch's
-future is the producer's: it resolves when Kafka acknowledged the batch (idempotent
-producer, acks=all) and fails when it could not.
+record batch of its partition, and a request waits on one future of its own, settled
+once every batch its events went into is acknowledged. One task per partition submits
+that partition's batches in order, closing each as it submits it, so events that
+arrive while a submission waits for the broker ride in the partition's next, larger
+batch. (A submitted batch is never appended to: the producer numbers a batch's records
+when it takes it, and builds it later.) A batch is acknowledged when the producer's
+delivery of it resolves (idempotent producer, acks=all); its callers fail when that
+delivery fails, or when it has not come within the timeout of the batch's opening.
+One timer per batch bounds the wait of every caller in it, since a caller joins a
+batch after it opened.
 """
 
 from __future__ import annotations
@@ -30,33 +33,75 @@ PARTITIONER = DefaultPartitioner()
 MAX_CACHED_KEYS = 100_000
 
 
-class _OpenBatch:
-    """A record batch being filled, with the future its senders wait on."""
+class _Delivery:
+    """One caller's wait: its future, and how many of its batches are not acknowledged yet."""
 
-    __slots__ = ("builder", "future")
+    __slots__ = ("future", "unacknowledged")
 
-    def __init__(self, builder: BatchBuilder, future: asyncio.Future[None]) -> None:
-        self.builder = builder
+    def __init__(self, future: asyncio.Future[None]) -> None:
         self.future = future
+        self.unacknowledged = 0
+
+
+class _OpenBatch:
+    """A record batch being filled, the callers waiting on it, and the timer bounding their wait."""
+
+    __slots__ = ("builder", "deadline", "deliveries")
+
+    def __init__(self, builder: BatchBuilder) -> None:
+        self.builder = builder
+        self.deliveries: list[_Delivery] = []
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def acknowledge(self) -> None:
+        """Settle every caller whose batches are now all acknowledged."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+        for delivery in self.deliveries:
+            delivery.unacknowledged -= 1
+            if delivery.unacknowledged == 0 and not delivery.future.done():
+                delivery.future.set_result(None)
+        self.deliveries = []
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail every caller waiting on this batch."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+        error = (
+            exc
+            if isinstance(exc, KafkaError | TimeoutError)
+            else KafkaError(f"the batch was not sent: {exc!r}")
+        )
+        for delivery in self.deliveries:
+            if not delivery.future.done():
+                delivery.future.set_exception(error)
+        self.deliveries = []
 
 
 class EventBatcher:
     """Appends keyed messages to open record batches of one topic and submits them to the producer."""
 
-    def __init__(self, *, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, *, producer: AIOKafkaProducer, topic: str, timeout_s: float) -> None:
         self.producer = producer
         self.topic = topic
+        self.timeout_s = timeout_s
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
         # Per partition: the batches not yet submitted (the last one open) and the task submitting them.
         self._chains: dict[int, list[_OpenBatch]] = {}
         self._submitters: dict[int, asyncio.Task[None]] = {}
 
-    async def add(self, messages: list[tuple[bytes, bytes]]) -> set[asyncio.Future[None]]:
-        """Append (key, value) messages; return the futures of the batches they went into."""
+    async def publish(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Append (key, value) messages and return once Kafka acknowledged every one of them.
+
+        Raises KafkaError when a batch was refused or could not be sent, and TimeoutError
+        when one was not acknowledged within `timeout_s` of its opening.
+        """
         if not self._partitions:
-            self._partitions = sorted(await self.producer.partitions_for(self.topic))
-        futures: set[asyncio.Future[None]] = set()
+            async with asyncio.timeout(self.timeout_s):
+                self._partitions = sorted(await self.producer.partitions_for(self.topic))
+        loop = asyncio.get_running_loop()
+        delivery = _Delivery(loop.create_future())
         for key, value in messages:
             partition = self._partition_of.get(key)
             if partition is None:
@@ -69,14 +114,27 @@ class EventBatcher:
                 chain = self._chains[partition] = []
                 self._submitters[partition] = asyncio.create_task(self._submit(partition, chain))
             if not chain or chain[-1].builder.append(timestamp=None, key=key, value=value) is None:
-                chain.append(self._open_batch())
+                chain.append(self._open_batch(loop))
                 if chain[-1].builder.append(timestamp=None, key=key, value=value) is None:
+                    # The batches this caller joined settle without it.
+                    delivery.future.cancel()
                     raise MessageSizeTooLargeError(f"a message of {len(value)} bytes exceeds a record batch")
-            futures.add(chain[-1].future)
-        return futures
+            waiting = chain[-1].deliveries
+            # A caller's appends run without a pause, so it is the batch's last waiter if it joined before.
+            if not waiting or waiting[-1] is not delivery:
+                waiting.append(delivery)
+                delivery.unacknowledged += 1
+        if delivery.unacknowledged:
+            await delivery.future
 
-    def _open_batch(self) -> _OpenBatch:
-        return _OpenBatch(self.producer.create_batch(), asyncio.get_running_loop().create_future())
+    def _open_batch(self, loop: asyncio.AbstractEventLoop) -> _OpenBatch:
+        batch = _OpenBatch(self.producer.create_batch())
+        batch.deadline = loop.call_later(
+            self.timeout_s,
+            batch.fail,
+            TimeoutError(f"Kafka did not acknowledge the batch within {self.timeout_s:g} s"),
+        )
+        return batch
 
     async def _submit(self, partition: int, chain: list[_OpenBatch]) -> None:
         """Submit a partition's batches in order until none is left; a refused one fails with the rest."""
@@ -91,12 +149,12 @@ class EventBatcher:
                     # Later batches of this partition must not overtake a batch that was not sent.
                     for unsent in (batch, *chain):
                         unsent.builder.close()
-                        _fail(unsent.future, exc)
+                        unsent.fail(exc)
                     chain.clear()
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     return
-                delivery.add_done_callback(lambda done, future=batch.future: _settle(future, done))
+                delivery.add_done_callback(lambda done, settled=batch: _settle(settled, done))
         finally:
             del self._chains[partition]
             del self._submitters[partition]
@@ -108,19 +166,10 @@ class EventBatcher:
                 await asyncio.shield(next(iter(self._submitters.values())))
 
 
-def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(
-            exc if isinstance(exc, KafkaError) else KafkaError(f"the batch was not sent: {exc!r}")
-        )
-
-
-def _settle(future: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
-    if future.done():
-        return
+def _settle(batch: _OpenBatch, delivery: asyncio.Future[Any]) -> None:
     if delivery.cancelled():
-        future.set_exception(KafkaError("the batch's delivery was cancelled"))
+        batch.fail(KafkaError("the batch's delivery was cancelled"))
     elif (exc := delivery.exception()) is not None:
-        future.set_exception(exc)
+        batch.fail(exc)
     else:
-        future.set_result(None)
+        batch.acknowledge()

@@ -1,11 +1,14 @@
-"""Serves the tracking API's POST paths straight from ASGI, ahead of FastAPI's routing.
+"""Serves the tracking API's POST paths straight from ASGI, ahead of the FastAPI app.
 
-The tracking paths carry nearly all of ingest's traffic, and FastAPI's matching over
-every route of the service, its dependency solving and its inner middleware cost more
-than accepting one event does. This middleware finds the same endpoint functions (the
-routes stay registered, for the OpenAPI document and for every other path) by one
-dictionary lookup, answers errors with the contract's body as the app's error handlers
-do, and counts the request in the shared HTTP metrics as HttpMetricsMiddleware does.
+The tracking paths carry nearly all of ingest's traffic, and FastAPI's own layers
+(its error, telemetry, body-limit and CORS middleware, matching over every route of
+the service, dependency solving) cost more than accepting one event does. This
+application wraps the FastAPI app: it finds the same endpoint functions (the routes
+stay registered, for the OpenAPI document and for every other path) by one dictionary
+lookup, answers errors with the contract's body as the app's error handlers do, adds
+the CORS headers the app's CORS middleware would (any origin, no credentials), and
+counts the request in the shared HTTP metrics as HttpMetricsMiddleware does. Every
+other request, CORS preflights included, goes to the app unchanged.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from cdp_common.metrics import HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from cdp_common.web import ApiError, error_response
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute, APIRouter
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+# What the app's CORSMiddleware (allow_origins=["*"], no credentials) adds to a simple response.
+VARY_ORIGIN = (b"vary", b"Origin")
+ANY_ORIGIN = (b"access-control-allow-origin", b"*")
 
 
 def post_endpoints(router: APIRouter) -> dict[str, Endpoint]:
@@ -36,10 +42,14 @@ def post_endpoints(router: APIRouter) -> dict[str, Endpoint]:
     }
 
 
-class TrackingDispatch:
-    """Answer POSTs to the given paths with their endpoints; pass everything else on."""
+def _has_origin(scope: Scope) -> bool:
+    return any(name == b"origin" for name, _ in scope["headers"])
 
-    def __init__(self, app: ASGIApp, *, service: str, endpoints: Mapping[str, Endpoint]) -> None:
+
+class TrackingDispatch:
+    """Answer POSTs to the given paths with their endpoints; pass everything else to the app."""
+
+    def __init__(self, app: FastAPI, *, service: str, endpoints: Mapping[str, Endpoint]) -> None:
         self.app = app
         self.service = service
         self.endpoints = dict(endpoints)
@@ -52,6 +62,8 @@ class TrackingDispatch:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        # What Starlette sets before routing, so that `request.app` is the service's app.
+        scope["app"] = self.app
         try:
             response = await endpoint(Request(scope, receive))
         except ApiError as exc:
@@ -59,8 +71,16 @@ class TrackingDispatch:
         except Exception:
             logger.exception("unhandled error", extra={"path": scope["path"]})
             response = error_response(ApiError(status=500, code="internal_error", message="internal error"))
+        cors = (ANY_ORIGIN, VARY_ORIGIN) if _has_origin(scope) else (VARY_ORIGIN,)
         try:
-            await response(scope, receive, send)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [*response.raw_headers, *cors],
+                }
+            )
+            await send({"type": "http.response.body", "body": response.body})
         finally:
             self._count(scope["path"], response.status_code, time.perf_counter() - started)
 

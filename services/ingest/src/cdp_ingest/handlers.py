@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -203,9 +202,7 @@ def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-async def publish_events(
-    *, batcher: EventBatcher, events: Sequence[dict[str, Any]], timeout_s: float
-) -> None:
+async def publish_events(*, batcher: EventBatcher, events: Sequence[dict[str, Any]]) -> None:
     """Write accepted events to Kafka and return once every one is acknowledged (acks=all)."""
     now = datetime.now(UTC)
     started = time.perf_counter()
@@ -214,19 +211,20 @@ async def publish_events(
         key, value = envelope_bytes(event, now=now)
         messages.append((key.encode(), value))
     try:
-        async with asyncio.timeout(timeout_s):
-            batches = await batcher.add(messages)
-            # wait, unlike gather, leaves the batches alone when this request gives up: others share them.
-            if batches:
-                await asyncio.wait(batches)
-        for batch in batches:
-            batch.result()
+        await batcher.publish(messages)
     except (KafkaError, TimeoutError) as exc:
         KAFKA_UNAVAILABLE.inc()
         raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
     PRODUCE_DURATION.observe(time.perf_counter() - started)
-    counts = Counter((event["sourceId"], event["type"]) for event in events)
-    for (source_id, call_type), count in counts.items():
+    # A request's events all come from one source.
+    source_id = events[0]["sourceId"]
+    if len(events) == 1:
+        events_accepted(source_id, events[0]["type"]).inc()
+        return
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event["type"]] = counts.get(event["type"], 0) + 1
+    for call_type, count in counts.items():
         events_accepted(source_id, call_type).inc(count)
 
 
