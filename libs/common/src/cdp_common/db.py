@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 platform_metadata = sa.MetaData()
@@ -61,6 +62,23 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _connect_args(database_url: str, schema: str) -> dict[str, Any]:
+    """Return the driver's connection arguments: the schema, and no TLS on the loopback interface.
+
+    The driver negotiates TLS whenever the server offers it; on the loopback interface that
+    protects nothing and costs CPU on both ends for every row. A URL that names an `ssl` or
+    `sslmode` keeps its choice.
+    """
+    args: dict[str, Any] = {"server_settings": {"search_path": schema, "application_name": f"cdp-{schema}"}}
+    url = make_url(database_url)
+    if url.host in _LOOPBACK_HOSTS and not {"ssl", "sslmode"} & set(url.query):
+        args["ssl"] = False
+    return args
+
+
 def create_engine(*, database_url: str, schema: str, pool_size: int = 10) -> AsyncEngine:
     """Create the service's engine; every connection works in the service's own schema."""
     return create_async_engine(
@@ -69,7 +87,7 @@ def create_engine(*, database_url: str, schema: str, pool_size: int = 10) -> Asy
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"server_settings": {"search_path": schema, "application_name": f"cdp-{schema}"}},
+        connect_args=_connect_args(database_url, schema),
     )
 
 

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -204,6 +205,11 @@ class ConsumerRunner:
             await self._consumer.stop()
 
     @property
+    def assigned(self) -> bool:
+        """Whether the group gave this consumer partitions to read."""
+        return self._consumer is not None and bool(self._consumer.assignment())
+
+    @property
     def running(self) -> bool:
         """Whether the consume loop is alive."""
         return self._task is not None and not self._task.done()
@@ -255,12 +261,31 @@ class ConsumerRunner:
                     outcome = await self._handle_with_retries(record, envelope, handler)
                     MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
                 return
-        elapsed = (time.perf_counter() - started) / len(decoded)
+        self._observe_batch(decoded, outcomes, elapsed=(time.perf_counter() - started) / len(decoded))
+
+    def _observe_batch(
+        self,
+        decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], Envelope[Any], Handler]],
+        outcomes: Sequence[str],
+        *,
+        elapsed: float,
+    ) -> None:
+        """Record a batch's metrics: each label set looked up once, the clock read once."""
+        now = datetime.now(UTC)
+        ages: dict[str, list[float]] = {}
+        tally: Counter[tuple[str, str]] = Counter()
         for (_, envelope, _), outcome in zip(decoded, outcomes, strict=True):
+            tally[(envelope.type, outcome)] += 1
             if outcome == "processed":
-                HANDLER_DURATION.labels(self.group_id, envelope.type).observe(elapsed)
-                _observe_age(self.group_id, envelope)
-            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
+                ages.setdefault(envelope.type, []).append((now - envelope.time).total_seconds())
+        for kind, seen in ages.items():
+            duration = HANDLER_DURATION.labels(self.group_id, kind)
+            age = MESSAGE_AGE.labels(self.group_id, kind)
+            for value in seen:
+                duration.observe(elapsed)
+                age.observe(max(value, 0.0))
+        for (kind, outcome), count in tally.items():
+            MESSAGES_CONSUMED.labels(self.group_id, kind, outcome).inc(count)
 
     async def _apply_together(
         self, decoded: Sequence[tuple[ConsumerRecord[bytes, bytes], Envelope[Any], Handler]]

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from cdp_common.envelope import Envelope, Payload
@@ -90,7 +91,13 @@ class ProfileContext:
 
     def hash_of(self, key: IdentifierKey) -> str:
         """Return the keyed hash of an identifier, as a privacy request names it."""
-        return subject_hash(key=self.hash_key, subject_type=key.type, value=key.value)
+        return _keyed_hash_of(self.hash_key, key.type, key.value)
+
+
+@lru_cache(maxsize=65_536)
+def _keyed_hash_of(hash_key: str, kind: str, value: str) -> str:
+    """Return an identifier's keyed hash; a person's identifiers come back event after event."""
+    return subject_hash(key=hash_key, subject_type=kind, value=value)
 
 
 def survivor_order(profile: store.StoredProfile, counts: dict[str, int]) -> tuple[int, str, str, str]:

@@ -116,11 +116,16 @@ def derive_builtin(state: dict[str, Any]) -> dict[str, Any]:
     """Return the built-in computed traits a state stands for (clock-free values only)."""
     if not state:
         return {}
-    gross = {c: Decimal(a) for c, a in state.get("gross", {}).items()}
-    refunds = {c: Decimal(a) for c, a in state.get("refunds", {}).items()}
-    net = {c: gross.get(c, Decimal(0)) - refunds.get(c, Decimal(0)) for c in sorted({*gross, *refunds})}
-    orders_by_currency = state.get("orders_by_currency", {})
-    aov = {c: _money(net[c] / orders_by_currency[c]) for c in net if orders_by_currency.get(c)}
+    gross = state.get("gross", {})
+    refunds = state.get("refunds", {})
+    net: dict[str, Decimal] = {}
+    aov: dict[str, float] = {}
+    if gross or refunds:
+        for c in sorted({*gross, *refunds}):
+            net[c] = Decimal(gross.get(c, "0")) - Decimal(refunds.get(c, "0"))
+        orders_by_currency = state.get("orders_by_currency", {})
+        aov = {c: _money(net[c] / orders_by_currency[c]) for c in net if orders_by_currency.get(c)}
+    revenue = {c: _money(v) for c, v in net.items()}
     last_order = state.get("last_order_at")
     return {
         "event_counts": dict(sorted(state.get("event_counts", {}).items())),
@@ -128,14 +133,15 @@ def derive_builtin(state: dict[str, Any]) -> dict[str, Any]:
         "last_seen": state.get("last_seen"),
         "page_views": state.get("type_counts", {}).get("page", 0),
         "orders": state.get("orders", 0),
-        "revenue": {c: _money(v) for c, v in net.items()},
+        "revenue": revenue,
         "average_order_value": aov,
-        "last_order_date": _as_time(last_order).date().isoformat() if last_order else None,
+        # An ISO time starts with its own date, which is what the date of the parsed time is.
+        "last_order_date": last_order[:10] if last_order else None,
         "refunded_orders": len(state.get("refunded_orders", {})),
         "favourite_category": _favourite_category(state),
         "preferred_payment_method": _most_frequent(state.get("payments", {})),
         "rfm_frequency": state.get("orders", 0),
-        "rfm_monetary": {c: _money(v) for c, v in net.items()},
+        "rfm_monetary": dict(revenue),
     }
 
 
@@ -391,8 +397,11 @@ def _add_money(totals: dict[str, str], currency: str, amount: Decimal) -> None:
     totals[currency] = str(Decimal(totals.get(currency, "0")) + amount)
 
 
+_CENT = Decimal("0.01")
+
+
 def _money(value: Decimal) -> float:
-    return float(value.quantize(Decimal("0.01")))
+    return float(value.quantize(_CENT))
 
 
 def _categories(properties: dict[str, Any]) -> list[tuple[str, int]]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from cdp_common.events import TrackingEventReceived
@@ -16,6 +15,8 @@ PROFILE_ID = "profile_id"
 KNOWN_TYPES = ("user_id", "email", "phone", "anonymous_id")
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_VALUE_LENGTH = 1000
+# How many identifier values the normalising and blocking memos hold before they start afresh.
+_MEMO_SIZE = 65_536
 
 
 class InvalidReference(ValueError):
@@ -77,11 +78,23 @@ class IdentityRules:
     def _blocked_compiled(self) -> tuple[re.Pattern[str], ...]:
         return tuple(re.compile(pattern, flags=re.IGNORECASE) for pattern in self.blocked_patterns)
 
+    @cached_property
+    def _blocked_seen(self) -> dict[str, bool]:
+        # The same identifiers come back event after event; each value is judged once.
+        return {}
+
     def is_blocked(self, key: IdentifierKey) -> bool:
         """Whether a value is junk that must never identify anybody."""
-        if key.value.strip().lower() in self._blocked_lowered:
-            return True
-        return any(pattern.search(key.value) for pattern in self._blocked_compiled)
+        seen = self._blocked_seen
+        verdict = seen.get(key.value)
+        if verdict is None:
+            verdict = key.value.strip().lower() in self._blocked_lowered or any(
+                pattern.search(key.value) for pattern in self._blocked_compiled
+            )
+            if len(seen) >= _MEMO_SIZE:
+                seen.clear()
+            seen[key.value] = verdict
+        return verdict
 
     def to_json(self) -> dict[str, Any]:
         """Return the stored and served form."""
@@ -110,7 +123,19 @@ class IdentityRules:
 
 def normalise(kind: str, value: str, *, default_region: str = "DE") -> str:
     """Normalise an identifier value for matching."""
-    return normalise_identifier(kind, value, default_region=default_region)
+    normalised = _normalised(kind, value, default_region)
+    if normalised is None:
+        return normalise_identifier(kind, value, default_region=default_region)
+    return normalised
+
+
+@lru_cache(maxsize=_MEMO_SIZE)
+def _normalised(kind: str, value: str, default_region: str) -> str | None:
+    """Return the normalised value, None when it is invalid (the caller raises the error afresh)."""
+    try:
+        return normalise_identifier(kind, value, default_region=default_region)
+    except InvalidIdentifier:
+        return None
 
 
 def parse_ref(ref: str, *, default_region: str = "DE") -> IdentifierKey | None:
@@ -148,7 +173,7 @@ def identifiers_of(
     usable: list[IdentifierKey] = []
     blocked: list[IdentifierKey] = []
     for kind, value in raw:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         if not isinstance(value, str) or not TYPE_PATTERN.match(kind) or len(value) > MAX_VALUE_LENGTH:
             continue
@@ -252,8 +277,10 @@ def _within_limits(
     holdings: Mapping[str, ProfileHolding],
     rules: IdentityRules,
 ) -> bool:
-    totals: Counter[str] = Counter()
+    totals: dict[str, int] = {}
     for pid in profiles:
-        totals.update(holdings[pid].counts)
-    totals.update(k.type for k in new_keys)
+        for kind, count in holdings[pid].counts.items():
+            totals[kind] = totals.get(kind, 0) + count
+    for key in new_keys:
+        totals[key.type] = totals.get(key.type, 0) + 1
     return all(count <= rules.limit_of(kind) for kind, count in totals.items() if kind != PROFILE_ID)
