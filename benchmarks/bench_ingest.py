@@ -2,7 +2,7 @@
 and `/v1/batch` events/s beside a raw aiokafka producer, all measured in the same run.
 
 The no-op app runs under uvicorn in its own process on a free port, exactly as the
-service is served. The raw producer is made by the service's producer factory and
+service is served (the same uvicorn options and the same garbage-collector tuning). The raw producer is made by the service's producer factory and
 sends the very envelopes ingest writes for the benchmark's calls to the same topic
 (see _raw_producer). The load generator is a small HTTP/1.1 client over kept-alive
 asyncio connections with every request built beforehand (so that it costs little on
@@ -51,6 +51,7 @@ RAW_PARTITIONER = DefaultPartitioner()
 
 NOOP_APP = """
 import uvicorn
+from cdp_ingest.main import tune_garbage_collector
 from fastapi import FastAPI
 
 app = FastAPI()
@@ -61,7 +62,15 @@ async def noop() -> dict:
     return {"success": True}
 
 
-uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_config=None, access_log=False)
+tune_garbage_collector()
+uvicorn.run(
+    app,
+    host="127.0.0.1",
+    port=int(__import__("sys").argv[1]),
+    log_config=None,
+    access_log=False,
+    proxy_headers=False,
+)
 """
 
 
@@ -199,10 +208,14 @@ async def _raw_record_batches(
 ) -> None:
     """Stream every message into record batches per partition, each submitted when full; await all acks."""
     partitions = sorted(await producer.partitions_for(topic))
+    partition_of: dict[bytes, int] = {}
     open_batches: dict[int, BatchBuilder] = {}
     deliveries = []
     for key, value in messages:
-        partition = RAW_PARTITIONER(key, partitions, partitions)
+        # Each key's partition is computed once, as ingest's batcher does.
+        partition = partition_of.get(key)
+        if partition is None:
+            partition = partition_of[key] = RAW_PARTITIONER(key, partitions, partitions)
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = producer.create_batch()
@@ -222,11 +235,18 @@ async def _raw_send_per_message(
 ) -> None:
     """Send blocks of BATCH_SIZE from BATCH_CONCURRENCY senders, one `send` per message, awaiting each block."""
     blocks = [messages[start : start + BATCH_SIZE] for start in range(0, len(messages), BATCH_SIZE)]
+    partitions = sorted(await producer.partitions_for(topic))
+    partition_of: dict[bytes, int] = {}
 
     async def sender() -> None:
         while blocks:
             block = blocks.pop()
-            futures = [await producer.send(topic, value=value, key=key) for key, value in block]
+            futures = []
+            for key, value in block:
+                partition = partition_of.get(key)
+                if partition is None:
+                    partition = partition_of[key] = RAW_PARTITIONER(key, partitions, partitions)
+                futures.append(await producer.send(topic, value=value, key=key, partition=partition))
             await asyncio.gather(*futures)
 
     await asyncio.gather(*(sender() for _ in range(BATCH_CONCURRENCY)))
@@ -239,7 +259,9 @@ async def _raw_producer(env: dict[str, str], messages: list[tuple[bytes, bytes]]
     envelopes, keyed by user id, with the benchmark source's event ids) and they go to
     the same topic, so the dev stack's consumers do the same work downstream of either.
     The producer is made by the service's own factory (idempotent, acks=all, same linger
-    and batch size). Nothing is parsed, validated or serialised. One way streams the
+    and batch size). Nothing is parsed, validated or serialised, and each key's partition
+    is computed once, as ingest's batcher does (murmur2 in Python for every message
+    would charge the baseline work ingest does not do). One way streams the
     messages into full record batches per partition and awaits the acknowledgements at
     the end (the most a raw aiokafka producer does); the other has the batch benchmark's
     shape (BATCH_CONCURRENCY senders of BATCH_SIZE messages, awaiting each block) with

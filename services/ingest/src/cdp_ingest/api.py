@@ -274,8 +274,10 @@ async def _accept_batch(request: Request, intake: Intake) -> Response:
     ip = client_ip(request, intake.proxies)
     # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
     nul_possible = b"\\u0000" in body_bytes
+    # Most batches carry no shared context, integrations or sentAt: then nothing is merged.
+    shared = bool(body.get("context") or body.get("integrations")) or body.get("sentAt") is not None
     for index, item in enumerate(items):
-        call = merge_batch_defaults(item, body) if isinstance(item, dict) else item
+        call = merge_batch_defaults(item, body) if shared and isinstance(item, dict) else item
         _screen(
             screened=screened,
             index=index,

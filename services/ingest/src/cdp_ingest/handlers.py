@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_ingest import store
 from cdp_ingest.batching import EventBatcher
-from cdp_ingest.domain.calls import event_id, partition_key
+from cdp_ingest.domain.calls import event_ids, partition_key
 from cdp_ingest.domain.plans import TrackingPlan, Violation, plan_from_document
 from cdp_ingest.metrics import KAFKA_UNAVAILABLE, PLAN_VIOLATIONS, PRODUCE_DURATION, events_accepted
 from cdp_ingest.settings import Settings
@@ -175,18 +175,46 @@ class WriteKeys:
 
 def envelope_bytes(event: dict[str, Any], *, now: datetime) -> tuple[str, bytes]:
     """Return the Kafka key and the JSON envelope of an accepted event document."""
-    key = partition_key(event)
-    envelope = {
-        "specversion": "1.0",
-        "id": event_id(source_id=event["sourceId"], message_id=event["messageId"]),
-        "type": TrackingEventReceived.EVENT_TYPE,
-        "source": SERVICE,
-        "time": now,
-        "subject": key[:500],
-        "datacontenttype": "application/json",
-        "data": event,
-    }
-    return key, orjson.dumps(envelope, option=orjson.OPT_UTC_Z)
+    key, value = EnvelopeWriter(source_id=event["sourceId"], now=now).message(event)
+    return key.decode(), value
+
+
+class EnvelopeWriter:
+    """Writes the Kafka messages of one request's events, all of one source and one time.
+
+    What the envelopes share (type, source, time, and the event ids' hash of the source)
+    is rendered once; each message is its id, subject and event document spliced into
+    it, the JSON that serialising the whole envelope gives.
+    """
+
+    def __init__(self, *, source_id: str, now: datetime) -> None:
+        self._event_id = event_ids(source_id)
+        self._head = b'{"specversion":"1.0","id":"'
+        self._middle = (
+            b'","type":'
+            + orjson.dumps(TrackingEventReceived.EVENT_TYPE)
+            + b',"source":'
+            + orjson.dumps(SERVICE)
+            + b',"time":'
+            + orjson.dumps(now, option=orjson.OPT_UTC_Z)
+            + b',"datacontenttype":"application/json","subject":'
+        )
+
+    def message(self, event: dict[str, Any]) -> tuple[bytes, bytes]:
+        """Return the Kafka key and the envelope of one event document."""
+        key = partition_key(event)
+        value = b"".join(
+            (
+                self._head,
+                self._event_id(event["messageId"]).encode(),
+                self._middle,
+                orjson.dumps(key[:500]),
+                b',"data":',
+                orjson.dumps(event, option=orjson.OPT_UTC_Z),
+                b"}",
+            )
+        )
+        return key.encode(), value
 
 
 def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
@@ -204,20 +232,17 @@ def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
 
 async def publish_events(*, batcher: EventBatcher, events: Sequence[dict[str, Any]]) -> None:
     """Write accepted events to Kafka and return once every one is acknowledged (acks=all)."""
-    now = datetime.now(UTC)
     started = time.perf_counter()
-    messages = []
-    for event in events:
-        key, value = envelope_bytes(event, now=now)
-        messages.append((key.encode(), value))
+    # A request's events all come from one source.
+    source_id = events[0]["sourceId"]
+    writer = EnvelopeWriter(source_id=source_id, now=datetime.now(UTC))
+    messages = [writer.message(event) for event in events]
     try:
         await batcher.publish(messages)
     except (KafkaError, TimeoutError) as exc:
         KAFKA_UNAVAILABLE.inc()
         raise KafkaUnavailable(str(exc) or type(exc).__name__) from exc
     PRODUCE_DURATION.observe(time.perf_counter() - started)
-    # A request's events all come from one source.
-    source_id = events[0]["sourceId"]
     if len(events) == 1:
         events_accepted(source_id, events[0]["type"]).inc()
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -277,13 +277,19 @@ def build_event(
                 raise CallError("invalid_field", f"{field} must be a string", field)
             if value:
                 event[field] = value
-    sent_at = parse_time(call.get("sentAt"), "sentAt")
-    original = parse_time(call.get("originalTimestamp"), "originalTimestamp")
-    explicit = parse_time(call.get("timestamp"), "timestamp")
-    timestamp = corrected_timestamp(
-        received_at=received_at, sent_at=sent_at, original=original, explicit=explicit
-    )
-    if timestamp > received_at + limits.future_tolerance or timestamp < received_at - limits.past_tolerance:
+    sent_at = original = explicit = None
+    timestamp = received_at
+    # Most calls of a server-side batch carry no client time at all.
+    if "sentAt" in call or "originalTimestamp" in call or "timestamp" in call:
+        sent_at = parse_time(call.get("sentAt"), "sentAt")
+        original = parse_time(call.get("originalTimestamp"), "originalTimestamp")
+        explicit = parse_time(call.get("timestamp"), "timestamp")
+        timestamp = corrected_timestamp(
+            received_at=received_at, sent_at=sent_at, original=original, explicit=explicit
+        )
+    if timestamp is not received_at and (
+        timestamp > received_at + limits.future_tolerance or timestamp < received_at - limits.past_tolerance
+    ):
         where = "timestamp" if explicit is not None else "originalTimestamp"
         raise CallError(
             "timestamp_out_of_range",
@@ -296,16 +302,14 @@ def build_event(
         check_ecommerce_event(event["event"], properties)
     if client_ip and not context.get("ip"):
         context = {**context, "ip": client_ip}
-    event.update(
-        messageId=message_id,
-        sourceId=source_id,
-        receivedAt=received_at,
-        timestamp=timestamp,
-        properties=properties,
-        traits=_traits_of(call, call_type, context),
-        context=context,
-        integrations=call.get("integrations") or {},
-    )
+    event["messageId"] = message_id
+    event["sourceId"] = source_id
+    event["receivedAt"] = received_at
+    event["timestamp"] = timestamp
+    event["properties"] = properties
+    event["traits"] = _traits_of(call, call_type, context)
+    event["context"] = context
+    event["integrations"] = call.get("integrations") or {}
     if user_id is not None:
         event["userId"] = user_id
     if anonymous_id is not None:
@@ -330,10 +334,21 @@ def event_id(*, source_id: str, message_id: str) -> str:
 
     This is uuid5(MESSAGE_NAMESPACE, "source:messageId"), computed without building UUID objects.
     """
-    text = hashlib.sha1(_NAMESPACE_BYTES + f"{source_id}:{message_id}".encode()).hexdigest()  # noqa: S324
-    # The version nibble becomes 5; the variant's top two bits become 10.
-    variant = _VARIANT[text[16]]
-    return f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{variant}{text[17:20]}-{text[20:32]}"
+    return event_ids(source_id)(message_id)
+
+
+def event_ids(source_id: str) -> Callable[[str], str]:
+    """Return `event_id` for one source, with the namespace and the source hashed once."""
+    prefix = hashlib.sha1(_NAMESPACE_BYTES + f"{source_id}:".encode())  # noqa: S324
+
+    def of(message_id: str) -> str:
+        digest = prefix.copy()
+        digest.update(message_id.encode())
+        text = digest.hexdigest()
+        # The version nibble becomes 5; the variant's top two bits become 10.
+        return f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:32]}"
+
+    return of
 
 
 def _external_rank(kind: str) -> int:

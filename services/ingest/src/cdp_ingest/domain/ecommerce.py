@@ -43,6 +43,7 @@ ECOMMERCE_EVENTS = frozenset(
 )
 ORDER_EVENTS = frozenset({"Order Updated", "Order Completed", "Order Refunded", "Order Cancelled"})
 MONEY_FIELDS = ("total", "revenue", "subtotal", "shipping", "tax", "discount", "value", "price")
+_MONEY_FIELD_NAMES = frozenset(MONEY_FIELDS)
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -60,6 +61,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_money(properties: Mapping[str, Any], prefix: str) -> None:
+    if _MONEY_FIELD_NAMES.isdisjoint(properties):
+        return
     for field in MONEY_FIELDS:
         value = properties.get(field)
         if value is not None and not _is_number(value):
