@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import json
 import math
 import secrets
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,9 @@ SHARE_SECONDS = 10.0
 WARM_UP_RATE = 20
 SEGMENTS_TOPIC = "dev.cdp.segments.v1"
 PROFILES_TOPIC = "dev.cdp.profiles.v1"
+EVENTS_TOPIC = "dev.cdp.events.v1"
+# Connections to ingest opened before a rate's clock starts; more open when all are busy.
+CONNECTIONS = 64
 
 
 async def _timed(coroutine: Any) -> tuple[float, Any]:
@@ -162,7 +168,7 @@ async def _fill(engine: Any) -> None:
         )
 
 
-async def latency_benchmark(env: dict[str, str]) -> dict[str, Any]:
+async def latency_benchmark(env: dict[str, str], rates: tuple[int, ...] = RATES) -> dict[str, Any]:
     """Send identify calls at steady rates and time each from ingest's 200 to its SegmentEntered event."""
     run = secrets.token_hex(4)
     admin = {"Authorization": f"Bearer {env['CDP_ADMIN_TOKEN']}"}
@@ -181,18 +187,25 @@ async def latency_benchmark(env: dict[str, str]) -> dict[str, Any]:
         consumer = AIOKafkaConsumer(
             SEGMENTS_TOPIC,
             PROFILES_TOPIC,
+            EVENTS_TOPIC,
             bootstrap_servers=env["CDP_KAFKA_BOOTSTRAP"],
             group_id=None,
             auto_offset_reset="latest",
+            # The timed reader asks often, so a record waits on the broker no longer than this.
+            fetch_max_wait_ms=10,
         )
         await consumer.start()
+        database = await asyncpg.connect(
+            PlatformSettings(database_url=env["CDP_DATABASE_URL"]).database_url.replace("+asyncpg", "")
+        )
         try:
             await consumer.seek_to_end()
             report: dict[str, Any] = {}
-            for rate in RATES:
-                report[f"{rate}_events_per_s"] = await _at_rate(consumer, env, key, run, rate)
+            for rate in rates:
+                report[f"{rate}_events_per_s"] = await _at_rate(consumer, database, env, key, run, rate)
         finally:
             await consumer.stop()
+            await database.close()
             await http.delete(f"{env['CDP_SEGMENT_URL']}/v1/segments/{key}", headers=admin)
     return report
 
@@ -236,108 +249,294 @@ def _ms(value: float) -> float | str:
     return "miss" if math.isinf(value) else round(value * 1000, 1)
 
 
+class _Trace:
+    """When one call passed each point of the pipeline, in seconds of the wall clock."""
+
+    # A plain class: benchmarks/run.py loads this module without registering it, which dataclasses need.
+    def __init__(self) -> None:
+        self.answered: float | None = None
+        self.tracking_event: float | None = None
+        self.profile_transaction: float | None = None
+        self.profile_commit: float | None = None
+        self.profile_sent: float | None = None
+        self.segment_transaction: float | None = None
+        self.segment_commit: float | None = None
+        self.entered_sent: float | None = None
+        self.entered_read: float | None = None
+
+
+# Each hop with the points it runs between: what a call waits for on its way.
+HOPS: tuple[tuple[str, str, str], ...] = (
+    ("ingest_record_to_answer", "tracking_event", "answered"),
+    ("tracking_event_to_profile_transaction", "tracking_event", "profile_transaction"),
+    ("profile_transaction_to_commit", "profile_transaction", "profile_commit"),
+    ("profile_commit_to_relay_send", "profile_commit", "profile_sent"),
+    ("profile_change_to_segment_transaction", "profile_sent", "segment_transaction"),
+    ("segment_transaction_to_commit", "segment_transaction", "segment_commit"),
+    ("segment_commit_to_relay_send", "segment_commit", "entered_sent"),
+    ("entered_send_to_benchmark_read", "entered_sent", "entered_read"),
+)
+HOPS_NOTE = (
+    "p50/p99 ms of each hop over the calls that entered. Points: a record's Kafka timestamp (set when"
+    " its producer takes it: the tracking event by ingest, the profile change and the entered event by"
+    " the outbox relays), an outbox row's created_at (the start of the consumer transaction that wrote"
+    " it), its commit (the first wake-up of the service's relay after that start, heard by the"
+    " benchmark: each consumer writes in one transaction at a time), ingest's answer and the"
+    " benchmark's read, all on the machine's one clock. Answer to entered"
+    " is the sum of the hops from the tracking event less ingest_record_to_answer."
+)
+
+
+def _hop_figures(traces: Sequence[_Trace]) -> dict[str, Any]:
+    """Return p50 and p99 of every hop over the traces that passed both of its points."""
+    figures: dict[str, Any] = {"note": HOPS_NOTE}
+    for name, start, end in HOPS:
+        values = []
+        for trace in traces:
+            begun, ended = getattr(trace, start), getattr(trace, end)
+            if begun is not None and ended is not None:
+                values.append(ended - begun)
+        values.sort()
+        if values:
+            figures[name] = {
+                "p50_ms": _ms(_percentile(values, 0.5)),
+                "p99_ms": _ms(_percentile(values, 0.99)),
+            }
+    return figures
+
+
+async def _outbox_written(
+    database: asyncpg.Connection, schema: str, event_ids: list[str], commits: list[float]
+) -> dict[str, tuple[float, float | None]]:
+    """Return when the transaction that wrote each event's outbox row began and when it committed.
+
+    The commit is the first wake-up of the schema's relay heard at or after the start.
+    """
+    rows = await database.fetch(
+        f"SELECT event_id, extract(epoch FROM created_at)::float8 AS at FROM {schema}.outbox"  # noqa: S608
+        " WHERE event_id = ANY($1::text[])",
+        event_ids,
+    )
+    written = {}
+    for row in rows:
+        after = bisect.bisect_left(commits, row["at"])
+        written[row["event_id"]] = (row["at"], commits[after] if after < len(commits) else None)
+    return written
+
+
+def _hear_into(heard: list[float]) -> Callable[..., None]:
+    """Return a listener that notes when each notification arrived."""
+
+    def hear(*_: object) -> None:
+        heard.append(time.time())
+
+    return hear
+
+
+class _Sender:
+    """Sends requests on kept-alive connections: an idle one when there is one, a new one otherwise."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._all: list[asyncio.StreamWriter] = []
+
+    async def open(self, count: int) -> None:
+        """Open `count` connections before the clock starts, so the first calls find one."""
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection(self._host, self._port)
+            self._all.append(writer)
+            self._idle.append((reader, writer))
+
+    async def send(self, request: bytes) -> str:
+        """Send one request and return the answer's status, or the error that stopped it."""
+        try:
+            if self._idle:
+                reader, writer = self._idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection(self._host, self._port)
+                self._all.append(writer)
+            writer.write(request)
+            status = await _status_of_answer(reader)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            return type(exc).__name__  # a miss; the connection is not reused
+        self._idle.append((reader, writer))
+        return str(status)
+
+    def close(self) -> None:
+        """Close every connection opened."""
+        for writer in self._all:
+            writer.close()
+
+
+async def _offer_calls(config: dict[str, Any]) -> dict[str, Any]:
+    """Send one rate's identify calls on their open-loop schedule; return when each went and came back.
+
+    Runs in a process of its own (see _send_calls_main), so the benchmark's reading and
+    decoding of three topics never delays a send.
+    """
+    env, run, rate, total = config["env"], config["run"], config["rate"], config["total"]
+    requests = [_identify_request(env, run, rate, i) for i in range(total)]
+    parts = urlsplit(env["CDP_INGEST_URL"])
+    assert parts.hostname is not None
+    assert parts.port is not None
+    sender = _Sender(parts.hostname, parts.port)
+    await sender.open(CONNECTIONS)
+    sent: list[float] = [0.0] * total
+    answered: list[float | None] = [None] * total
+    statuses: Counter[str] = Counter()
+
+    async def send(i: int) -> None:
+        sent[i] = time.time()
+        status = await sender.send(requests[i])
+        if status == "200":
+            answered[i] = time.time()
+        statuses[status] += 1
+
+    tasks = set()
+    started = time.time()
+    for i in range(total):
+        await asyncio.sleep(max(0.0, started + i / rate - time.time()))
+        task = asyncio.create_task(send(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    sender.close()
+    return {"started": started, "sent": sent, "answered": answered, "statuses": dict(statuses)}
+
+
+def _send_calls_main() -> None:
+    """Be the sending process: read the configuration from stdin, write the calls' times to stdout."""
+    config = json.loads(sys.stdin.readline())
+    try:
+        import uvloop  # the sending process only: a cheaper event loop per call
+
+        outcome = uvloop.run(_offer_calls(config))
+    except ImportError:
+        outcome = asyncio.run(_offer_calls(config))
+    sys.stdout.write(json.dumps(outcome))
+
+
 async def _at_rate(
-    consumer: AIOKafkaConsumer, env: dict[str, str], key: str, run: str, rate: int
+    consumer: AIOKafkaConsumer,
+    database: asyncpg.Connection,
+    env: dict[str, str],
+    key: str,
+    run: str,
+    rate: int,
 ) -> dict[str, Any]:
     """Offer `rate` identify calls a second for RATE_SECONDS on a fixed schedule and time every one.
 
     The schedule is open-loop: call i is sent at start + i/rate whatever happened to
-    earlier calls (a busy connection makes the sender open another one). Every call
-    sent is counted: one refused or without its entered event within DRAIN_S after
-    the last send is a miss, and the percentiles are taken over all calls, misses
-    ranking last.
+    earlier calls (a busy connection makes the sender open another one); a process of
+    its own sends, on CONNECTIONS connections opened before the clock starts. Every
+    call sent is counted: one refused or without its entered event within DRAIN_S
+    after the last send is a miss, and the percentiles are taken over all calls,
+    misses ranking last. All times are on the wall clock, which the Kafka timestamps
+    and PostgreSQL's clock share.
     """
     total = int(rate * RATE_SECONDS)
-    requests = [_identify_request(env, run, rate, i) for i in range(total)]
     prefix = f"bench-{run}-{rate}-"
-    parts = urlsplit(env["CDP_INGEST_URL"])
-    scheduled: list[float] = [0.0] * total
-    sent: list[float] = [0.0] * total
-    answered: list[float | None] = [None] * total
+    traces = [_Trace() for _ in range(total)]
     index_of_profile: dict[str, int] = {}
-    profile_changed_ms: dict[str, int] = {}
-    entered_at: dict[str, float] = {}
-    entered_ms: dict[str, int] = {}
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    connections: list[asyncio.StreamWriter] = []
+    profile_event_ids: dict[str, int] = {}
+    entered: dict[str, tuple[float, float, str]] = {}
 
-    async def send(i: int) -> None:
-        sent[i] = time.perf_counter()
-        try:
-            if idle:
-                reader, writer = idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-                connections.append(writer)
-            writer.write(requests[i])
-            status = await _status_of_answer(reader)
-        except (OSError, asyncio.IncompleteReadError):
-            return  # never answered: a miss, and the connection is not reused
-        if status == 200:
-            answered[i] = time.perf_counter()
-        idle.append((reader, writer))
+    def index_in(message_id: str) -> int | None:
+        index = int(message_id[len(prefix) :]) if message_id.startswith(prefix) else -1
+        return index if 0 <= index < total else None
 
     async def read() -> None:
+        marker = prefix.encode()
         entered_type = SegmentEntered.EVENT_TYPE.encode()
         while True:
             batches = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batches.values():
+            now = time.time()
+            for tp, records in batches.items():
                 for record in records:
                     value = record.value or b""
-                    if entered_type in value[:200]:
+                    if tp.topic == SEGMENTS_TOPIC:
+                        if entered_type not in value[:200]:
+                            continue
                         envelope = json.loads(value)
                         if envelope["data"]["segment_key"] == key:
-                            entered_at.setdefault(envelope["subject"], now)
-                            entered_ms.setdefault(envelope["subject"], record.timestamp)
-                    elif prefix.encode() in value:
-                        data = json.loads(value)["data"]
-                        message_id = (data.get("event") or {}).get("messageId", "")
-                        if message_id.startswith(prefix):
-                            index_of_profile.setdefault(data["profile_id"], int(message_id[len(prefix) :]))
-                            profile_changed_ms.setdefault(data["profile_id"], record.timestamp)
+                            entered.setdefault(
+                                envelope["subject"], (now, record.timestamp / 1000, envelope["id"])
+                            )
+                    elif marker in value:
+                        envelope = json.loads(value)
+                        data = envelope["data"]
+                        if tp.topic == EVENTS_TOPIC:
+                            index = index_in(data.get("messageId", ""))
+                            if index is not None and traces[index].tracking_event is None:
+                                traces[index].tracking_event = record.timestamp / 1000
+                            continue
+                        index = index_in((data.get("event") or {}).get("messageId", ""))
+                        if index is not None and data["profile_id"] not in index_of_profile:
+                            index_of_profile[data["profile_id"]] = index
+                            profile_event_ids[envelope["id"]] = index
+                            traces[index].profile_sent = record.timestamp / 1000
 
+    commits: dict[str, list[float]] = {"profile": [], "segment": []}
+    listeners = {schema: _hear_into(heard) for schema, heard in commits.items()}
+    for schema, listener in listeners.items():
+        await database.add_listener(f"cdp_outbox_{schema}", listener)
     reader_task = asyncio.create_task(read())
-    senders = set()
-    started = time.perf_counter()
-    for i in range(total):
-        scheduled[i] = started + i / rate
-        await asyncio.sleep(max(0.0, scheduled[i] - time.perf_counter()))
-        task = asyncio.create_task(send(i))
-        senders.add(task)
-        task.add_done_callback(senders.discard)
-    last_scheduled = scheduled[-1]
-    await asyncio.gather(*senders, return_exceptions=True)
-    send_s = max(sent) - started
-    deadline = last_scheduled + DRAIN_S
-    while time.perf_counter() < deadline and len(entered_at) < total:
+    sending = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    config = {"env": env, "run": run, "rate": rate, "total": total}
+    output, _ = await sending.communicate(json.dumps(config).encode() + b"\n")
+    if sending.returncode != 0:
+        raise RuntimeError(f"the sending process failed with {sending.returncode}")
+    calls = json.loads(output)
+    started: float = calls["started"]
+    sent: list[float] = calls["sent"]
+    answered: list[float | None] = calls["answered"]
+    scheduled = [started + i / rate for i in range(total)]
+    deadline = scheduled[-1] + DRAIN_S
+    while time.time() < deadline and len(entered) < total:
         await asyncio.sleep(0.1)
     reader_task.cancel()
     await asyncio.gather(reader_task, return_exceptions=True)
-    for writer in connections:
-        writer.close()
+    for schema, listener in listeners.items():
+        await database.remove_listener(f"cdp_outbox_{schema}", listener)
 
+    entered_event_ids: dict[str, int] = {}
     from_answer = [math.inf] * total
     from_send = [math.inf] * total
     for profile_id, i in index_of_profile.items():
         answer = answered[i]
-        seen = entered_at.get(profile_id)
-        if answer is None or seen is None or seen > deadline:
+        traces[i].answered = answer
+        if profile_id not in entered:
             continue
+        seen, entered_sent, event_id = entered[profile_id]
+        traces[i].entered_sent = entered_sent
+        entered_event_ids[event_id] = i
+        if answer is None or seen > deadline:
+            continue
+        traces[i].entered_read = seen
         from_answer[i] = seen - answer
         from_send[i] = seen - scheduled[i]
+    profiles = await _outbox_written(database, "profile", list(profile_event_ids), commits["profile"])
+    for event_id, (begun, committed) in profiles.items():
+        trace = traces[profile_event_ids[event_id]]
+        trace.profile_transaction, trace.profile_commit = begun, committed
+    segments = await _outbox_written(database, "segment", list(entered_event_ids), commits["segment"])
+    for event_id, (begun, committed) in segments.items():
+        trace = traces[entered_event_ids[event_id]]
+        trace.segment_transaction, trace.segment_commit = begun, committed
     answers = sorted(a - sent[i] for i, a in enumerate(answered) if a is not None)
-    share = sorted(
-        (entered_ms[p] - profile_changed_ms[p]) / 1000 for p in entered_ms if p in profile_changed_ms
-    )
     from_answer.sort()
     from_send.sort()
     lateness = sorted(s - scheduled[i] for i, s in enumerate(sent) if s)
     return {
         "sent": total,
-        "achieved_send_rate_per_s": round(total / send_s),
+        "achieved_send_rate_per_s": round(total / (max(sent) - started)),
         "send_lateness_p99_ms": _ms(_percentile(lateness, 0.99)),
         "refused": sum(1 for a in answered if a is None),
+        "answers": calls["statuses"],
         "entered": sum(1 for v in from_answer if not math.isinf(v)),
         "missed": sum(1 for v in from_answer if math.isinf(v)),
         "p50_ms": _ms(_percentile(from_answer, 0.50)),
@@ -347,8 +546,7 @@ async def _at_rate(
         "p99_from_send_ms": _ms(_percentile(from_send, 0.99)),
         "baseline_ingest_answer_p50_ms": _ms(_percentile(answers, 0.50)) if answers else None,
         "baseline_ingest_answer_p99_ms": _ms(_percentile(answers, 0.99)) if answers else None,
-        "profile_change_to_entered_p50_ms": _ms(_percentile(share, 0.50)) if share else None,
-        "profile_change_to_entered_p99_ms": _ms(_percentile(share, 0.99)) if share else None,
+        "hops": _hop_figures([t for t in traces if t.entered_read is not None]),
     }
 
 
@@ -559,3 +757,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
             and recompute["recompute_vs_bare_count"] <= 5.0,
         },
     }
+
+
+if __name__ == "__main__":
+    _send_calls_main()
