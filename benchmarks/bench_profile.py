@@ -34,6 +34,11 @@ PLAIN_PEOPLE = 10_000  # 4 events each
 HEAVY_PEOPLE = 1000  # 5 events each, two merges per person
 BASELINE_EVENTS = 600  # the per-event baseline runs on the first events of the plain mix
 STEADY_SECONDS = 15
+# Replicas of the profile consumer in one group, as the service is meant to be scaled out; they
+# run in this one process (one core between them), and the per-event baseline runs the same way.
+REPLICAS = 3
+GOAL_EVENTS_PER_S = 10_000
+GOAL_SPEEDUP = 3.0
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -120,21 +125,26 @@ class Run:
         self.engine = create_engine(database_url=settings.database_url, schema=self.schema, pool_size=5)
         self.group = f"{settings.env}.bench.{label}"
 
-    async def start(self, producer: AIOKafkaProducer) -> ConsumerRunner:
+    async def start(self, producer: AIOKafkaProducer) -> list[ConsumerRunner]:
+        """Start REPLICAS consumers of the group, each as the service builds it."""
         await migrate(engine=self.engine, schema=self.schema, script_location=MIGRATIONS)
         [events_spec, _] = consumer_specs(profile_context(self.settings))
-        runner = ConsumerRunner(
-            settings=self.settings,
-            group_id=self.group,
-            topics=events_spec.topics,
-            handlers=events_spec.handlers,
-            batch_handlers=events_spec.batch_handlers,
-            session_factory=create_session_factory(self.engine),
-            publisher=KafkaPublisher(producer),
-            source="profile",
-        )
-        await runner.start()
-        return runner
+        runners = [
+            ConsumerRunner(
+                settings=self.settings,
+                group_id=self.group,
+                topics=events_spec.topics,
+                handlers=events_spec.handlers,
+                batch_handlers=events_spec.batch_handlers,
+                session_factory=create_session_factory(self.engine),
+                publisher=KafkaPublisher(producer),
+                source="profile",
+            )
+            for _ in range(REPLICAS)
+        ]
+        for runner in runners:
+            await runner.start()
+        return runners
 
     async def processed(self) -> int:
         async with self.engine.connect() as conn:
@@ -154,19 +164,24 @@ class Run:
         await self.engine.dispose()
 
 
+async def _stop(runners: list[ConsumerRunner]) -> None:
+    for runner in runners:
+        await runner.stop()
+
+
 async def _time_until(run: Run, producer: AIOKafkaProducer, total: int) -> tuple[float, int]:
     """Start a consumer on an already filled topic; return seconds from the group's assignment
     until `total` events were handled (joining the group is not the handler's speed)."""
-    runner = await run.start(producer)
+    runners = await run.start(producer)
     try:
-        while not runner.assigned:
+        while not all(runner.assigned for runner in runners):
             await asyncio.sleep(0.01)
         started = time.perf_counter()
         while await run.processed() < total:
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
     finally:
-        await runner.stop()
+        await _stop(runners)
     return elapsed, await run.profiles()
 
 
@@ -226,7 +241,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
         await ensure_topics(steady_settings, [TopicName.EVENTS])
         steady = Run(steady_settings, label="steady", batch_size=500)
         runs.append(steady)
-        runner = await steady.start(producer)
+        runners = await steady.start(producer)
         offered = max(int(plain_rate * 0.5), 50)
         lags: list[int] = []
         sent = 0
@@ -245,11 +260,17 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                 lags.append(sent - await steady.processed())
                 await asyncio.sleep(0.25)
         finally:
-            await runner.stop()
+            await _stop(runners)
         results["steady_offered_events_per_s"] = offered
         results["steady_lag_events_median"] = int(statistics.median(lags))
         results["steady_lag_events_max"] = max(lags)
         results["steady_lag_seconds_max"] = round(max(lags) / offered, 2)
+        results["replicas"] = REPLICAS
+        results["goals"] = {
+            "plain_events_per_s": GOAL_EVENTS_PER_S,
+            "plain_speedup_over_baseline": GOAL_SPEEDUP,
+            "met": plain_rate >= GOAL_EVENTS_PER_S and plain_rate / baseline_rate >= GOAL_SPEEDUP,
+        }
     finally:
         await producer.stop()
         for each in runs:
