@@ -32,10 +32,14 @@ from cdp_common.metrics import OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE,
 
 logger = logging.getLogger(__name__)
 
-_WRITE_LOCK_AND_NOTIFY = sa.text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0)),"
+# The write lock and the relay's wake-up as a select list. A writer may take them inside a
+# statement of its own (then calling note_outbox_write_lock) to save a round trip, as long as
+# every outbox row that statement inserts is computed from them, so no id is drawn before.
+OUTBOX_WRITE_LOCK = (
+    "pg_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0)),"
     " pg_notify('cdp_outbox_' || current_schema(), '')"
 )
+_WRITE_LOCK_AND_NOTIFY = sa.text(f"SELECT {OUTBOX_WRITE_LOCK}")
 # One statement prepared once whatever the number of rows; ids follow the order given.
 _INSERT_ROWS = sa.text(
     "INSERT INTO outbox (topic, key, event_id, payload)"
@@ -96,6 +100,11 @@ async def lock_outbox_writes(*, session: AsyncSession) -> None:
     if current is not None and session.info.get("cdp_outbox_locked_in") is current:
         return
     await session.execute(_WRITE_LOCK_AND_NOTIFY)
+    note_outbox_write_lock(session=session)
+
+
+def note_outbox_write_lock(*, session: AsyncSession) -> None:
+    """Note that the transaction holds the write lock (taken with OUTBOX_WRITE_LOCK in a statement)."""
     session.info["cdp_outbox_locked_in"] = session.sync_session.get_transaction()
 
 

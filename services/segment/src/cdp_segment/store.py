@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from cdp_common.events import SegmentEntered, SegmentExited, make_envelope
-from cdp_common.outbox import lock_outbox_writes
+from cdp_common.outbox import OUTBOX_WRITE_LOCK, note_outbox_write_lock
 from cdp_common.replica import erase_known_profiles, export_known_profile, known_profiles_table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
@@ -526,10 +526,12 @@ class MembershipChange:
 # One statement for every entry and exit of a batch, in order: the membership rows
 # (deleted where the last change is an exit; inserted where it is an entry, with the
 # entry time renewed where the profile left and came back), the history and the
-# outbox rows. The caller holds the outbox write lock, so outbox ids follow commit order.
+# outbox rows. The statement takes the outbox write lock itself: every outbox row is
+# joined to it, so no outbox id is drawn before the lock is held and ids follow commit order.
 _WRITE_CHANGES = sa.text(
-    """
-    WITH input AS (
+    f"""
+    WITH locked AS MATERIALIZED (SELECT {OUTBOX_WRITE_LOCK}),
+    input AS (
       SELECT * FROM unnest(
           CAST(:segment_ids AS text[]), CAST(:profile_ids AS text[]), CAST(:changes AS text[]),
           CAST(:versions AS integer[]), CAST(:ats AS timestamptz[]), CAST(:event_ids AS text[]),
@@ -558,8 +560,8 @@ _WRITE_CHANGES = sa.text(
         FROM input ORDER BY position
     )
     INSERT INTO outbox (topic, key, event_id, payload)
-    SELECT :topic, profile_id, event_id, payload FROM input ORDER BY position
-    """
+    SELECT :topic, profile_id, event_id, payload FROM input CROSS JOIN locked ORDER BY position
+    """  # noqa: S608 - the only interpolation is the constant lock expression
 )
 
 
@@ -583,7 +585,6 @@ async def write_membership_changes(
         )
         for change in changes
     ]
-    await lock_outbox_writes(session=session)
     await session.execute(
         _WRITE_CHANGES,
         {
@@ -598,6 +599,7 @@ async def write_membership_changes(
             "topic": topic,
         },
     )
+    note_outbox_write_lock(session=session)
 
 
 async def record_membership_change(

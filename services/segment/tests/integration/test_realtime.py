@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from cdp_common.events import (
     ConsentGranted,
     ConsentWithdrawn,
@@ -262,3 +263,24 @@ async def test_a_changed_definition_is_used_by_the_next_change(db: SegmentDb) ->
     assert await db.members("pro_users") == set()
     await db.apply(updated("p1", 3, traits={"plan": "team"}))
     assert await db.members("pro_users") == {"p1"}
+
+
+async def test_entries_hold_the_outbox_write_lock_until_commit_so_rows_go_out_in_commit_order(
+    db: SegmentDb,
+) -> None:
+    """A second writer waits for the first's commit, so outbox ids follow commit order."""
+    await define(db, "pro_users", {"trait": "plan", "op": "eq", "value": "pro"})
+    try_lock = sa.text(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('cdp-outbox-write:' || current_schema(), 0))"
+    )
+    async with db.sessions() as writing, writing.begin():
+        await handlers.apply_profile_changes(
+            session=writing,
+            context=db.context,
+            envelopes=[make_envelope(payload=created("p1", plan="pro"), source="test", subject="p1")],
+        )
+        async with db.sessions() as other, other.begin():
+            assert (await other.execute(try_lock)).scalar_one() is False, "the lock is held until commit"
+    async with db.sessions() as other, other.begin():
+        assert (await other.execute(try_lock)).scalar_one() is True
+    assert [e.data.segment_key for e in await db.published()] == ["pro_users"]
