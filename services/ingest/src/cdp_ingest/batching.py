@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -31,6 +31,19 @@ logger = logging.getLogger(__name__)
 # The partitioner `AIOKafkaProducer.send` uses, so a key lands on the same partition either way.
 PARTITIONER = DefaultPartitioner()
 MAX_CACHED_KEYS = 100_000
+
+
+class RecordBatchProducer(Protocol):
+    """What the batcher needs of AIOKafkaProducer: partitions, empty batches, and their submission."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """Return the topic's partitions."""
+
+    def create_batch(self) -> BatchBuilder:
+        """Return an empty record batch."""
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        """Submit a closed batch; return the future of its delivery."""
 
 
 class _Delivery:
@@ -81,7 +94,7 @@ class _OpenBatch:
 class EventBatcher:
     """Appends keyed messages to open record batches of one topic and submits them to the producer."""
 
-    def __init__(self, *, producer: AIOKafkaProducer, topic: str, timeout_s: float) -> None:
+    def __init__(self, *, producer: RecordBatchProducer, topic: str, timeout_s: float) -> None:
         self.producer = producer
         self.topic = topic
         self.timeout_s = timeout_s
@@ -154,7 +167,7 @@ class EventBatcher:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     return
-                delivery.add_done_callback(lambda done, settled=batch: _settle(settled, done))
+                delivery.add_done_callback(functools.partial(_settle, batch))
         finally:
             del self._chains[partition]
             del self._submitters[partition]

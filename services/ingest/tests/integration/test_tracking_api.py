@@ -84,6 +84,19 @@ async def test_browser_bodies_text_plain_gzip_and_write_key_in_the_body(
     assert "writeKey" not in events[beacon].data.model_dump()
 
 
+async def test_a_refusal_reaches_the_browser_that_sent_the_call(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    response = await http.post(
+        f"{ingest.url}/v1/t",
+        content=b'{"writeKey": "' + ingest.write_key.encode() + b'", "event": "No user"}',
+        headers={"Content-Type": "text/plain", "Origin": "https://shop.example.com"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "no_user_anon_id"
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
 async def test_cors_preflight_is_answered(ingest: Ingest, http: httpx.AsyncClient) -> None:
     response = await http.options(
         f"{ingest.url}/v1/batch",

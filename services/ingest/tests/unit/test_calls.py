@@ -298,3 +298,25 @@ def test_envelope_bytes_are_plain_json() -> None:
     document = orjson.loads(value)
     assert document["type"] == "cdp.event.received.v1"
     assert document["time"].endswith("Z")
+
+
+def test_spliced_envelopes_are_the_json_of_the_whole_envelope() -> None:
+    hostile = 'u"\\\n\u00e9\U0001f600</script>' + "x" * 600
+    event = build({"userId": hostile, "event": "X", "properties": {"note": 'a"b'}})
+    key, value = envelope_bytes(event, now=NOW)
+    assert key == hostile
+    assert orjson.loads(value) == orjson.loads(
+        orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": event_id(source_id="src_1", message_id=event["messageId"]),
+                "type": "cdp.event.received.v1",
+                "source": "ingest",
+                "time": NOW,
+                "subject": hostile[:500],
+                "datacontenttype": "application/json",
+                "data": event,
+            },
+            option=orjson.OPT_UTC_Z,
+        )
+    )
