@@ -146,9 +146,11 @@ def parse_time(value: Any, field: str) -> datetime | None:
 
 def _optional_id(call: Mapping[str, Any], field: str) -> str | None:
     value = call.get(field)
+    if value is None:
+        return None
     if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
         return value
-    if value is None or value == "":
+    if value == "":
         return None
     if isinstance(value, bool):
         raise CallError("invalid_field", f"{field} must be a string", field)
@@ -247,7 +249,7 @@ def build_event(
     context: dict[str, Any] = call.get("context") or {}
     user_id = _optional_id(call, "userId")
     anonymous_id = _optional_id(call, "anonymousId")
-    ids = external_ids(context)
+    ids = external_ids(context) if "externalIds" in context else []
     event: dict[str, Any] = {"type": call_type}
     if call_type == "alias":
         event["previousId"] = _required_name(
