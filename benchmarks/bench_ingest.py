@@ -21,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -130,9 +132,19 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def _load(
-    *, url: str, bodies: list[bytes], concurrency: int, auth: tuple[str, str] | None, per_request: int
+    *,
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    auth: tuple[str, str] | None,
+    per_request: int,
+    server_cpu: Callable[[], Awaitable[float]],
 ) -> dict[str, Any]:
     """Post bodies in a loop over `concurrency` kept-alive connections for DURATION_S; return rates and latencies.
+
+    Beside them, the server's CPU time per request over the whole load (warm-up included),
+    read from the server process before and after: what the server itself spends, whatever
+    else the shared machine is doing.
 
     The client is a few lines over asyncio streams with every request built beforehand,
     so that the load generator (on the same cores as the server) costs little per request
@@ -145,11 +157,12 @@ async def _load(
     host, port = requests[0][0], requests[0][1]
     latencies: list[float] = []
     failures = 0
+    answered = 0
     warm_until = time.perf_counter() + WARMUP_S
     stop_at = warm_until + DURATION_S
 
     async def worker(offset: int) -> None:
-        nonlocal failures
+        nonlocal failures, answered
         reader, writer = await asyncio.open_connection(host, port)
         try:
             index = offset
@@ -159,6 +172,7 @@ async def _load(
                     return
                 status = await _exchange(reader, writer, requests[index % len(requests)][2])
                 finished = time.perf_counter()
+                answered += 1
                 index += concurrency
                 if started >= warm_until:
                     if status == 200:
@@ -168,7 +182,9 @@ async def _load(
         finally:
             writer.close()
 
+    cpu_before = await server_cpu()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    cpu_seconds = await server_cpu() - cpu_before
     latencies.sort()
     count = len(latencies)
     return {
@@ -177,6 +193,7 @@ async def _load(
         "p50_ms": round(statistics.median(latencies) * 1000, 2) if latencies else None,
         "p99_ms": round(latencies[int(count * 0.99) - 1] * 1000, 2) if latencies else None,
         "failures": failures,
+        "server_cpu_us_per_request": round(cpu_seconds / max(answered, 1) * 1e6),
     }
 
 
@@ -197,6 +214,36 @@ async def _noop_app() -> tuple[subprocess.Popen[bytes], str]:
                     raise
                 await asyncio.sleep(0.1)
     return process, f"http://127.0.0.1:{port}/noop"
+
+
+def _cpu_seconds_of(pid: int) -> float:
+    """Return a local process's CPU time (user and system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_seconds(pid: int) -> Callable[[], Awaitable[float]]:
+    """Return a probe of a local process's CPU time."""
+
+    async def probe() -> float:
+        return _cpu_seconds_of(pid)
+
+    return probe
+
+
+def _service_cpu_seconds(url: str) -> Callable[[], Awaitable[float]]:
+    """Return a probe of a service's CPU time, from its process_cpu_seconds_total metric (/proc as well)."""
+
+    async def probe() -> float:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"{url}/metrics")
+        response.raise_for_status()
+        for line in response.text.splitlines():
+            if line.startswith("process_cpu_seconds_total "):
+                return float(line.split()[1])
+        raise RuntimeError(f"{url}/metrics has no process_cpu_seconds_total")
+
+    return probe
 
 
 def _median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -272,6 +319,7 @@ async def _raw_producer(env: dict[str, str], messages: list[tuple[bytes, bytes]]
     producer = create_tracking_producer(settings)
     await producer.start()
     rates: dict[str, int] = {}
+    cpu_us: dict[str, float] = {}
     try:
         await _raw_send_per_message(producer, topic, messages[:BATCH_SIZE])
         for name, produce in (
@@ -279,13 +327,16 @@ async def _raw_producer(env: dict[str, str], messages: list[tuple[bytes, bytes]]
             ("send_per_message", _raw_send_per_message),
         ):
             load = [messages[i % len(messages)] for i in range(RAW_EVENTS)]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             await produce(producer, topic, load)
             rates[name] = round(RAW_EVENTS / (time.perf_counter() - started))
+            cpu_us[name] = round((time.process_time() - cpu_started) / RAW_EVENTS * 1e6, 1)
     finally:
         await producer.stop()
+    best = max(rates, key=rates.__getitem__)
     return {
-        "events_per_s": max(rates.values()),
+        "events_per_s": rates[best],
+        "cpu_us_per_event": cpu_us[best],
         **{f"{name}_events_per_s": rate for name, rate in rates.items()},
     }
 
@@ -335,6 +386,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
         key, value = envelope_bytes(event, now=now)
         raw_messages.append((key.encode(), value))
 
+    ingest_cpu = _service_cpu_seconds(ingest)
     process, noop_url = await _noop_app()
     noop_rounds, track_rounds = [], []
     try:
@@ -349,6 +401,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                             concurrency=TRACK_CONCURRENCY,
                             auth=None,
                             per_request=1,
+                            server_cpu=_process_cpu_seconds(process.pid),
                         )
                     )
                 else:
@@ -359,6 +412,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                             concurrency=TRACK_CONCURRENCY,
                             auth=auth,
                             per_request=1,
+                            server_cpu=ingest_cpu,
                         )
                     )
     finally:
@@ -377,6 +431,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                         concurrency=BATCH_CONCURRENCY,
                         auth=auth,
                         per_request=BATCH_SIZE,
+                        server_cpu=ingest_cpu,
                     )
                 )
     noop = _median_round(noop_rounds, "requests_per_s")
@@ -384,9 +439,19 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
     raw = _median_round(raw_rounds, "events_per_s")
     batch = _median_round(batch_rounds, "events_per_s")
     return {
-        "noop_fastapi": {k: noop[k] for k in ("requests_per_s", "p50_ms", "p99_ms")},
-        "track": {k: track[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "failures")},
+        "noop_fastapi": {
+            k: noop[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_request")
+        },
+        "track": {
+            k: track[k]
+            for k in ("requests_per_s", "p50_ms", "p99_ms", "failures", "server_cpu_us_per_request")
+        },
         "track_vs_noop": round(track["requests_per_s"] / max(noop["requests_per_s"], 1), 3),
+        # What the servers themselves spend per request (median rounds), apart from what
+        # the shared machine's other work takes from either side.
+        "noop_vs_track_server_cpu": round(
+            noop["server_cpu_us_per_request"] / max(track["server_cpu_us_per_request"], 1), 3
+        ),
         "raw_producer": raw,
         "batch": {
             "events_per_s": batch["events_per_s"],
@@ -394,6 +459,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
             "p50_ms": batch["p50_ms"],
             "p99_ms": batch["p99_ms"],
             "failures": batch["failures"],
+            "server_cpu_us_per_event": round(batch["server_cpu_us_per_request"] / BATCH_SIZE, 1),
         },
         "batch_vs_raw_producer": round(batch["events_per_s"] / max(raw["events_per_s"], 1), 3),
         "goals": {"track_vs_noop": 0.6, "batch_events_per_s": 25_000, "batch_vs_raw_producer": 0.5},

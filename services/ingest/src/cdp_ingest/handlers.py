@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Sequence
@@ -179,6 +180,10 @@ def envelope_bytes(event: dict[str, Any], *, now: datetime) -> tuple[str, bytes]
     return key.decode(), value
 
 
+# A source's event-id function holds the hash of its prefix, copied for every id: shared safely.
+_event_ids_of_source = functools.lru_cache(maxsize=4096)(event_ids)
+
+
 class EnvelopeWriter:
     """Writes the Kafka messages of one request's events, all of one source and one time.
 
@@ -188,7 +193,7 @@ class EnvelopeWriter:
     """
 
     def __init__(self, *, source_id: str, now: datetime) -> None:
-        self._event_id = event_ids(source_id)
+        self._event_id = _event_ids_of_source(source_id)
         self._head = b'{"specversion":"1.0","id":"'
         self._middle = (
             b'","type":'
