@@ -534,25 +534,27 @@ async def _at_rate(
         await database.add_listener(f"cdp_outbox_{schema}", listener)
     await tracer.mark_start()
     reader_task = asyncio.create_task(read())
-    sending = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-    )
-    config = {"env": env, "run": run, "rate": rate, "total": total}
-    output, _ = await sending.communicate(json.dumps(config).encode() + b"\n")
-    if sending.returncode != 0:
-        raise RuntimeError(f"the sending process failed with {sending.returncode}")
-    calls = json.loads(output)
-    started: float = calls["started"]
+    try:
+        sending = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        config = {"env": env, "run": run, "rate": rate, "total": total}
+        output, _ = await sending.communicate(json.dumps(config).encode() + b"\n")
+        if sending.returncode != 0:
+            raise RuntimeError(f"the sending process failed with {sending.returncode}")
+        calls = json.loads(output)
+        started: float = calls["started"]
+        scheduled = [started + i / rate for i in range(total)]
+        deadline = scheduled[-1] + DRAIN_S
+        while time.time() < deadline and len(entered) < total:
+            await asyncio.sleep(0.1)
+    finally:
+        reader_task.cancel()
+        await asyncio.gather(reader_task, return_exceptions=True)
+        for schema, listener in listeners.items():
+            await database.remove_listener(f"cdp_outbox_{schema}", listener)
     sent: list[float] = calls["sent"]
     answered: list[float | None] = calls["answered"]
-    scheduled = [started + i / rate for i in range(total)]
-    deadline = scheduled[-1] + DRAIN_S
-    while time.time() < deadline and len(entered) < total:
-        await asyncio.sleep(0.1)
-    reader_task.cancel()
-    await asyncio.gather(reader_task, return_exceptions=True)
-    for schema, listener in listeners.items():
-        await database.remove_listener(f"cdp_outbox_{schema}", listener)
     note_hops(await tracer.records())
 
     entered_event_ids: dict[str, int] = {}
