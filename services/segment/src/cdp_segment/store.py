@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from cdp_common.events import SegmentEntered, SegmentExited, make_envelope
 from cdp_common.outbox import OUTBOX_WRITE_LOCK, note_outbox_write_lock
@@ -367,7 +368,9 @@ _APPLY_CHANGES = sa.text(
         SELECT jsonb_array_elements_text(r.keys -> excluded.profile_id -> 'computed') FROM removals r),
       updated_at = now()
     WHERE p.version < excluded.version
-    RETURNING p.profile_id, p.version, p.merged_into, p.traits, p.computed, p.model, p.consents,
+    RETURNING p.profile_id, p.version, p.merged_into,
+      CAST(p.traits AS text) AS traits, CAST(p.computed AS text) AS computed,
+      CAST(p.model AS text) AS model, CAST(p.consents AS text) AS consents,
       ARRAY(SELECT m.segment_id FROM memberships m WHERE m.profile_id = p.profile_id) AS segment_ids,
       ({_CATALOG_STAMP}) AS catalog_stamp
     """  # noqa: S608
@@ -375,10 +378,12 @@ _APPLY_CHANGES = sa.text(
     sa.column("profile_id", sa.Text),
     sa.column("version", sa.BigInteger),
     sa.column("merged_into", sa.Text),
-    sa.column("traits", JSONB),
-    sa.column("computed", JSONB),
-    sa.column("model", JSONB),
-    sa.column("consents", JSONB),
+    # The documents come back as text and are decoded with orjson below, several times
+    # faster than the driver's JSONB codec; the envelopes they came from were decoded so too.
+    sa.column("traits", sa.Text),
+    sa.column("computed", sa.Text),
+    sa.column("model", sa.Text),
+    sa.column("consents", sa.Text),
     sa.column("segment_ids", postgresql.ARRAY(sa.Text)),
     sa.column("catalog_stamp", postgresql.ARRAY(sa.Text)),
 )
@@ -425,7 +430,7 @@ async def apply_profile_changes(*, session: AsyncSession, changes: Sequence[Prof
         )
     ).all()
     return AppliedChanges(
-        profiles={row.profile_id: (_profile(row), frozenset(row.segment_ids)) for row in rows},
+        profiles={row.profile_id: (_profile_of_text(row), frozenset(row.segment_ids)) for row in rows},
         catalog_stamp=tuple(rows[0].catalog_stamp) if rows else None,
     )
 
@@ -464,6 +469,19 @@ def _profile(row: Any) -> ProfileRow:
         computed=row.computed,
         model=row.model,
         consents=row.consents,
+    )
+
+
+def _profile_of_text(row: Any) -> ProfileRow:
+    """Return a profile whose documents were read as JSON text."""
+    return ProfileRow(
+        profile_id=row.profile_id,
+        version=row.version,
+        merged_into=row.merged_into,
+        traits=orjson.loads(row.traits),
+        computed=orjson.loads(row.computed),
+        model=orjson.loads(row.model),
+        consents=orjson.loads(row.consents),
     )
 
 
