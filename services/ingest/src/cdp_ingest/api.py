@@ -52,8 +52,20 @@ admin = APIRouter(prefix="/v1", tags=["admin"])
 
 PageDep = Annotated[PageParams, Depends(page_params)]
 ACCEPTED = b'{"success":true}'
+ACCEPTED_HEADERS = Response(ACCEPTED, media_type="application/json").raw_headers
 SHORT_PATHS = {"identify": "i", "track": "t", "page": "p", "screen": "s", "group": "g", "alias": "a"}
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq", "application/ndjson")
+
+
+class AcceptedResponse(Response):
+    """The answer to an accepted call, with the headers rendered once for every answer."""
+
+    def __init__(self) -> None:
+        self.status_code = 200
+        self.body = ACCEPTED
+        self.background = None
+        # A list of its own: a middleware may append to an answer's headers.
+        self.raw_headers = list(ACCEPTED_HEADERS)
 
 
 class Intake:
@@ -188,6 +200,8 @@ async def _publish_and_record(request: Request, intake: Intake, screened: _Scree
                 message="events cannot be stored right now; retry later",
                 headers={"Retry-After": "5"},
             ) from exc
+    if not screened.violations:
+        return
     try:
         await handlers.record_violations(
             session_factory=request.app.state.runtime.session_factory,
@@ -227,7 +241,7 @@ async def _accept_call(request: Request, intake: Intake, call_type: str) -> Resp
             message=refusal.message,
             details={"field": refusal.field},
         )
-    return Response(ACCEPTED, media_type="application/json")
+    return AcceptedResponse()
 
 
 def _batch_answer(screened: _Screened) -> Response:

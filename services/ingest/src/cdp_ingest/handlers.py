@@ -192,15 +192,19 @@ class EnvelopeWriter:
     it, the JSON that serialising the whole envelope gives.
     """
 
+    _head = b'{"specversion":"1.0","id":"'
+    _type_and_source = (
+        b'","type":'
+        + orjson.dumps(TrackingEventReceived.EVENT_TYPE)
+        + b',"source":'
+        + orjson.dumps(SERVICE)
+        + b',"time":'
+    )
+
     def __init__(self, *, source_id: str, now: datetime) -> None:
         self._event_id = _event_ids_of_source(source_id)
-        self._head = b'{"specversion":"1.0","id":"'
         self._middle = (
-            b'","type":'
-            + orjson.dumps(TrackingEventReceived.EVENT_TYPE)
-            + b',"source":'
-            + orjson.dumps(SERVICE)
-            + b',"time":'
+            self._type_and_source
             + orjson.dumps(now, option=orjson.OPT_UTC_Z)
             + b',"datacontenttype":"application/json","subject":'
         )

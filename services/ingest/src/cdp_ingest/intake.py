@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from cdp_common.web import ApiError
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from cdp_ingest.metrics import EVENTS_REFUSED
 
@@ -83,10 +84,16 @@ async def read_body(request: Request, *, limit: int, call_type: str) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, call_type)
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+    # ASGI messages read directly: Request.stream's async generator costs more than one small body.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        body.extend(message.get("body", b""))
         if len(body) > limit:
             raise _too_large(limit, call_type)
+        if not message.get("more_body", False):
+            break
     if encoding != "gzip":
         return bytes(body)
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
