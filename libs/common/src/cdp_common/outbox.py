@@ -61,8 +61,11 @@ _MARK_AND_READ = """
      WHERE published_at IS NULL AND id > $2
      ORDER BY id LIMIT $3
 """
-# How often an idle relay reports its backlog (a count over the unpublished rows).
+# How often the leader reports its backlog (a count over the unpublished rows) and deletes
+# rows published longer ago than the retention, on a connection of the pool beside the
+# relay's, so neither ever holds up a commit's rows.
 _BACKLOG_REPORT_S = 5.0
+_CLEANUP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -194,11 +197,11 @@ class OutboxRelay:
             await asyncio.sleep(self._idle_wait_s)
         self._set_leader(True)
         logger.info("outbox relay is leader", extra={"service": self._service})
+        housekeeping = asyncio.create_task(self._keep_house(), name=f"outbox-housekeeping-{self._service}")
         try:
             driver = await self._listen(conn)
             sent_up_to = 0
             sent: list[OutboxMessage] = []
-            last_report = last_cleanup = 0.0
             while True:
                 # Cleared before reading, so a commit notified during the read or after it
                 # wakes the wait below at once instead of after the idle wait.
@@ -210,13 +213,6 @@ class OutboxRelay:
                     await self._publisher.publish_batch(sent)
                     sent_up_to = sent[-1].id
                     continue
-                now = time.monotonic()
-                if now - last_report > _BACKLOG_REPORT_S:
-                    await self._report_backlog(conn)
-                    last_report = now
-                if now - last_cleanup > 60:
-                    await self._delete_old(conn)
-                    last_cleanup = now
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self._idle_wait_s)
                 except TimeoutError:
@@ -224,6 +220,8 @@ class OutboxRelay:
                     # row again, so a row written without the write lock is not left behind.
                     sent_up_to = 0
         finally:
+            housekeeping.cancel()
+            await asyncio.gather(housekeeping, return_exceptions=True)
             # Closing the connection for real releases the lock and the listener; a
             # pooled connection would keep both alive.
             await asyncio.shield(conn.invalidate())
@@ -258,27 +256,40 @@ class OutboxRelay:
         self._count_published(messages)
         return len(messages)
 
+    async def _keep_house(self) -> None:
+        """Report the backlog and delete old published rows now and then, while leading."""
+        last_cleanup = 0.0
+        while True:
+            try:
+                async with self._engine.begin() as conn:
+                    await self._report_backlog(conn)
+                    if time.monotonic() - last_cleanup > _CLEANUP_S:
+                        await self._delete_old(conn)
+                        last_cleanup = time.monotonic()
+            except Exception:
+                # Only figures and old rows wait for the next turn; publishing goes on.
+                logger.exception("outbox housekeeping failed; retrying", extra={"service": self._service})
+            await asyncio.sleep(_BACKLOG_REPORT_S)
+
     async def _report_backlog(self, conn: AsyncConnection) -> None:
-        async with conn.begin():
-            row = (
-                await conn.execute(
-                    sa.select(
-                        sa.func.count(),
-                        sa.func.coalesce(
-                            sa.func.extract("epoch", sa.func.now() - sa.func.min(outbox_table.c.created_at)),
-                            0,
-                        ),
-                    ).where(outbox_table.c.published_at.is_(None))
-                )
-            ).one()
+        row = (
+            await conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.coalesce(
+                        sa.func.extract("epoch", sa.func.now() - sa.func.min(outbox_table.c.created_at)),
+                        0,
+                    ),
+                ).where(outbox_table.c.published_at.is_(None))
+            )
+        ).one()
         OUTBOX_BACKLOG.labels(self._service).set(row[0])
         OUTBOX_OLDEST_AGE.labels(self._service).set(float(row[1]))
 
     async def _delete_old(self, conn: AsyncConnection) -> None:
-        async with conn.begin():
-            await conn.execute(
-                outbox_table.delete().where(
-                    outbox_table.c.published_at
-                    < sa.func.now() - sa.text(f"interval '{int(self._retention_s)} seconds'")
-                )
+        await conn.execute(
+            outbox_table.delete().where(
+                outbox_table.c.published_at
+                < sa.func.now() - sa.text(f"interval '{int(self._retention_s)} seconds'")
             )
+        )

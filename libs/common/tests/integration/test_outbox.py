@@ -223,3 +223,30 @@ async def test_a_row_committed_behind_rows_already_sent_is_still_published(
         assert sorted(e.data.token_id for e in read) == ["early", "late"]
     finally:
         await relay.stop()
+
+
+async def test_the_leader_deletes_rows_published_longer_ago_than_the_retention(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    topic = settings.topic(TopicName.TOKENS)
+    await write_rows(schema_engine, topic, ["old", "recent"])
+    async with schema_engine.begin() as conn:
+        await conn.execute(
+            outbox_table.update()
+            .where(outbox_table.c.key == "old")
+            .values(published_at=sa.func.now() - sa.text("interval '2 hours'"))
+        )
+
+    async def only_the_recent_row_left() -> bool:
+        async with schema_engine.connect() as conn:
+            return list((await conn.execute(sa.select(outbox_table.c.key))).scalars()) == ["recent"]
+
+    relay = OutboxRelay(
+        engine=schema_engine, publisher=KafkaPublisher(producer), service="test", retention_s=3600
+    )
+    relay.start()
+    try:
+        await wait_for(lambda: drained(schema_engine), what="the unpublished row to go out")
+        await wait_for(only_the_recent_row_left, what="the old row to be deleted")
+    finally:
+        await relay.stop()
