@@ -235,6 +235,12 @@ def test_nesting_deeper_than_the_limit_is_refused_with_its_path() -> None:
     [
         ({"total": "12.00", "order_id": "o1"}, "properties.total"),
         ({"total": 12, "currency": "euro", "order_id": "o1"}, "properties.currency"),
+        ({"total": 12, "currency": "eur", "order_id": "o1"}, "properties.currency"),
+        ({"total": 12, "currency": "EUR\n", "order_id": "o1"}, "properties.currency"),
+        ({"total": 12, "currency": "ÄÖÜ", "order_id": "o1"}, "properties.currency"),
+        ({"total": 12, "currency": 978, "order_id": "o1"}, "properties.currency"),
+        # Of several malformed amounts, the first in Segment's field order is named.
+        ({"revenue": "1", "total": float("nan"), "order_id": "o1"}, "properties.total"),
         ({"total": 12}, "properties.order_id"),
         ({"order_id": "o1", "products": {"sku": "a"}}, "properties.products"),
         ({"order_id": "o1", "products": ["a"]}, "properties.products[0]"),

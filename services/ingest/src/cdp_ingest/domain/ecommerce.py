@@ -8,7 +8,6 @@ with numeric price and quantity); everything else passes as sent.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +43,6 @@ ECOMMERCE_EVENTS = frozenset(
 ORDER_EVENTS = frozenset({"Order Updated", "Order Completed", "Order Refunded", "Order Cancelled"})
 MONEY_FIELDS = ("total", "revenue", "subtotal", "shipping", "tax", "discount", "value", "price")
 _MONEY_FIELD_NAMES = frozenset(MONEY_FIELDS)
-CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 def _error(code: str, message: str, field: str) -> CallError:
@@ -60,9 +58,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_currency_code(value: Any) -> bool:
+    # What ^[A-Z]{3}$ says (without its tolerance of a trailing newline), cheaper than a match.
+    return type(value) is str and len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()
+
+
 def _check_money(properties: Mapping[str, Any], prefix: str) -> None:
-    if _MONEY_FIELD_NAMES.isdisjoint(properties):
+    for field, value in properties.items():
+        if field in _MONEY_FIELD_NAMES and value is not None and not _is_number(value):
+            break
+    else:
         return
+    # Something is wrong: name the first field in MONEY_FIELDS' order.
     for field in MONEY_FIELDS:
         value = properties.get(field)
         if value is not None and not _is_number(value):
@@ -75,7 +82,7 @@ def check_ecommerce_event(name: str, properties: Mapping[str, Any]) -> None:
         return
     _check_money(properties, "properties.")
     currency = properties.get("currency")
-    if currency is not None and (not isinstance(currency, str) or not CURRENCY.match(currency)):
+    if currency is not None and not _is_currency_code(currency):
         raise _error(
             "invalid_ecommerce_event",
             "properties.currency must be an ISO 4217 code such as EUR",
