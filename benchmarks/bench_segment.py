@@ -71,6 +71,7 @@ PROFILES_TOPIC = "dev.cdp.profiles.v1"
 EVENTS_TOPIC = "dev.cdp.events.v1"
 # Connections to ingest opened before a rate's clock starts; more open when all are busy.
 CONNECTIONS = 64
+INGEST_WAIT_S = 60.0
 
 
 async def _timed(coroutine: Any) -> tuple[float, Any]:
@@ -350,9 +351,19 @@ class _Sender:
         self._all: list[asyncio.StreamWriter] = []
 
     async def open(self, count: int) -> None:
-        """Open `count` connections before the clock starts, so the first calls find one."""
-        for _ in range(count):
-            reader, writer = await asyncio.open_connection(self._host, self._port)
+        """Open `count` connections before the clock starts, so the first calls find one.
+
+        Waits up to INGEST_WAIT_S for ingest to listen (another engineer may be restarting it).
+        """
+        deadline = time.monotonic() + INGEST_WAIT_S
+        while len(self._all) < count:
+            try:
+                reader, writer = await asyncio.open_connection(self._host, self._port)
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
             self._all.append(writer)
             self._idle.append((reader, writer))
 
