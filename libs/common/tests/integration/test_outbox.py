@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -44,6 +45,16 @@ class DiesAfterPublishing:
         await self.inner.publish_batch(messages)
         self.published.set()
         await asyncio.Event().wait()
+
+
+@asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[OutboxRelay]:
+    """Run a relay for the block and stop it after, whatever happened."""
+    relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
 
 
 async def write_rows(engine: AsyncEngine, topic: str, token_ids: list[str]) -> None:
@@ -184,18 +195,14 @@ async def test_a_backlog_larger_than_a_batch_goes_out_whole_in_order_and_marked(
             envelope = make_envelope(payload=TokenRevoked(token_id=name), source="test", subject="one-key")
             await add_to_outbox(session=session, topic=topic, envelope=envelope)
     publisher = CountingPublisher(KafkaPublisher(producer))
-    relay = OutboxRelay(
-        engine=schema_engine, publisher=publisher, service="test", batch_size=4, idle_wait_s=5
-    )
-    relay.start()
-    try:
+    async with running(
+        OutboxRelay(engine=schema_engine, publisher=publisher, service="test", batch_size=4, idle_wait_s=5)
+    ):
         await wait_for(lambda: drained(schema_engine), what="three batches published and marked")
         read = await read_topic(bootstrap=settings.kafka_bootstrap, topic=topic, until=lambda e: len(e) >= 11)
-        assert [e.data.token_id for e in read] == names
-        assert publisher.published == sorted(publisher.published)
-        assert len(publisher.published) == 11, "each row is sent once when nothing fails"
-    finally:
-        await relay.stop()
+    assert [e.data.token_id for e in read] == names
+    assert publisher.published == sorted(publisher.published)
+    assert len(publisher.published) == 11, "each row is sent once when nothing fails"
 
 
 async def test_a_row_committed_behind_rows_already_sent_is_still_published(
@@ -203,12 +210,10 @@ async def test_a_row_committed_behind_rows_already_sent_is_still_published(
 ) -> None:
     """A writer that skipped the write lock commits an older id late: the idle relay reads it again."""
     topic = settings.topic(TopicName.TOKENS)
-    relay = OutboxRelay(
-        engine=schema_engine, publisher=KafkaPublisher(producer), service="test", idle_wait_s=0.2
-    )
-    relay.start()
     factory = create_session_factory(schema_engine)
-    try:
+    async with running(
+        OutboxRelay(engine=schema_engine, publisher=KafkaPublisher(producer), service="test", idle_wait_s=0.2)
+    ):
         async with factory() as late, late.begin():
             envelope = make_envelope(payload=TokenRevoked(token_id="late"), source="test", subject="late")
             await late.execute(
@@ -220,9 +225,7 @@ async def test_a_row_committed_behind_rows_already_sent_is_still_published(
             await wait_for(lambda: drained(schema_engine), what="the row committed first to go out")
         await wait_for(lambda: drained(schema_engine), what="the late row to go out too")
         read = await read_topic(bootstrap=settings.kafka_bootstrap, topic=topic, until=lambda e: len(e) >= 2)
-        assert sorted(e.data.token_id for e in read) == ["early", "late"]
-    finally:
-        await relay.stop()
+    assert sorted(e.data.token_id for e in read) == ["early", "late"]
 
 
 async def test_the_leader_deletes_rows_published_longer_ago_than_the_retention(
@@ -241,12 +244,10 @@ async def test_the_leader_deletes_rows_published_longer_ago_than_the_retention(
         async with schema_engine.connect() as conn:
             return list((await conn.execute(sa.select(outbox_table.c.key))).scalars()) == ["recent"]
 
-    relay = OutboxRelay(
-        engine=schema_engine, publisher=KafkaPublisher(producer), service="test", retention_s=3600
-    )
-    relay.start()
-    try:
+    async with running(
+        OutboxRelay(
+            engine=schema_engine, publisher=KafkaPublisher(producer), service="test", retention_s=3600
+        )
+    ):
         await wait_for(lambda: drained(schema_engine), what="the unpublished row to go out")
         await wait_for(only_the_recent_row_left, what="the old row to be deleted")
-    finally:
-        await relay.stop()
