@@ -131,10 +131,13 @@ class ModelRunner:
                 session=session, model=name, ran_at=at, parameters=parameters, summary=summary
             )
             catalog = await self._context.catalog.current(session)
+            # Memberships follow the model documents; when no document changed they are
+            # current, and recomputing would only hold the outbox lock (and so the real-time
+            # path) while every profile is scanned again.
             report = await recompute_segments(
                 session=session,
                 catalog=catalog,
-                keys=catalog.affected_by({f"model:{model_key}"}),
+                keys=catalog.affected_by({f"model:{model_key}"}) if changed else set(),
                 now=at,
                 topic=self._context.segments_topic,
                 trigger=f"model:{name}",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from cdp_common.events import ProfileCreated, ProfileUpdated
+from cdp_common.outbox import lock_outbox_writes
 from cdp_segment import handlers, store
 from cdp_segment.domain.clv import BgNbd, simulate_customers
 from cdp_segment.models import ModelRunner
@@ -77,6 +79,25 @@ async def test_rfm_scores_and_named_segments(db: SegmentDb) -> None:
     assert champion.model["rfm"] == {"r": 5, "f": 5, "m": 5, "score": "555", "segment": "champions"}
     assert browser is not None
     assert "rfm" not in browser.model
+
+
+async def test_a_model_round_that_changes_no_profile_leaves_the_outbox_writers_alone(db: SegmentDb) -> None:
+    """With nothing to change, the round neither waits for nor holds the outbox write lock."""
+    await with_builtins(db)
+    now = db.clock()
+    computed = orders(now, first_days=500, last_days=1, count=9, revenue=900.0)
+    await db.apply(ProfileCreated(profile_id="c0", version=1, changed_computed_traits=computed))
+    runner = ModelRunner(session_factory=db.sessions, context=db.context)
+    assert (await runner.run("rfm"))["profiles_changed"] == 1
+    published = len(await db.published())
+
+    async with db.sessions() as writer, writer.begin():
+        await lock_outbox_writes(session=writer)
+        again = await asyncio.wait_for(runner.run("rfm"), timeout=10)
+    assert again["profiles_changed"] == 0
+    assert again["segments"] == {}
+    assert len(await db.published()) == published
+    assert await db.members("rfm_champions") == {"c0"}
 
 
 async def test_lifecycle_stages_in_real_time_and_as_time_passes(db: SegmentDb) -> None:
