@@ -324,17 +324,26 @@ def decode_envelope(value: bytes | None, *, known: dict[str, type[Payload]] | No
     Raises InvalidEvent for anything malformed and UnknownEventType for a valid
     envelope whose type is not registered.
     """
-    registry = EVENT_TYPES if known is None else known
+    return envelope_of_document(read_envelope_document(value), known=known)
+
+
+def read_envelope_document(value: bytes | None) -> Any:
+    """Parse a Kafka message value as JSON, before any check of its shape; raise InvalidEvent if it is not."""
     if value is None:
         raise InvalidEvent("message has no value")
     try:
-        document = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError:
         # What the fast parser refuses (integers beyond 64 bits, say) the standard one may read.
         try:
-            document = json.loads(value)
+            return json.loads(value)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidEvent(f"message is not JSON: {exc}") from exc
+
+
+def envelope_of_document(document: Any, *, known: dict[str, type[Payload]] | None = None) -> Envelope[Any]:
+    """Check a parsed message against the envelope and its payload's schema; return the typed envelope."""
+    registry = EVENT_TYPES if known is None else known
     try:
         raw = RawEnvelope.model_validate(document)
     except ValidationError as exc:

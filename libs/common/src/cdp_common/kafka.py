@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -28,7 +28,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_common.db import record_processed, record_processed_many, transaction
 from cdp_common.envelope import Envelope, Payload
-from cdp_common.events import DeadLetter, InvalidEvent, UnknownEventType, decode_envelope, make_envelope
+from cdp_common.events import (
+    DeadLetter,
+    InvalidEvent,
+    UnknownEventType,
+    envelope_of_document,
+    make_envelope,
+    read_envelope_document,
+)
 from cdp_common.metrics import (
     CONSUMER_LAG,
     DLQ_MESSAGES,
@@ -42,6 +49,9 @@ from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 
 logger = logging.getLogger(__name__)
+
+# How many handled event ids a runner keeps in memory to know a redelivery without checking it again.
+RECENT_EVENT_IDS = 100_000
 
 
 class Handler(Protocol):
@@ -176,6 +186,7 @@ class ConsumerRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._handled = _RecentIds(RECENT_EVENT_IDS)
 
     async def start(self) -> None:
         """Join the group and start consuming in the background."""
@@ -261,6 +272,7 @@ class ConsumerRunner:
                     outcome = await self._handle_with_retries(record, envelope, handler)
                     MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
                 return
+        self._handled.add_all(envelope.id for _, envelope, _ in decoded)
         self._observe_batch(decoded, outcomes, elapsed=(time.perf_counter() - started) / len(decoded))
 
     def _observe_batch(
@@ -319,7 +331,13 @@ class ConsumerRunner:
 
     async def _route(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope[Any], Handler] | None:
         try:
-            envelope = decode_envelope(record.value)
+            document = read_envelope_document(record.value)
+            event_id = document.get("id") if isinstance(document, dict) else None
+            if isinstance(event_id, str) and event_id in self._handled:
+                # Handled by this runner and committed: a redelivery, known without checking it again.
+                MESSAGES_CONSUMED.labels(self.group_id, str(document.get("type"))[:200], "duplicate").inc()
+                return None
+            envelope = envelope_of_document(document)
         except UnknownEventType as exc:
             MESSAGES_CONSUMED.labels(self.group_id, str(exc), "skipped").inc()
             return None
@@ -378,11 +396,14 @@ class ConsumerRunner:
             started = time.perf_counter()
             try:
                 async with transaction(self._session_factory) as session:
-                    if not await record_processed(
+                    fresh = await record_processed(
                         session=session, consumer=self.group_id, event_id=envelope.id
-                    ):
-                        return "duplicate"
-                    await handler(session=session, envelope=envelope)
+                    )
+                    if fresh:
+                        await handler(session=session, envelope=envelope)
+                self._handled.add_all((envelope.id,))
+                if not fresh:
+                    return "duplicate"
                 HANDLER_DURATION.labels(self.group_id, envelope.type).observe(time.perf_counter() - started)
                 _observe_age(self.group_id, envelope)
                 return "processed"
@@ -434,3 +455,25 @@ class ConsumerRunner:
                 logger.warning("dead-letter topic unavailable; retrying", extra={"group": self.group_id})
                 await asyncio.sleep(1.0)
         DLQ_MESSAGES.labels(self.group_id, dlq).inc()
+
+
+class _RecentIds:
+    """The ids of events this runner handled and committed, the most recent `size` to twice `size` of them.
+
+    A redelivered event among them is counted as a duplicate before its payload is checked
+    again; the processed-event record in the database still decides for every other one.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._current or event_id in self._previous
+
+    def add_all(self, event_ids: Iterable[str]) -> None:
+        """Remember ids whose transaction committed; the older generation goes when the newer fills up."""
+        self._current.update(event_ids)
+        if len(self._current) >= self._size:
+            self._previous, self._current = self._current, set()

@@ -218,3 +218,5 @@ async def test_a_batch_handler_takes_a_run_of_events_and_a_poison_one_falls_back
     # Redelivered, the batch changes nothing: every event is recorded as processed.
     await runner.process_batch(records)
     assert await effect_rows(schema_engine) == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
+    # The runner knew the events it had handled: none of them reached a handler again.
+    assert len(batches) == 2
