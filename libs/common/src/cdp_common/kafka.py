@@ -178,6 +178,7 @@ class ConsumerRunner:
         self.group_id = group_id
         self._topics = [settings.topic(t) for t in topics]
         self._handlers = dict(handlers)
+        self._handled_types = frozenset(payload.EVENT_TYPE for payload in self._handlers)
         self._batch_handlers = dict(batch_handlers or {})
         self._session_factory = session_factory
         self._publisher = publisher
@@ -229,10 +230,16 @@ class ConsumerRunner:
         assert self._consumer is not None
         consumer = self._consumer
         timeout_ms = int(self._settings.consumer_poll_timeout_s * 1000)
+        gather_ms = int(self._settings.consumer_gather_s * 1000)
         while not self._stopping.is_set():
             batches = await consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self._settings.consumer_batch_size
             )
+            room = self._settings.consumer_batch_size - sum(len(records) for records in batches.values())
+            if batches and room > 0 and gather_ms > 0:
+                # Each partition's later records come after the ones already taken, in order.
+                for tp, records in (await consumer.getmany(timeout_ms=gather_ms, max_records=room)).items():
+                    batches.setdefault(tp, []).extend(records)
             if batches:
                 # One transaction for the whole poll: each partition's records stay in order,
                 # and the fixed cost of a transaction is paid once, not once per partition.
@@ -336,6 +343,11 @@ class ConsumerRunner:
             if isinstance(event_id, str) and event_id in self._handled:
                 # Handled by this runner and committed: a redelivery, known without checking it again.
                 MESSAGES_CONSUMED.labels(self.group_id, str(document.get("type"))[:200], "duplicate").inc()
+                return None
+            kind = document.get("type") if isinstance(document, dict) else None
+            if isinstance(kind, str) and kind not in self._handled_types:
+                # Not this consumer's business: skipped without checking a payload it never reads.
+                MESSAGES_CONSUMED.labels(self.group_id, kind[:200], "skipped").inc()
                 return None
             envelope = envelope_of_document(document)
         except UnknownEventType as exc:

@@ -30,6 +30,10 @@ class PlatformSettings(BaseSettings):
     consumer_retry_backoff_s: float = Field(default=0.2, ge=0)
     consumer_poll_timeout_s: float = Field(default=0.5, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1)
+    # After a poll returns records, how long one more poll may wait for what arrived meanwhile:
+    # the fetcher asks the broker again only once fetched records are taken, so without it
+    # whatever arrived during the last transaction waits a whole extra poll. 0 turns it off.
+    consumer_gather_s: float = Field(default=0.005, ge=0)
     # Commits wake the relay through NOTIFY; the poll only backs that up.
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)
