@@ -7,6 +7,7 @@ merged-away profile went, and nothing once a profile is erased.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -40,14 +41,15 @@ def known_profiles_table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
-async def apply_profile_version(
-    *, session: AsyncSession, table: sa.Table, profile_id: str, version: int, merged_into: str | None = None
-) -> bool:
-    """Record a profile at a version unless a newer one is held; True when it was newer."""
+@functools.cache
+def _version_upsert(table: sa.Table) -> Any:
+    """Build a table's version upsert once: every profile change runs it, with only its values bound."""
     statement = postgresql.insert(table).values(
-        profile_id=profile_id, version=version, merged_into=merged_into
+        profile_id=sa.bindparam("profile_id", type_=sa.Text),
+        version=sa.bindparam("version", type_=sa.BigInteger),
+        merged_into=sa.bindparam("merged_into", type_=sa.Text),
     )
-    upsert = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[table.c.profile_id],
         set_={
             "version": statement.excluded.version,
@@ -56,7 +58,14 @@ async def apply_profile_version(
         },
         where=table.c.version < statement.excluded.version,
     ).returning(table.c.profile_id)
-    return (await session.execute(upsert)).first() is not None
+
+
+async def apply_profile_version(
+    *, session: AsyncSession, table: sa.Table, profile_id: str, version: int, merged_into: str | None = None
+) -> bool:
+    """Record a profile at a version unless a newer one is held; True when it was newer."""
+    values = {"profile_id": profile_id, "version": version, "merged_into": merged_into}
+    return (await session.execute(_version_upsert(table), values)).first() is not None
 
 
 def profile_version_handlers(table: sa.Table) -> dict[type[Payload], Handler]:

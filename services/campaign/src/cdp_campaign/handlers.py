@@ -464,10 +464,8 @@ def _filters_match(trigger: EventTrigger, event: TrackingEventReceived) -> bool:
 
 async def _referenced_events(*, session: AsyncSession) -> set[str]:
     names = {ORDER_COMPLETED}
-    rows = await session.execute(
-        sa.select(store.campaigns.c.spec).where(store.campaigns.c.status != Status.COMPLETED.value)
-    )
-    for (spec,) in rows:
+    for row in await store.unfinished_campaigns(session=session):
+        spec = row["spec"]
         if spec.get("goal"):
             names.add(spec["goal"]["event"])
     for row in await store.active_journeys(session=session):

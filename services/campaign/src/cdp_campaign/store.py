@@ -206,6 +206,7 @@ async def insert_definition(
     *, session: AsyncSession, table: sa.Table, id: str, name: str, status: str, spec: dict[str, Any]
 ) -> dict[str, Any]:
     """Insert a campaign or journey and return its row."""
+    _forget_definitions(session)
     row = (
         (
             await session.execute(
@@ -241,24 +242,46 @@ async def list_definitions(
 
 async def update_definition(*, session: AsyncSession, table: sa.Table, id: str, **values: Any) -> None:
     """Change fields of a campaign or journey."""
+    _forget_definitions(session)
     await session.execute(table.update().where(table.c.id == id).values(updated_at=sa.func.now(), **values))
 
 
 async def delete_definition(*, session: AsyncSession, table: sa.Table, id: str) -> None:
     """Delete a campaign or journey."""
+    _forget_definitions(session)
     await session.execute(table.delete().where(table.c.id == id))
 
 
+# The definitions the event handlers look up, read once per transaction (a consumer's poll
+# applies every event against the same ones) and dropped by any write of a definition in it.
+_DEFINITIONS = "campaign_definitions"
+
+
+def _forget_definitions(session: AsyncSession) -> None:
+    session.info.pop(_DEFINITIONS, None)
+
+
+async def _definitions(session: AsyncSession, key: str, query: sa.Select[Any]) -> list[dict[str, Any]]:
+    held: dict[str, list[dict[str, Any]]] = session.info.setdefault(_DEFINITIONS, {})
+    if key not in held:
+        held[key] = [dict(r) for r in (await session.execute(query)).mappings()]
+    return held[key]
+
+
 async def running_campaigns(*, session: AsyncSession) -> list[dict[str, Any]]:
-    """Return the running campaigns."""
-    query = sa.select(campaigns).where(campaigns.c.status == "running")
-    return [dict(r) for r in (await session.execute(query)).mappings()]
+    """Return the running campaigns (rows shared within the transaction: not to be changed)."""
+    return await _definitions(session, "running", sa.select(campaigns).where(campaigns.c.status == "running"))
+
+
+async def unfinished_campaigns(*, session: AsyncSession) -> list[dict[str, Any]]:
+    """Return the campaigns that are not completed (rows shared within the transaction: not to be changed)."""
+    query = sa.select(campaigns).where(campaigns.c.status != "completed")
+    return await _definitions(session, "unfinished", query)
 
 
 async def active_journeys(*, session: AsyncSession) -> list[dict[str, Any]]:
-    """Return the active journeys."""
-    query = sa.select(journeys).where(journeys.c.status == "active")
-    return [dict(r) for r in (await session.execute(query)).mappings()]
+    """Return the active journeys (rows shared within the transaction: not to be changed)."""
+    return await _definitions(session, "journeys", sa.select(journeys).where(journeys.c.status == "active"))
 
 
 async def due_campaigns(*, session: AsyncSession, now: datetime) -> list[dict[str, Any]]:

@@ -341,10 +341,18 @@ async def record_contacts(
     """Remember the keyed hashes of a profile's e-mail addresses and phone numbers."""
     if not hashes:
         return
-    statement = postgresql.insert(profile_contacts).values(
-        [{"profile_id": profile_id, "kind": kind, "hash": value} for kind, value in hashes]
+    await session.execute(
+        _RECORD_CONTACTS,
+        {"profile_id": profile_id, "kinds": [kind for kind, _ in hashes], "hashes": [h for _, h in hashes]},
     )
-    await session.execute(statement.on_conflict_do_nothing())
+
+
+# One statement whatever the number of hashes, so it is prepared once per connection.
+_RECORD_CONTACTS = sa.text(
+    "INSERT INTO profile_contacts (profile_id, kind, hash)"
+    " SELECT :profile_id, kind, hash FROM unnest(CAST(:kinds AS text[]), CAST(:hashes AS text[])) AS c(kind, hash)"
+    " ON CONFLICT DO NOTHING"
+)
 
 
 async def move_contacts(*, session: AsyncSession, from_profile_id: str, to_profile_id: str) -> None:
