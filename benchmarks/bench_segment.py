@@ -143,7 +143,7 @@ async def recompute_benchmark(database_url: str) -> dict[str, Any]:
             "recompute_vs_bare_count": round(best["recompute_s"] / best["bare_count_s"], 2),
             "recompute_with_10000_exits_s": round(changed_s, 3),
             "exits": changed["exited"],
-            "note": "best of 3; the recompute finds who enters and leaves against stored memberships in one statement",
+            "note": "best of 3; the recompute reads who enters and leaves against stored memberships in one read-only statement (which PostgreSQL may run in parallel) and writes only that difference",
         }
     finally:
         async with engine.begin() as conn:

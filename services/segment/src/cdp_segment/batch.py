@@ -1,9 +1,11 @@
 """Batch membership: a segment recomputed over every profile in one SQL statement.
 
-The rule is compiled to a predicate (`cdp_segment.compiler`); one statement with
-data-modifying CTEs finds who enters and who leaves against the stored
-memberships, records both in the history and writes their events to the outbox, so
-a recompute of a segment whose membership is current changes nothing.
+The rule is compiled to a predicate (`cdp_segment.compiler`); a read-only statement
+finds who enters and who leaves against the stored memberships (PostgreSQL may scan
+the profiles in parallel, which it never does for a statement that writes), and one
+statement with data-modifying CTEs applies only that difference: memberships, history
+and the events in the outbox. A recompute of a segment whose membership is current
+writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 from cdp_common.db import outbox_table
 from cdp_common.events import SegmentEntered, SegmentExited
 from cdp_common.outbox import lock_outbox_writes
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
@@ -40,39 +42,51 @@ async def recompute_segment(
     query = members_query(rule, now)
     if everyone_leaves:
         query = query.where(sa.false())
-    target = query.cte("target")
+    # Taken before the difference is read, so no writer changes the memberships in between.
+    await lock_outbox_writes(session=session)
+    target = query.subquery("target")
+    held = sa.select(members.c.profile_id).where(members.c.segment_id == segment.id).subquery("held")
+    # A read alone (no write in the statement), so PostgreSQL may scan the profiles in parallel.
+    difference = (
+        sa.select(sa.func.coalesce(target.c.profile_id, held.c.profile_id), held.c.profile_id.is_(None))
+        .select_from(target.outerjoin(held, held.c.profile_id == target.c.profile_id, full=True))
+        .where(sa.or_(target.c.profile_id.is_(None), held.c.profile_id.is_(None)))
+    )
+    profile_ids: list[str] = []
+    kinds: list[str] = []
+    for profile_id, entering in await session.execute(difference):
+        profile_ids.append(profile_id)
+        kinds.append("entered" if entering else "exited")
+    result = {"entered": kinds.count("entered"), "exited": kinds.count("exited")}
+    if not profile_ids:
+        return result
     at = sa.literal(now, sa.DateTime(timezone=True))
+    event_id = sa.cast(sa.func.gen_random_uuid(), sa.Text)
+    listed = (
+        sa.func.unnest(
+            sa.cast(sa.literal(profile_ids, ARRAY(sa.Text)), ARRAY(sa.Text)),
+            sa.cast(sa.literal(kinds, ARRAY(sa.Text)), ARRAY(sa.Text)),
+        )
+        .table_valued("profile_id", "change")
+        .render_derived(name="listed")
+    )
+    changes = sa.select(listed.c.profile_id, listed.c.change, event_id.label("event_id")).cte("changes")
     entered = (
         sa.insert(members)
         .from_select(
             ["segment_id", "profile_id", "entered_at"],
-            sa.select(sa.literal(segment.id), target.c.profile_id, at).where(
-                ~sa.exists().where(
-                    members.c.segment_id == segment.id, members.c.profile_id == target.c.profile_id
-                )
-            ),
+            sa.select(sa.literal(segment.id), changes.c.profile_id, at).where(changes.c.change == "entered"),
         )
-        .returning(members.c.profile_id)
         .cte("entered")
     )
     exited = (
         sa.delete(members)
         .where(
             members.c.segment_id == segment.id,
-            ~sa.exists(
-                sa.select(sa.literal(1))
-                .select_from(target)
-                .where(target.c.profile_id == members.c.profile_id)
-            ),
+            members.c.profile_id.in_(sa.select(changes.c.profile_id).where(changes.c.change == "exited")),
         )
-        .returning(members.c.profile_id)
         .cte("exited")
     )
-    event_id = sa.cast(sa.func.gen_random_uuid(), sa.Text)
-    changes = sa.union_all(
-        sa.select(entered.c.profile_id, sa.literal("entered").label("change"), event_id.label("event_id")),
-        sa.select(exited.c.profile_id, sa.literal("exited").label("change"), event_id.label("event_id")),
-    ).cte("changes")
     reason = sa.cast(
         sa.literal(
             json.dumps({"cause": {"type": "recompute", "trigger": trigger}, "conditions": {}}), sa.Text
@@ -129,11 +143,9 @@ async def recompute_segment(
         .returning(outbox_table.c.id)
         .cte("published")
     )
-    await lock_outbox_writes(session=session)
-    counts = sa.select(changes.c.change, sa.func.count()).group_by(changes.c.change).add_cte(history, outbox)
-    result = {"entered": 0, "exited": 0}
-    for change, count in await session.execute(counts):
-        result[change] = int(count)
+    await session.execute(
+        sa.select(sa.func.count()).select_from(changes).add_cte(entered, exited, history, outbox)
+    )
     return result
 
 
