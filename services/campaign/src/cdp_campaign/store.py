@@ -7,6 +7,7 @@ lines for recommendations); every send with its status and skip reason; engageme
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -297,6 +298,28 @@ async def due_campaigns(*, session: AsyncSession, now: datetime) -> list[dict[st
 # --- what the service knows about profiles ---------------------------------------------
 
 
+@functools.cache
+def _contact_upsert(fields: tuple[str, ...]) -> Any:
+    """Build the upsert of a contact record for one set of contact fields, once."""
+    names = ("profile_id", "version", "traits", "computed", *fields)
+    statement = postgresql.insert(contacts).values(
+        {name: sa.bindparam(name, type_=contacts.c[name].type) for name in names}
+    )
+    updates: dict[str, Any] = {
+        "version": statement.excluded.version,
+        "traits": contacts.c.traits.op("||")(statement.excluded.traits),
+        "computed": contacts.c.computed.op("||")(statement.excluded.computed),
+        "updated_at": sa.func.now(),
+    }
+    for name in fields:
+        updates[name] = statement.excluded[name]
+    return statement.on_conflict_do_update(
+        index_elements=[contacts.c.profile_id],
+        set_=updates,
+        where=contacts.c.version < statement.excluded.version,
+    )
+
+
 async def apply_contact(
     *,
     session: AsyncSession,
@@ -307,23 +330,9 @@ async def apply_contact(
     computed: dict[str, Any],
 ) -> None:
     """Merge changed traits and contact points into a profile's record unless it holds a newer version."""
-    statement = postgresql.insert(contacts).values(
-        profile_id=profile_id, version=version, traits=traits, computed=computed, **fields
-    )
-    updates: dict[str, Any] = {
-        "version": statement.excluded.version,
-        "traits": contacts.c.traits.op("||")(statement.excluded.traits),
-        "computed": contacts.c.computed.op("||")(statement.excluded.computed),
-        "updated_at": sa.func.now(),
-    }
-    for name in fields:
-        updates[name] = statement.excluded[name]
     await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[contacts.c.profile_id],
-            set_=updates,
-            where=contacts.c.version < statement.excluded.version,
-        )
+        _contact_upsert(tuple(sorted(fields))),
+        {"profile_id": profile_id, "version": version, "traits": traits, "computed": computed, **fields},
     )
 
 
@@ -335,22 +344,30 @@ async def contacts_of(*, session: AsyncSession, profile_ids: Sequence[str]) -> d
     return {r["profile_id"]: r for r in _dicts(rows)}
 
 
+_ENTER = (
+    postgresql.insert(memberships)
+    .values(
+        profile_id=sa.bindparam("profile_id", type_=sa.Text),
+        segment_key=sa.bindparam("segment_key", type_=sa.Text),
+        entered_at=sa.bindparam("at", type_=sa.DateTime(timezone=True)),
+    )
+    .on_conflict_do_nothing()
+)
+_LEAVE = memberships.delete().where(
+    memberships.c.profile_id == sa.bindparam("profile_id", type_=sa.Text),
+    memberships.c.segment_key == sa.bindparam("segment_key", type_=sa.Text),
+)
+
+
 async def set_membership(
     *, session: AsyncSession, profile_id: str, segment_key: str, member: bool, at: datetime
 ) -> None:
     """Record that a profile entered or left a segment."""
+    values = {"profile_id": profile_id, "segment_key": segment_key}
     if member:
-        await session.execute(
-            postgresql.insert(memberships)
-            .values(profile_id=profile_id, segment_key=segment_key, entered_at=at)
-            .on_conflict_do_nothing()
-        )
+        await session.execute(_ENTER, {**values, "at": at})
     else:
-        await session.execute(
-            memberships.delete().where(
-                memberships.c.profile_id == profile_id, memberships.c.segment_key == segment_key
-            )
-        )
+        await session.execute(_LEAVE, values)
 
 
 async def segment_members(*, session: AsyncSession, segment_key: str) -> list[str]:
