@@ -368,13 +368,28 @@ class _Sender:
             self._idle.append((reader, writer))
 
     async def send(self, request: bytes) -> str:
-        """Send one request and return the answer's status, or the error that stopped it."""
+        """Send one request and return the answer's status, or the error that stopped it.
+
+        As HTTP clients do, a kept-alive connection that ingest closed while it sat idle
+        (uvicorn's keep-alive timeout) is dropped and the request goes on a new one; a
+        call's messageId makes a repeat harmless.
+        """
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if reader.at_eof() or writer.is_closing():
+                writer.close()
+                continue
+            try:
+                writer.write(request)
+                status = await _status_of_answer(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                writer.close()
+                break
+            self._idle.append((reader, writer))
+            return str(status)
         try:
-            if self._idle:
-                reader, writer = self._idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self._host, self._port)
-                self._all.append(writer)
+            reader, writer = await asyncio.open_connection(self._host, self._port)
+            self._all.append(writer)
             writer.write(request)
             status = await _status_of_answer(reader)
         except (OSError, asyncio.IncompleteReadError) as exc:
