@@ -380,20 +380,23 @@ class _Sender:
                 writer.close()
                 continue
             try:
-                writer.write(request)
-                status = await _status_of_answer(reader)
+                return await self._exchange(reader, writer, request)
             except (OSError, asyncio.IncompleteReadError):
                 writer.close()
                 break
-            self._idle.append((reader, writer))
-            return str(status)
         try:
             reader, writer = await asyncio.open_connection(self._host, self._port)
             self._all.append(writer)
-            writer.write(request)
-            status = await _status_of_answer(reader)
+            return await self._exchange(reader, writer, request)
         except (OSError, asyncio.IncompleteReadError) as exc:
             return type(exc).__name__  # a miss; the connection is not reused
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+    ) -> str:
+        """Send a request, read its answer and keep the connection for the next one."""
+        writer.write(request)
+        status = await _status_of_answer(reader)
         self._idle.append((reader, writer))
         return str(status)
 

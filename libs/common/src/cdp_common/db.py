@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -101,6 +101,29 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """Open a session in a transaction that commits on success and rolls back on error."""
     async with factory() as session, session.begin():
         yield session
+
+
+T = TypeVar("T")
+
+
+async def once_per_transaction(session: AsyncSession, key: str, load: Callable[[], Awaitable[T]]) -> T:
+    """Return what `load` reads, read once in the session's current transaction and kept for the rest of it.
+
+    For what a consumer's poll or a request reads again and again (definitions, rules):
+    every event of one transaction is then applied against the same reading.
+    """
+    transaction = session.get_transaction()
+    held = session.info.get(key)
+    if held is not None and held[0] is transaction:
+        return held[1]  # type: ignore[no-any-return]
+    value = await load()
+    session.info[key] = (transaction, value)
+    return value
+
+
+def forget_for_transaction(session: AsyncSession, key: str) -> None:
+    """Drop what `once_per_transaction` kept under `key`, after the transaction changed it."""
+    session.info.pop(key, None)
 
 
 async def record_processed(*, session: AsyncSession, consumer: str, event_id: str) -> bool:

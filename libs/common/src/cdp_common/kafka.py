@@ -177,8 +177,8 @@ class ConsumerRunner:
         self._settings = settings
         self.group_id = group_id
         self._topics = [settings.topic(t) for t in topics]
-        self._handlers = dict(handlers)
-        self._handled_types = frozenset(payload.EVENT_TYPE for payload in self._handlers)
+        # By the `type` an envelope names, so a message is routed (or skipped) before it is checked.
+        self._handlers = {payload.EVENT_TYPE: handler for payload, handler in handlers.items()}
         self._batch_handlers = dict(batch_handlers or {})
         self._session_factory = session_factory
         self._publisher = publisher
@@ -339,16 +339,18 @@ class ConsumerRunner:
     async def _route(self, record: ConsumerRecord[bytes, bytes]) -> tuple[Envelope[Any], Handler] | None:
         try:
             document = read_envelope_document(record.value)
-            event_id = document.get("id") if isinstance(document, dict) else None
+            fields = document if isinstance(document, dict) else {}
+            event_id, kind = fields.get("id"), fields.get("type")
             if isinstance(event_id, str) and event_id in self._handled:
                 # Handled by this runner and committed: a redelivery, known without checking it again.
-                MESSAGES_CONSUMED.labels(self.group_id, str(document.get("type"))[:200], "duplicate").inc()
+                MESSAGES_CONSUMED.labels(self.group_id, str(kind)[:200], "duplicate").inc()
                 return None
-            kind = document.get("type") if isinstance(document, dict) else None
-            if isinstance(kind, str) and kind not in self._handled_types:
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if isinstance(kind, str) and handler is None:
                 # Not this consumer's business: skipped without checking a payload it never reads.
                 MESSAGES_CONSUMED.labels(self.group_id, kind[:200], "skipped").inc()
                 return None
+            # Refuses a message without a string type, so from here on a handler was found.
             envelope = envelope_of_document(document)
         except UnknownEventType as exc:
             MESSAGES_CONSUMED.labels(self.group_id, str(exc), "skipped").inc()
@@ -357,10 +359,7 @@ class ConsumerRunner:
             await self._dead_letter(record, error=str(exc), attempts=0)
             MESSAGES_CONSUMED.labels(self.group_id, "invalid", "dead_lettered").inc()
             return None
-        handler = self._handlers.get(type(envelope.data))
-        if handler is None:
-            MESSAGES_CONSUMED.labels(self.group_id, envelope.type, "skipped").inc()
-            return None
+        assert handler is not None
         return envelope, handler
 
     async def _wait_for_infrastructure(self, exc: BaseException, failures: int, event_id: str) -> None:

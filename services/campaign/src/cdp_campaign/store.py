@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.db import forget_for_transaction, once_per_transaction
 from cdp_common.replica import erase_known_profiles, export_known_profile, known_profiles_table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -255,34 +256,36 @@ async def delete_definition(*, session: AsyncSession, table: sa.Table, id: str) 
 
 # The definitions the event handlers look up, read once per transaction (a consumer's poll
 # applies every event against the same ones) and dropped by any write of a definition in it.
-_DEFINITIONS = "campaign_definitions"
-
-
 def _forget_definitions(session: AsyncSession) -> None:
-    session.info.pop(_DEFINITIONS, None)
+    for key in ("campaigns:running", "campaigns:unfinished", "journeys:active"):
+        forget_for_transaction(session, key)
 
 
 async def _definitions(session: AsyncSession, key: str, query: sa.Select[Any]) -> list[dict[str, Any]]:
-    held: dict[str, list[dict[str, Any]]] = session.info.setdefault(_DEFINITIONS, {})
-    if key not in held:
-        held[key] = [dict(r) for r in (await session.execute(query)).mappings()]
-    return held[key]
+    async def load() -> list[dict[str, Any]]:
+        return [dict(r) for r in (await session.execute(query)).mappings()]
+
+    return await once_per_transaction(session, key, load)
 
 
 async def running_campaigns(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return the running campaigns (rows shared within the transaction: not to be changed)."""
-    return await _definitions(session, "running", sa.select(campaigns).where(campaigns.c.status == "running"))
+    return await _definitions(
+        session, "campaigns:running", sa.select(campaigns).where(campaigns.c.status == "running")
+    )
 
 
 async def unfinished_campaigns(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return the campaigns that are not completed (rows shared within the transaction: not to be changed)."""
     query = sa.select(campaigns).where(campaigns.c.status != "completed")
-    return await _definitions(session, "unfinished", query)
+    return await _definitions(session, "campaigns:unfinished", query)
 
 
 async def active_journeys(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return the active journeys (rows shared within the transaction: not to be changed)."""
-    return await _definitions(session, "journeys", sa.select(journeys).where(journeys.c.status == "active"))
+    return await _definitions(
+        session, "journeys:active", sa.select(journeys).where(journeys.c.status == "active")
+    )
 
 
 async def due_campaigns(*, session: AsyncSession, now: datetime) -> list[dict[str, Any]]:

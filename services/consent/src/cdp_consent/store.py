@@ -335,6 +335,14 @@ async def check_contactable(
     return verdicts
 
 
+# One statement whatever the number of hashes, so it is prepared once per connection.
+_RECORD_CONTACTS = sa.text(
+    "INSERT INTO profile_contacts (profile_id, kind, hash)"
+    " SELECT :profile_id, kind, hash FROM unnest(CAST(:kinds AS text[]), CAST(:hashes AS text[])) AS c(kind, hash)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
 async def record_contacts(
     *, session: AsyncSession, profile_id: str, hashes: Sequence[tuple[str, str]]
 ) -> None:
@@ -345,14 +353,6 @@ async def record_contacts(
         _RECORD_CONTACTS,
         {"profile_id": profile_id, "kinds": [kind for kind, _ in hashes], "hashes": [h for _, h in hashes]},
     )
-
-
-# One statement whatever the number of hashes, so it is prepared once per connection.
-_RECORD_CONTACTS = sa.text(
-    "INSERT INTO profile_contacts (profile_id, kind, hash)"
-    " SELECT :profile_id, kind, hash FROM unnest(CAST(:kinds AS text[]), CAST(:hashes AS text[])) AS c(kind, hash)"
-    " ON CONFLICT DO NOTHING"
-)
 
 
 async def move_contacts(*, session: AsyncSession, from_profile_id: str, to_profile_id: str) -> None:

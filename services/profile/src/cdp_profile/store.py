@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from cdp_common.db import json_text
+from cdp_common.db import forget_for_transaction, json_text, once_per_transaction
 from cdp_common.outbox import lock_outbox_writes
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -133,6 +133,8 @@ kept_apart = sa.Table(
 # Consumers hold this advisory lock shared while they read the definitions; defining a new
 # computed trait holds it exclusively, so its backfill sees every event stored before it.
 DEFINITIONS_LOCK = 0x70726F66696C65
+# What a transaction reads of the rules and definitions, kept for the rest of it.
+CONFIGURATION = "profile_configuration"
 
 
 class ConcurrentChange(Exception):
@@ -182,24 +184,23 @@ class Configuration:
 
 async def load_configuration(*, session: AsyncSession) -> Configuration:
     """Return the rules and definitions, read once per transaction under the shared definitions lock."""
-    cached = session.info.get("profile_configuration")
-    if isinstance(cached, Configuration):
-        return cached
-    await session.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(DEFINITIONS_LOCK)))
-    rules_row = (
-        await session.execute(sa.select(identity_rules.c.rules).where(identity_rules.c.id == 1))
-    ).first()
-    definitions = (
-        await session.execute(
-            sa.select(computed_definitions.c.definition).order_by(computed_definitions.c.key)
+
+    async def load() -> Configuration:
+        await session.execute(sa.select(sa.func.pg_advisory_xact_lock_shared(DEFINITIONS_LOCK)))
+        rules_row = (
+            await session.execute(sa.select(identity_rules.c.rules).where(identity_rules.c.id == 1))
+        ).first()
+        definitions = (
+            await session.execute(
+                sa.select(computed_definitions.c.definition).order_by(computed_definitions.c.key)
+            )
+        ).scalars()
+        return Configuration(
+            rules=IdentityRules.from_json(rules_row.rules) if rules_row else IdentityRules(),
+            definitions=tuple(Definition.from_json(raw) for raw in definitions),
         )
-    ).scalars()
-    configuration = Configuration(
-        rules=IdentityRules.from_json(rules_row.rules) if rules_row else IdentityRules(),
-        definitions=tuple(Definition.from_json(raw) for raw in definitions),
-    )
-    session.info["profile_configuration"] = configuration
-    return configuration
+
+    return await once_per_transaction(session, CONFIGURATION, load)
 
 
 async def save_rules(*, session: AsyncSession, rules: IdentityRules) -> None:
@@ -211,7 +212,7 @@ async def save_rules(*, session: AsyncSession, rules: IdentityRules) -> None:
             set_={"rules": statement.excluded.rules, "updated_at": sa.func.now()},
         )
     )
-    session.info.pop("profile_configuration", None)
+    forget_for_transaction(session, CONFIGURATION)
 
 
 # --- identity graph ----------------------------------------------------------------------------
@@ -1139,7 +1140,7 @@ async def insert_definition(*, session: AsyncSession, definition: Definition) ->
         .on_conflict_do_nothing()
         .returning(computed_definitions.c.key)
     )
-    session.info.pop("profile_configuration", None)
+    forget_for_transaction(session, CONFIGURATION)
     return result.first() is not None
 
 

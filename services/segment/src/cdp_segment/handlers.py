@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.db import once_per_transaction
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import (
     ConsentChanged,
@@ -55,22 +56,21 @@ class CatalogCache:
 
         A caller that has read the stamp in its own statement passes it, saving a query.
         """
-        held = session.info.get("segment_catalog")
-        if held is not None and held[0] is session.get_transaction():
-            return held[1]  # type: ignore[no-any-return]
-        if stamp is None:
-            stamp = await store.catalog_stamp(session=session)
-        if stamp != self._stamp:
-            definitions = []
-            for row in await store.list_live_segments(session=session):
-                try:
-                    definitions.append(definition_of(row))
-                except RuleError:
-                    logger.exception("stored rule no longer parses", extra={"segment": row.key})
-            self._catalog = Catalog(definitions)
-            self._stamp = stamp
-        session.info["segment_catalog"] = (session.get_transaction(), self._catalog)
-        return self._catalog
+
+        async def load() -> Catalog:
+            current_stamp = stamp if stamp is not None else await store.catalog_stamp(session=session)
+            if current_stamp != self._stamp:
+                definitions = []
+                for row in await store.list_live_segments(session=session):
+                    try:
+                        definitions.append(definition_of(row))
+                    except RuleError:
+                        logger.exception("stored rule no longer parses", extra={"segment": row.key})
+                self._catalog = Catalog(definitions)
+                self._stamp = current_stamp
+            return self._catalog
+
+        return await once_per_transaction(session, "segment_catalog", load)
 
 
 @dataclass
