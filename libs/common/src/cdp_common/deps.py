@@ -21,4 +21,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# "function": the transaction commits before the answer is sent, so a client told 200 or 201
+# finds its change committed (FastAPI's default would commit after the answer went out).
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -23,6 +23,7 @@ from cdp_common.events import (
 )
 from cdp_common.kafka import BatchHandler, Handler
 from cdp_common.replica import apply_profile_version
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
@@ -462,15 +463,19 @@ async def create_segment(
     if await store.key_taken(session=session, key=key):
         raise SegmentConflict(f"the key {key!r} is taken (keys of deleted segments stay taken)")
     await _check_references(session=session, context=context, key=key, parsed=parsed)
-    segment = await store.insert_segment(
-        session=session,
-        key=key,
-        name=name,
-        description=description,
-        rule=rule,
-        dependencies=sorted(parsed.dependencies),
-        uses_clock=parsed.uses_clock,
-    )
+    try:
+        segment = await store.insert_segment(
+            session=session,
+            key=key,
+            name=name,
+            description=description,
+            rule=rule,
+            dependencies=sorted(parsed.dependencies),
+            uses_clock=parsed.uses_clock,
+        )
+    except IntegrityError as exc:
+        # Another request created the key since it was checked above.
+        raise SegmentConflict(f"the key {key!r} is taken (keys of deleted segments stay taken)") from exc
     await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
     changes = await recompute_segment(
         session=session, segment=segment, now=context.clock(), topic=context.segments_topic, trigger="created"

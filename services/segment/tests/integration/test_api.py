@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -104,6 +105,22 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
     assert [v["version"] for v in versions["items"]] == [1, 2]
     assert (await http.delete(f"{url}/v1/segments/{key}", headers=admin)).status_code == 204
     assert (await http.get(f"{url}/v1/segments/{key}", headers=admin)).status_code == 404
+
+
+async def test_the_same_key_created_at_once_gives_one_segment_and_conflicts(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    url, admin = stack.url("segment"), stack.admin()
+    body = {
+        "key": "race_" + secrets.token_hex(3),
+        "name": "race",
+        "rule": {"trait": "plan", "op": "eq", "value": "pro"},
+    }
+    answers = await asyncio.gather(
+        *(http.post(f"{url}/v1/segments", json=body, headers=admin) for _ in range(4))
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409, 409, 409]
+    assert all(a.json()["error"]["code"] == "conflict" for a in answers if a.status_code == 409)
 
 
 async def test_built_in_segments_exist_on_a_fresh_stack(stack: Stack, http: httpx.AsyncClient) -> None:
