@@ -41,7 +41,7 @@ from cdp_common.migrations import migrate
 
 NAME = "campaign"
 MESSAGES = 2000
-ROUNDS = 3
+ROUNDS = 5
 CONNECTIONS = 8
 JOB_SIZE = 200
 PARALLEL_JOBS = 4  # CDP_CAMPAIGN_PARALLEL_JOBS; the service's default is 1

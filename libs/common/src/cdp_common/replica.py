@@ -8,6 +8,7 @@ merged-away profile went, and nothing once a profile is erased.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -66,6 +67,32 @@ async def apply_profile_version(
     """Record a profile at a version unless a newer one is held; True when it was newer."""
     values = {"profile_id": profile_id, "version": version, "merged_into": merged_into}
     return (await session.execute(_version_upsert(table), values)).first() is not None
+
+
+@functools.cache
+def _versions_upsert(table_name: str) -> sa.TextClause:
+    """Build the upsert of many profiles' versions for one table, once."""
+    return sa.text(
+        f"INSERT INTO {table_name} (profile_id, version)"  # noqa: S608 - a table name of our own
+        " SELECT profile_id, version"
+        " FROM unnest(CAST(:profile_ids AS text[]), CAST(:versions AS bigint[])) AS v(profile_id, version)"
+        " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, merged_into = NULL,"
+        f" updated_at = now() WHERE {table_name}.version < excluded.version"
+    )
+
+
+async def apply_profile_versions(
+    *, session: AsyncSession, table: sa.Table, versions: Sequence[tuple[str, int]]
+) -> None:
+    """Record profiles at versions, in one statement, as apply_profile_version would one after another."""
+    newest: dict[str, int] = {}
+    for profile_id, version in versions:
+        if version > newest.get(profile_id, -1):
+            newest[profile_id] = version
+    if newest:
+        await session.execute(
+            _versions_upsert(table.name), {"profile_ids": list(newest), "versions": list(newest.values())}
+        )
 
 
 def profile_version_handlers(table: sa.Table) -> dict[type[Payload], Handler]:

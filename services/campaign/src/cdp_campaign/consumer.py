@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from cdp_common.envelope import Envelope
 from cdp_common.events import (
     CampaignSendsRequested,
     ProfileCreated,
@@ -13,25 +12,16 @@ from cdp_common.events import (
     SegmentEntered,
     SegmentExited,
 )
-from cdp_common.kafka import Handler
+from cdp_common.kafka import BatchHandler, Handler
 from cdp_common.replica import profiles_consumer_handlers
 from cdp_common.service import ConsumerSpec
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_campaign import handlers, store
 from cdp_campaign.handlers import SERVICE, CampaignContext
 
 __all__ = ["SERVICE", "consumer_specs"]
-
-
-def _chain(first: Handler, then: Handler) -> Handler:
-    async def both(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
-        await first(session=session, envelope=envelope)
-        await then(session=session, envelope=envelope)
-
-    return both
 
 
 def _bound(handler: Any, ctx: CampaignContext) -> Handler:
@@ -50,16 +40,25 @@ def consumer_specs(settings: PlatformSettings, ctx: CampaignContext | None = Non
     if ctx is None:
         return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers)]
     on_changed = _bound(handlers.on_profile_changed, ctx)
-    for payload in (ProfileCreated, ProfileUpdated):
-        profile_handlers[payload] = _chain(profile_handlers[payload], on_changed)
+    on_changed_together: BatchHandler = functools.partial(handlers.on_profiles_changed, ctx=ctx)
+    profile_handlers.update({ProfileCreated: on_changed, ProfileUpdated: on_changed})
     return [
-        ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers),
+        ConsumerSpec(
+            purpose="profiles",
+            topics=[TopicName.PROFILES],
+            handlers=profile_handlers,
+            batch_handlers={ProfileCreated: on_changed_together, ProfileUpdated: on_changed_together},
+        ),
         ConsumerSpec(
             purpose="segments",
             topics=[TopicName.SEGMENTS],
             handlers={
                 SegmentEntered: _bound(handlers.on_segment_entered, ctx),
                 SegmentExited: _bound(handlers.on_segment_exited, ctx),
+            },
+            batch_handlers={
+                SegmentEntered: functools.partial(handlers.on_segments_entered, ctx=ctx),
+                SegmentExited: functools.partial(handlers.on_segments_exited, ctx=ctx),
             },
         ),
         ConsumerSpec(

@@ -24,12 +24,12 @@ from cdp_common.events import (
     CampaignSendsRequested,
     ProfileChanged,
     SegmentEntered,
-    SegmentExited,
     TrackingEventReceived,
     make_envelope,
 )
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.outbox import add_to_outbox
+from cdp_common.replica import apply_profile_versions
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_campaign import store
@@ -484,28 +484,65 @@ def _revenue_of(properties: dict[str, Any]) -> float | None:
     return None
 
 
+def _contact_change(data: ProfileChanged) -> dict[str, Any] | None:
+    if not (data.changed_traits or data.changed_computed_traits):
+        return None
+    return {
+        "profile_id": data.profile_id,
+        "version": data.version,
+        "fields": _contact_fields(data.changed_traits),
+        "traits": data.changed_traits,
+        "computed": data.changed_computed_traits,
+    }
+
+
+def _tracked_event(data: ProfileChanged) -> TrackingEventReceived | None:
+    """Return the track call that caused a change, the only kind goals, triggers and journeys act on."""
+    event = data.event
+    return event if event is not None and event.type == "track" and event.event else None
+
+
 async def on_profile_changed(*, session: AsyncSession, envelope: Envelope[Any], ctx: CampaignContext) -> None:
     """Keep contact points and traits, goal events and purchases; fire event triggers and journeys."""
-    data: ProfileChanged = envelope.data
-    if data.changed_traits or data.changed_computed_traits:
-        await store.apply_contact(
-            session=session,
-            profile_id=data.profile_id,
-            version=data.version,
-            fields=_contact_fields(data.changed_traits),
-            traits=data.changed_traits,
-            computed=data.changed_computed_traits,
-        )
-    event = data.event
-    if event is None or event.type != "track" or not event.event:
-        return
+    await on_profiles_changed(session=session, envelopes=[envelope], ctx=ctx)
+
+
+async def on_profiles_changed(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], ctx: CampaignContext
+) -> None:
+    """Apply profile changes in order, as on_profile_changed one at a time, in a few statements.
+
+    Contact changes are written together; before a track call's goals, triggers and
+    journeys are acted on, every contact change up to it is written.
+    """
+    versions = [(envelope.data.profile_id, envelope.data.version) for envelope in envelopes]
+    await apply_profile_versions(session=session, table=store.known_profiles, versions=versions)
+    contacts: list[dict[str, Any]] = []
+    for envelope in envelopes:
+        data: ProfileChanged = envelope.data
+        change = _contact_change(data)
+        if change is not None:
+            contacts.append(change)
+        event = _tracked_event(data)
+        if event is not None:
+            await store.apply_contacts(session=session, changes=contacts)
+            contacts = []
+            await _act_on_tracked_event(session=session, ctx=ctx, profile_id=data.profile_id, event=event)
+    await store.apply_contacts(session=session, changes=contacts)
+
+
+async def _act_on_tracked_event(
+    *, session: AsyncSession, ctx: CampaignContext, profile_id: str, event: TrackingEventReceived
+) -> None:
+    """Record a goal event or purchase, convert open sends, and fire event triggers and journeys."""
+    assert event.event is not None
     name = event.event
     if name in await _referenced_events(session=session):
         revenue = _revenue_of(event.properties)
         fresh = await store.record_event(
             session=session,
             event_id=event.messageId + ":" + event.sourceId,
-            profile_id=data.profile_id,
+            profile_id=profile_id,
             event=name,
             at=event.timestamp,
             revenue=revenue,
@@ -513,9 +550,9 @@ async def on_profile_changed(*, session: AsyncSession, envelope: Envelope[Any], 
         if not fresh:
             return
         if name == ORDER_COMPLETED:
-            await store.record_purchases(session=session, rows=_purchase_rows(data.profile_id, event))
+            await store.record_purchases(session=session, rows=_purchase_rows(profile_id, event))
         for send in await store.open_sends_for_goal(
-            session=session, profile_id=data.profile_id, event=name, at=event.timestamp
+            session=session, profile_id=profile_id, event=name, at=event.timestamp
         ):
             await store.record_engagement(
                 session=session,
@@ -525,17 +562,17 @@ async def on_profile_changed(*, session: AsyncSession, envelope: Envelope[Any], 
                 revenue=revenue,
                 dedupe_key=event.messageId,
             )
-        await _journeys_on_event(session=session, ctx=ctx, profile_id=data.profile_id, event=name)
+        await _journeys_on_event(session=session, ctx=ctx, profile_id=profile_id, event=name)
     await trigger_campaigns(
         session=session,
         ctx=ctx,
-        profile_id=data.profile_id,
+        profile_id=profile_id,
         matches=lambda audience: isinstance(audience, EventTrigger) and _filters_match(audience, event),
     )
     await enter_journeys(
         session=session,
         ctx=ctx,
-        profile_id=data.profile_id,
+        profile_id=profile_id,
         matches=lambda trigger: isinstance(trigger, EventTrigger) and _filters_match(trigger, event),
     )
 
@@ -573,24 +610,46 @@ def _purchase_rows(profile_id: str, event: TrackingEventReceived) -> list[dict[s
 
 async def on_segment_entered(*, session: AsyncSession, envelope: Envelope[Any], ctx: CampaignContext) -> None:
     """Record the membership; send trigger campaigns and start journeys for this segment."""
-    data: SegmentEntered = envelope.data
-    await store.set_membership(
-        session=session, profile_id=data.profile_id, segment_key=data.segment_key, member=True, at=data.at
+    await on_segments_entered(session=session, envelopes=[envelope], ctx=ctx)
+
+
+async def on_segments_entered(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], ctx: CampaignContext
+) -> None:
+    """Record the memberships in one statement, then send trigger campaigns and start journeys per entry."""
+    entries: list[SegmentEntered] = await _record_memberships(
+        session=session, envelopes=envelopes, member=True
     )
+    for data in entries:
 
-    def entered(audience: Any) -> bool:
-        return isinstance(audience, SegmentEnteredTrigger) and audience.segment_key == data.segment_key
+        def entered(audience: Any, key: str = data.segment_key) -> bool:
+            return isinstance(audience, SegmentEnteredTrigger) and audience.segment_key == key
 
-    await trigger_campaigns(session=session, ctx=ctx, profile_id=data.profile_id, matches=entered)
-    await enter_journeys(session=session, ctx=ctx, profile_id=data.profile_id, matches=entered)
+        await trigger_campaigns(session=session, ctx=ctx, profile_id=data.profile_id, matches=entered)
+        await enter_journeys(session=session, ctx=ctx, profile_id=data.profile_id, matches=entered)
 
 
 async def on_segment_exited(*, session: AsyncSession, envelope: Envelope[Any], ctx: CampaignContext) -> None:
     """Forget the membership."""
-    data: SegmentExited = envelope.data
-    await store.set_membership(
-        session=session, profile_id=data.profile_id, segment_key=data.segment_key, member=False, at=data.at
+    await on_segments_exited(session=session, envelopes=[envelope], ctx=ctx)
+
+
+async def on_segments_exited(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], ctx: CampaignContext
+) -> None:
+    """Forget the memberships, in one statement."""
+    await _record_memberships(session=session, envelopes=envelopes, member=False)
+
+
+async def _record_memberships(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], member: bool
+) -> list[Any]:
+    """Record segment entries (or exits) in one statement; return their payloads."""
+    changes = [envelope.data for envelope in envelopes]
+    await store.set_memberships(
+        session=session, changes=[(d.profile_id, d.segment_key, d.at) for d in changes], member=member
     )
+    return changes
 
 
 # --- journeys ---------------------------------------------------------------------------------

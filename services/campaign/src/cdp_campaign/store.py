@@ -333,10 +333,43 @@ async def apply_contact(
     computed: dict[str, Any],
 ) -> None:
     """Merge changed traits and contact points into a profile's record unless it holds a newer version."""
-    await session.execute(
-        _contact_upsert(tuple(sorted(fields))),
-        {"profile_id": profile_id, "version": version, "traits": traits, "computed": computed, **fields},
-    )
+    change = {
+        "profile_id": profile_id,
+        "version": version,
+        "fields": fields,
+        "traits": traits,
+        "computed": computed,
+    }
+    await apply_contacts(session=session, changes=[change])
+
+
+async def apply_contacts(*, session: AsyncSession, changes: Sequence[dict[str, Any]]) -> None:
+    """Apply contact changes as apply_contact would one after another, in a few batched statements.
+
+    Each change holds profile_id, version, fields, traits and computed. A profile's changes
+    go out in their order, one per round; within a round, changes with the same contact
+    fields share one statement, sent with all its rows at once.
+    """
+    rounds: list[dict[tuple[str, ...], list[dict[str, Any]]]] = []
+    seen: dict[str, int] = {}
+    for change in changes:
+        number = seen.get(change["profile_id"], 0)
+        seen[change["profile_id"]] = number + 1
+        if number == len(rounds):
+            rounds.append({})
+        fields = change["fields"]
+        rounds[number].setdefault(tuple(sorted(fields)), []).append(
+            {
+                "profile_id": change["profile_id"],
+                "version": change["version"],
+                "traits": change["traits"],
+                "computed": change["computed"],
+                **fields,
+            }
+        )
+    for statements in rounds:
+        for fields, rows in statements.items():
+            await session.execute(_contact_upsert(fields), rows)
 
 
 async def contacts_of(*, session: AsyncSession, profile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -347,30 +380,40 @@ async def contacts_of(*, session: AsyncSession, profile_ids: Sequence[str]) -> d
     return {r["profile_id"]: r for r in _dicts(rows)}
 
 
-_ENTER = (
-    postgresql.insert(memberships)
-    .values(
-        profile_id=sa.bindparam("profile_id", type_=sa.Text),
-        segment_key=sa.bindparam("segment_key", type_=sa.Text),
-        entered_at=sa.bindparam("at", type_=sa.DateTime(timezone=True)),
-    )
-    .on_conflict_do_nothing()
-)
-_LEAVE = memberships.delete().where(
-    memberships.c.profile_id == sa.bindparam("profile_id", type_=sa.Text),
-    memberships.c.segment_key == sa.bindparam("segment_key", type_=sa.Text),
-)
-
-
 async def set_membership(
     *, session: AsyncSession, profile_id: str, segment_key: str, member: bool, at: datetime
 ) -> None:
     """Record that a profile entered or left a segment."""
-    values = {"profile_id": profile_id, "segment_key": segment_key}
+    await set_memberships(session=session, changes=[(profile_id, segment_key, at)], member=member)
+
+
+_ENTER_MANY = sa.text(
+    "INSERT INTO memberships (profile_id, segment_key, entered_at)"
+    " SELECT * FROM unnest(CAST(:profile_ids AS text[]), CAST(:segment_keys AS text[]),"
+    " CAST(:at AS timestamptz[]))"
+    " ON CONFLICT DO NOTHING"
+)
+_LEAVE_MANY = sa.text(
+    "DELETE FROM memberships m"
+    " USING unnest(CAST(:profile_ids AS text[]), CAST(:segment_keys AS text[])) AS g(profile_id, segment_key)"
+    " WHERE m.profile_id = g.profile_id AND m.segment_key = g.segment_key"
+)
+
+
+async def set_memberships(
+    *, session: AsyncSession, changes: Sequence[tuple[str, str, datetime]], member: bool
+) -> None:
+    """Record that profiles entered (or left) segments: (profile_id, segment_key, at) each, in one statement."""
+    if not changes:
+        return
+    values: dict[str, Any] = {
+        "profile_ids": [profile_id for profile_id, _, _ in changes],
+        "segment_keys": [segment_key for _, segment_key, _ in changes],
+    }
     if member:
-        await session.execute(_ENTER, {**values, "at": at})
+        await session.execute(_ENTER_MANY, {**values, "at": [at for _, _, at in changes]})
     else:
-        await session.execute(_LEAVE, values)
+        await session.execute(_LEAVE_MANY, values)
 
 
 async def segment_members(*, session: AsyncSession, segment_key: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from cdp_common.events import PrivacyReceipt, ProfileCreated, ProfileMerged, ProfileUpdated
-from cdp_common.kafka import Handler
+from cdp_common.kafka import BatchHandler, Handler
 from cdp_common.replica import profiles_consumer_handlers
 from cdp_common.service import ConsumerSpec
 from cdp_common.topics import TopicName
@@ -36,7 +36,13 @@ def consumer_specs(settings: Settings) -> list[ConsumerSpec]:
     on_receipt: Handler = partial(
         handlers.apply_privacy_receipt, privacy_topic=settings.topic(TopicName.PRIVACY)
     )
+    on_changed_together: BatchHandler = partial(handlers.apply_profiles_changed, context=context)
     return [
-        ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers),
+        ConsumerSpec(
+            purpose="profiles",
+            topics=[TopicName.PROFILES],
+            handlers=profile_handlers,
+            batch_handlers={ProfileCreated: on_changed_together, ProfileUpdated: on_changed_together},
+        ),
         ConsumerSpec(purpose="privacy", topics=[TopicName.PRIVACY], handlers={PrivacyReceipt: on_receipt}),
     ]

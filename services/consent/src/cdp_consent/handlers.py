@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +27,7 @@ from cdp_common.events import (
 from cdp_common.hashing import subject_hash
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.outbox import add_to_outbox
-from cdp_common.replica import apply_profile_version
+from cdp_common.replica import apply_profile_version, apply_profile_versions
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_consent import store
@@ -159,29 +160,40 @@ async def apply_profile_changed(
     *, session: AsyncSession, envelope: Envelope[Any], context: ConsentContext
 ) -> None:
     """Keep the profile's version and contact hashes, and apply the event's consent signal."""
-    data: ProfileChanged = envelope.data
-    await apply_profile_version(
-        session=session, table=store.known_profiles, profile_id=data.profile_id, version=data.version
+    await apply_profiles_changed(session=session, envelopes=[envelope], context=context)
+
+
+async def apply_profiles_changed(
+    *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], context: ConsentContext
+) -> None:
+    """Apply profile changes as apply_profile_changed one at a time: versions and contacts in bulk, signals in order."""
+    changes: list[ProfileChanged] = [envelope.data for envelope in envelopes]
+    await apply_profile_versions(
+        session=session, table=store.known_profiles, versions=[(d.profile_id, d.version) for d in changes]
     )
-    hashes: list[tuple[str, str]] = []
-    for identifier in data.identifiers:
-        if identifier.type in CONTACT_KINDS:
-            try:
-                value = normalise_identifier(identifier.type, identifier.value)
-            except InvalidIdentifier:
-                continue
-            hashes.append((identifier.type, context.contact_hash(identifier.type, value)))
-    await store.record_contacts(session=session, profile_id=data.profile_id, hashes=hashes)
-    if data.event is not None:
-        await apply_consent_signal(
-            session=session,
-            context=context,
-            profile_id=data.profile_id,
-            event_context=data.event.context,
-            at=data.event.timestamp,
-            event_id=data.event_id or envelope.id,
-            source_id=data.event.sourceId,
-        )
+    contacts: list[tuple[str, str, str]] = []
+    for data in changes:
+        for identifier in data.identifiers:
+            if identifier.type in CONTACT_KINDS:
+                try:
+                    value = normalise_identifier(identifier.type, identifier.value)
+                except InvalidIdentifier:
+                    continue
+                contacts.append(
+                    (data.profile_id, identifier.type, context.contact_hash(identifier.type, value))
+                )
+    await store.record_contacts(session=session, contacts=contacts)
+    for envelope, data in zip(envelopes, changes, strict=True):
+        if data.event is not None:
+            await apply_consent_signal(
+                session=session,
+                context=context,
+                profile_id=data.profile_id,
+                event_context=data.event.context,
+                at=data.event.timestamp,
+                event_id=data.event_id or envelope.id,
+                source_id=data.event.sourceId,
+            )
 
 
 async def apply_consent_signal(
@@ -344,9 +356,7 @@ async def request_opt_in(
         OPT_IN_MAILS.labels("failed").inc()
         raise
     OPT_IN_MAILS.labels("sent").inc()
-    await store.record_contacts(
-        session=session, profile_id=profile_id, hashes=[("email", opt_in["address_hash"])]
-    )
+    await store.record_contacts(session=session, contacts=[(profile_id, "email", opt_in["address_hash"])])
     return opt_in
 
 

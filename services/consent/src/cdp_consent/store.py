@@ -338,20 +338,22 @@ async def check_contactable(
 # One statement whatever the number of hashes, so it is prepared once per connection.
 _RECORD_CONTACTS = sa.text(
     "INSERT INTO profile_contacts (profile_id, kind, hash)"
-    " SELECT :profile_id, kind, hash FROM unnest(CAST(:kinds AS text[]), CAST(:hashes AS text[])) AS c(kind, hash)"
+    " SELECT * FROM unnest(CAST(:profile_ids AS text[]), CAST(:kinds AS text[]), CAST(:hashes AS text[]))"
     " ON CONFLICT DO NOTHING"
 )
 
 
-async def record_contacts(
-    *, session: AsyncSession, profile_id: str, hashes: Sequence[tuple[str, str]]
-) -> None:
-    """Remember the keyed hashes of a profile's e-mail addresses and phone numbers."""
-    if not hashes:
+async def record_contacts(*, session: AsyncSession, contacts: Sequence[tuple[str, str, str]]) -> None:
+    """Remember the keyed hashes of profiles' e-mail addresses and phone numbers: (profile_id, kind, hash) each."""
+    if not contacts:
         return
     await session.execute(
         _RECORD_CONTACTS,
-        {"profile_id": profile_id, "kinds": [kind for kind, _ in hashes], "hashes": [h for _, h in hashes]},
+        {
+            "profile_ids": [profile_id for profile_id, _, _ in contacts],
+            "kinds": [kind for _, kind, _ in contacts],
+            "hashes": [h for _, _, h in contacts],
+        },
     )
 
 

@@ -3,6 +3,7 @@ and the merge policy: the most restrictive state wins and the conflict is record
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from cdp_common.events import (
     ProfileMerged,
     ProfileUpdated,
     TrackingEventReceived,
+    make_envelope,
 )
 from cdp_common.testing import read_topic, wait_for
 from cdp_common.topics import TopicName
@@ -189,3 +191,42 @@ async def test_merge_takes_the_most_restrictive_state_and_records_the_conflict(
     }
     copied = next(e for e in merge_entries if e["purpose"] == "analytics")
     assert copied["evidence"]["conflict"] is False
+
+
+async def test_a_burst_of_profile_changes_keeps_every_persons_contacts_and_consents(
+    consent: ConsentUnderTest, http: httpx.AsyncClient
+) -> None:
+    # Published without waiting in between, so the consumer takes them in a few polls together.
+    people = ["p-" + secrets.token_hex(6) for _ in range(6)]
+    addresses = {p: f"{p}@burst.example" for p in people}
+    at = datetime.now(UTC) - timedelta(minutes=2)
+    sent = []
+    for person in people:
+        created = ProfileCreated(
+            profile_id=person, version=1, identifiers=[{"type": "email", "value": addresses[person]}]
+        )
+        event = tracked(at, {"Analytics": True})
+        updated = ProfileUpdated(profile_id=person, version=2, event_id=event.messageId, event=event)
+        for payload in (created, updated):
+            envelope = make_envelope(payload=payload, source="profile", subject=person)
+            sent.append(
+                await consent.producer.send(
+                    consent.settings.topic(TopicName.PROFILES), value=envelope.to_bytes(), key=person.encode()
+                )
+            )
+    await asyncio.gather(*sent)
+
+    async def all_granted() -> bool:
+        for person in people:
+            if (await state_of(http, person)).get(("analytics", "email")) != "granted":
+                return False
+        return True
+
+    await wait_for(all_granted, what="every person's analytics consent")
+    suppressed = people[2]
+    added = await http.post("/v1/suppressions", json={"type": "email", "value": addresses[suppressed]})
+    assert added.status_code == 201
+    check = {"purpose": "analytics", "channel": "email", "profile_ids": people}
+    answer = (await http.post("/v1/consents/check", json=check)).json()
+    assert answer["refused"] == {suppressed: "suppressed"}
+    assert sorted(answer["allowed"]) == sorted(p for p in people if p != suppressed)
