@@ -257,35 +257,38 @@ async def delete_definition(*, session: AsyncSession, table: sa.Table, id: str) 
 # The definitions the event handlers look up, read once per transaction (a consumer's poll
 # applies every event against the same ones) and dropped by any write of a definition in it.
 def _forget_definitions(session: AsyncSession) -> None:
-    for key in ("campaigns:running", "campaigns:unfinished", "journeys:active"):
+    for key in _DEFINITION_QUERIES:
         forget_for_transaction(session, key)
 
 
-async def _definitions(session: AsyncSession, key: str, query: sa.Select[Any]) -> list[dict[str, Any]]:
+# Built once: the handlers ask for them for every event of a poll.
+_DEFINITION_QUERIES: dict[str, sa.Select[Any]] = {
+    "campaigns:running": sa.select(campaigns).where(campaigns.c.status == "running"),
+    "campaigns:unfinished": sa.select(campaigns).where(campaigns.c.status != "completed"),
+    "journeys:active": sa.select(journeys).where(journeys.c.status == "active"),
+}
+
+
+async def _definitions(session: AsyncSession, key: str) -> list[dict[str, Any]]:
     async def load() -> list[dict[str, Any]]:
-        return [dict(r) for r in (await session.execute(query)).mappings()]
+        return [dict(r) for r in (await session.execute(_DEFINITION_QUERIES[key])).mappings()]
 
     return await once_per_transaction(session, key, load)
 
 
 async def running_campaigns(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return the running campaigns (rows shared within the transaction: not to be changed)."""
-    return await _definitions(
-        session, "campaigns:running", sa.select(campaigns).where(campaigns.c.status == "running")
-    )
+    return await _definitions(session, "campaigns:running")
 
 
 async def unfinished_campaigns(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return the campaigns that are not completed (rows shared within the transaction: not to be changed)."""
-    query = sa.select(campaigns).where(campaigns.c.status != "completed")
-    return await _definitions(session, "campaigns:unfinished", query)
+    return await _definitions(session, "campaigns:unfinished")
 
 
 async def active_journeys(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return the active journeys (rows shared within the transaction: not to be changed)."""
-    return await _definitions(
-        session, "journeys:active", sa.select(journeys).where(journeys.c.status == "active")
-    )
+    return await _definitions(session, "journeys:active")
 
 
 async def due_campaigns(*, session: AsyncSession, now: datetime) -> list[dict[str, Any]]:
