@@ -88,6 +88,10 @@ class ProfileContext:
     hash_key: str
     default_region: str = "DE"
     clock: Clock = field(default=system_clock)
+    # What the last batch read of the rules and definitions, to prepare the next one with.
+    configurations: store.LatestConfiguration = field(
+        default_factory=store.LatestConfiguration, compare=False, repr=False
+    )
 
     def hash_of(self, key: IdentifierKey) -> str:
         """Return the keyed hash of an identifier, as a privacy request names it."""

@@ -18,7 +18,6 @@ from typing import Any
 
 from cdp_common.envelope import Envelope
 from cdp_common.events import TrackingEventReceived
-from cdp_common.outbox import add_many_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import store
@@ -92,16 +91,28 @@ async def resolve_events(
     *, session: AsyncSession, envelopes: Sequence[Envelope[Any]], context: ProfileContext
 ) -> list[str | None]:
     """Resolve tracking events in order, as `resolve_event` would one at a time; return their profiles."""
-    await store.serialise_writers(session=session)
-    configuration = await store.load_configuration(session=session)
+    await store.lock_for_resolution(session=session)
+    # Prepared with the configuration the last transaction read; the first view brings this
+    # transaction's own, and the events are prepared again should it differ.
+    configuration = context.configurations.configuration
     prepared = [_prepare(envelope, configuration, context) for envelope in envelopes]
+    held: store.Configuration | None = None
     resolved: list[str | None] = []
     position, size = 0, LARGEST_VIEW
     while position < len(prepared):
         stretch = prepared[position : position + size]
-        view = await _read_view(
-            session=session, stretch=stretch, configuration=configuration, now=context.clock()
-        )
+        view, read = await _read_view(session=session, stretch=stretch, now=context.clock())
+        if held is None:
+            held = await store.hold_configuration(
+                session=session,
+                configuration=context.configurations.configuration_of(
+                    rules=read.rules, definitions=read.definitions
+                ),
+            )
+            if held is not configuration:
+                configuration = held
+                prepared = [_prepare(item.envelope, configuration, context) for item in prepared]
+                continue
         applied = 0
         for item in stretch:
             decided, profile_id = _apply(view=view, item=item, configuration=configuration, context=context)
@@ -138,39 +149,37 @@ def _prepare(
 
 
 async def _read_view(
-    *, session: AsyncSession, stretch: Sequence[_Prepared], configuration: store.Configuration, now: datetime
-) -> _View:
-    keys = list(dict.fromkeys(k for item in stretch for k in item.keys if k.type != PROFILE_ID))
-    holders = await store.lock_holders(session=session, keys=keys)
-    hashes = [h for item in stretch for h in item.hashes.values()]
-    profile_ids = list(holders.profiles)
-    states = (
-        await store.defined_states_of(session=session, profile_ids=profile_ids)
-        if configuration.definitions
-        else {}
+    *, session: AsyncSession, stretch: Sequence[_Prepared], now: datetime
+) -> tuple[_View, store.View]:
+    """Read what the stretch touches in one statement (and its windowed events in a second, if any)."""
+    read = await store.read_view(
+        session=session,
+        keys=list(dict.fromkeys(k for item in stretch for k in item.keys if k.type != PROFILE_ID)),
+        hashes=[h for item in stretch for h in item.hashes.values()],
+        event_ids=[item.envelope.id for item in stretch],
     )
+    holders = read.holders
     windowed = [d for item in stretch for d in item.selected if d.window is not None]
     windowed_events = None
     if windowed:
         names = {d.event_name for d in windowed}
         windowed_events = await store.events_of_profiles(
             session=session,
-            profile_ids=profile_ids,
+            profile_ids=list(holders.profiles),
             names=None if None in names else sorted(n for n in names if n is not None),
             since=now - max(d.window for d in windowed if d.window is not None),
         )
-    return _View(
+    view = _View(
         owners=holders.owners,
         profiles=holders.profiles,
         counts=holders.counts,
-        states=states,
-        stored_events=await store.stored_event_ids(
-            session=session, event_ids=[item.envelope.id for item in stretch]
-        ),
-        maybe_erased=await store.tombstoned(session=session, hashes=hashes),
+        states=read.states,
+        stored_events=read.stored_events,
+        maybe_erased=read.maybe_erased,
         now=now,
         windowed_events=windowed_events,
     )
+    return view, read
 
 
 def _apply(
@@ -318,15 +327,15 @@ def _new_profile(view: _View, context: ProfileContext) -> store.StoredProfile:
 
 
 async def _flush(*, session: AsyncSession, view: _View) -> None:
-    """Write what the view's events changed, in one statement per table."""
-    await store.insert_profiles(
-        session=session, created=[(view.profiles[pid], id_hash) for pid, id_hash in view.created.items()]
-    )
-    await store.save_profiles(session=session, changed=[view.profiles[pid] for pid in view.changed])
-    await store.attach_many(session=session, attached=view.attached)
-    await store.store_events(session=session, rows=view.event_rows)
-    await store.save_defined_states_many(
+    """Write what the view's events changed, in one statement."""
+    await store.write_view(
         session=session,
-        states=[(pid, key, state, due) for (pid, key), (state, due) in view.changed_states.items()],
+        writes=store.ViewWrites(
+            created=[(view.profiles[pid], id_hash) for pid, id_hash in view.created.items()],
+            changed=[view.profiles[pid] for pid in view.changed],
+            attached=view.attached,
+            event_rows=view.event_rows,
+            states=[(pid, key, state, due) for (pid, key), (state, due) in view.changed_states.items()],
+            outbox=view.outbox,
+        ),
     )
-    await add_many_to_outbox(session=session, messages=view.outbox)

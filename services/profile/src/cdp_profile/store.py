@@ -10,7 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from cdp_common.db import forget_for_transaction, json_text, once_per_transaction
-from cdp_common.outbox import lock_outbox_writes
+from cdp_common.envelope import Envelope
+from cdp_common.outbox import OUTBOX_WRITE_LOCK, lock_outbox_writes, note_outbox_write_lock
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -344,6 +345,270 @@ async def lock_holders(*, session: AsyncSession, keys: Sequence[IdentifierKey]) 
     return holders
 
 
+# --- the view of a batch of events: one statement to lock, one to read, one to write -------------
+
+# The writers' lock (with the relay's wake-up), then the shared definitions lock: the order
+# every writer of the service takes them in, so replicas and definers cannot deadlock.
+_LOCK_FOR_RESOLUTION = sa.text(
+    f"SELECT {OUTBOX_WRITE_LOCK}, pg_advisory_xact_lock_shared(CAST(:definitions_lock AS bigint))"
+)
+
+
+async def lock_for_resolution(*, session: AsyncSession) -> None:
+    """Take the outbox's write lock and the shared definitions lock in one statement.
+
+    What the transaction reads afterwards is read after both were granted: a statement's
+    snapshot predates the locks it waits for, so no read shares this statement.
+    """
+    await session.execute(_LOCK_FOR_RESOLUTION, {"definitions_lock": DEFINITIONS_LOCK})
+    note_outbox_write_lock(session=session)
+
+
+@dataclass
+class LatestConfiguration:
+    """The rules and definitions the last transaction read, as stored and as parsed.
+
+    A batch prepares its events with them before the transaction's own reading arrives in
+    the view's statement; when that reading differs, the batch is prepared again.
+    """
+
+    rules: Any = None
+    definitions: Any = field(default_factory=list)
+    configuration: Configuration = field(default_factory=lambda: Configuration(IdentityRules(), ()))
+
+    def configuration_of(self, *, rules: Any, definitions: Any) -> Configuration:
+        """Return the configuration these stored forms stand for, parsed only when they changed."""
+        if rules != self.rules or definitions != self.definitions:
+            self.rules, self.definitions = rules, definitions
+            self.configuration = Configuration(
+                rules=IdentityRules.from_json(rules) if rules else IdentityRules(),
+                definitions=tuple(Definition.from_json(raw) for raw in definitions),
+            )
+        return self.configuration
+
+
+async def hold_configuration(*, session: AsyncSession, configuration: Configuration) -> Configuration:
+    """Keep a configuration read under the shared definitions lock for the rest of the transaction;
+    return the one the transaction already holds, if any."""
+
+    async def load() -> Configuration:
+        return configuration
+
+    return await once_per_transaction(session, CONFIGURATION, load)
+
+
+# The owners of the identifiers with their profiles (locked in id order), identifier counts
+# and user-defined states; then one row with the rules, the definitions, whether any hash
+# is an erased person's and which events the store holds. The locks this statement relies
+# on were taken by an earlier one, so its snapshot sees every writer that went before.
+_VIEW = sa.text(
+    """
+    WITH held AS MATERIALIZED (
+        SELECT i.type AS key_type, i.value AS key_value, i.quarantined_at IS NOT NULL AS quarantined,
+               p.id, p.version, p.status, p.merged_into, p.traits, p.aggregates, p.computed,
+               p.created_at, p.updated_at,
+               (SELECT jsonb_object_agg(c.type, c.n)
+                  FROM (SELECT x.type, count(*) AS n FROM identifiers x WHERE x.profile_id = p.id
+                         GROUP BY x.type) c) AS counts,
+               (SELECT jsonb_object_agg(v.key, v.state) FROM computed_values v
+                 WHERE v.profile_id = p.id) AS states
+          FROM identifiers i JOIN profiles p ON p.id = i.profile_id
+         WHERE (i.type, i.value) IN (SELECT * FROM unnest(CAST(:types AS text[]), CAST(:vals AS text[])))
+         ORDER BY p.id
+           FOR UPDATE OF p
+    )
+    SELECT held.*, NULL::jsonb AS rules, NULL::jsonb AS definitions, NULL::boolean AS erased,
+           NULL::text[] AS stored
+      FROM held
+    UNION ALL
+    SELECT NULL::text, NULL::text, NULL::boolean, NULL::text, NULL::bigint, NULL::text, NULL::text,
+           NULL::jsonb, NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::timestamptz, NULL::jsonb,
+           NULL::jsonb,
+           (SELECT r.rules FROM identity_rules r WHERE r.id = 1),
+           (SELECT coalesce(jsonb_agg(d.definition ORDER BY d.key), '[]'::jsonb) FROM computed_definitions d),
+           EXISTS (SELECT 1 FROM tombstones t WHERE t.value_hash = ANY(CAST(:hashes AS text[]))),
+           ARRAY(SELECT e.event_id FROM events e WHERE e.event_id = ANY(CAST(:event_ids AS text[])))
+    """
+).columns(
+    traits=postgresql.JSONB,
+    aggregates=postgresql.JSONB,
+    computed=postgresql.JSONB,
+    counts=postgresql.JSONB,
+    states=postgresql.JSONB,
+    rules=postgresql.JSONB,
+    definitions=postgresql.JSONB,
+)
+
+
+@dataclass
+class View:
+    """What a stretch of events touches, read at once after the locks."""
+
+    holders: Holders
+    states: dict[str, dict[str, dict[str, Any]]]
+    stored_events: set[str]
+    maybe_erased: bool
+    rules: Any
+    definitions: Any
+
+
+async def read_view(
+    *, session: AsyncSession, keys: Sequence[IdentifierKey], hashes: Sequence[str], event_ids: Sequence[str]
+) -> View:
+    """Lock and read the holders of plain identifiers, with the configuration, erasures and stored events."""
+    rows = await session.execute(
+        _VIEW,
+        {
+            "types": [k.type for k in keys],
+            "vals": [k.value for k in keys],
+            "hashes": list(hashes),
+            "event_ids": list(event_ids),
+        },
+    )
+    view = View(
+        holders=Holders(owners={}, profiles={}, counts={}),
+        states={},
+        stored_events=set(),
+        maybe_erased=False,
+        rules=None,
+        definitions=[],
+    )
+    for row in rows:
+        if row.key_type is None:
+            view.rules, view.definitions = row.rules, row.definitions
+            view.maybe_erased, view.stored_events = row.erased, set(row.stored)
+            continue
+        view.holders.owners[IdentifierKey(row.key_type, row.key_value)] = Owner(row.id, row.quarantined)
+        view.holders.profiles[row.id] = _profile_of(row)
+        view.holders.counts[row.id] = dict(row.counts or {})
+        view.states[row.id] = dict(row.states or {})
+    return view
+
+
+# Every write of a stretch in one statement: new profiles, changed profiles, attached
+# identifiers, stored events (in order), user-defined states and outbox rows (in order).
+# The caller holds the outbox write lock (taken by lock_for_resolution) before any id is drawn.
+_WRITE_VIEW = sa.text(
+    """
+    WITH created AS (
+        INSERT INTO profiles (id, id_hash, version, status, traits, aggregates, computed, created_at)
+        SELECT u.id, u.h, u.v, 'active', u.t::jsonb, u.a::jsonb, u.c::jsonb, clock_timestamp()
+          FROM unnest(CAST(:new_ids AS text[]), CAST(:new_hashes AS text[]), CAST(:new_versions AS bigint[]),
+                      CAST(:new_traits AS text[]), CAST(:new_aggregates AS text[]),
+                      CAST(:new_computed AS text[])) AS u(id, h, v, t, a, c)
+    ),
+    saved AS (
+        UPDATE profiles AS p
+           SET traits = u.t::jsonb, aggregates = u.a::jsonb, computed = u.c::jsonb, version = u.v,
+               updated_at = now()
+          FROM unnest(CAST(:ids AS text[]), CAST(:versions AS bigint[]), CAST(:traits AS text[]),
+                      CAST(:aggregates AS text[]), CAST(:computed AS text[])) AS u(id, v, t, a, c)
+         WHERE p.id = u.id
+    ),
+    attached AS (
+        INSERT INTO identifiers (type, value, value_hash, profile_id, event_id)
+        SELECT * FROM unnest(CAST(:key_types AS text[]), CAST(:key_values AS text[]),
+                             CAST(:key_hashes AS text[]), CAST(:key_profile_ids AS text[]),
+                             CAST(:key_event_ids AS text[]))
+    ),
+    stored AS (
+        INSERT INTO events (event_id, profile_id, origin_profile_id, type, name, timestamp, received_at,
+                            source_id, properties, traits, identifiers)
+        SELECT u.e, u.p, u.p, u.ty, u.n, u.ts, u.r, u.s, u.pr::jsonb, u.tr::jsonb, u.i::jsonb
+          FROM unnest(CAST(:event_ids AS text[]), CAST(:event_profile_ids AS text[]),
+                      CAST(:event_types AS text[]), CAST(:event_names AS text[]),
+                      CAST(:event_times AS timestamptz[]), CAST(:event_received AS timestamptz[]),
+                      CAST(:event_sources AS text[]), CAST(:event_properties AS text[]),
+                      CAST(:event_traits AS text[]), CAST(:event_identifiers AS text[]))
+               WITH ORDINALITY AS u(e, p, ty, n, ts, r, s, pr, tr, i, o)
+         ORDER BY u.o
+        ON CONFLICT (event_id) DO NOTHING
+    ),
+    states AS (
+        INSERT INTO computed_values (profile_id, key, state, next_change_at)
+        SELECT u.p, u.k, u.s::jsonb, u.d
+          FROM unnest(CAST(:state_profile_ids AS text[]), CAST(:state_keys AS text[]),
+                      CAST(:states AS text[]), CAST(:state_due AS timestamptz[])) AS u(p, k, s, d)
+        ON CONFLICT (profile_id, key) DO UPDATE
+           SET state = excluded.state, next_change_at = excluded.next_change_at
+    )
+    INSERT INTO outbox (topic, key, event_id, payload)
+    SELECT u.t, u.k, u.e, u.p
+      FROM unnest(CAST(:topics AS text[]), CAST(:outbox_keys AS text[]), CAST(:outbox_event_ids AS text[]),
+                  CAST(:payloads AS bytea[])) WITH ORDINALITY AS u(t, k, e, p, n)
+     ORDER BY u.n
+    """
+)
+
+
+@dataclass
+class ViewWrites:
+    """What a stretch of events writes: rows per table, in the order they were made."""
+
+    created: list[tuple[StoredProfile, str]] = field(default_factory=list)
+    changed: list[StoredProfile] = field(default_factory=list)
+    attached: list[tuple[str, IdentifierKey, str, str | None]] = field(default_factory=list)
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    states: list[tuple[str, str, dict[str, Any], datetime | None]] = field(default_factory=list)
+    outbox: list[tuple[str, Envelope[Any]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.created or self.changed or self.attached or self.event_rows or self.states or self.outbox
+        )
+
+
+async def write_view(*, session: AsyncSession, writes: ViewWrites) -> None:
+    """Write a stretch's profiles, identifiers, events, states and outbox rows in one statement."""
+    if not writes:
+        return
+    if writes.outbox:
+        # Taken already by lock_for_resolution; this only checks so.
+        await lock_outbox_writes(session=session)
+    created = [_json_columns(profile) for profile, _ in writes.created]
+    changed = [_json_columns(profile) for profile in writes.changed]
+    rows = writes.event_rows
+    await session.execute(
+        _WRITE_VIEW,
+        {
+            "new_ids": [profile.id for profile, _ in writes.created],
+            "new_hashes": [id_hash for _, id_hash in writes.created],
+            "new_versions": [profile.version for profile, _ in writes.created],
+            "new_traits": [d[0] for d in created],
+            "new_aggregates": [d[1] for d in created],
+            "new_computed": [d[2] for d in created],
+            "ids": [profile.id for profile in writes.changed],
+            "versions": [profile.version for profile in writes.changed],
+            "traits": [d[0] for d in changed],
+            "aggregates": [d[1] for d in changed],
+            "computed": [d[2] for d in changed],
+            "key_types": [k.type for _, k, _, _ in writes.attached],
+            "key_values": [k.value for _, k, _, _ in writes.attached],
+            "key_hashes": [h for _, _, h, _ in writes.attached],
+            "key_profile_ids": [pid for pid, _, _, _ in writes.attached],
+            "key_event_ids": [event_id for _, _, _, event_id in writes.attached],
+            "event_ids": [r["event_id"] for r in rows],
+            "event_profile_ids": [r["profile_id"] for r in rows],
+            "event_types": [r["type"] for r in rows],
+            "event_names": [r["name"] for r in rows],
+            "event_times": [r["timestamp"] for r in rows],
+            "event_received": [r["received_at"] for r in rows],
+            "event_sources": [r["source_id"] for r in rows],
+            "event_properties": [json_text(r["properties"]) for r in rows],
+            "event_traits": [json_text(r["traits"]) for r in rows],
+            "event_identifiers": [json_text(r["identifiers"]) for r in rows],
+            "state_profile_ids": [pid for pid, _, _, _ in writes.states],
+            "state_keys": [key for _, key, _, _ in writes.states],
+            "states": [json_text(state) for _, _, state, _ in writes.states],
+            "state_due": [due for _, _, _, due in writes.states],
+            "topics": [topic for topic, _ in writes.outbox],
+            "outbox_keys": [envelope.subject for _, envelope in writes.outbox],
+            "outbox_event_ids": [envelope.id for _, envelope in writes.outbox],
+            "payloads": [envelope.to_bytes() for _, envelope in writes.outbox],
+        },
+    )
+
+
 async def lock_profiles(*, session: AsyncSession, profile_ids: Sequence[str]) -> dict[str, StoredProfile]:
     """Lock profiles in id order and return them."""
     if not profile_ids:
@@ -401,90 +666,6 @@ def _json_columns(profile: StoredProfile) -> tuple[str, str, str]:
         json_text(profile.aggregates),
         json_text(profile.computed),
     )
-
-
-# The bulk writes take one array per column, so each is one statement prepared once per
-# connection, whatever the number of rows.
-_INSERT_PROFILES = sa.text(
-    """
-    INSERT INTO profiles (id, id_hash, version, status, traits, aggregates, computed, created_at)
-    SELECT u.id, u.h, u.v, 'active', u.t::jsonb, u.a::jsonb, u.c::jsonb, clock_timestamp()
-      FROM unnest(CAST(:ids AS text[]), CAST(:hashes AS text[]), CAST(:versions AS bigint[]),
-                  CAST(:traits AS text[]), CAST(:aggregates AS text[]), CAST(:computed AS text[]))
-           AS u(id, h, v, t, a, c)
-    """
-)
-
-_SAVE_PROFILES = sa.text(
-    """
-    UPDATE profiles AS p
-       SET traits = u.t::jsonb, aggregates = u.a::jsonb, computed = u.c::jsonb, version = u.v,
-           updated_at = now()
-      FROM unnest(CAST(:ids AS text[]), CAST(:versions AS bigint[]), CAST(:traits AS text[]),
-                  CAST(:aggregates AS text[]), CAST(:computed AS text[])) AS u(id, v, t, a, c)
-     WHERE p.id = u.id
-    """
-)
-
-_ATTACH_MANY = sa.text(
-    """
-    INSERT INTO identifiers (type, value, value_hash, profile_id, event_id)
-    SELECT * FROM unnest(CAST(:types AS text[]), CAST(:vals AS text[]), CAST(:hashes AS text[]),
-                         CAST(:profile_ids AS text[]), CAST(:event_ids AS text[]))
-    """
-)
-
-
-async def insert_profiles(*, session: AsyncSession, created: Sequence[tuple[StoredProfile, str]]) -> None:
-    """Insert new active profiles (with their keyed id hash) as they stand, version included."""
-    if not created:
-        return
-    documents = [_json_columns(profile) for profile, _ in created]
-    await session.execute(
-        _INSERT_PROFILES,
-        {
-            "ids": [profile.id for profile, _ in created],
-            "hashes": [id_hash for _, id_hash in created],
-            "versions": [profile.version for profile, _ in created],
-            "traits": [d[0] for d in documents],
-            "aggregates": [d[1] for d in documents],
-            "computed": [d[2] for d in documents],
-        },
-    )
-
-
-async def save_profiles(*, session: AsyncSession, changed: Sequence[StoredProfile]) -> None:
-    """Write active profiles as they stand, each at the version it was brought to."""
-    if not changed:
-        return
-    documents = [_json_columns(profile) for profile in changed]
-    await session.execute(
-        _SAVE_PROFILES,
-        {
-            "ids": [profile.id for profile in changed],
-            "versions": [profile.version for profile in changed],
-            "traits": [d[0] for d in documents],
-            "aggregates": [d[1] for d in documents],
-            "computed": [d[2] for d in documents],
-        },
-    )
-
-
-async def attach_many(
-    *, session: AsyncSession, attached: Sequence[tuple[str, IdentifierKey, str, str | None]]
-) -> None:
-    """Attach new identifiers given as (profile id, key, keyed hash, event id) at once."""
-    if attached:
-        await session.execute(
-            _ATTACH_MANY,
-            {
-                "types": [k.type for _, k, _, _ in attached],
-                "vals": [k.value for _, k, _, _ in attached],
-                "hashes": [h for _, _, h, _ in attached],
-                "profile_ids": [pid for pid, _, _, _ in attached],
-                "event_ids": [event_id for _, _, _, event_id in attached],
-            },
-        )
 
 
 async def attach_identifiers(
@@ -912,54 +1093,6 @@ async def store_event(
     return (await session.execute(statement)).first() is not None
 
 
-async def stored_event_ids(*, session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
-    """Return which of these events the store already holds."""
-    if not event_ids:
-        return set()
-    rows = await session.execute(
-        sa.select(events.c.event_id).where(
-            events.c.event_id == sa.func.any(sa.cast(list(event_ids), sa.ARRAY(sa.Text)))
-        )
-    )
-    return set(rows.scalars())
-
-
-_STORE_EVENTS = sa.text(
-    """
-    INSERT INTO events (event_id, profile_id, origin_profile_id, type, name, timestamp, received_at,
-                        source_id, properties, traits, identifiers)
-    SELECT u.e, u.p, u.p, u.ty, u.n, u.ts, u.r, u.s, u.pr::jsonb, u.tr::jsonb, u.i::jsonb
-      FROM unnest(CAST(:event_ids AS text[]), CAST(:profile_ids AS text[]), CAST(:types AS text[]),
-                  CAST(:names AS text[]), CAST(:times AS timestamptz[]), CAST(:received AS timestamptz[]),
-                  CAST(:sources AS text[]), CAST(:properties AS text[]), CAST(:traits AS text[]),
-                  CAST(:identifiers AS text[]))
-           WITH ORDINALITY AS u(e, p, ty, n, ts, r, s, pr, tr, i, o)
-     ORDER BY u.o
-    ON CONFLICT (event_id) DO NOTHING
-    """
-)
-
-
-async def store_events(*, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Store new events (rows from `event_row`) at once, in order; events already held stay as they are."""
-    if rows:
-        await session.execute(
-            _STORE_EVENTS,
-            {
-                "event_ids": [r["event_id"] for r in rows],
-                "profile_ids": [r["profile_id"] for r in rows],
-                "types": [r["type"] for r in rows],
-                "names": [r["name"] for r in rows],
-                "times": [r["timestamp"] for r in rows],
-                "received": [r["received_at"] for r in rows],
-                "sources": [r["source_id"] for r in rows],
-                "properties": [json_text(r["properties"]) for r in rows],
-                "traits": [json_text(r["traits"]) for r in rows],
-                "identifiers": [json_text(r["identifiers"]) for r in rows],
-            },
-        )
-
-
 def _stored_event(row: Any) -> StoredEvent:
     return StoredEvent(
         event_id=row.event_id,
@@ -1071,39 +1204,6 @@ async def defined_states(*, session: AsyncSession, profile_id: str) -> dict[str,
         )
     )
     return {r.key: r.state for r in rows}
-
-
-async def defined_states_of(
-    *, session: AsyncSession, profile_ids: Sequence[str]
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Return the user-defined computed-trait states of many profiles."""
-    states: dict[str, dict[str, dict[str, Any]]] = {pid: {} for pid in profile_ids}
-    if profile_ids:
-        rows = await session.execute(
-            sa.select(computed_values).where(computed_values.c.profile_id.in_(list(profile_ids)))
-        )
-        for r in rows:
-            states[r.profile_id][r.key] = r.state
-    return states
-
-
-async def save_defined_states_many(
-    *, session: AsyncSession, states: Sequence[tuple[str, str, dict[str, Any], datetime | None]]
-) -> None:
-    """Write (profile id, key, state, next window change) of user-defined traits at once."""
-    if not states:
-        return
-    statement = postgresql.insert(computed_values)
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[computed_values.c.profile_id, computed_values.c.key],
-            set_={"state": statement.excluded.state, "next_change_at": statement.excluded.next_change_at},
-        ),
-        [
-            {"profile_id": pid, "key": key, "state": state, "next_change_at": due}
-            for pid, key, state, due in states
-        ],
-    )
 
 
 async def save_defined_states(

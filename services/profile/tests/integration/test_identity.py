@@ -83,6 +83,18 @@ async def test_blocked_values_exact_and_regex_never_identify_anybody(db: Profile
     assert held.identifiers == [IdentifierKey("user_id", real)]
 
 
+async def test_rules_changed_between_two_polls_hold_for_the_second(db: ProfileDb) -> None:
+    known = uid("guest")
+    [profile_id] = await db.resolve(tracking(user_id=known))
+    assert profile_id is not None
+    await set_rules(db, blocked_patterns=[r"^guest-"])
+    assert await db.resolve(tracking(user_id=uid("guest")), tracking(user_id=known)) == [None, None]
+    assert await profile_count(db) == 1
+    await set_rules(db)
+    [again] = await db.resolve(tracking(user_id=known))
+    assert again == profile_id
+
+
 async def test_two_known_customers_sharing_a_device_are_never_merged(db: ProfileDb) -> None:
     device, alice, bob = uid("dev"), uid("alice"), uid("bob")
     a, b = await db.resolve(
