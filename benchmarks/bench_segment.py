@@ -59,6 +59,9 @@ BARE_PREDICATE = (
     " AND (computed->>'orders')::numeric >= 2"
 )
 RATES = (200, 1000)
+# (calls a second, calls per request): browsers' single calls at both rates, and a
+# server-side source batching 10 calls to a request at the higher rate.
+LOADS = ((200, 1), (1000, 1), (1000, 10))
 RATE_SECONDS = 10.0
 # An entered event later than this after the last call of a rate counts as a miss.
 DRAIN_S = 30.0
@@ -169,8 +172,14 @@ async def _fill(engine: Any) -> None:
         )
 
 
-async def latency_benchmark(env: dict[str, str], rates: tuple[int, ...] = RATES) -> dict[str, Any]:
-    """Send identify calls at steady rates and time each from ingest's 200 to its SegmentEntered event."""
+async def latency_benchmark(
+    env: dict[str, str], loads: tuple[tuple[int, int], ...] = LOADS
+) -> dict[str, Any]:
+    """Send identify calls at steady rates and time each from ingest's 200 to its SegmentEntered event.
+
+    Each load is (calls a second, calls per request): one call per request is a browser's
+    `/v1/identify`; more are a server-side library's `/v1/batch`.
+    """
     run = secrets.token_hex(4)
     admin = {"Authorization": f"Bearer {env['CDP_ADMIN_TOKEN']}"}
     async with httpx.AsyncClient(timeout=30) as http:
@@ -206,9 +215,9 @@ async def latency_benchmark(env: dict[str, str], rates: tuple[int, ...] = RATES)
             traced = await _partitions(env, [EVENTS_TOPIC, PROFILES_TOPIC])
             tracer.assign(traced)
             report: dict[str, Any] = {}
-            for rate in rates:
-                report[f"{rate}_events_per_s"] = await _at_rate(
-                    consumer, _Tracer(tracer, traced), database, env, key, run, rate
+            for rate, per_request in loads:
+                report[_load_name(rate, per_request)] = await _at_rate(
+                    consumer, _Tracer(tracer, traced), database, env, key, run, rate, per_request
                 )
         finally:
             await consumer.stop()
@@ -218,21 +227,29 @@ async def latency_benchmark(env: dict[str, str], rates: tuple[int, ...] = RATES)
     return report
 
 
-def _identify_request(env: dict[str, str], run: str, rate: int, index: int) -> bytes:
-    """Return the complete HTTP/1.1 request of one identify call for a user of its own."""
+def _identify_request(env: dict[str, str], run: str, label: str, indexes: range) -> bytes:
+    """Return the complete HTTP/1.1 request of identify calls for users of their own.
+
+    One index makes a `/v1/identify` call; more make one `/v1/batch` call holding them all.
+    """
     parts = urlsplit(env["CDP_INGEST_URL"])
     if parts.hostname != "127.0.0.1" or parts.port is None:
         raise SystemExit("the segment latency benchmark only loads 127.0.0.1")
-    body = json.dumps(
+    calls = [
         {
-            "userId": f"bench-{run}-{rate}-{index}",
-            "messageId": f"bench-{run}-{rate}-{index}",
+            "userId": f"bench-{run}-{label}-{index}",
+            "messageId": f"bench-{run}-{label}-{index}",
             "traits": {"bench_run": run},
         }
-    ).encode()
+        for index in indexes
+    ]
+    if len(calls) == 1:
+        path, body = "/v1/identify", json.dumps(calls[0]).encode()
+    else:
+        path, body = "/v1/batch", json.dumps({"batch": [{"type": "identify", **c} for c in calls]}).encode()
     authorization = base64.b64encode(f"{env['CDP_WRITE_KEY']}:".encode()).decode()
     head = (
-        f"POST /v1/identify HTTP/1.1\r\nHost: 127.0.0.1:{parts.port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{parts.port}\r\n"
         f"Content-Type: application/json\r\nAuthorization: Basic {authorization}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
@@ -409,11 +426,14 @@ class _Sender:
 async def _offer_calls(config: dict[str, Any]) -> dict[str, Any]:
     """Send one rate's identify calls on their open-loop schedule; return when each went and came back.
 
-    Runs in a process of its own (see _send_calls_main), so the benchmark's reading and
-    decoding of three topics never delays a send.
+    Calls go `per_request` to a request (a batch when more than one), each request when its
+    first call is due. Runs in a process of its own (see _send_calls_main), so the
+    benchmark's reading and decoding of three topics never delays a send.
     """
     env, run, rate, total = config["env"], config["run"], config["rate"], config["total"]
-    requests = [_identify_request(env, run, rate, i) for i in range(total)]
+    per_request: int = config["per_request"]
+    groups = [range(start, min(start + per_request, total)) for start in range(0, total, per_request)]
+    requests = [_identify_request(env, run, config["label"], group) for group in groups]
     parts = urlsplit(env["CDP_INGEST_URL"])
     assert parts.hostname is not None
     assert parts.port is not None
@@ -423,18 +443,19 @@ async def _offer_calls(config: dict[str, Any]) -> dict[str, Any]:
     answered: list[float | None] = [None] * total
     statuses: Counter[str] = Counter()
 
-    async def send(i: int) -> None:
-        sent[i] = time.time()
-        status = await sender.send(requests[i])
-        if status == "200":
-            answered[i] = time.time()
-        statuses[status] += 1
+    async def send(number: int) -> None:
+        went = time.time()
+        status = await sender.send(requests[number])
+        came = time.time() if status == "200" else None
+        for i in groups[number]:
+            sent[i], answered[i] = went, came
+            statuses[status] += 1
 
     tasks = set()
     started = time.time()
-    for i in range(total):
-        await asyncio.sleep(max(0.0, started + i / rate - time.time()))
-        task = asyncio.create_task(send(i))
+    for number, group in enumerate(groups):
+        await asyncio.sleep(max(0.0, started + group[0] / rate - time.time()))
+        task = asyncio.create_task(send(number))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -492,6 +513,12 @@ class _Tracer:
         return read
 
 
+def _load_name(rate: int, per_request: int) -> str:
+    """Name a load in the report."""
+    name = f"{rate}_events_per_s"
+    return name if per_request == 1 else f"{name}_in_batches_of_{per_request}"
+
+
 async def _at_rate(
     consumer: AIOKafkaConsumer,
     tracer: _Tracer,
@@ -500,10 +527,11 @@ async def _at_rate(
     key: str,
     run: str,
     rate: int,
+    per_request: int,
 ) -> dict[str, Any]:
     """Offer `rate` identify calls a second for RATE_SECONDS on a fixed schedule and time every one.
 
-    The schedule is open-loop: call i is sent at start + i/rate whatever happened to
+    The schedule is open-loop: call i is sent (with the calls of its request) at start + i/rate whatever happened to
     earlier calls (a busy connection makes the sender open another one); a process of
     its own sends, on CONNECTIONS connections opened before the clock starts. Every
     call sent is counted: one refused or without its entered event within DRAIN_S
@@ -512,7 +540,8 @@ async def _at_rate(
     and PostgreSQL's clock share.
     """
     total = int(rate * RATE_SECONDS)
-    prefix = f"bench-{run}-{rate}-"
+    label = f"{rate}x{per_request}"
+    prefix = f"bench-{run}-{label}-"
     traces = [_Trace() for _ in range(total)]
     index_of_profile: dict[str, int] = {}
     profile_event_ids: dict[str, int] = {}
@@ -567,7 +596,14 @@ async def _at_rate(
         sending = await asyncio.create_subprocess_exec(
             sys.executable, __file__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        config = {"env": env, "run": run, "rate": rate, "total": total}
+        config = {
+            "env": env,
+            "run": run,
+            "label": label,
+            "rate": rate,
+            "total": total,
+            "per_request": per_request,
+        }
         output, _ = await sending.communicate(json.dumps(config).encode() + b"\n")
         if sending.returncode != 0:
             raise RuntimeError(f"the sending process failed with {sending.returncode}")
@@ -824,8 +860,9 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
     # Segment alone first: the end-to-end part leaves the dev stack busy with what it sent.
     share = await segment_share_benchmark(env)
     latency = await latency_benchmark(env)
-    at_goal_rate = latency[f"{RATES[-1]}_events_per_s"]
-    p99 = at_goal_rate["p99_ms"]
+    # The goal is judged on single calls, each its own request: the harder load of the two.
+    p99 = latency[_load_name(RATES[-1], 1)]["p99_ms"]
+    batched = latency[_load_name(*LOADS[-1])]["p99_ms"]
     return {
         "recompute": recompute,
         "latency_ingest_to_entered": latency,
@@ -834,6 +871,8 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
             "p99_ms_at_1000_events_per_s": p99,
             "p99_at_most_ms": LATENCY_GOAL_MS,
             "latency_met": p99 != "miss" and p99 <= LATENCY_GOAL_MS,
+            f"p99_ms_at_{_load_name(*LOADS[-1])}": batched,
+            "latency_in_batches_met": batched != "miss" and batched <= LATENCY_GOAL_MS,
             "recompute_s": recompute["recompute_s (no change)"],
             "recompute_vs_bare_count": recompute["recompute_vs_bare_count"],
             "recompute_met": recompute["recompute_s (no change)"] <= 5.0

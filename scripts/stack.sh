@@ -324,6 +324,15 @@ start_postgres() {
   if [[ "$conf_port" != "$PG_PORT" ]]; then
     die "PostgreSQL $PG_VERSION/$PG_CLUSTER is configured for port $conf_port, not $PG_PORT; run: pg_conftool $PG_VERSION $PG_CLUSTER set port $PG_PORT (or set CDP_PG_PORT=$conf_port)"
   fi
+  local settings="/etc/postgresql/$PG_VERSION/$PG_CLUSTER/conf.d/cdp.conf"
+  if ! cmp -s "$ROOT/deploy/local/postgresql.conf" "$settings"; then
+    as_root install -m 0644 "$ROOT/deploy/local/postgresql.conf" "$settings"
+    if pg_online; then
+      # Reloadable settings apply now; shared_buffers at the next start.
+      info "PostgreSQL settings changed; shared_buffers applies once PostgreSQL restarts (make down && make up)"
+      as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" "$PG_CLUSTER" reload
+    fi
+  fi
   if pg_online; then
     info "PostgreSQL $PG_VERSION/$PG_CLUSTER already running"
   else
