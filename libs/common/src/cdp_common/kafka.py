@@ -231,21 +231,33 @@ class ConsumerRunner:
         consumer = self._consumer
         timeout_ms = int(self._settings.consumer_poll_timeout_s * 1000)
         gather_ms = int(self._settings.consumer_gather_s * 1000)
-        while not self._stopping.is_set():
-            batches = await consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self._settings.consumer_batch_size
-            )
-            room = self._settings.consumer_batch_size - sum(len(records) for records in batches.values())
-            if batches and room > 0 and gather_ms > 0:
-                # Each partition's later records come after the ones already taken, in order.
-                for tp, records in (await consumer.getmany(timeout_ms=gather_ms, max_records=room)).items():
-                    batches.setdefault(tp, []).extend(records)
-            if batches:
-                # One transaction for the whole poll: each partition's records stay in order,
-                # and the fixed cost of a transaction is paid once, not once per partition.
-                await self.process_batch([r for records in batches.values() for r in records])
-                await self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in batches.items()})
-            await self._report_lag(consumer)
+        # The offsets of a poll are committed while the next poll is fetched and handled;
+        # each commit is awaited before the next one starts and before the loop ends.
+        committing: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=self._settings.consumer_batch_size
+                )
+                room = self._settings.consumer_batch_size - sum(len(records) for records in batches.values())
+                if batches and room > 0 and gather_ms > 0:
+                    # Each partition's later records come after the ones already taken, in order.
+                    for tp, records in (
+                        await consumer.getmany(timeout_ms=gather_ms, max_records=room)
+                    ).items():
+                        batches.setdefault(tp, []).extend(records)
+                if batches:
+                    # One transaction for the whole poll: each partition's records stay in order,
+                    # and the fixed cost of a transaction is paid once, not once per partition.
+                    await self.process_batch([r for records in batches.values() for r in records])
+                    if committing is not None:
+                        await committing
+                    offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                    committing = asyncio.create_task(self._commit(consumer, offsets))
+                await self._report_lag(consumer)
+        finally:
+            if committing is not None:
+                await asyncio.shield(committing)
 
     async def process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle records (each partition's in order) in one transaction when all succeed.
