@@ -22,9 +22,7 @@ def consumer_specs(context: ProfileContext) -> list[ConsumerSpec]:
     """Return the consumer groups of the service."""
 
     async def on_tracking_event(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
-        # A poll of one event takes the batch path too: it decides what its view can and hands
-        # the rest to the one-event path, as for a longer poll, in fewer statements.
-        await resolve_events(session=session, envelopes=[envelope], context=context)
+        await handlers.resolve_event(session=session, envelope=envelope, context=context)
 
     async def on_tracking_events(*, session: AsyncSession, envelopes: Sequence[Envelope[Any]]) -> None:
         await resolve_events(session=session, envelopes=envelopes, context=context)
