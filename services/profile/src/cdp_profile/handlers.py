@@ -164,7 +164,8 @@ def refreshed_builtins(
     """Return computed traits with the built-ins re-derived and user-defined values kept."""
     refreshed = {**computed, **derive_builtin(aggregates)}
     for definition in definitions:
-        refreshed.setdefault(definition.key, derive_defined({}, definition))
+        if definition.key not in refreshed:
+            refreshed[definition.key] = derive_defined({}, definition)
     return refreshed
 
 
