@@ -22,7 +22,9 @@ def consumer_specs(context: ProfileContext) -> list[ConsumerSpec]:
     """Return the consumer groups of the service."""
 
     async def on_tracking_event(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
-        await handlers.resolve_event(session=session, envelope=envelope, context=context)
+        # A poll of one event takes the batch path too (half the round trips): what its view
+        # cannot decide still goes through the one-event path, as in a longer poll.
+        await resolve_events(session=session, envelopes=[envelope], context=context)
 
     async def on_tracking_events(*, session: AsyncSession, envelopes: Sequence[Envelope[Any]]) -> None:
         await resolve_events(session=session, envelopes=envelopes, context=context)
