@@ -41,7 +41,7 @@ from cdp_common.topics import TopicName
 from cdp_segment.batch import recompute_segment
 from cdp_segment.compiler import members_query
 from cdp_segment.domain.rules import parse_rule
-from cdp_segment.handlers import SegmentContext, create_segment
+from cdp_segment.handlers import SegmentContext, create_segment, delete_segment
 
 NAME = "segment"
 PROFILES = 1_000_000
@@ -134,6 +134,8 @@ async def recompute_benchmark(database_url: str) -> dict[str, Any]:
             changed_s, changed = await _timed(
                 recompute_segment(session=session, segment=segment, now=now, topic="bench", trigger="bench")
             )
+        async with sessions() as session, session.begin():
+            delete_s, _ = await _timed(delete_segment(session=session, context=context, ref=segment.id))
         best = {name: min(values) for name, values in results.items()}
         return {
             "profiles": PROFILES,
@@ -146,6 +148,8 @@ async def recompute_benchmark(database_url: str) -> dict[str, Any]:
             "recompute_vs_bare_count": round(best["recompute_s"] / best["bare_count_s"], 2),
             "recompute_with_10000_exits_s": round(changed_s, 3),
             "exits": changed["exited"],
+            "delete_s (every member leaves)": round(delete_s, 3),
+            "members_leaving_on_delete": first["entered"] - changed["exited"],
             "note": "best of 3; the recompute reads who enters and leaves against stored memberships in one read-only statement (which PostgreSQL may run in parallel) and writes only that difference",
         }
     finally:

@@ -26,6 +26,20 @@ from cdp_segment.compiler import members_query
 from cdp_segment.domain.membership import Catalog
 from cdp_segment.domain.rules import parse_rule
 
+# Each leaver costs one index probe (the lateral subquery, kept apart by its LIMIT, runs once
+# per leaver), whatever the planner guesses of the sizes: a plain join could be planned as a
+# scan of every listed change for each membership of the segment, quadratic in a large one.
+_LEAVE = sa.text(
+    """
+    DELETE FROM memberships WHERE ctid = ANY (ARRAY(
+      SELECT m.ctid FROM unnest(CAST(:profile_ids AS text[])) AS l(profile_id)
+      CROSS JOIN LATERAL (
+        SELECT ctid FROM memberships WHERE segment_id = :segment_id AND profile_id = l.profile_id LIMIT 1
+      ) AS m
+    ))
+    """
+)
+
 
 async def recompute_segment(
     *,
@@ -60,6 +74,9 @@ async def recompute_segment(
     result = {"entered": kinds.count("entered"), "exited": kinds.count("exited")}
     if not profile_ids:
         return result
+    leavers = [p for p, kind in zip(profile_ids, kinds, strict=True) if kind == "exited"]
+    if leavers:
+        await session.execute(_LEAVE, {"segment_id": segment.id, "profile_ids": leavers})
     at = sa.literal(now, sa.DateTime(timezone=True))
     event_id = sa.cast(sa.func.gen_random_uuid(), sa.Text)
     listed = (
@@ -78,14 +95,6 @@ async def recompute_segment(
             sa.select(sa.literal(segment.id), changes.c.profile_id, at).where(changes.c.change == "entered"),
         )
         .cte("entered")
-    )
-    exited = (
-        sa.delete(members)
-        .where(
-            members.c.segment_id == segment.id,
-            members.c.profile_id.in_(sa.select(changes.c.profile_id).where(changes.c.change == "exited")),
-        )
-        .cte("exited")
     )
     reason = sa.cast(
         sa.literal(
@@ -143,9 +152,7 @@ async def recompute_segment(
         .returning(outbox_table.c.id)
         .cte("published")
     )
-    await session.execute(
-        sa.select(sa.func.count()).select_from(changes).add_cte(entered, exited, history, outbox)
-    )
+    await session.execute(sa.select(sa.func.count()).select_from(changes).add_cte(entered, history, outbox))
     return result
 
 
