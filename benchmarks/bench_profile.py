@@ -32,7 +32,7 @@ from cdp_profile.settings import Settings
 NAME = "profile"
 PLAIN_PEOPLE = 10_000  # 4 events each
 HEAVY_PEOPLE = 1000  # 5 events each, two merges per person
-BASELINE_EVENTS = 600  # the per-event baseline runs on the first events of the plain mix
+BASELINE_EVENTS = 4000  # the per-event baseline runs on the first events of the plain mix
 STEADY_SECONDS = 15
 # Replicas of the profile consumer in one group, as the service is meant to be scaled out; they
 # run in this one process (one core between them), and the per-event baseline runs the same way.
@@ -110,8 +110,13 @@ def heavy_mix(people: int) -> list[Envelope[Any]]:
     return events
 
 
-async def _produce(producer: AIOKafkaProducer, topic: str, events: list[Envelope[Any]]) -> None:
-    futures = [await producer.send(topic, value=e.to_bytes(), key=e.subject.encode()) for e in events]
+def _encoded(events: list[Envelope[Any]]) -> list[tuple[bytes, bytes]]:
+    """Return each event as the (key, value) ingest would produce, serialised before any clock starts."""
+    return [(e.subject.encode(), e.to_bytes()) for e in events]
+
+
+async def _produce(producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    futures = [await producer.send(topic, value=value, key=key) for key, value in messages]
     for future in futures:
         await future
 
@@ -169,15 +174,22 @@ async def _stop(runners: list[ConsumerRunner]) -> None:
         await runner.stop()
 
 
-async def _time_until(run: Run, producer: AIOKafkaProducer, total: int) -> tuple[float, int]:
-    """Start a consumer on an already filled topic; return seconds from the group's assignment
-    until `total` events were handled (joining the group is not the handler's speed)."""
+async def _time_until(
+    run: Run, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]]
+) -> tuple[float, int]:
+    """Start the group's replicas on an empty topic, wait until the group has formed, then
+    produce the messages; return seconds from the first send until all were handled.
+
+    Joining the group is not the handler's speed, and a replica that starts alone would
+    handle events while the others are still joining (then hand them partitions mid-run).
+    """
     runners = await run.start(producer)
     try:
         while not all(runner.assigned for runner in runners):
             await asyncio.sleep(0.01)
         started = time.perf_counter()
-        while await run.processed() < total:
+        await _produce(producer, run.settings.topic(TopicName.EVENTS), messages)
+        while await run.processed() < len(messages):
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
     finally:
@@ -200,40 +212,34 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
     runs: list[Run] = []
     try:
         plain_settings = base.model_copy(update={"env": base.env + "p"})
-        await ensure_topics(plain_settings, [TopicName.EVENTS])
-        plain = plain_mix(PLAIN_PEOPLE)
-        await _produce(producer, plain_settings.topic(TopicName.EVENTS), plain)
         baseline_settings = base.model_copy(update={"env": base.env + "b"})
-        await ensure_topics(baseline_settings, [TopicName.EVENTS])
-        await _produce(producer, baseline_settings.topic(TopicName.EVENTS), plain[:BASELINE_EVENTS])
         heavy_settings = base.model_copy(update={"env": base.env + "h"})
-        await ensure_topics(heavy_settings, [TopicName.EVENTS])
-        heavy = heavy_mix(HEAVY_PEOPLE)
-        await _produce(producer, heavy_settings.topic(TopicName.EVENTS), heavy)
-        plain_total, heavy_total = len(plain), len(heavy)
+        for each_settings in (plain_settings, baseline_settings, heavy_settings):
+            await ensure_topics(each_settings, [TopicName.EVENTS])
+        plain = _encoded(plain_mix(PLAIN_PEOPLE))
+        heavy = _encoded(heavy_mix(HEAVY_PEOPLE))
         # The consumers below run in this process as in the service, which settles its heap
-        # after start-up; the events produced above are not theirs to carry.
-        del plain, heavy
+        # after start-up.
         settle_heap()
 
         batched = Run(plain_settings, label="plain", batch_size=500)
         runs.append(batched)
-        seconds, profiles = await _time_until(batched, producer, plain_total)
-        plain_rate = plain_total / seconds
+        seconds, profiles = await _time_until(batched, producer, plain)
+        plain_rate = len(plain) / seconds
         results["plain_events_per_s"] = round(plain_rate)
         results["plain_profiles"] = profiles
 
         per_event = Run(baseline_settings, label="single", batch_size=1)
         runs.append(per_event)
-        seconds, _ = await _time_until(per_event, producer, BASELINE_EVENTS)
+        seconds, _ = await _time_until(per_event, producer, plain[:BASELINE_EVENTS])
         baseline_rate = BASELINE_EVENTS / seconds
         results["baseline_one_transaction_per_event_events_per_s"] = round(baseline_rate)
         results["plain_speedup_over_baseline"] = round(plain_rate / baseline_rate, 2)
 
         merging = Run(heavy_settings, label="heavy", batch_size=500)
         runs.append(merging)
-        seconds, profiles = await _time_until(merging, producer, heavy_total)
-        results["identity_heavy_events_per_s"] = round(heavy_total / seconds)
+        seconds, profiles = await _time_until(merging, producer, heavy)
+        results["identity_heavy_events_per_s"] = round(len(heavy) / seconds)
         results["identity_heavy_profiles"] = profiles
         results["identity_heavy_people"] = HEAVY_PEOPLE
 
@@ -253,7 +259,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                 if due > sent:
                     people = max((due - sent) // 4, 1)
                     await _produce(
-                        producer, steady_settings.topic(TopicName.EVENTS), plain_mix(people, person)
+                        producer, steady_settings.topic(TopicName.EVENTS), _encoded(plain_mix(people, person))
                     )
                     person += people
                     sent += 4 * people
