@@ -52,6 +52,15 @@ logger = logging.getLogger(__name__)
 
 # How many handled event ids a runner keeps in memory to know a redelivery without checking it again.
 RECENT_EVENT_IDS = 100_000
+# Long loops over a poll's events hand the event loop to the service's other tasks (its
+# outbox relay above all, publishing what the last transaction committed) this often.
+YIELD_EVERY = 64
+
+
+async def let_others_run(done: int) -> None:
+    """Hand the event loop to other tasks once every YIELD_EVERY items of a long loop (`done` counts from 0)."""
+    if done % YIELD_EVERY == YIELD_EVERY - 1:
+        await asyncio.sleep(0)
 
 
 class Handler(Protocol):
@@ -266,7 +275,8 @@ class ConsumerRunner:
         at a time, so only the poison message goes to the DLQ.
         """
         decoded: list[tuple[ConsumerRecord[bytes, bytes], Envelope[Any], Handler]] = []
-        for record in records:
+        for done, record in enumerate(records):
+            await let_others_run(done)
             routed = await self._route(record)
             if routed is not None:
                 decoded.append((record, *routed))

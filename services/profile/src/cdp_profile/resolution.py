@@ -18,6 +18,7 @@ from typing import Any
 
 from cdp_common.envelope import Envelope
 from cdp_common.events import TrackingEventReceived
+from cdp_common.kafka import let_others_run
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import store
@@ -95,7 +96,7 @@ async def resolve_events(
     # Prepared with the configuration the last transaction read; the first view brings this
     # transaction's own, and the events are prepared again should it differ.
     configuration = context.configurations.configuration
-    prepared = [_prepare(envelope, configuration, context) for envelope in envelopes]
+    prepared = await _prepare_all([*envelopes], configuration, context)
     held: store.Configuration | None = None
     resolved: list[str | None] = []
     position, size = 0, LARGEST_VIEW
@@ -111,10 +112,11 @@ async def resolve_events(
             )
             if held is not configuration:
                 configuration = held
-                prepared = [_prepare(item.envelope, configuration, context) for item in prepared]
+                prepared = await _prepare_all([item.envelope for item in prepared], configuration, context)
                 continue
         applied = 0
-        for item in stretch:
+        for done, item in enumerate(stretch):
+            await let_others_run(done)
             decided, profile_id = _apply(view=view, item=item, configuration=configuration, context=context)
             if not decided:
                 break
@@ -130,6 +132,16 @@ async def resolve_events(
         else:
             size = min(size * 2, LARGEST_VIEW)
     return resolved
+
+
+async def _prepare_all(
+    envelopes: list[Envelope[Any]], configuration: store.Configuration, context: ProfileContext
+) -> list[_Prepared]:
+    prepared = []
+    for done, envelope in enumerate(envelopes):
+        await let_others_run(done)
+        prepared.append(_prepare(envelope, configuration, context))
+    return prepared
 
 
 def _prepare(

@@ -21,7 +21,7 @@ from cdp_common.events import (
     ProfileSplit,
     ProfileUpdated,
 )
-from cdp_common.kafka import BatchHandler, Handler
+from cdp_common.kafka import BatchHandler, Handler, let_others_run
 from cdp_common.replica import apply_profile_version
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -242,7 +242,8 @@ async def apply_profile_changes(
             continue
         catalog = await context.catalog.current(session, stamp=applied.catalog_stamp)
         models: dict[str, dict[str, Any]] = {}
-        for envelope in wave:
+        for done, envelope in enumerate(wave):
+            await let_others_run(done)
             data: ProfileChanged = envelope.data
             held = applied.profiles.get(data.profile_id)
             if held is None:
