@@ -860,10 +860,11 @@ async def _kafka_hop(settings: PlatformSettings, producer: AIOKafkaProducer, rat
 
 async def run(env: dict[str, str]) -> dict[str, Any]:
     """Run both parts; the latency part needs the running stack."""
-    recompute = await recompute_benchmark(env["CDP_DATABASE_URL"])
-    # Segment alone first: the end-to-end part leaves the dev stack busy with what it sent.
-    share = await segment_share_benchmark(env)
+    # The end-to-end part first, on a stack nothing of this benchmark has loaded yet: the
+    # recompute's million inserted profiles leave PostgreSQL busy (WAL, checkpoints) for a while.
     latency = await latency_benchmark(env)
+    recompute = await recompute_benchmark(env["CDP_DATABASE_URL"])
+    share = await segment_share_benchmark(env)
     # The goal is judged on single calls, each its own request: the harder load of the two.
     p99 = latency[_load_name(RATES[-1], 1)]["p99_ms"]
     batched = latency[_load_name(*LOADS[-1])]["p99_ms"]
