@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cdp_common.events import EVENT_TYPES, decode_envelope
+from cdp_common.events import (
+    EVENT_TYPES,
+    InvalidEvent,
+    checked_step_by_step,
+    decode_envelope,
+    envelope_of_document,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -33,3 +41,46 @@ def test_consumers_keep_fields_they_do_not_know() -> None:
     document["traceparent"] = "00-abc-def-01"
     envelope = decode_envelope(json.dumps(document).encode())
     assert envelope.data.token_id == document["data"]["token_id"]
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("*.json")), ids=lambda p: p.stem)
+def test_the_one_pass_check_gives_what_the_step_by_step_check_gives(path: Path) -> None:
+    document = json.loads(path.read_bytes())
+    at_once = envelope_of_document(document)
+    step_by_step = checked_step_by_step(document, EVENT_TYPES)
+    assert at_once == step_by_step
+    assert at_once.to_bytes() == step_by_step.to_bytes()
+    assert type(at_once.data) is EVENT_TYPES[path.stem]
+
+
+@pytest.mark.parametrize(
+    ("time", "expected"),
+    [
+        ("2026-05-01T12:00:00Z", "2026-05-01T12:00:00+00:00"),
+        ("2026-05-01T14:00:00+02:00", "2026-05-01T12:00:00+00:00"),
+        ("2026-05-01T12:00:00", "2026-05-01T12:00:00+00:00"),
+    ],
+)
+def test_every_envelope_time_is_kept_in_utc(time: str, expected: str) -> None:
+    document = json.loads((SAMPLES / "cdp.token.revoked.v1.json").read_text())
+    document["time"] = time
+    envelope = decode_envelope(json.dumps(document).encode())
+    assert envelope.time.isoformat() == expected
+    assert envelope.time.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"subject": ""}, "not an envelope"),
+        ({"source": "x" * 201}, "not an envelope"),
+        ({"data": {"token_id": 5}}, "invalid cdp.token.revoked.v1 payload"),
+        ({"data": "a string"}, "not an envelope"),
+    ],
+)
+def test_a_bad_message_is_explained_whichever_check_sees_it_first(
+    change: dict[str, Any], problem: str
+) -> None:
+    document = {**json.loads((SAMPLES / "cdp.token.revoked.v1.json").read_text()), **change}
+    with pytest.raises(InvalidEvent, match=problem):
+        decode_envelope(json.dumps(document).encode())
