@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -62,6 +63,23 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
+# A run of 19 digits or more may be an integer beyond 64 bits, which the fast parser would
+# turn into an inexact float; such a document is read by the standard library, exactly.
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def json_value(text: str | bytes) -> Any:
+    """Read JSON exactly: fast for the usual documents, the standard library for long numbers."""
+    long_number = _LONG_NUMBER_BYTES if isinstance(text, bytes) else _LONG_NUMBER
+    if long_number.search(text) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # what the standard library may still read, or refuse with its own message
+    return json.loads(text)
+
+
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -84,6 +102,7 @@ def create_engine(*, database_url: str, schema: str, pool_size: int = 10) -> Asy
     engine = create_async_engine(
         database_url,
         json_serializer=json_text,
+        json_deserializer=json_value,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=_connect_args(database_url, schema),

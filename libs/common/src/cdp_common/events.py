@@ -11,9 +11,9 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-import orjson
 from pydantic import Field, ValidationError
 
+from cdp_common.db import json_value
 from cdp_common.envelope import Envelope, Payload, RawEnvelope
 
 
@@ -336,13 +336,9 @@ def read_envelope_document(value: bytes | None) -> Any:
     if value is None:
         raise InvalidEvent("message has no value")
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        # What the fast parser refuses (integers beyond 64 bits, say) the standard one may read.
-        try:
-            return json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidEvent(f"message is not JSON: {exc}") from exc
+        return json_value(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"message is not JSON: {exc}") from exc
 
 
 @functools.cache

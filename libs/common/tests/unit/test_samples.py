@@ -84,3 +84,13 @@ def test_a_bad_message_is_explained_whichever_check_sees_it_first(
     document = {**json.loads((SAMPLES / "cdp.token.revoked.v1.json").read_text()), **change}
     with pytest.raises(InvalidEvent, match=problem):
         decode_envelope(json.dumps(document).encode())
+
+
+def test_numbers_beyond_64_bits_are_read_exactly() -> None:
+    document = json.loads((SAMPLES / "cdp.token.revoked.v1.json").read_text())
+    document["data"]["order_number"] = 123456789012345678901234567890
+    document["data"]["ratio"] = 0.1
+    envelope = decode_envelope(json.dumps(document).encode())
+    extra = envelope.data.model_extra or {}
+    assert extra["order_number"] == 123456789012345678901234567890
+    assert extra["ratio"] == 0.1
