@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_common.envelope import Envelope, Payload
@@ -43,56 +42,50 @@ def known_profiles_table(metadata: sa.MetaData) -> sa.Table:
 
 
 @functools.cache
-def _version_upsert(table: sa.Table) -> Any:
-    """Build a table's version upsert once: every profile change runs it, with only its values bound."""
-    statement = postgresql.insert(table).values(
-        profile_id=sa.bindparam("profile_id", type_=sa.Text),
-        version=sa.bindparam("version", type_=sa.BigInteger),
-        merged_into=sa.bindparam("merged_into", type_=sa.Text),
+def _versions_upsert(table_name: str) -> sa.TextClause:
+    """Build a table's version upsert once: every poll runs it, with only its arrays bound."""
+    return sa.text(
+        f"INSERT INTO {table_name} (profile_id, version, merged_into)"  # noqa: S608 - a table name of our own
+        " SELECT * FROM unnest(CAST(:profile_ids AS text[]), CAST(:versions AS bigint[]),"
+        " CAST(:merged_into AS text[]))"
+        " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version,"
+        f" merged_into = excluded.merged_into, updated_at = now() WHERE {table_name}.version < excluded.version"
+        " RETURNING profile_id"
     )
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.profile_id],
-        set_={
-            "version": statement.excluded.version,
-            "merged_into": statement.excluded.merged_into,
-            "updated_at": sa.func.now(),
-        },
-        where=table.c.version < statement.excluded.version,
-    ).returning(table.c.profile_id)
 
 
 async def apply_profile_version(
     *, session: AsyncSession, table: sa.Table, profile_id: str, version: int, merged_into: str | None = None
 ) -> bool:
     """Record a profile at a version unless a newer one is held; True when it was newer."""
-    values = {"profile_id": profile_id, "version": version, "merged_into": merged_into}
-    return (await session.execute(_version_upsert(table), values)).first() is not None
-
-
-@functools.cache
-def _versions_upsert(table_name: str) -> sa.TextClause:
-    """Build the upsert of many profiles' versions for one table, once."""
-    return sa.text(
-        f"INSERT INTO {table_name} (profile_id, version)"  # noqa: S608 - a table name of our own
-        " SELECT profile_id, version"
-        " FROM unnest(CAST(:profile_ids AS text[]), CAST(:versions AS bigint[])) AS v(profile_id, version)"
-        " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, merged_into = NULL,"
-        f" updated_at = now() WHERE {table_name}.version < excluded.version"
+    applied = await apply_profile_versions(
+        session=session, table=table, versions=[(profile_id, version, merged_into)]
     )
+    return profile_id in applied
 
 
 async def apply_profile_versions(
-    *, session: AsyncSession, table: sa.Table, versions: Sequence[tuple[str, int]]
-) -> None:
-    """Record profiles at versions, in one statement, as apply_profile_version would one after another."""
-    newest: dict[str, int] = {}
-    for profile_id, version in versions:
-        if version > newest.get(profile_id, -1):
-            newest[profile_id] = version
-    if newest:
-        await session.execute(
-            _versions_upsert(table.name), {"profile_ids": list(newest), "versions": list(newest.values())}
-        )
+    *, session: AsyncSession, table: sa.Table, versions: Sequence[tuple[str, int, str | None]]
+) -> set[str]:
+    """Record (profile id, version, merged into) in one statement, as one after another would; return those newer.
+
+    Of a profile's entries only its newest (the first of equal ones) can take effect, so it alone is sent.
+    """
+    newest: dict[str, tuple[int, str | None]] = {}
+    for profile_id, version, merged_into in versions:
+        if profile_id not in newest or version > newest[profile_id][0]:
+            newest[profile_id] = (version, merged_into)
+    if not newest:
+        return set()
+    result = await session.execute(
+        _versions_upsert(table.name),
+        {
+            "profile_ids": list(newest),
+            "versions": [version for version, _ in newest.values()],
+            "merged_into": [merged_into for _, merged_into in newest.values()],
+        },
+    )
+    return set(result.scalars())
 
 
 def profile_version_handlers(table: sa.Table) -> dict[type[Payload], Handler]:

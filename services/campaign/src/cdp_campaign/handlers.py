@@ -515,7 +515,7 @@ async def on_profiles_changed(
     Contact changes are written together; before a track call's goals, triggers and
     journeys are acted on, every contact change up to it is written.
     """
-    versions = [(envelope.data.profile_id, envelope.data.version) for envelope in envelopes]
+    versions = [(envelope.data.profile_id, envelope.data.version, None) for envelope in envelopes]
     await apply_profile_versions(session=session, table=store.known_profiles, versions=versions)
     contacts: list[dict[str, Any]] = []
     for envelope in envelopes:

@@ -169,7 +169,9 @@ async def apply_profiles_changed(
     """Apply profile changes as apply_profile_changed one at a time: versions and contacts in bulk, signals in order."""
     changes: list[ProfileChanged] = [envelope.data for envelope in envelopes]
     await apply_profile_versions(
-        session=session, table=store.known_profiles, versions=[(d.profile_id, d.version) for d in changes]
+        session=session,
+        table=store.known_profiles,
+        versions=[(d.profile_id, d.version, None) for d in changes],
     )
     contacts: list[tuple[str, str, str]] = []
     for data in changes:
