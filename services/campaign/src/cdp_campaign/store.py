@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -381,13 +381,6 @@ async def contacts_of(*, session: AsyncSession, profile_ids: Sequence[str]) -> d
         return {}
     rows = await session.execute(sa.select(contacts).where(_any_of(contacts.c.profile_id, profile_ids)))
     return {r["profile_id"]: r for r in _dicts(rows)}
-
-
-async def set_membership(
-    *, session: AsyncSession, profile_id: str, segment_key: str, member: bool, at: datetime
-) -> None:
-    """Record that a profile entered or left a segment."""
-    await set_memberships(session=session, changes=[(profile_id, segment_key, at)], member=member)
 
 
 _ENTER_MANY = sa.text(
@@ -834,8 +827,3 @@ async def export_profile(*, session: AsyncSession, profile_id: str) -> dict[str,
         "journey_positions": [_plain(dict(r)) for r in positions.mappings()],
         "purchases": [_plain(p) for p in await purchase_history(session=session, profile_id=profile_id)],
     }
-
-
-def window_start(*, now: datetime, hours: float) -> datetime:
-    """Return the start of a window of hours ending now."""
-    return now - timedelta(hours=hours)

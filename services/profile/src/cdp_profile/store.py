@@ -247,51 +247,12 @@ async def tombstoned(*, session: AsyncSession, hashes: Sequence[str]) -> bool:
     return found.first() is not None
 
 
-async def lock_identifier_keys(*, session: AsyncSession, keys: Sequence[IdentifierKey]) -> None:
-    """Serialise resolutions that share an identifier: advisory locks taken in one global order."""
-    if not keys:
-        return
-    texts = sorted({str(k) for k in keys})
-    await session.execute(
-        sa.text(
-            "SELECT pg_advisory_xact_lock(h) FROM "
-            "(SELECT hashtextextended(k, 7) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
-        ),
-        {"keys": texts},
-    )
-
-
 @dataclass(frozen=True)
 class Owner:
     """Who holds an identifier, and whether it is quarantined."""
 
     profile_id: str
     quarantined: bool
-
-
-async def find_owners(*, session: AsyncSession, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, Owner]:
-    """Return the profile each identifier belongs to; a profile_id key resolves through merges."""
-    found: dict[IdentifierKey, Owner] = {}
-    plain = [k for k in keys if k.type != PROFILE_ID]
-    if plain:
-        rows = await session.execute(
-            sa.select(
-                identifiers.c.type,
-                identifiers.c.value,
-                identifiers.c.profile_id,
-                identifiers.c.quarantined_at,
-            ).where(
-                sa.tuple_(identifiers.c.type, identifiers.c.value).in_([(k.type, k.value) for k in plain])
-            )
-        )
-        for row in rows:
-            found[IdentifierKey(row.type, row.value)] = Owner(row.profile_id, row.quarantined_at is not None)
-    for key in keys:
-        if key.type == PROFILE_ID:
-            resolved = await resolve_profile_id(session=session, profile_id=key.value)
-            if resolved is not None:
-                found[key] = Owner(resolved, False)
-    return found
 
 
 _OWNERS_WITH_PROFILES = sa.text(

@@ -620,25 +620,6 @@ async def write_membership_changes(
     note_outbox_write_lock(session=session)
 
 
-async def record_membership_change(
-    *,
-    session: AsyncSession,
-    topic: str,
-    segment: SegmentRow | SegmentDefinition,
-    profile_id: str,
-    entered: bool,
-    at: datetime,
-    reason: dict[str, Any],
-    history_reason: dict[str, Any],
-) -> None:
-    """Enter or leave a segment: the membership, its history and the outbox event, together."""
-    await write_membership_changes(
-        session=session,
-        topic=topic,
-        changes=[MembershipChange(segment, profile_id, entered, at, reason, history_reason)],
-    )
-
-
 async def page_members(
     *, session: AsyncSession, segment_id: str, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
@@ -655,14 +636,6 @@ async def page_members(
         {"profile_id": r.profile_id, "entered_at": r.entered_at.isoformat()}
         for r in await session.execute(query)
     ]
-
-
-async def member_ids(*, session: AsyncSession, segment_id: str) -> set[str]:
-    """Return every member of a segment."""
-    rows = await session.execute(
-        sa.select(memberships.c.profile_id).where(memberships.c.segment_id == segment_id)
-    )
-    return set(rows.scalars())
 
 
 async def profile_memberships(*, session: AsyncSession, profile_id: str) -> list[dict[str, Any]]:
