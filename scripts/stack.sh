@@ -14,7 +14,7 @@
 #                              run uv (installed first when missing)
 #
 # Every subcommand is idempotent. State lives under .run/ (logs in .run/logs,
-# pid files in .run/pids, caught mail in .run/mail).
+# pid files in .run/pids, caught mail in .run/mail, a link to a folder in /dev/shm).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -552,6 +552,32 @@ start_prometheus() {
 # ---------------------------------------------------------------- mail catcher
 
 MAIL_PATTERN="$ROOT/deploy/local/mailcatcher.py"
+MAIL_KEEP="${CDP_MAIL_KEEP:-10000}"
+
+# Caught mail is kept in memory (/dev/shm) when there is one, as mail catchers do: creating a file
+# on a disk costs far more than the SMTP exchange itself. .run/mail links to it; CDP_MAIL_DIR
+# chooses another folder.
+mail_store() {
+  if [[ -n "${CDP_MAIL_DIR:-}" ]]; then
+    echo "$CDP_MAIL_DIR"
+  elif [[ -d /dev/shm && -w /dev/shm ]]; then
+    echo "/dev/shm/cdp-mail-$(id -u)-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+  else
+    echo "$RUN/mail"
+  fi
+}
+
+link_mail_dir() {
+  local store="$1"
+  mkdir -p "$store"
+  [[ "$store" == "$RUN/mail" ]] && return 0
+  if [[ -d "$RUN/mail" && ! -L "$RUN/mail" ]]; then
+    # Mail caught before the store moved: keep it in the store.
+    find "$RUN/mail" -maxdepth 1 -name '*.eml' -exec mv -t "$store" {} +
+    rmdir "$RUN/mail" 2>/dev/null || mv "$RUN/mail" "$RUN/mail.old.$$"
+  fi
+  ln -sfn "$store" "$RUN/mail"
+}
 
 start_mailcatcher() {
   if running mailcatcher "$MAIL_PATTERN"; then
@@ -561,9 +587,12 @@ start_mailcatcher() {
   if port_open "$SMTP_PORT"; then
     die "port $SMTP_PORT is taken by another process ($(port_owner "$SMTP_PORT")); stop it or set CDP_SMTP_PORT"
   fi
-  log "starting the mail catcher on 127.0.0.1:$SMTP_PORT (mail to .run/mail/)"
+  local store
+  store="$(mail_store)"
+  link_mail_dir "$store"
+  log "starting the mail catcher on 127.0.0.1:$SMTP_PORT (mail to .run/mail/ -> $store, newest $MAIL_KEEP kept)"
   start_bg mailcatcher "$MAIL_PATTERN" "$VENV_PY" "$MAIL_PATTERN" \
-    --host 127.0.0.1 --port "$SMTP_PORT" --dir "$RUN/mail"
+    --host 127.0.0.1 --port "$SMTP_PORT" --dir "$store" --keep "$MAIL_KEEP"
   local deadline=$((SECONDS + 30))
   while ((SECONDS < deadline)); do
     running mailcatcher "$MAIL_PATTERN" || {

@@ -13,6 +13,9 @@ millisecond of CPU per message (a coroutine step per line of data, address parsi
 through the e-mail header parser), which made the catcher the bottleneck of the
 campaign benchmark. A file is written (to a hidden temporary name, then renamed)
 before the message is acknowledged; it is not fsynced: this is a development tool.
+The newest ``--keep`` messages are kept (10,000 by default), so a folder in memory
+(the local stack puts it in /dev/shm, as mail catchers usually keep mail in memory)
+cannot grow without bound.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -40,12 +44,21 @@ HELP_REPLY = "250 Supported commands: AUTH DATA EHLO HELO HELP MAIL NOOP QUIT RC
 
 
 class MailDir:
-    """Writes each message atomically as ``<UTC timestamp>-<n>.eml``."""
+    """Writes each message atomically as ``<UTC timestamp>-<n>.eml``, keeping the newest `keep`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, keep: int = 0) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.count = 0
+        self.keep = keep
+        # Oldest first; file names sort by time. Files deleted by someone else are skipped later.
+        self.kept: deque[Path] = deque(sorted(directory.glob("*.eml"))) if keep else deque()
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete the oldest messages beyond `keep` (0 keeps everything)."""
+        while self.keep and len(self.kept) > self.keep:
+            self.kept.popleft().unlink(missing_ok=True)
 
     def write(self, *, mail_from: str, rcpt_tos: list[str], content: bytes) -> Path:
         """Write one message with its envelope as Return-Path and Delivered-To headers."""
@@ -66,6 +79,9 @@ class MailDir:
                 tmp.unlink()
                 continue
             tmp.rename(path)
+            if self.keep:
+                self.kept.append(path)
+                self.prune()
             return path
 
 
@@ -256,9 +272,9 @@ class CatcherProtocol(asyncio.Protocol):
         return "235 2.7.0 Authentication successful"
 
 
-async def serve(host: str, port: int, directory: Path) -> None:
+async def serve(host: str, port: int, directory: Path, keep: int = 0) -> None:
     """Accept SMTP sessions until SIGTERM or SIGINT."""
-    maildir = MailDir(directory)
+    maildir = MailDir(directory, keep)
     sessions: set[CatcherProtocol] = set()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: CatcherProtocol(maildir, sessions), host=host, port=port)
@@ -281,6 +297,9 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("CDP_SMTP_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("CDP_SMTP_PORT", "1025")))
     parser.add_argument("--dir", type=Path, default=Path(".run/mail"))
+    parser.add_argument(
+        "--keep", type=int, default=10_000, help="keep the newest N messages, deleting older ones (0: all)"
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO,
@@ -289,9 +308,9 @@ def main() -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port, args.dir.resolve()))
+        asyncio.run(serve(args.host, args.port, args.dir.resolve(), args.keep))
     else:
-        uvloop.run(serve(args.host, args.port, args.dir.resolve()))
+        uvloop.run(serve(args.host, args.port, args.dir.resolve(), args.keep))
 
 
 if __name__ == "__main__":

@@ -1060,7 +1060,7 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
                 )
                 allowed[pair], refusals[pair] = verdicts.allowed, verdicts.refused
             except ConsentUnavailable as exc:
-                logger.warning("consent check failed; nobody contacted", extra={"error": str(exc)})
+                logger.warning("consent check failed (%s); nobody contacted", exc, extra={"error": str(exc)})
                 unavailable.add(pair)
 
         for send, definition in waiting:
