@@ -53,7 +53,7 @@ RAW_PARTITIONER = DefaultPartitioner()
 
 NOOP_APP = """
 import uvicorn
-from cdp_ingest.main import tune_garbage_collector
+from cdp_common.service import settle_heap
 from fastapi import FastAPI
 
 app = FastAPI()
@@ -64,7 +64,7 @@ async def noop() -> dict:
     return {"success": True}
 
 
-tune_garbage_collector()
+settle_heap()
 uvicorn.run(
     app,
     host="127.0.0.1",

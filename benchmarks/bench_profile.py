@@ -24,9 +24,10 @@ from cdp_common.envelope import Envelope
 from cdp_common.events import TrackingEventReceived, make_envelope
 from cdp_common.kafka import ConsumerRunner, KafkaPublisher, create_producer, ensure_topics
 from cdp_common.migrations import migrate
+from cdp_common.service import settle_heap
 from cdp_common.topics import TopicName
 from cdp_profile.consumer import consumer_specs
-from cdp_profile.main import MIGRATIONS, profile_context, settle_heap
+from cdp_profile.main import MIGRATIONS, profile_context
 from cdp_profile.settings import Settings
 
 NAME = "profile"

@@ -80,9 +80,12 @@ def free_port() -> int:
         return port
 
 
-def test_mail_catcher_keeps_each_message_as_an_eml_file(tmp_path: Path) -> None:
+def test_mail_catcher_keeps_the_newest_messages_each_as_an_eml_file(tmp_path: Path) -> None:
     port = free_port()
     maildir = tmp_path / "mail"
+    maildir.mkdir()
+    # Mail from before a restart counts towards what is kept, oldest first.
+    (maildir / "20000101T000000.000000Z-1.eml").write_bytes(b"Subject: old\r\n\r\nold\r\n")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -93,6 +96,8 @@ def test_mail_catcher_keeps_each_message_as_an_eml_file(tmp_path: Path) -> None:
             str(port),
             "--dir",
             str(maildir),
+            "--keep",
+            "2",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -106,7 +111,7 @@ def test_mail_catcher_keeps_each_message_as_an_eml_file(tmp_path: Path) -> None:
         wait_until(listening, timeout=20, what="the mail catcher to listen")
 
         subjects = ["First message", "Zweite Nachricht über Umlaute"]
-        for subject in subjects:
+        for subject in subjects:  # the old message makes way for the second
             message = EmailMessage()
             message["From"] = "platform@example.com"
             message["To"] = "someone@example.com"

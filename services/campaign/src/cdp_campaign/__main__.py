@@ -2,4 +2,5 @@
 
 from cdp_campaign.main import main
 
-main()
+if __name__ == "__main__":
+    main()

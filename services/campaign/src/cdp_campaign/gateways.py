@@ -1,6 +1,7 @@
 """The campaign service's ways out: the consent service, ingest's tracking API, SMTP, an SMS
-provider and webhooks. Each is a protocol with the real implementation beside it; main.py
-builds the real ones, tests pass fakes through the same seams."""
+provider and webhooks, and the worker processes that compose messages. Each is a protocol with
+the real implementation beside it; main.py builds the real ones, tests pass fakes through the
+same seams."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import hashlib
 import hmac
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,6 +26,7 @@ import httpx
 import orjson
 
 from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
+from cdp_campaign.domain.compose import Composed, Draft, Refused, compose_all
 from cdp_campaign.domain.messages import OutgoingMail
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,150 @@ class SystemClock:
     def now(self) -> datetime:
         """Return the current time."""
         return datetime.now(UTC)
+
+
+# --- composing ---------------------------------------------------------------------------
+
+
+class Composer(Protocol):
+    """Renders drafts into sends (templates, and the e-mail built), one result per draft in order."""
+
+    async def start(self) -> None: ...
+
+    async def compose_many(self, drafts: Sequence[Draft]) -> list[Composed | Refused]: ...
+
+    async def close(self) -> None: ...
+
+
+class InlineComposer:
+    """Composes on the event loop itself (CDP_CAMPAIGN_COMPOSE_PROCESSES=0)."""
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def compose_many(self, drafts: Sequence[Draft]) -> list[Composed | Refused]:
+        """Compose every draft here and now."""
+        return compose_all(drafts)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class ComposerUnavailable(Exception):
+    """The composing workers cannot start; the sends stay queued and the job is retried."""
+
+
+class ProcessComposer:
+    """Composes in worker processes, a chunk of drafts per worker.
+
+    Templates are user-supplied code: each render is bounded by the sandbox's own budget, and
+    the worker processes add a hard limit on top. A chunk that runs past `timeout_s` per draft
+    (or whose worker dies) gets its pool replaced, and its drafts are composed again one at a
+    time, so that only the draft at fault is refused. When the workers cannot even start,
+    ComposerUnavailable is raised and nothing is refused.
+
+    The workers are spawned, so the program's main module must be importable without side
+    effects (`if __name__ == "__main__":`), as multiprocessing requires.
+    """
+
+    STARTUP_TIMEOUT_S = 60.0
+
+    def __init__(self, *, processes: int, timeout_s: float) -> None:
+        self._processes = processes
+        self._timeout_s = timeout_s
+        self._pool: ProcessPoolExecutor | None = None
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the workers now rather than at the first send; a failure is logged and retried then."""
+        try:
+            await self._executor()
+        except ComposerUnavailable as exc:
+            logger.warning("%s; sending will try again", exc)
+
+    async def _executor(self) -> ProcessPoolExecutor:
+        async with self._starting:
+            if self._pool is None:
+                # Spawned, not forked: the service has threads and open sockets a fork would copy.
+                pool = ProcessPoolExecutor(
+                    max_workers=self._processes, mp_context=multiprocessing.get_context("spawn")
+                )
+                loop = asyncio.get_running_loop()
+                try:
+                    # The workers start (and import the templates' code) before any deadline runs.
+                    await asyncio.wait_for(
+                        asyncio.gather(
+                            *(loop.run_in_executor(pool, compose_all, []) for _ in range(self._processes))
+                        ),
+                        timeout=self.STARTUP_TIMEOUT_S,
+                    )
+                except (TimeoutError, BrokenProcessPool, RuntimeError) as exc:
+                    self._replace(pool)
+                    raise ComposerUnavailable(f"the composing workers did not start: {exc!r}") from exc
+                self._pool = pool
+            return self._pool
+
+    def _replace(self, pool: ProcessPoolExecutor) -> None:
+        """Kill a pool's workers (one may be stuck in a template) and start afresh next time."""
+        if self._pool is pool:
+            self._pool = None
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.kill()
+
+    async def _run(self, drafts: Sequence[Draft]) -> list[Composed | Refused] | None:
+        """Compose a chunk in a worker; None when it ran out of time or its worker died."""
+        pool = await self._executor()
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(pool, compose_all, list(drafts)), timeout=self._timeout_s * len(drafts)
+            )
+        except (TimeoutError, BrokenProcessPool) as exc:
+            logger.warning(
+                "composing worker replaced (%s)", type(exc).__name__, extra={"drafts": len(drafts)}
+            )
+            self._replace(pool)
+            return None
+
+    async def _chunk_or_one_by_one(self, drafts: Sequence[Draft]) -> list[Composed | Refused]:
+        together = await self._run(drafts)
+        if together is not None:
+            return together
+        results: list[Composed | Refused] = []
+        for draft in drafts:
+            alone = await self._run([draft])
+            results.extend(
+                alone
+                if alone is not None
+                else [Refused(f"composing took longer than {self._timeout_s}s or stopped its worker")]
+            )
+        return results
+
+    async def compose_many(self, drafts: Sequence[Draft]) -> list[Composed | Refused]:
+        """Compose drafts in one chunk per worker; results in the drafts' order.
+
+        One task per worker and job keeps the jobs in order: the first job's messages are ready
+        first, rather than every job's at once."""
+        if not drafts:
+            return []
+        size = -(-len(drafts) // self._processes)
+        chunks = [drafts[i : i + size] for i in range(0, len(drafts), size)]
+        parts = await asyncio.gather(*(self._chunk_or_one_by_one(c) for c in chunks))
+        return [result for part in parts for result in part]
+
+    async def close(self) -> None:
+        """Stop the workers."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+def composer_for(*, processes: int, timeout_s: float) -> Composer:
+    """The composer a service with these settings uses: worker processes, or none (0)."""
+    return ProcessComposer(processes=processes, timeout_s=timeout_s) if processes else InlineComposer()
 
 
 # --- consent -----------------------------------------------------------------------------
@@ -74,25 +223,41 @@ class HttpConsentGate:
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._client.post(
-                f"{self._base}{path}", content=orjson.dumps(body), headers=self._headers
-            )
-        except httpx.HTTPError as exc:
-            raise ConsentUnavailable(f"consent service unreachable: {type(exc).__name__}") from exc
-        if response.status_code >= 300:
-            raise ConsentUnavailable(f"consent service answered {response.status_code}")
-        try:
-            document: dict[str, Any] = orjson.loads(response.content)
-        except ValueError as exc:
-            raise ConsentUnavailable("consent service answered something that is not JSON") from exc
-        return document
+    # Questions (check, lookup) are asked again after these pauses when the service could not
+    # be reached or answered that it is unavailable; a withdrawal is not repeated here.
+    RETRY_DELAYS_S = (0.05, 0.25)
+    RETRY_STATUSES = frozenset({502, 503, 504})
+
+    async def _post(self, path: str, body: dict[str, Any], *, question: bool = False) -> dict[str, Any]:
+        failure = ConsentUnavailable("consent service not asked")
+        for delay in (0.0, *self.RETRY_DELAYS_S) if question else (0.0,):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                response = await self._client.post(
+                    f"{self._base}{path}", content=orjson.dumps(body), headers=self._headers
+                )
+            except httpx.HTTPError as exc:
+                failure = ConsentUnavailable(f"consent service unreachable: {type(exc).__name__}")
+                continue
+            if response.status_code in self.RETRY_STATUSES:
+                failure = ConsentUnavailable(f"consent service answered {response.status_code}")
+                continue
+            if response.status_code >= 300:
+                raise ConsentUnavailable(f"consent service answered {response.status_code}")
+            try:
+                document: dict[str, Any] = orjson.loads(response.content)
+            except ValueError as exc:
+                raise ConsentUnavailable("consent service answered something that is not JSON") from exc
+            return document
+        raise failure
 
     async def check(self, *, profile_ids: Sequence[str], purpose: str, channel: str) -> ConsentVerdicts:
         """Ask which profiles may be contacted for a purpose on a channel."""
         document = await self._post(
-            "/v1/consents/check", {"purpose": purpose, "channel": channel, "profile_ids": list(profile_ids)}
+            "/v1/consents/check",
+            {"purpose": purpose, "channel": channel, "profile_ids": list(profile_ids)},
+            question=True,
         )
         allowed = set(document.get("allowed") or []) & set(profile_ids)
         refused = {str(k): str(v) for k, v in (document.get("refused") or {}).items()}
@@ -100,7 +265,7 @@ class HttpConsentGate:
 
     async def is_suppressed(self, *, kind: str, value: str) -> bool:
         """Ask whether an address is on the suppression list."""
-        document = await self._post("/v1/suppressions/lookup", {"type": kind, "value": value})
+        document = await self._post("/v1/suppressions/lookup", {"type": kind, "value": value}, question=True)
         return bool(document.get("suppressed", True))
 
     async def withdraw(self, *, profile_id: str, purpose: str, channel: str, at: datetime) -> None:

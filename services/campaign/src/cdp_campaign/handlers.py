@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,19 +47,22 @@ from cdp_campaign.domain.campaigns import (
     check_transition,
     consent_pair,
 )
+from cdp_campaign.domain.compose import Draft, Refused, Tracking
 from cdp_campaign.domain.journeys import Facts, JourneySpec, Position, SendStep, WaitStep, advance
-from cdp_campaign.domain.messages import TrackingLinks, build_email
+from cdp_campaign.domain.messages import OutgoingMail
 from cdp_campaign.domain.recommendations import Purchase, recommend
 from cdp_campaign.domain.rules import QuietHours, SkipReason, over_cap
 from cdp_campaign.domain.stats import GroupOutcome, uplift
-from cdp_campaign.domain.templates import TemplateRefused, render, uses_name
+from cdp_campaign.domain.templates import TemplateRefused, uses_name
 from cdp_campaign.domain.tokens import is_privacy_proxy_open
 from cdp_campaign.gateways import (
     Clock,
+    Composer,
     ConsentGate,
     ConsentUnavailable,
     EngagementTracker,
     HandOverUnknown,
+    InlineComposer,
     MailSender,
     Rejected,
     SmsProvider,
@@ -87,6 +90,7 @@ class CampaignContext:
     sms: SmsProvider
     webhooks: WebhookSender
     clock: Clock
+    composer: Composer = field(default_factory=InlineComposer)
 
     @property
     def sends_topic(self) -> str:
@@ -881,6 +885,7 @@ class Outgoing:
     body: str
     text: str | None
     webhook_url: str | None
+    mail: OutgoingMail | None = None
 
 
 @dataclass
@@ -1003,17 +1008,39 @@ async def _within_caps(
     return kept
 
 
+@dataclass
+class PreparedSends:
+    """A job's sends checked against the rules and composed, not yet claimed."""
+
+    now: datetime
+    since: datetime
+    outgoing: list[Outgoing]
+    skipped: dict[str, str]
+    deferred: dict[str, datetime]
+
+
 async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dict[str, int]:
     """Check each queued send against the rules, record it as handed over, then hand it over.
 
     A send found half-way (recorded as handing over by a worker that died) is reported as
     unknown and never sent again: at most once.
     """
+    return await hand_over_sends(ctx=ctx, prepared=await prepare_sends(ctx=ctx, send_ids=send_ids))
+
+
+async def prepare_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> PreparedSends:
+    """Read a job's queued sends, apply consent, address and quiet-hour rules, and compose them.
+
+    Nothing is claimed yet, so preparing ahead of the hand-over risks nothing.
+    """
     now = ctx.clock.now()
     factory = ctx.session_factory()
     skipped: dict[str, str] = {}
     deferred: dict[str, datetime] = {}
     outgoing: list[Outgoing] = []
+    drafts: list[Draft] = []
+    drafted: list[tuple[dict[str, Any], str, Definition]] = []
+    tracking = Tracking(key=ctx.hash_key, base_url=ctx.settings.public_url)
     async with transaction(factory) as session:
         rows = await store.sends_by_id(session=session, send_ids=send_ids)
         stale = [r["id"] for r in rows if r["status"] == "handing_over"]
@@ -1088,27 +1115,53 @@ async def deliver_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> dic
             assert definition.content is not None
             content = definition.content.for_locale((contact or {}).get("locale"))
             sources = [s for s in (content.subject, content.body, content.text) if s is not None]
-            try:
-                values = await render_values(
-                    session=session,
-                    profile_id=pid,
-                    contact=contact,
-                    segments=segments.get(pid, []),
-                    sources=sources,
-                    name=definition.name,
+            values = await render_values(
+                session=session,
+                profile_id=pid,
+                contact=contact,
+                segments=segments.get(pid, []),
+                sources=sources,
+                name=definition.name,
+            )
+            drafts.append(
+                Draft(
+                    channel=definition.channel,
+                    subject=content.subject,
+                    body=content.body,
+                    text=content.text,
+                    values=values,
+                    reference=send["id"],
+                    sender=ctx.settings.campaign_mail_from,
+                    to=address,
+                    tracking=tracking,
                 )
-                subject = render(content.subject, values) if content.subject is not None else None
-                body = render(content.body, values, html=definition.channel == "email")
-                text = render(content.text, values) if content.text is not None else None
-            except TemplateRefused as exc:
-                logger.warning("template failed", extra={"send_id": send["id"], "error": str(exc)})
-                skipped[send["id"]] = SkipReason.RENDER_FAILED
-                continue
-            outgoing.append(Outgoing(send, address, subject, body, text, definition.webhook_url))
+            )
+            drafted.append((send, address, definition))
 
+    for (send, address, definition), result in zip(
+        drafted, await ctx.composer.compose_many(drafts), strict=True
+    ):
+        if isinstance(result, Refused):
+            logger.warning("template failed", extra={"send_id": send["id"], "error": result.reason})
+            skipped[send["id"]] = SkipReason.RENDER_FAILED
+            continue
+        outgoing.append(
+            Outgoing(
+                send, address, result.subject, result.body, result.text, definition.webhook_url, result.mail
+            )
+        )
+
+    return PreparedSends(now=now, since=since, outgoing=outgoing, skipped=skipped, deferred=deferred)
+
+
+async def hand_over_sends(*, ctx: CampaignContext, prepared: PreparedSends) -> dict[str, int]:
+    """Record the skipped and deferred, claim the rest within the frequency caps, hand them over,
+    and record how each hand-over went."""
+    factory = ctx.session_factory()
+    now, skipped, deferred = prepared.now, dict(prepared.skipped), prepared.deferred
     async with transaction(factory) as session:
         outgoing = await _within_caps(
-            session=session, ctx=ctx, outgoing=outgoing, since=since, skipped=skipped
+            session=session, ctx=ctx, outgoing=prepared.outgoing, since=prepared.since, skipped=skipped
         )
         for reason in set(skipped.values()):
             ids = [i for i, r in skipped.items() if r == reason]
@@ -1204,17 +1257,8 @@ async def _hand_over(ctx: CampaignContext, outgoing: Outgoing) -> tuple[str, str
 async def _transmit(ctx: CampaignContext, outgoing: Outgoing) -> None:
     send = outgoing.send
     if send["channel"] == "email":
-        links = TrackingLinks(key=ctx.hash_key, base_url=ctx.settings.public_url, send_id=send["id"])
-        message = build_email(
-            sender=ctx.settings.campaign_mail_from,
-            to=outgoing.address,
-            subject=outgoing.subject or "",
-            html=outgoing.body,
-            text=outgoing.text,
-            links=links,
-            reference=send["id"],
-        )
-        await ctx.mailer.send(message)
+        assert outgoing.mail is not None, "an e-mail is built when it is composed"
+        await ctx.mailer.send(outgoing.mail)
     elif send["channel"] == "sms":
         await ctx.sms.send_sms(to=outgoing.address, body=outgoing.text or outgoing.body, reference=send["id"])
     else:
@@ -1252,11 +1296,20 @@ async def deliver_jobs(*, ctx: CampaignContext, jobs: Sequence[Sequence[str]]) -
     Every job runs to its end before a failure is raised, so a retry of the jobs never meets
     a send another of them is still handing over (each job's records make the retry harmless).
     """
-    limit = asyncio.Semaphore(ctx.settings.campaign_parallel_jobs)
+    # Preparing and handing over are limited apart, so that the next jobs are read and composed
+    # while others hold the SMTP connections, and the connections do not wait between jobs;
+    # at most as many jobs again as hand over are prepared ahead.
+    parallel = ctx.settings.campaign_parallel_jobs
+    in_flight = asyncio.Semaphore(2 * parallel)
+    preparing = asyncio.Semaphore(parallel)
+    handing_over = asyncio.Semaphore(parallel)
 
     async def one(send_ids: Sequence[str]) -> dict[str, int]:
-        async with limit:
-            return await deliver_sends(ctx=ctx, send_ids=send_ids)
+        async with in_flight:
+            async with preparing:
+                prepared = await prepare_sends(ctx=ctx, send_ids=send_ids)
+            async with handing_over:
+                return await hand_over_sends(ctx=ctx, prepared=prepared)
 
     results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
     totals: dict[str, int] = {}
@@ -1317,24 +1370,25 @@ async def send_test_email(
         sources=sources,
         name=spec.name,
     )
-    try:
-        subject = render(content.subject or "", values)
-        body = render(content.body, values, html=True)
-        text = render(content.text, values) if content.text is not None else None
-    except TemplateRefused as exc:
-        raise CampaignError(str(exc), code="invalid_template") from exc
     reference = new_id("test")
-    message = build_email(
+    draft = Draft(
+        channel="email",
+        subject=content.subject or "",
+        body=content.body,
+        text=content.text,
+        values=values,
+        reference=reference,
         sender=ctx.settings.campaign_mail_from,
         to=to,
-        subject=f"[TEST] {subject}",
-        html=body,
-        text=text,
-        links=None,
-        reference=reference,
+        subject_prefix="[TEST] ",
     )
+    (composed,) = await ctx.composer.compose_many([draft])
+    if isinstance(composed, Refused):
+        raise CampaignError(composed.reason, code="invalid_template")
+    assert composed.mail is not None
+    subject = composed.subject
     try:
-        await ctx.mailer.send(message)
+        await ctx.mailer.send(composed.mail)
     except (Rejected, TemporaryFailure, HandOverUnknown) as exc:
         raise CampaignError(f"the test e-mail was not accepted: {exc}", code="smtp_failed") from exc
     return {"sent": True, "reference": reference, "variant": variant.key, "subject": subject}

@@ -30,6 +30,7 @@ from cdp_campaign.gateways import (
     SmtpMailer,
     SystemClock,
     WebhookSender,
+    composer_for,
 )
 from cdp_campaign.handlers import CampaignContext, scheduler_tick
 from cdp_campaign.settings import Settings
@@ -90,10 +91,14 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
             timeout_s=settings.campaign_webhook_timeout_s,
         ),
         clock=ways.clock,
+        composer=composer_for(
+            processes=settings.campaign_compose_processes, timeout_s=settings.campaign_compose_timeout_s
+        ),
     )
     scheduler: dict[str, asyncio.Task[None]] = {}
 
-    async def start_scheduler(runtime: ServiceRuntime) -> None:
+    async def start_workers(runtime: ServiceRuntime) -> None:
+        await ctx.composer.start()
         if ways.run_scheduler:
             scheduler["task"] = asyncio.create_task(run_scheduler(ctx), name="campaign-scheduler")
 
@@ -102,7 +107,7 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
         settings=settings,
         migrations=MIGRATIONS,
         consumers=consumer_specs(settings, ctx),
-        on_start=[start_scheduler],
+        on_start=[start_workers],
     )
     holder["runtime"] = runtime
     app = build_app(runtime=runtime, routers=routers, title="CDP campaign service")
@@ -121,6 +126,7 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
                     await asyncio.gather(task, return_exceptions=True)
         if isinstance(mailer, SmtpMailer):
             await mailer.close()
+        await ctx.composer.close()
         await client.aclose()
 
     app.router.lifespan_context = lifespan

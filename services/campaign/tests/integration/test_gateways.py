@@ -1,5 +1,6 @@
-"""The real webhook sender and HTTP SMS provider against a server on loopback (allowlisted):
-signed bodies, no redirects followed, failures told apart."""
+"""The real webhook sender, HTTP SMS provider and consent gate against a server on loopback
+(allowlisted): signed bodies, no redirects followed, failures told apart, questions to the
+consent service asked again when it is briefly unavailable, and fail closed when it stays so."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ import contextlib
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from cdp_campaign.domain.addresses import AddressNotAllowed, parse_allowlist
-from cdp_campaign.gateways import HttpSmsProvider, Rejected, SafeWebhookSender, TemporaryFailure
+from cdp_campaign.gateways import (
+    ConsentUnavailable,
+    HttpConsentGate,
+    HttpSmsProvider,
+    Rejected,
+    SafeWebhookSender,
+    TemporaryFailure,
+)
 from cdp_common.testing import free_port, wait_for
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -22,6 +31,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 pytestmark = pytest.mark.integration
 
 received: list[tuple[str, dict[str, str], bytes]] = []
+consent_calls: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +58,26 @@ async def receiver() -> AsyncIterator[str]:
             return JSONResponse({"error": "busy"}, status_code=503)
         received.append(("sms", {}, body["body"].encode()))
         return JSONResponse({"id": "m1"})
+
+    @app.post("/v1/consents/check")
+    async def check(request: Request) -> JSONResponse:
+        consent_calls.append("check")
+        body: dict[str, Any] = await request.json()
+        if consent_calls.count("check") == 1:
+            return JSONResponse({"error": "starting"}, status_code=503)
+        return JSONResponse(
+            {"allowed": body["profile_ids"][:1], "refused": {body["profile_ids"][1]: "withdrawn"}}
+        )
+
+    @app.post("/v1/suppressions/lookup")
+    async def lookup() -> JSONResponse:
+        consent_calls.append("lookup")
+        return JSONResponse({"error": "down"}, status_code=503)
+
+    @app.post("/v1/consents")
+    async def record() -> JSONResponse:
+        consent_calls.append("record")
+        return JSONResponse({"error": "down"}, status_code=503)
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
@@ -94,3 +124,23 @@ async def test_the_http_sms_provider_tells_refusals_from_temporary_failures(rece
         unconfigured = HttpSmsProvider(client=client, url="", token="")
         with pytest.raises(Rejected):
             await unconfigured.send_sms(to="+4915112345678", body="x", reference="snd_4")
+
+
+async def test_the_consent_gate_asks_again_and_fails_closed(receiver: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        gate = HttpConsentGate(client=client, base_url=receiver, token="t")
+        verdicts = await gate.check(profile_ids=["p1", "p2"], purpose="email_marketing", channel="email")
+        assert verdicts.allowed == {"p1"}
+        assert verdicts.refused == {"p2": "withdrawn"}
+        assert consent_calls.count("check") == 2, "a 503 is asked again"
+        with pytest.raises(ConsentUnavailable, match="503"):
+            await gate.is_suppressed(kind="email", value="a@example.com")
+        assert consent_calls.count("lookup") == 1 + len(HttpConsentGate.RETRY_DELAYS_S)
+        with pytest.raises(ConsentUnavailable, match="503"):
+            await gate.withdraw(
+                profile_id="p1", purpose="email_marketing", channel="email", at=datetime.now(UTC)
+            )
+        assert consent_calls.count("record") == 1, "a withdrawal is not repeated by the gate"
+        nowhere = HttpConsentGate(client=client, base_url=f"http://127.0.0.1:{free_port()}", token="t")
+        with pytest.raises(ConsentUnavailable, match="unreachable"):
+            await nowhere.check(profile_ids=["p1"], purpose="email_marketing", channel="email")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,22 +19,6 @@ from cdp_ingest.dispatch import TrackingDispatch, post_endpoints
 from cdp_ingest.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-# Objects alive across a request's wait for Kafka (its events, its task) count towards the
-# collector's youngest generation; at CPython's 700 a busy server collected it every few
-# requests and promoted in-flight events into the generations that full collections scan.
-GC_YOUNG_THRESHOLD = 50_000
-
-
-def tune_garbage_collector() -> None:
-    """Leave the objects built at start-up out of collections, and collect the young less often.
-
-    Reference counting frees nearly everything a request allocates; the cyclic collector
-    only has cycles to find, so collecting it every few thousand requests loses nothing.
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -70,7 +53,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # The tracking producer flushes and stops before the runtime (and its engine) does.
         async with runtime_lifespan(app):
-            tune_garbage_collector()
             try:
                 yield
             finally:

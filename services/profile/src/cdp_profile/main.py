@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,16 +30,6 @@ def profile_context(settings: Settings, *, clock: Clock = system_clock) -> Profi
     )
 
 
-def settle_heap() -> None:
-    """Move what start-up built out of the garbage collector's sight.
-
-    The consumer allocates and frees many objects per event; every full collection would
-    otherwise walk the whole long-lived heap of the libraries again.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
     """Create the profile service's app; resources are built in its lifespan."""
     context = profile_context(settings, clock=clock)
@@ -61,7 +50,6 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
                 interval_s=settings.window_check_interval_s,
             )
             scheduler.start()
-            settle_heap()
             try:
                 yield
             finally:

@@ -1,0 +1,88 @@
+"""Composing sends: templates rendered with a person's values and, for e-mail, the message built.
+
+Pure functions of picklable values, so that composing can run in worker processes: templates
+are user-supplied code, and rendering them there keeps the service's event loop (which also
+answers the open pixel and click redirects) free, and puts the work on another core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdp_campaign.domain.messages import OutgoingMail, TrackingLinks, build_email
+from cdp_campaign.domain.templates import TemplateRefused, render
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """How to sign the tracked links of e-mails: the key and the service's public URL."""
+
+    key: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What to compose for one send: the template sources, the values and, for e-mail, the envelope."""
+
+    channel: str
+    subject: str | None
+    body: str
+    text: str | None
+    values: Mapping[str, Any]
+    reference: str
+    sender: str = ""
+    to: str = ""
+    subject_prefix: str = ""
+    tracking: Tracking | None = None
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A send's rendered content and, for e-mail, the message ready for SMTP."""
+
+    subject: str | None
+    body: str
+    text: str | None
+    mail: OutgoingMail | None = None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A draft whose template could not be rendered, and why."""
+
+    reason: str
+
+
+def compose(draft: Draft) -> Composed | Refused:
+    """Render a draft's templates and, for e-mail, build the message."""
+    try:
+        subject = render(draft.subject, draft.values) if draft.subject is not None else None
+        body = render(draft.body, draft.values, html=draft.channel == "email")
+        text = render(draft.text, draft.values) if draft.text is not None else None
+    except TemplateRefused as exc:
+        return Refused(str(exc))
+    if draft.channel != "email":
+        return Composed(subject, body, text)
+    links = (
+        None
+        if draft.tracking is None
+        else TrackingLinks(key=draft.tracking.key, base_url=draft.tracking.base_url, send_id=draft.reference)
+    )
+    mail = build_email(
+        sender=draft.sender,
+        to=draft.to,
+        subject=draft.subject_prefix + (subject or ""),
+        html=body,
+        text=text,
+        links=links,
+        reference=draft.reference,
+    )
+    return Composed(subject, body, text, mail)
+
+
+def compose_all(drafts: Sequence[Draft]) -> list[Composed | Refused]:
+    """Compose drafts in order (the unit of work a worker process is given)."""
+    return [compose(draft) for draft in drafts]

@@ -1,0 +1,137 @@
+"""Composing in worker processes: the same messages as on the event loop, a bad template refused
+alone, a hard limit on time, a killed worker replaced without losing the job, and workers that
+cannot start failing the job (so its sends stay queued) instead of refusing anything."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from cdp_campaign.domain.compose import Composed, Draft, Refused, Tracking
+from cdp_campaign.gateways import ComposerUnavailable, InlineComposer, ProcessComposer
+
+pytestmark = pytest.mark.integration
+
+BODY = (
+    "<html><body><p>Hi {{ profile.first_name | default('there') }}</p>"
+    '<a href="https://shop.example/sale">Sale</a></body></html>'
+)
+
+
+def drafts(n: int) -> list[Draft]:
+    values: dict[str, Any] = {
+        "profile": {"first_name": "Ada"},
+        "computed": {},
+        "segments": [],
+        "locale": "en",
+    }
+    made = []
+    for i in range(n):
+        channel = ("email", "sms", "webhook")[i % 3]
+        made.append(
+            Draft(
+                channel=channel,
+                subject="Hello {{ profile.first_name }}" if channel != "sms" else None,
+                body=BODY if channel != "sms" else "Hi {{ profile.first_name }}, 10% off",
+                text=None,
+                values={**values, "profile": {"first_name": f"Ada{i}"}},
+                reference=f"snd_{i:04d}",
+                sender="Shop <news@shop.example>",
+                to=f"ada{i}@example.com",
+                tracking=Tracking(key="k", base_url="https://cdp.example") if channel == "email" else None,
+            )
+        )
+    return made
+
+
+def _comparable(result: Composed | Refused) -> Any:
+    if isinstance(result, Refused):
+        return result
+    if result.mail is None:
+        return (result.subject, result.body, result.text)
+    message = result.mail.parsed()
+    headers = {k: v for k, v in message.items() if k not in ("Date", "Message-ID")}
+    return (result.subject, result.body, headers, [part.get_content() for part in message.iter_parts()])
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[ProcessComposer]:
+    composer = ProcessComposer(processes=2, timeout_s=5)
+    await composer.start()
+    yield composer
+    await composer.close()
+
+
+async def test_workers_compose_what_the_event_loop_would(workers: ProcessComposer) -> None:
+    batch = drafts(30)
+    in_workers = await workers.compose_many(batch)
+    on_the_loop = await InlineComposer().compose_many(batch)
+    assert [_comparable(r) for r in in_workers] == [_comparable(r) for r in on_the_loop]
+    first = in_workers[0]
+    assert isinstance(first, Composed)
+    assert first.mail is not None
+    assert first.mail.recipients == ("ada0@example.com",)
+    assert first.mail.parsed()["Subject"] == "Hello Ada0"
+    assert "https://cdp.example/v1/t/click/" in first.mail.data.decode()
+    assert in_workers[1] == Composed(None, "Hi Ada1, 10% off", None)
+
+
+async def test_a_bad_template_is_refused_alone(workers: ProcessComposer) -> None:
+    batch = drafts(4)
+    batch[2] = Draft(
+        channel="webhook",
+        subject=None,
+        body="{{ ''.__class__.__mro__ }}",
+        text=None,
+        values={},
+        reference="bad",
+    )
+    results = await workers.compose_many(batch)
+    assert isinstance(results[2], Refused)
+    assert "unsafe" in results[2].reason
+    assert all(isinstance(r, Composed) for i, r in enumerate(results) if i != 2)
+
+
+async def test_a_killed_worker_is_replaced_and_nothing_is_lost() -> None:
+    others = {p.pid for p in multiprocessing.active_children()}
+    composer = ProcessComposer(processes=2, timeout_s=5)
+    try:
+        await composer.start()
+        assert all(isinstance(r, Composed) for r in await composer.compose_many(drafts(4)))
+        ours = [p.pid for p in multiprocessing.active_children() if p.pid not in others and p.pid is not None]
+        assert ours, "the workers run as child processes"
+        for pid in ours:
+            os.kill(pid, signal.SIGKILL)
+        results = await composer.compose_many(drafts(6))
+    finally:
+        await composer.close()
+    assert all(isinstance(r, Composed) for r in results), results
+
+
+async def test_composing_past_the_hard_limit_is_refused() -> None:
+    # No message composes in 0.1 ms: each is refused once alone past the limit, and nothing hangs.
+    composer = ProcessComposer(processes=1, timeout_s=0.0001)
+    try:
+        results = await composer.compose_many(drafts(2))
+    finally:
+        await composer.close()
+    assert [type(r) for r in results] == [Refused, Refused]
+    assert all(isinstance(r, Refused) and "longer than" in r.reason for r in results)
+
+
+class NeverStarting(ProcessComposer):
+    STARTUP_TIMEOUT_S = 0.000001
+
+
+async def test_workers_that_cannot_start_refuse_nothing_and_fail_the_job() -> None:
+    composer = NeverStarting(processes=1, timeout_s=5)
+    try:
+        await composer.start()  # logged, not raised: the service still starts
+        with pytest.raises(ComposerUnavailable, match="did not start"):
+            await composer.compose_many(drafts(3))
+    finally:
+        await composer.close()
