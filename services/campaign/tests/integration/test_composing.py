@@ -1,18 +1,23 @@
 """Composing in worker processes: the same messages as on the event loop, a bad template refused
-alone, a hard limit on time, a killed worker replaced without losing the job, and workers that
-cannot start failing the job (so its sends stay queued) instead of refusing anything."""
+alone, a hard limit on time, a killed worker replaced without losing the job, workers that
+cannot start failing the job (so its sends stay queued) instead of refusing anything, and
+workers that end when the service is killed."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cdp_campaign.domain.compose import Composed, Draft, Refused, Tracking
 from cdp_campaign.gateways import ComposerUnavailable, InlineComposer, ProcessComposer
+from cdp_common.testing import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +140,40 @@ async def test_workers_that_cannot_start_refuse_nothing_and_fail_the_job() -> No
             await composer.compose_many(drafts(3))
     finally:
         await composer.close()
+
+
+SERVICE_WITH_WORKERS = """
+import asyncio, multiprocessing, sys
+from cdp_campaign.gateways import ProcessComposer
+
+async def main():
+    composer = ProcessComposer(processes=2, timeout_s=5)
+    await composer.start()
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    await asyncio.sleep(600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_workers_end_when_the_service_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE_WITH_WORKERS)
+    service = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None
+        workers = [int(pid) for pid in service.stdout.readline().split()]
+        assert len(workers) >= 2, workers  # the workers and multiprocessing's resource tracker
+    finally:
+        service.kill()
+        service.wait(timeout=10)
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"
+
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=20, what="the workers to end")

@@ -7,8 +7,12 @@ answers the open pixel and click redirects) free, and puts the work on another c
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import Any
 
 from cdp_campaign.domain.messages import OutgoingMail, TrackingLinks, build_email
@@ -86,3 +90,19 @@ def compose(draft: Draft) -> Composed | Refused:
 def compose_all(drafts: Sequence[Draft]) -> list[Composed | Refused]:
     """Compose drafts in order (the unit of work a worker process is given)."""
     return [compose(draft) for draft in drafts]
+
+
+def end_with_parent() -> None:
+    """In a worker process: exit as soon as the process that started it is gone, however it ended.
+
+    (A worker waiting for work holds its own queue's pipe open, so it would not notice.)
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
