@@ -36,12 +36,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_ingest import handlers, store
 from cdp_ingest.batching import EventBatcher
-from cdp_ingest.domain.calls import CALL_TYPES, build_event, merge_batch_defaults
+from cdp_ingest.domain.calls import CALL_TYPES, Limits, build_event, check_shape, merge_batch_defaults
 from cdp_ingest.domain.errors import CallError
 from cdp_ingest.domain.plans import MODES, InvalidPlan, Violation, plan_from_document
 from cdp_ingest.domain.ratelimit import RateLimiter, retry_after_header
 from cdp_ingest.domain.transactions import parse_transaction, transaction_call
-from cdp_ingest.intake import client_ip, parse_json, parse_object, read_body, refuse, write_key_of
+from cdp_ingest.intake import (
+    client_ip,
+    parse_json,
+    parse_object,
+    read_body,
+    refuse,
+    thorough_check_needed,
+    write_key_of,
+)
 from cdp_ingest.metrics import EVENTS_REFUSED, RATE_LIMITED, payload_size, request_duration
 from cdp_ingest.settings import Settings
 
@@ -138,6 +146,14 @@ class _Screened:
         self.violations: list[tuple[str, Violation, bool]] = []
 
 
+def _encoded_size(call: dict[str, Any], limits: Limits) -> int:
+    try:
+        return len(orjson.dumps(call))
+    except orjson.JSONEncodeError:
+        check_shape(call, limits)  # says which value cannot be encoded (an integer beyond 64 bits)
+        raise CallError("invalid_item", "the item cannot be encoded as JSON", None) from None
+
+
 def _screen(
     *,
     screened: _Screened,
@@ -149,7 +165,7 @@ def _screen(
     received_at: datetime,
     ip: str | None,
     check_size: bool,
-    nul_possible: bool = True,
+    thorough: bool = True,
 ) -> CallError | None:
     """Validate one call into `screened`; return why it was refused, if it was."""
     try:
@@ -158,7 +174,7 @@ def _screen(
         kind = call_type or call.get("type")
         if not isinstance(kind, str) or kind not in CALL_TYPES:
             raise CallError("invalid_type", f"type must be one of {sorted(CALL_TYPES)}", "type")
-        if check_size and len(orjson.dumps(call)) > intake.limits.max_event_bytes:
+        if check_size and _encoded_size(call, intake.limits) > intake.limits.max_event_bytes:
             raise CallError(
                 "event_too_large", f"the event exceeds {intake.limits.max_event_bytes} bytes", None
             )
@@ -169,7 +185,7 @@ def _screen(
             received_at=received_at,
             limits=intake.limits,
             client_ip=ip,
-            nul_possible=nul_possible,
+            thorough=thorough,
         )
         if source.plan is not None:
             verdict = source.plan.evaluate(event)
@@ -231,7 +247,7 @@ async def _accept_call(request: Request, intake: Intake, call_type: str) -> Resp
         ip=client_ip(request, intake.proxies),
         check_size=False,
         # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
-        nul_possible=b"\\u0000" in body_bytes,
+        thorough=thorough_check_needed(body_bytes),
     )
     await _publish_and_record(request, intake, screened, source.id)
     if refusal is not None:
@@ -287,7 +303,7 @@ async def _accept_batch(request: Request, intake: Intake) -> Response:
     screened = _Screened()
     ip = client_ip(request, intake.proxies)
     # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
-    nul_possible = b"\\u0000" in body_bytes
+    thorough = thorough_check_needed(body_bytes)
     # Most batches carry no shared context, integrations or sentAt: then nothing is merged.
     shared = bool(body.get("context") or body.get("integrations")) or body.get("sentAt") is not None
     for index, item in enumerate(items):
@@ -302,7 +318,7 @@ async def _accept_batch(request: Request, intake: Intake) -> Response:
             received_at=received_at,
             ip=ip,
             check_size=True,
-            nul_possible=nul_possible,
+            thorough=thorough,
         )
     await _publish_and_record(request, intake, screened, source.id)
     return _batch_answer(screened)

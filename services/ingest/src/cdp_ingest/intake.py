@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -116,12 +117,33 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFinite(name)
 
 
+# A run of 19 digits or more may be an integer beyond 64 bits, which orjson reads as an
+# inexact float rather than refusing it.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+def thorough_check_needed(body: bytes) -> bool:
+    """Whether a body may hold what only a thorough check of its values finds: a NUL character
+    (JSON carries one only as the escape \\u0000) or an integer beyond 64 bits."""
+    return b"\\u0000" in body or _LONG_DIGITS.search(body) is not None
+
+
 def parse_json(body: bytes, *, call_type: str) -> Any:
-    """Parse a JSON body, saying whether it is invalid UTF-8, holds NaN or Infinity, or is not JSON."""
+    """Parse a JSON body, saying whether it is invalid UTF-8, holds NaN or Infinity, or is not JSON.
+
+    Integers are read exactly: a body with a long run of digits is read again by the standard
+    library, and the checks of its values refuse integers beyond 64 bits rather than letting
+    them turn into floats.
+    """
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as fast_error:
         problem = fast_error
+    else:
+        if _LONG_DIGITS.search(body) is None:
+            return document
+        # orjson accepted it, so it is valid UTF-8 and JSON without NaN: the standard library reads it too.
+        return json.loads(body)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

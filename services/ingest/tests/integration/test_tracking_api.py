@@ -188,6 +188,12 @@ BAD_SINGLE_CALLS: list[tuple[str, dict[str, Any], int, str]] = [
         "invalid_json",
     ),
     ("NUL", {"json": {"userId": "u", "event": "X", "properties": {"a": "x\u0000"}}}, 400, "nul_character"),
+    (
+        "integer beyond 64 bits",
+        {"content": b'{"userId": "u", "event": "X", "properties": {"n": [1, 123456789012345678901234]}}'},
+        400,
+        "number_out_of_range",
+    ),
     ("too deep", {"json": {"userId": "u", "event": "X", "properties": _deep(20)}}, 400, "too_deep"),
     (
         "long string",
@@ -252,6 +258,40 @@ async def test_bad_single_calls_get_a_4xx_that_says_what_is_wrong(
     error = response.json()["error"]
     assert error["code"] == code
     assert error["message"]
+
+
+async def test_integers_are_kept_exactly_and_those_beyond_64_bits_are_refused_alone(
+    ingest: Ingest, platform: PlatformUnderTest, http: httpx.AsyncClient
+) -> None:
+    exact, refused = message_id(), message_id()
+    body = (
+        b'{"batch": ['
+        b'{"type": "track", "userId": "u", "event": "X", "messageId": "' + exact.encode() + b'",'
+        b' "properties": {"max": 18446744073709551615, "min": -9223372036854775808,'
+        b' "order": "12345678901234567890123456", "small": 7}},'
+        b'{"type": "track", "userId": "u", "event": "X", "messageId": "' + refused.encode() + b'",'
+        b' "properties": {"deep": {"n": -9223372036854775809}}}'
+        b"]}"
+    )
+    response = await http.post(
+        f"{ingest.url}/v1/batch",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        auth=(ingest.write_key, ""),
+    )
+    assert response.status_code == 200, response.text
+    (rejection,) = response.json()["rejected"]
+    assert rejection["index"] == 1
+    assert rejection["error"]["code"] == "number_out_of_range"
+    assert rejection["error"]["details"]["field"] == "properties.deep.n"
+    stored = (await read_events(platform, [exact]))[exact].data.properties
+    assert stored == {
+        "max": 18446744073709551615,
+        "min": -9223372036854775808,
+        "order": "12345678901234567890123456",
+        "small": 7,
+    }
+    assert type(stored["max"]) is int
 
 
 async def test_unknown_and_missing_write_keys_get_401(ingest: Ingest, http: httpx.AsyncClient) -> None:

@@ -31,6 +31,10 @@ EXTERNAL_ID_PRIORITY = ("email", "phone", "profile_id")
 MAX_ID_LENGTH = 1000
 MAX_MESSAGE_ID_LENGTH = 100
 MAX_EXTERNAL_IDS = 50
+# The integers an event may carry: those of signed and unsigned 64 bits, which every part of the
+# platform stores exactly.
+MIN_INTEGER = -(2**63)
+MAX_INTEGER = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def _join(path: list[str]) -> str:
     return text
 
 
-def _check_value(value: Any, depth: int, limits: Limits, nul_possible: bool) -> None:
+def _check_value(value: Any, depth: int, limits: Limits, thorough: bool) -> None:
     # The hot loop of the batch path: scalars are checked inline, only containers recurse.
     if type(value) is dict:
         if depth >= limits.max_depth:
@@ -79,7 +83,7 @@ def _check_value(value: Any, depth: int, limits: Limits, nul_possible: bool) -> 
                 raise _ShapeError(
                     "string_too_long", f"the property name is longer than {max_key} characters", [key]
                 )
-            if nul_possible and "\x00" in key:
+            if thorough and "\x00" in key:
                 raise _ShapeError("nul_character", "the property name contains a NUL character", [key])
             kind = type(item)
             if kind is str:
@@ -87,11 +91,11 @@ def _check_value(value: Any, depth: int, limits: Limits, nul_possible: bool) -> 
                     raise _ShapeError(
                         "string_too_long", f"the string is longer than {max_string} characters", [key]
                     )
-                if nul_possible and "\x00" in item:
+                if thorough and "\x00" in item:
                     raise _ShapeError("nul_character", "the string contains a NUL character", [key])
-            elif kind is dict or kind is list or kind is float:
+            elif kind is dict or kind is list or kind is float or (thorough and kind is int):
                 try:
-                    _check_value(item, depth + 1, limits, nul_possible)
+                    _check_value(item, depth + 1, limits, thorough)
                 except _ShapeError as exc:
                     exc.path.insert(0, key)
                     raise
@@ -104,7 +108,7 @@ def _check_value(value: Any, depth: int, limits: Limits, nul_possible: bool) -> 
             raise _ShapeError("array_too_long", f"an array has more than {limits.max_array_length} items", [])
         for index, item in enumerate(value):
             try:
-                _check_value(item, depth + 1, limits, nul_possible)
+                _check_value(item, depth + 1, limits, thorough)
             except _ShapeError as exc:
                 exc.path.insert(0, f"[{index}]")
                 raise
@@ -113,20 +117,24 @@ def _check_value(value: Any, depth: int, limits: Limits, nul_possible: bool) -> 
             raise _ShapeError(
                 "string_too_long", f"the string is longer than {limits.max_string_length} characters", []
             )
-        if nul_possible and "\x00" in value:
+        if thorough and "\x00" in value:
             raise _ShapeError("nul_character", "the string contains a NUL character", [])
     elif type(value) is float and not math.isfinite(value):
         raise _ShapeError("non_finite_number", "NaN and Infinity are not JSON numbers", [])
+    elif thorough and type(value) is int and not MIN_INTEGER <= value <= MAX_INTEGER:
+        raise _ShapeError(
+            "number_out_of_range", "integers must fit in 64 bits; send larger ones as strings", []
+        )
 
 
-def check_shape(call: Mapping[str, Any], limits: Limits, *, nul_possible: bool = True) -> None:
+def check_shape(call: Mapping[str, Any], limits: Limits, *, thorough: bool = True) -> None:
     """Refuse a call whose nesting, strings, property counts or characters exceed the limits.
 
-    `nul_possible=False` skips the search for NUL characters, for callers that know the
-    raw body holds no `\\u0000` escape (JSON cannot carry a NUL otherwise).
+    `thorough=False` skips the search for NUL characters and integers beyond 64 bits, for
+    callers that know the raw body cannot hold them (see intake.thorough_check_needed).
     """
     try:
-        _check_value(call, 0, limits, nul_possible)
+        _check_value(call, 0, limits, thorough)
     except _ShapeError as exc:
         raise CallError(exc.code, exc.message, _join(exc.path) or None) from exc
 
@@ -236,7 +244,7 @@ def build_event(
     received_at: datetime,
     limits: Limits,
     client_ip: str | None = None,
-    nul_possible: bool = True,
+    thorough: bool = True,
 ) -> dict[str, Any]:
     """Validate one call and return its event document, enriched, ready for cdp.events.v1."""
     if call_type not in CALL_TYPES:
@@ -245,7 +253,7 @@ def build_event(
         value = call.get(field)
         if value is not None and type(value) is not dict and not isinstance(value, dict):
             raise CallError("invalid_field", f"{field} must be an object", field)
-    check_shape(call, limits, nul_possible=nul_possible)
+    check_shape(call, limits, thorough=thorough)
     context: dict[str, Any] = call.get("context") or {}
     user_id = _optional_id(call, "userId")
     anonymous_id = _optional_id(call, "anonymousId")
