@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
-from cdp_campaign.domain.compose import Composed, Draft, Refused, compose_all, end_with_parent
+from cdp_campaign.domain.compose import Composed, Draft, Refused, compose_all, worker_started
 from cdp_campaign.domain.messages import OutgoingMail
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ProcessComposer:
                 pool = ProcessPoolExecutor(
                     max_workers=self._processes,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=end_with_parent,
+                    initializer=worker_started,
                 )
                 loop = asyncio.get_running_loop()
                 try:

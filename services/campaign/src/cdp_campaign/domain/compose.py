@@ -92,11 +92,12 @@ def compose_all(drafts: Sequence[Draft]) -> list[Composed | Refused]:
     return [compose(draft) for draft in drafts]
 
 
-def end_with_parent() -> None:
-    """In a worker process: exit as soon as the process that started it is gone, however it ended.
-
-    (A worker waiting for work holds its own queue's pipe open, so it would not notice.)
-    """
+def worker_started() -> None:
+    """In a worker process: yield the processor to the service's event loop (composing is work in
+    bulk, the loop answers people and SMTP servers), and exit as soon as the process that started
+    the worker is gone, however it ended (a worker waiting for work holds its own queue's pipe
+    open, so it would not notice)."""
+    os.nice(10)
     parent = multiprocessing.parent_process()
     if parent is None:
         return
