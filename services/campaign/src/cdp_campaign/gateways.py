@@ -28,6 +28,7 @@ import orjson
 from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
 from cdp_campaign.domain.compose import Composed, Draft, Refused, compose_all, worker_started
 from cdp_campaign.domain.messages import OutgoingMail
+from cdp_campaign.metrics import COMPOSING_WORKERS_REPLACED
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class ProcessComposer:
                     )
                 except (TimeoutError, BrokenProcessPool, RuntimeError) as exc:
                     self._replace(pool)
+                    COMPOSING_WORKERS_REPLACED.labels("not_started").inc()
                     raise ComposerUnavailable(f"the composing workers did not start: {exc!r}") from exc
                 self._pool = pool
             return self._pool
@@ -148,6 +150,7 @@ class ProcessComposer:
                 loop.run_in_executor(pool, compose_all, list(drafts)), timeout=self._timeout_s * len(drafts)
             )
         except (TimeoutError, BrokenProcessPool) as exc:
+            COMPOSING_WORKERS_REPLACED.labels("timeout" if isinstance(exc, TimeoutError) else "died").inc()
             logger.warning(
                 "composing worker replaced (%s)", type(exc).__name__, extra={"drafts": len(drafts)}
             )

@@ -18,6 +18,7 @@ import pytest
 from cdp_campaign.domain.compose import Composed, Draft, Refused, Tracking
 from cdp_campaign.gateways import ComposerUnavailable, InlineComposer, ProcessComposer
 from cdp_common.testing import wait_until
+from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +26,12 @@ BODY = (
     "<html><body><p>Hi {{ profile.first_name | default('there') }}</p>"
     '<a href="https://shop.example/sale">Sale</a></body></html>'
 )
+
+
+def replaced(reason: str) -> float:
+    return (
+        REGISTRY.get_sample_value("cdp_campaign_composing_workers_replaced_total", {"reason": reason}) or 0.0
+    )
 
 
 def drafts(n: int) -> list[Draft]:
@@ -111,7 +118,9 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost() -> None:
         assert ours, "the workers run as child processes"
         for pid in ours:
             os.kill(pid, signal.SIGKILL)
+        before = replaced("died")
         results = await composer.compose_many(drafts(6))
+        assert replaced("died") > before
     finally:
         await composer.close()
     assert all(isinstance(r, Composed) for r in results), results
@@ -120,10 +129,12 @@ async def test_a_killed_worker_is_replaced_and_nothing_is_lost() -> None:
 async def test_composing_past_the_hard_limit_is_refused() -> None:
     # No message composes in 0.1 ms: each is refused once alone past the limit, and nothing hangs.
     composer = ProcessComposer(processes=1, timeout_s=0.0001)
+    before = replaced("timeout")
     try:
         results = await composer.compose_many(drafts(2))
     finally:
         await composer.close()
+    assert replaced("timeout") - before == 3, "the chunk, then each draft alone"
     assert [type(r) for r in results] == [Refused, Refused]
     assert all(isinstance(r, Refused) and "longer than" in r.reason for r in results)
 
