@@ -35,6 +35,7 @@ _STATUS_OF_CODE = {
     "invalid_transition": 409,
     "suppressed": 409,
     "consent_unavailable": 503,
+    "composing_unavailable": 503,
     "smtp_failed": 502,
 }
 

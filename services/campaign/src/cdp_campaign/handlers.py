@@ -58,6 +58,7 @@ from cdp_campaign.domain.tokens import is_privacy_proxy_open
 from cdp_campaign.gateways import (
     Clock,
     Composer,
+    ComposerUnavailable,
     ConsentGate,
     ConsentUnavailable,
     EngagementTracker,
@@ -1382,7 +1383,10 @@ async def send_test_email(
         to=to,
         subject_prefix="[TEST] ",
     )
-    (composed,) = await ctx.composer.compose_many([draft])
+    try:
+        (composed,) = await ctx.composer.compose_many([draft])
+    except ComposerUnavailable as exc:
+        raise CampaignError(str(exc), code="composing_unavailable") from exc
     if isinstance(composed, Refused):
         raise CampaignError(composed.reason, code="invalid_template")
     assert composed.mail is not None

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from cdp_campaign import store
+from cdp_campaign.gateways import ProcessComposer
 from cdp_campaign.handlers import deliver_sends
 from cdp_common.events import PrivacyReceipt, ProfileErased, ProfileUpdated, SegmentEntered
 from cdp_common.testing import read_topic, wait_for
@@ -20,6 +21,12 @@ from cdp_common.topics import TopicName
 from ..conftest import CampaignUnderTest, email_campaign
 
 pytestmark = pytest.mark.integration
+
+
+class NeverStarting(ProcessComposer):
+    """Composing workers that never come up in time."""
+
+    STARTUP_TIMEOUT_S = 0.000001
 
 
 def pid(label: str = "p") -> str:
@@ -506,6 +513,15 @@ async def test_a_test_send_reaches_the_given_address(
     assert (
         await http.post(f"/v1/campaigns/{created['id']}/test-send", json={"address": "not-an-address"})
     ).status_code == 422
+    # Composing workers that cannot start: a 503 that says so, not a 500.
+    working = campaign.ctx.composer
+    campaign.ctx.composer = NeverStarting(processes=1, timeout_s=5)
+    try:
+        unavailable = await http.post(f"/v1/campaigns/{created['id']}/test-send", json={"address": address})
+    finally:
+        campaign.ctx.composer = working
+    assert unavailable.status_code == 503, unavailable.text
+    assert unavailable.json()["error"]["code"] == "composing_unavailable"
 
 
 async def test_erasure_removes_the_person_but_keeps_the_counts(
