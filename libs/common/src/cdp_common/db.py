@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -64,15 +63,21 @@ def json_text(value: Any) -> str:
 
 
 # A run of 19 digits or more may be an integer beyond 64 bits, which the fast parser would
-# turn into an inexact float; such a document is read by the standard library, exactly.
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# turn into an inexact float. Found by turning every digit into "0" and looking for 19 zeros:
+# under 1 µs for a 550-byte message, where a regular expression took 7.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+
+
+def has_long_digit_run(text: str | bytes) -> bool:
+    """Whether JSON text holds a run of 19 digits or more (perhaps an integer beyond 64 bits)."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return _LONG_RUN in raw.translate(_DIGITS_AS_ZERO)
 
 
 def json_value(text: str | bytes) -> Any:
     """Read JSON exactly: fast for the usual documents, the standard library for long numbers."""
-    long_number = _LONG_NUMBER_BYTES if isinstance(text, bytes) else _LONG_NUMBER
-    if long_number.search(text) is None:  # type: ignore[arg-type]
+    if not has_long_digit_run(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -161,7 +161,7 @@ async def main():
     composer = ProcessComposer(processes=2, timeout_s=5)
     await composer.start()
     print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
-    await asyncio.sleep(600)
+    await asyncio.Event().wait()  # until the test kills it
 
 if __name__ == "__main__":
     asyncio.run(main())
