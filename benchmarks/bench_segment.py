@@ -15,6 +15,7 @@ import base64
 import bisect
 import json
 import math
+import os
 import secrets
 import sys
 import tempfile
@@ -74,6 +75,8 @@ PROFILES_TOPIC = "dev.cdp.profiles.v1"
 EVENTS_TOPIC = "dev.cdp.events.v1"
 # Connections to ingest opened before a rate's clock starts; more open when all are busy.
 CONNECTIONS = 64
+# The sender wakes at most this often; a call is never sent before its time, at most this late.
+SEND_TICK_S = 0.005
 INGEST_WAIT_S = 60.0
 
 
@@ -443,6 +446,10 @@ async def _offer_calls(config: dict[str, Any]) -> dict[str, Any]:
     assert parts.port is not None
     sender = _Sender(parts.hostname, parts.port)
     await sender.open(CONNECTIONS)
+    # The benchmark starts its processor readings here, after this process's start-up.
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    cpu_started = time.process_time()
     sent: list[float] = [0.0] * total
     answered: list[float | None] = [None] * total
     statuses: Counter[str] = Counter()
@@ -456,15 +463,28 @@ async def _offer_calls(config: dict[str, Any]) -> dict[str, Any]:
             statuses[status] += 1
 
     tasks = set()
-    started = time.time()
-    for number, group in enumerate(groups):
-        await asyncio.sleep(max(0.0, started + group[0] / rate - time.time()))
-        task = asyncio.create_task(send(number))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    started = woke = time.time()
+    number = 0
+    while number < len(groups):
+        # Wake at most once a tick and send every call then due: waking a sleeping process
+        # costs this machine's processors as much as a request does, and the sender shares them.
+        woke = max(woke + SEND_TICK_S, started + groups[number][0] / rate)
+        await asyncio.sleep(max(0.0, woke - time.time()))
+        now = time.time()
+        while number < len(groups) and started + groups[number][0] / rate <= now:
+            task = asyncio.create_task(send(number))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            number += 1
     await asyncio.gather(*tasks, return_exceptions=True)
     sender.close()
-    return {"started": started, "sent": sent, "answered": answered, "statuses": dict(statuses)}
+    return {
+        "started": started,
+        "sent": sent,
+        "answered": answered,
+        "statuses": dict(statuses),
+        "cpu_s": time.process_time() - cpu_started,
+    }
 
 
 def _send_calls_main() -> None:
@@ -535,13 +555,15 @@ async def _at_rate(
 ) -> dict[str, Any]:
     """Offer `rate` identify calls a second for RATE_SECONDS on a fixed schedule and time every one.
 
-    The schedule is open-loop: call i is sent (with the calls of its request) at start + i/rate whatever happened to
-    earlier calls (a busy connection makes the sender open another one); a process of
-    its own sends, on CONNECTIONS connections opened before the clock starts. Every
+    The schedule is open-loop: call i is sent (with the calls of its request) at start + i/rate, or
+    at most SEND_TICK_S later, whatever happened to earlier calls (a busy connection makes
+    the sender open another one); a process of its own sends, on CONNECTIONS connections
+    opened before the clock starts. Every
     call sent is counted: one refused or without its entered event within DRAIN_S
     after the last send is a miss, and the percentiles are taken over all calls,
     misses ranking last. All times are on the wall clock, which the Kafka timestamps
-    and PostgreSQL's clock share.
+    and PostgreSQL's clock share. The processor time each part of the stack used per
+    call, from the first send until the last entered event, is reported beside them.
     """
     total = int(rate * RATE_SECONDS)
     label = f"{rate}x{per_request}"
@@ -600,6 +622,8 @@ async def _at_rate(
         sending = await asyncio.create_subprocess_exec(
             sys.executable, __file__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
+        assert sending.stdin is not None
+        assert sending.stdout is not None
         config = {
             "env": env,
             "run": run,
@@ -608,7 +632,13 @@ async def _at_rate(
             "total": total,
             "per_request": per_request,
         }
-        output, _ = await sending.communicate(json.dumps(config).encode() + b"\n")
+        sending.stdin.write(json.dumps(config).encode() + b"\n")
+        await sending.stdin.drain()
+        sending.stdin.close()
+        await sending.stdout.readline()
+        cpu_before, cpu_started = _stack_cpu_s(), time.time()
+        output = await sending.stdout.read()
+        await sending.wait()
         if sending.returncode != 0:
             raise RuntimeError(f"the sending process failed with {sending.returncode}")
         calls = json.loads(output)
@@ -617,6 +647,9 @@ async def _at_rate(
         deadline = scheduled[-1] + DRAIN_S
         while time.time() < deadline and len(entered) < total:
             await asyncio.sleep(0.1)
+        cpu_after = _stack_cpu_s()
+        cpu_after["benchmark: sender of the calls"] = calls["cpu_s"]
+        cpu = _cpu_figures(cpu_before, cpu_after, time.time() - cpu_started, total)
     finally:
         reader_task.cancel()
         await asyncio.gather(reader_task, return_exceptions=True)
@@ -670,6 +703,81 @@ async def _at_rate(
         "baseline_ingest_answer_p50_ms": _ms(_percentile(answers, 0.50)) if answers else None,
         "baseline_ingest_answer_p99_ms": _ms(_percentile(answers, 0.99)) if answers else None,
         "hops": _hop_figures([t for t in traces if t.entered_read is not None]),
+        "processor": cpu,
+    }
+
+
+# --- where the machine's processor time goes during a rate ---------------------------------
+
+PIDS = Path(__file__).resolve().parents[1] / ".run" / "pids"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """Every process's parent, command name and processor seconds so far, from /proc."""
+    found: dict[int, tuple[int, str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(rest[1]), name, (int(rest[11]) + int(rest[12])) / CLOCK_TICKS)
+    return found
+
+
+def _machine_busy_s() -> float:
+    """Processor seconds the whole machine has spent outside idle and I/O wait since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
+def _stack_cpu_s() -> dict[str, float]:
+    """Processor seconds so far of each part of the stack: its processes and their children.
+
+    The parts are the processes `make up` recorded in .run/pids, PostgreSQL's processes,
+    and this benchmark's own process (the sender of the calls reports its own time).
+    """
+    processes = _processes()
+    owner: dict[int, str] = {}
+    for path in PIDS.glob("*.pid"):
+        try:
+            owner[int(path.read_text().split()[0])] = path.stem
+        except (OSError, ValueError, IndexError):
+            continue
+    totals: Counter[str] = Counter()
+    for pid, (_, name, seconds) in processes.items():
+        part = "postgresql" if name == "postgres" else None
+        seen, at = 0, pid
+        while part is None and at > 1 and seen < 32:
+            part = owner.get(at)
+            at, seen = processes.get(at, (0, "", 0.0))[0], seen + 1
+        if part is not None:
+            totals[part] += seconds
+    own = os.times()
+    totals["benchmark: reader and tracer"] = own.user + own.system
+    totals["machine"] = _machine_busy_s()
+    return dict(totals)
+
+
+def _cpu_figures(
+    before: dict[str, float], after: dict[str, float], wall_s: float, events: int
+) -> dict[str, Any]:
+    """Processor time per call of each part between two readings, and how busy the machine was."""
+    used = {part: after[part] - before.get(part, 0.0) for part in after}
+    machine = used.pop("machine")
+    cpus = os.cpu_count() or 1
+    parts = dict(
+        sorted(((p, round(v / events * 1e6)) for p, v in used.items() if v > 0), key=lambda kv: -kv[1])
+    )
+    return {
+        "window_s": round(wall_s, 2),
+        "machine_busy_share": round(machine / (wall_s * cpus), 3),
+        "machine_cpu_us_per_call": round(machine / events * 1e6),
+        "cpu_us_per_call": parts,
+        "note": f"from the first send until every entered event was read (or the drain ended), on {cpus} processors",
     }
 
 
