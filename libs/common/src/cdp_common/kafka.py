@@ -240,9 +240,13 @@ class ConsumerRunner:
         consumer = self._consumer
         timeout_ms = int(self._settings.consumer_poll_timeout_s * 1000)
         gather_ms = int(self._settings.consumer_gather_s * 1000)
-        # The offsets of a poll are committed while the next poll is fetched and handled;
-        # each commit is awaited before the next one starts and before the loop ends.
+        commit_every = self._settings.consumer_commit_interval_s
+        # Offsets are committed while the next poll is fetched and handled, at most once every
+        # commit_every seconds (each commit is a request the broker writes down); each commit
+        # is awaited before the next one starts and before the loop ends.
         committing: asyncio.Task[None] | None = None
+        handled: dict[TopicPartition, int] = {}
+        last_commit = time.monotonic()
         try:
             while not self._stopping.is_set():
                 batches = await consumer.getmany(
@@ -259,14 +263,18 @@ class ConsumerRunner:
                     # One transaction for the whole poll: each partition's records stay in order,
                     # and the fixed cost of a transaction is paid once, not once per partition.
                     await self.process_batch([r for records in batches.values() for r in records])
+                    handled.update({tp: records[-1].offset + 1 for tp, records in batches.items()})
+                if handled and time.monotonic() - last_commit >= commit_every:
                     if committing is not None:
                         await committing
-                    offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                    committing = asyncio.create_task(self._commit(consumer, offsets))
+                    committing = asyncio.create_task(self._commit(consumer, handled))
+                    handled, last_commit = {}, time.monotonic()
                 await self._report_lag(consumer)
         finally:
             if committing is not None:
                 await asyncio.shield(committing)
+            if handled:
+                await asyncio.shield(self._commit(consumer, handled))
 
     async def process_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle records (each partition's in order) in one transaction when all succeed.
@@ -394,6 +402,12 @@ class ConsumerRunner:
         await asyncio.sleep(min(self._settings.consumer_retry_backoff_s * 2**failures, 10.0))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        # A partition the group has given to another member since is left to it; its next
+        # owner sees the records again and skips them through the processed-event record.
+        assigned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError):

@@ -34,6 +34,10 @@ class PlatformSettings(BaseSettings):
     # the fetcher asks the broker again only once fetched records are taken, so without it
     # whatever arrived during the last transaction waits a whole extra poll. 0 turns it off.
     consumer_gather_s: float = Field(default=0.005, ge=0)
+    # Handled offsets are committed at most this often (0: after every poll). Each commit is a
+    # request the broker writes down; what a crash leaves uncommitted is read again and
+    # skipped through the processed-event record.
+    consumer_commit_interval_s: float = Field(default=0.25, ge=0)
     # Commits wake the relay through NOTIFY; the poll only backs that up.
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from cdp_common.db import create_session_factory
 from cdp_common.envelope import Envelope
 from cdp_common.events import DeadLetter, TokenRevoked, make_envelope
@@ -220,3 +221,53 @@ async def test_a_batch_handler_takes_a_run_of_events_and_a_poison_one_falls_back
     assert await effect_rows(schema_engine) == ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]
     # The runner knew the events it had handled: none of them reached a handler again.
     assert len(batches) == 2
+
+
+async def _committed(settings: PlatformSettings, group_id: str) -> int:
+    """How many records the group has committed as read on the tokens topic, over all partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    topic = settings.topic(TopicName.TOKENS)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+async def test_offsets_are_committed_at_most_once_an_interval_and_all_of_them_at_stop(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    topic = settings.topic(TopicName.TOKENS)
+    group = settings.group_id("test", "tokens")
+
+    # Within the interval nothing is committed, however much is handled...
+    patient = make_runner(
+        settings.model_copy(update={"consumer_commit_interval_s": 3600.0}), schema_engine, producer
+    )
+    await patient.start()
+    try:
+        for token in ("p-1", "p-2", "p-3"):
+            await send(producer, topic, revoked(token))
+        await wait_for(lambda: _has(schema_engine, "p-3"), what="the consumer to handle three records")
+        assert await _committed(settings, group) == 0
+    finally:
+        await patient.stop()
+    # ...and what was handled is committed when the consumer stops: a successor reads none of it again.
+    assert await _committed(settings, group) == 3
+
+    # With no interval, each poll's offsets are committed right after its transaction.
+    eager = make_runner(
+        settings.model_copy(update={"consumer_commit_interval_s": 0.0}), schema_engine, producer
+    )
+    await eager.start()
+    try:
+        await send(producer, topic, revoked("e-1"))
+
+        async def four_committed() -> bool:
+            return await _committed(settings, group) == 4
+
+        await wait_for(four_committed, what="the fourth offset to be committed while running")
+        assert await effect_rows(schema_engine) == ["p-1", "p-2", "p-3", "e-1"]
+    finally:
+        await eager.stop()
