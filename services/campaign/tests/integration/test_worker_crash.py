@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,29 +36,37 @@ pytestmark = pytest.mark.integration
 PEOPLE = 100
 
 
-class SlowSink:
-    """An SMTP server that takes a while per message and counts what each address received."""
+# The sink takes this many messages, then holds the rest until the test lets them through.
+HOLD_AFTER = 15
+
+
+class HoldingSink:
+    """An SMTP server that counts what each address received and, after HOLD_AFTER messages,
+    holds every further one until released: the campaign is surely in flight when its worker dies."""
 
     def __init__(self) -> None:
         self.received: collections.Counter[str] = collections.Counter()
+        # The server runs its own event loop in its own thread, so the gate is a thread's event.
+        self.released = threading.Event()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        # A slow server, not a wait: it keeps the campaign in flight long enough to kill a worker mid-way.
-        await asyncio.sleep(0.02)
+        if sum(self.received.values()) >= HOLD_AFTER:
+            await asyncio.to_thread(self.released.wait, 60)
         for address in envelope.rcpt_tos:
             self.received[address] += 1
         return "250 OK"
 
 
 @pytest.fixture
-def sink() -> Iterator[tuple[SlowSink, int]]:
-    handler = SlowSink()
+def sink() -> Iterator[tuple[HoldingSink, int]]:
+    handler = HoldingSink()
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     try:
         yield handler, port
     finally:
+        handler.released.set()
         controller.stop()
 
 
@@ -100,7 +109,11 @@ async def statuses(database_url: str, campaign_id: str) -> dict[str, int]:
 
 
 async def test_no_duplicate_sends_after_a_worker_is_killed_mid_campaign(
-    platform: PlatformUnderTest, sink: tuple[SlowSink, int], consent_url: str, database: str, tmp_path: Path
+    platform: PlatformUnderTest,
+    sink: tuple[HoldingSink, int],
+    consent_url: str,
+    database: str,
+    tmp_path: Path,
 ) -> None:
     handler, smtp_port = sink
     env = unique_env(platform).replace("-", "_")
@@ -174,12 +187,13 @@ async def test_no_duplicate_sends_after_a_worker_is_killed_mid_campaign(
             assert (await http.post(f"/v1/campaigns/{created['id']}/schedule")).json()["status"] == "running"
 
         async def some_delivered() -> bool:
-            return sum(handler.received.values()) >= 15
+            return sum(handler.received.values()) >= HOLD_AFTER
 
         await wait_for(some_delivered, timeout=60, what="the first messages")
         first.stop(kill=True)
         delivered_before = sum(handler.received.values())
         assert delivered_before < PEOPLE, "the campaign finished before the worker could be killed"
+        handler.released.set()
 
         second.start()
 
