@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +36,7 @@ from cdp_common.topics import TopicName
 from cdp_ingest.domain.calls import Limits, build_event
 from cdp_ingest.handlers import create_tracking_producer, envelope_bytes
 from cdp_ingest.settings import Settings
+from procstat import process_stat
 
 NAME = "ingest"
 DURATION_S = 4.0
@@ -218,8 +218,7 @@ async def _noop_app() -> tuple[subprocess.Popen[bytes], str]:
 
 def _cpu_seconds_of(pid: int) -> float:
     """Return a local process's CPU time (user and system), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_stat(pid)[2]
 
 
 def _process_cpu_seconds(pid: int) -> Callable[[], Awaitable[float]]:

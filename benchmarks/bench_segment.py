@@ -43,6 +43,7 @@ from cdp_segment.batch import recompute_segment
 from cdp_segment.compiler import members_query
 from cdp_segment.domain.rules import parse_rule
 from cdp_segment.handlers import SegmentContext, create_segment, delete_segment
+from procstat import machine_busy_s, process_stat
 
 NAME = "segment"
 PROFILES = 1_000_000
@@ -716,28 +717,18 @@ async def _at_rate(
 # --- where the machine's processor time goes during a rate ---------------------------------
 
 PIDS = Path(__file__).resolve().parents[1] / ".run" / "pids"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _processes() -> dict[int, tuple[int, str, float]]:
-    """Every process's parent, command name and processor seconds so far, from /proc."""
+    """Every process's parent, command name and processor seconds so far."""
     found: dict[int, tuple[int, str, float]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = (int(rest[1]), name, (int(rest[11]) + int(rest[12])) / CLOCK_TICKS)
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = process_stat(int(entry.name))
+            except OSError:
+                continue
     return found
-
-
-def _machine_busy_s() -> float:
-    """Processor seconds the whole machine has spent outside idle and I/O wait since boot."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
 
 
 def _stack_cpu_s() -> dict[str, float]:
@@ -764,7 +755,7 @@ def _stack_cpu_s() -> dict[str, float]:
             totals[part] += seconds
     own = os.times()
     totals["benchmark: reader and tracer"] = own.user + own.system
-    totals["machine"] = _machine_busy_s()
+    totals["machine"] = machine_busy_s()
     return dict(totals)
 
 
@@ -774,9 +765,9 @@ async def _settle() -> float:
     cpus = os.cpu_count() or 1
     started = time.monotonic()
     while time.monotonic() - started < SETTLE_MAX_S:
-        before = _machine_busy_s()
+        before = machine_busy_s()
         await asyncio.sleep(1.0)
-        if (_machine_busy_s() - before) / cpus < SETTLED_BUSY_SHARE:
+        if (machine_busy_s() - before) / cpus < SETTLED_BUSY_SHARE:
             break
     return round(time.monotonic() - started, 1)
 
