@@ -40,7 +40,6 @@ SCOPES = frozenset(
         "consents:read",
         "consents:write",
         "privacy:admin",
-        "events:write",
     }
 )
 
