@@ -207,9 +207,7 @@ async def _measure(env: dict[str, str]) -> dict[str, Any]:
         sms=HttpSmsProvider(client=client, url="", token=""),
         webhooks=SafeWebhookSender(key="bench", allowlist=[], timeout_s=1),
         clock=SystemClock(),
-        composer=composer_for(
-            processes=settings.campaign_compose_processes, timeout_s=settings.campaign_compose_timeout_s
-        ),
+        composer=composer_for(settings=settings),
     )
     try:
         profile_ids = [f"bench-campaign-{i}" for i in range(MESSAGES)]

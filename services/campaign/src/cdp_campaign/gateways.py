@@ -29,6 +29,7 @@ from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_ad
 from cdp_campaign.domain.compose import Composed, Draft, Refused, compose_all, worker_started
 from cdp_campaign.domain.messages import OutgoingMail
 from cdp_campaign.metrics import COMPOSING_WORKERS_REPLACED
+from cdp_campaign.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +94,10 @@ class ProcessComposer:
 
     STARTUP_TIMEOUT_S = 60.0
 
-    def __init__(self, *, processes: int, timeout_s: float) -> None:
+    def __init__(self, *, processes: int, timeout_s: float, memory_limit_mb: int | None = None) -> None:
         self._processes = processes
         self._timeout_s = timeout_s
+        self._memory_limit_bytes = memory_limit_mb * 2**20 if memory_limit_mb else None
         self._pool: ProcessPoolExecutor | None = None
         self._starting = asyncio.Lock()
 
@@ -114,6 +116,7 @@ class ProcessComposer:
                     max_workers=self._processes,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=worker_started,
+                    initargs=(self._memory_limit_bytes,),
                 )
                 loop = asyncio.get_running_loop()
                 try:
@@ -190,9 +193,15 @@ class ProcessComposer:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
 
-def composer_for(*, processes: int, timeout_s: float) -> Composer:
+def composer_for(*, settings: Settings) -> Composer:
     """The composer a service with these settings uses: worker processes, or none (0)."""
-    return ProcessComposer(processes=processes, timeout_s=timeout_s) if processes else InlineComposer()
+    if not settings.campaign_compose_processes:
+        return InlineComposer()
+    return ProcessComposer(
+        processes=settings.campaign_compose_processes,
+        timeout_s=settings.campaign_compose_timeout_s,
+        memory_limit_mb=settings.campaign_compose_memory_mb,
+    )
 
 
 # --- consent -----------------------------------------------------------------------------

@@ -91,9 +91,7 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
             timeout_s=settings.campaign_webhook_timeout_s,
         ),
         clock=ways.clock,
-        composer=composer_for(
-            processes=settings.campaign_compose_processes, timeout_s=settings.campaign_compose_timeout_s
-        ),
+        composer=composer_for(settings=settings),
     )
     scheduler: dict[str, asyncio.Task[None]] = {}
 

@@ -30,9 +30,10 @@ class Settings(PlatformSettings):
     # unknown (never repeated), so more jobs at once also means more unknown after a crash.
     campaign_parallel_jobs: int = Field(default=1, ge=1, le=64)
     # Worker processes that render templates and build messages (0: on the event loop itself),
-    # and the hard limit on composing one message there.
+    # the hard limit on composing one message there, and the address space each may use.
     campaign_compose_processes: int = Field(default=1, ge=0, le=32)
     campaign_compose_timeout_s: float = Field(default=2.0, gt=0)
+    campaign_compose_memory_mb: int = Field(default=1024, ge=256)
     campaign_send_attempts: int = Field(default=3, ge=1, le=10)
     campaign_retry_backoff_s: float = Field(default=0.2, ge=0)
     campaign_webhook_allowlist: list[str] = Field(default_factory=list)

@@ -1,5 +1,5 @@
 """Composing in worker processes: the same messages as on the event loop, a bad template refused
-alone, a hard limit on time, a killed worker replaced without losing the job, workers that
+alone, a hard limit on time, a limit on memory, a killed worker replaced without losing the job, workers that
 cannot start failing the job (so its sends stay queued) instead of refusing anything, and
 workers that end when the service is killed."""
 
@@ -150,6 +150,33 @@ async def test_a_draft_past_the_hard_limit_is_refused_alone() -> None:
     assert isinstance(results[0], Composed), results
     assert isinstance(results[2], Composed), results
     assert "<p>Hi Ada2</p>" in results[2].body, "the drafts after it are composed as usual"
+
+
+async def test_a_draft_past_the_memory_limit_is_refused_and_the_worker_carries_on() -> None:
+    # `center` builds its 4 GB result before the sandbox could look at its size.
+    composer = ProcessComposer(processes=1, timeout_s=30, memory_limit_mb=512)
+    batch = drafts(3)
+    batch[1] = Draft(
+        channel="webhook",
+        subject=None,
+        body='{{ "x" | center(4000000000) }}',
+        text=None,
+        values={},
+        reference="big",
+    )
+    before = (replaced("timeout"), replaced("died"))
+    try:
+        await composer.start()
+        results = await composer.compose_many(batch)
+        again = await composer.compose_many(drafts(2))
+    finally:
+        await composer.close()
+    assert isinstance(results[1], Refused)
+    assert "more memory" in results[1].reason
+    assert isinstance(results[0], Composed), results
+    assert isinstance(results[2], Composed), results
+    assert all(isinstance(r, Composed) for r in again), again
+    assert (replaced("timeout"), replaced("died")) == before, "the worker was not replaced"
 
 
 class NeverStarting(ProcessComposer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,12 +93,15 @@ def compose_all(drafts: Sequence[Draft]) -> list[Composed | Refused]:
     return [compose(draft) for draft in drafts]
 
 
-def worker_started() -> None:
+def worker_started(memory_limit_bytes: int | None = None) -> None:
     """In a worker process: yield the processor to the service's event loop (composing is work in
-    bulk, the loop answers people and SMTP servers), and exit as soon as the process that started
-    the worker is gone, however it ended (a worker waiting for work holds its own queue's pipe
-    open, so it would not notice)."""
+    bulk, the loop answers people and SMTP servers), bound the memory a template can take (a
+    filter such as `center` builds its whole result before any check can look at it), and exit
+    as soon as the process that started the worker is gone, however it ended (a worker waiting
+    for work holds its own queue's pipe open, so it would not notice)."""
     os.nice(10)
+    if memory_limit_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     parent = multiprocessing.parent_process()
     if parent is None:
         return

@@ -120,6 +120,8 @@ def render(source: str, values: Mapping[str, Any], *, html: bool = False) -> str
         raise TemplateRefused(f"the template tried something unsafe: {exc}") from exc
     except TemplateRefused:
         raise
+    except MemoryError as exc:
+        raise TemplateRefused("the template needed more memory than composing may use") from exc
     except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, OverflowError) as exc:
         raise TemplateRefused(f"the template failed: {type(exc).__name__}: {exc}") from exc
     return "".join(parts)
