@@ -60,6 +60,11 @@ def drafts(n: int) -> list[Draft]:
     return made
 
 
+def webhook(body: str) -> Draft:
+    """A draft of a webhook body alone, with no values."""
+    return Draft(channel="webhook", subject=None, body=body, text=None, values={}, reference="odd")
+
+
 def _comparable(result: Composed | Refused) -> Any:
     if isinstance(result, Refused):
         return result
@@ -94,14 +99,7 @@ async def test_workers_compose_what_the_event_loop_would(workers: ProcessCompose
 
 async def test_a_bad_template_is_refused_alone(workers: ProcessComposer) -> None:
     batch = drafts(4)
-    batch[2] = Draft(
-        channel="webhook",
-        subject=None,
-        body="{{ ''.__class__.__mro__ }}",
-        text=None,
-        values={},
-        reference="bad",
-    )
+    batch[2] = webhook("{{ ''.__class__.__mro__ }}")
     results = await workers.compose_many(batch)
     assert isinstance(results[2], Refused)
     assert "unsafe" in results[2].reason
@@ -137,7 +135,7 @@ ENDLESS = (
 async def test_a_draft_past_the_hard_limit_is_refused_alone() -> None:
     composer = ProcessComposer(processes=1, timeout_s=2)
     batch = drafts(3)
-    batch[1] = Draft(channel="webhook", subject=None, body=ENDLESS, text=None, values={}, reference="endless")
+    batch[1] = webhook(ENDLESS)
     before = replaced("timeout")
     try:
         await composer.start()
@@ -156,14 +154,7 @@ async def test_a_draft_past_the_memory_limit_is_refused_and_the_worker_carries_o
     # `center` builds its 4 GB result before the sandbox could look at its size.
     composer = ProcessComposer(processes=1, timeout_s=30, memory_limit_mb=512)
     batch = drafts(3)
-    batch[1] = Draft(
-        channel="webhook",
-        subject=None,
-        body='{{ "x" | center(4000000000) }}',
-        text=None,
-        values={},
-        reference="big",
-    )
+    batch[1] = webhook('{{ "x" | center(4000000000) }}')
     before = (replaced("timeout"), replaced("died"))
     try:
         await composer.start()
