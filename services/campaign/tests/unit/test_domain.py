@@ -162,6 +162,18 @@ def test_the_sandbox_limits_time_and_size(heavy: str) -> None:
         render(heavy, {})
 
 
+class Greedy:
+    """A value whose text cannot be allocated, as under a worker's memory limit."""
+
+    def __str__(self) -> str:
+        raise MemoryError
+
+
+def test_a_template_that_runs_out_of_memory_is_refused() -> None:
+    with pytest.raises(TemplateRefused, match="more memory"):
+        render("Hi {{ profile.name }}", {"profile": {"name": Greedy()}})
+
+
 def test_a_broken_template_is_refused_with_a_reason() -> None:
     with pytest.raises(TemplateRefused, match="invalid"):
         render("{% for %}", {})
