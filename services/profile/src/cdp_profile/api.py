@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cdp_profile import handlers, store
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits
 from cdp_profile.domain.duplicates import candidate_of, find_suspects
-from cdp_profile.domain.identity import TYPE_PATTERN, IdentityRules, InvalidReference, parse_ref
+from cdp_profile.domain.identity import (
+    TYPE_PATTERN,
+    IdentityRules,
+    InvalidReference,
+    compile_blocked_pattern,
+    parse_ref,
+)
 from cdp_profile.domain.traits import common_traits
 from cdp_profile.handlers import ProfileContext
 from cdp_profile.metrics import QUARANTINED_IDENTIFIERS
@@ -263,9 +268,9 @@ class RulesBody(BaseModel):
     def _compiles(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {pattern!r}: {exc}") from exc
+                compile_blocked_pattern(pattern)
+            except ValueError as exc:
+                raise ValueError(f"{pattern!r}: {exc}") from exc
         return patterns
 
     @field_validator("priority")

@@ -243,10 +243,12 @@ async def test_bad_input_gets_a_clear_4xx(service: Running, http: httpx.AsyncCli
         response = await http.post(url, json=body, headers=write)
         assert response.status_code == 422, (body, response.text)
         assert response.json()["error"]["code"] == "invalid_request"
-    bad_rules = await http.put(
-        f"{service.url}/v1/identity/rules", json={"blocked_patterns": ["(unclosed"]}, headers=write
-    )
-    assert bad_rules.status_code == 422
+    for pattern in ("(unclosed", r"^(?!vip-).*-test$"):
+        bad_rules = await http.put(
+            f"{service.url}/v1/identity/rules", json={"blocked_patterns": [pattern]}, headers=write
+        )
+        assert bad_rules.status_code == 422, pattern
+        assert "RE2" in bad_rules.text, "the answer says which patterns are taken"
     merge_one = await http.post(
         f"{service.url}/v1/duplicates/merge", json={"profile_ids": ["only-one"]}, headers=write
     )

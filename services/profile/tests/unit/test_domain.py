@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from cdp_profile.domain.identity import (
     IdentifierKey,
     IdentityRules,
     ProfileHolding,
+    compile_blocked_pattern,
     identifiers_of,
     plan_resolution,
 )
@@ -53,6 +55,25 @@ def test_identifiers_are_normalised_ordered_by_priority_and_blocked() -> None:
         IdentifierKey("crm_id", "c-1"),
     ]
     assert blocked == [IdentifierKey("anonymous_id", "null")]
+
+
+def test_blocked_patterns_ignore_case_and_a_hostile_value_cannot_make_them_backtrack() -> None:
+    rules = IdentityRules(blocked_patterns=(r"^(a+)+$", r"^guest-\d+$"))
+    assert rules.is_blocked(IdentifierKey("user_id", "GUEST-17"))
+    assert rules.is_blocked(IdentifierKey("user_id", "aaaa"))
+    # A backtracking engine tries 2^60 ways to match this before saying no.
+    assert not rules.is_blocked(IdentifierKey("user_id", "a" * 60 + "!"))
+    assert not rules.is_blocked(IdentifierKey("user_id", "guest-x"))
+
+
+def test_patterns_that_need_backtracking_are_refused_but_stored_ones_keep_working() -> None:
+    with pytest.raises(ValueError, match="not a valid RE2 pattern"):
+        compile_blocked_pattern(r"^(?!vip-).*-test$")
+    stored = IdentityRules(blocked_patterns=(r"^(?!vip-).*-test$",))
+    assert stored.is_blocked(IdentifierKey("user_id", "ops-TEST"))
+    assert not stored.is_blocked(IdentifierKey("user_id", "vip-test"))
+    with pytest.raises(re.error):
+        IdentityRules(blocked_patterns=("(unclosed",))
 
 
 def test_phone_default_region_is_configurable() -> None:
