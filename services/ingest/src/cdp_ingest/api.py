@@ -38,7 +38,7 @@ from cdp_ingest import handlers, store
 from cdp_ingest.batching import EventBatcher
 from cdp_ingest.domain.calls import CALL_TYPES, Limits, build_event, check_shape, merge_batch_defaults
 from cdp_ingest.domain.errors import CallError
-from cdp_ingest.domain.plans import MODES, InvalidPlan, Violation, plan_from_document
+from cdp_ingest.domain.plans import MODES, InvalidPlan, Violation, new_plan
 from cdp_ingest.domain.ratelimit import RateLimiter, retry_after_header
 from cdp_ingest.domain.transactions import parse_transaction, transaction_call
 from cdp_ingest.intake import (
@@ -629,7 +629,7 @@ async def put_tracking_plan(
     """Set (or replace) a source's tracking plan."""
     document = payload.model_dump()
     try:
-        plan_from_document(document)
+        new_plan(document)
     except InvalidPlan as exc:
         raise ApiError(status=422, code="invalid_tracking_plan", message=str(exc)) from exc
     async with _changing_sources(request) as session:

@@ -214,6 +214,12 @@ async def test_an_invalid_tracking_plan_is_refused(
     assert (bad_schema.status_code, bad_schema.json()["error"]["code"]) == (422, "invalid_tracking_plan")
     bad_mode = await http.put(url, json={"mode": "sometimes"}, headers=ingest.admin())
     assert bad_mode.status_code == 422
+    lookahead = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(?!test-)"}}}
+    backtracking = await http.put(
+        url, json={"mode": "block", "events": {"Coupon Applied": lookahead}}, headers=ingest.admin()
+    )
+    assert (backtracking.status_code, backtracking.json()["error"]["code"]) == (422, "invalid_tracking_plan")
+    assert "RE2" in backtracking.json()["error"]["message"]
 
 
 def sale(order_id: str, **changes: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cdp_ingest.domain.plans import InvalidPlan, TrackingPlan
+from cdp_ingest.domain.plans import InvalidPlan, TrackingPlan, new_plan
 from cdp_ingest.domain.ratelimit import RateLimiter, retry_after_header
 
 SCHEMA = {
@@ -79,6 +79,55 @@ def test_identify_traits_are_checked_and_other_calls_pass() -> None:
 def test_an_invalid_schema_is_refused() -> None:
     with pytest.raises(InvalidPlan):
         TrackingPlan(mode="flag", events={"X": {"type": "no-such-type"}})
+
+
+def coupon_plan(pattern: str) -> dict[str, Any]:
+    return {
+        "mode": "block",
+        "events": {
+            "Coupon Applied": {
+                "type": "object",
+                "properties": {"code": {"type": "string", "pattern": pattern}},
+            }
+        },
+    }
+
+
+def test_a_pattern_checks_values_without_backtracking_on_what_anybody_sends() -> None:
+    checked = new_plan(coupon_plan(r"^([A-Z]+-?)+$"))
+    assert checked.evaluate(track("Coupon Applied", {"code": "XMAS-SALE"})).event is not None
+    # A backtracking engine tries about 2^60 ways to match this before saying no.
+    hostile = checked.evaluate(track("Coupon Applied", {"code": "A" * 60 + "!"}))
+    assert hostile.refusal is not None
+    assert hostile.refusal.field == "properties.code"
+    assert all("AAAA" not in v.rule for v in hostile.violations), "the rule names the pattern, not the value"
+
+
+@pytest.mark.parametrize(
+    ("schema", "reason", "value"),
+    [
+        ({"type": "string", "pattern": r"^(?!test-)"}, "not a valid RE2 pattern", "fine"),
+        (
+            {"type": "object", "patternProperties": {"^x_": {"type": "string"}}},
+            "patternProperties",
+            {"x_a": "b"},
+        ),
+    ],
+)
+def test_new_plans_with_backtracking_patterns_are_refused(
+    schema: dict[str, Any], reason: str, value: Any
+) -> None:
+    with pytest.raises(InvalidPlan, match=reason):
+        new_plan({"mode": "flag", "events": {"X": {"type": "object", "properties": {"p": schema}}}})
+    # A plan stored before still loads and checks as it was written.
+    stored = TrackingPlan(mode="block", events={"X": {"type": "object", "properties": {"p": schema}}})
+    assert stored.evaluate(track("X", {"p": value})).event is not None
+    assert stored.evaluate(track("X", {"p": "test-1" if value == "fine" else {"x_a": 1}})).refusal is not None
+
+
+def test_a_pattern_inside_a_constant_is_data_not_a_keyword() -> None:
+    document = {"mode": "flag", "events": {"X": {"const": {"pattern": "(?!x)"}}}}
+    assert new_plan(document).mode == "flag"
 
 
 def test_the_token_bucket_allows_a_burst_then_the_rate() -> None:

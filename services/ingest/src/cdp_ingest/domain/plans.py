@@ -9,12 +9,15 @@ the rule and the path, never the offending value, because values may be personal
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+import re2  # type: ignore[import-untyped]
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError, ValidationError
 
 from cdp_ingest.domain.errors import CallError
 
@@ -47,6 +50,41 @@ class InvalidPlan(ValueError):
     """A tracking plan whose schemas are not valid JSON Schema."""
 
 
+@lru_cache(maxsize=1024)
+def _pattern(source: str) -> Any:
+    try:
+        return re2.compile(source)
+    except re2.error:
+        # Plans stored before patterns had to be RE2 keep working as they were written.
+        return re.compile(source)
+
+
+def _matches_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    """The `pattern` keyword matched by RE2, in time linear in the value that anybody may send."""
+    if validator.is_type(instance, "string") and _pattern(pattern).search(instance) is None:
+        yield ValidationError(f"does not match the pattern {pattern!r}")
+
+
+_PlanValidator = validators.extend(Draft202012Validator, {"pattern": _matches_pattern})  # type: ignore[no-untyped-call]
+# Subtrees of a schema that hold data, not schemas: a "pattern" key in them is no keyword.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def _patterns_of(schema: Any) -> Iterator[tuple[str, Any]]:
+    """Yield each `pattern` and `patternProperties` keyword of a schema with its value."""
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _patterns_of(item)
+    elif isinstance(schema, Mapping):
+        for key, value in schema.items():
+            if key in ("pattern", "patternProperties"):
+                yield key, value
+            if key not in _DATA_KEYWORDS:
+                yield from _patterns_of(value)
+
+
 @dataclass(frozen=True)
 class TrackingPlan:
     """A source's plan: schemas of `track` properties per event name and of identify traits."""
@@ -54,7 +92,7 @@ class TrackingPlan:
     mode: Mode
     events: Mapping[str, Mapping[str, Any]]
     identify: Mapping[str, Any] | None = None
-    _validators: dict[str, Draft202012Validator] = field(default_factory=dict, compare=False, repr=False)
+    _validators: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         schemas = {**{"track:" + name: schema for name, schema in self.events.items()}}
@@ -65,7 +103,7 @@ class TrackingPlan:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
                 raise InvalidPlan(f"{key}: {exc.message}") from exc
-            self._validators[key] = Draft202012Validator(schema)
+            self._validators[key] = _PlanValidator(schema)
 
     def evaluate(self, event: dict[str, Any]) -> Verdict:
         """Check one event document against the plan."""
@@ -130,6 +168,26 @@ def _without_unplanned(event: dict[str, Any], field_name: str, schema: Mapping[s
     values = event.get(field_name) or {}
     kept = {key: value for key, value in values.items() if key in planned}
     return event if len(kept) == len(values) else {**event, field_name: kept}
+
+
+def new_plan(document: Mapping[str, Any]) -> TrackingPlan:
+    """Build a plan submitted now: its patterns must be RE2, which never backtracks.
+
+    `patternProperties` is refused: the JSON Schema library matches property names against it
+    with a backtracking engine, and property names come from whoever sends events."""
+    plan = plan_from_document(document)
+    schemas = [*plan.events.values(), plan.identify]
+    for keyword, value in (found for schema in schemas for found in _patterns_of(schema)):
+        if keyword == "patternProperties" and isinstance(value, Mapping):
+            raise InvalidPlan("patternProperties is not supported in tracking plans; name the properties")
+        if keyword == "pattern" and isinstance(value, str):
+            try:
+                re2.compile(value)
+            except re2.error as exc:
+                raise InvalidPlan(
+                    f"the pattern {value!r} is not a valid RE2 pattern (no backreferences or lookaround): {exc}"
+                ) from exc
+    return plan
 
 
 def plan_from_document(document: Mapping[str, Any]) -> TrackingPlan:
