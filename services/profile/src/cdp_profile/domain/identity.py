@@ -18,6 +18,7 @@ TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_VALUE_LENGTH = 1000
 _CASELESS = re2.Options()
 _CASELESS.case_sensitive = False
+_CASELESS.log_errors = False  # a refused pattern is answered with its reason, not logged raw
 # How many identifier values the normalising and blocking memos hold before they start afresh.
 _MEMO_SIZE = 65_536
 
@@ -131,7 +132,15 @@ def compile_blocked_pattern(pattern: str) -> Any:
     try:
         return re2.compile(pattern, _CASELESS)
     except re2.error as exc:
-        raise ValueError(f"not a valid RE2 pattern (no backreferences or lookaround): {exc}") from exc
+        raise ValueError(
+            f"not a valid RE2 pattern (no backreferences or lookaround): {_re2_reason(exc)}"
+        ) from exc
+
+
+def _re2_reason(exc: Exception) -> str:
+    """RE2's reason for refusing a pattern, as text (it gives bytes)."""
+    reason = exc.args[0] if exc.args else exc
+    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
 
 
 def _compile_stored_pattern(pattern: str) -> Any:
