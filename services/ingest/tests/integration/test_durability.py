@@ -13,7 +13,6 @@ import base64
 import secrets
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -140,28 +139,31 @@ async def send_with_retries(
 ) -> None:
     """Send one batch until it gets a 200, retrying 503s as the Segment clients do (for at most 3 minutes)."""
     attempts = 0
-    give_up_at = time.monotonic() + 180
-    while True:
-        assert time.monotonic() < give_up_at, f"batch still refused after {attempts} attempts"
+
+    async def attempt() -> bool:
+        nonlocal attempts
         attempts += 1
         try:
             response = await client.post(f"{url}/v1/batch", json={"batch": batch}, auth=(write_key, ""))
         except httpx.TransportError:
             tally.connection_errors += 1
-        else:
-            if response.status_code == 200:
-                assert response.json()["accepted"] == len(batch)
-                ids = {item["messageId"] for item in batch}
-                tally.acknowledged |= ids
-                if tally.broker_down:
-                    tally.acknowledged_while_down |= ids
-                if attempts > 1:
-                    tally.retried_batches += 1
-                return
+            return False
+        if response.status_code != 200:
             assert response.status_code == 503, response.text
             assert response.headers["retry-after"]
             tally.unavailable += 1
-        await asyncio.sleep(0.3)  # the client's backoff before its next try
+            return False
+        assert response.json()["accepted"] == len(batch)
+        ids = {item["messageId"] for item in batch}
+        tally.acknowledged |= ids
+        if tally.broker_down:
+            tally.acknowledged_while_down |= ids
+        if attempts > 1:
+            tally.retried_batches += 1
+        return True
+
+    # 0.3 s between tries is the client's backoff.
+    await wait_for(attempt, timeout=180, interval=0.3, what="the batch to be acknowledged")
 
 
 async def test_accepted_events_survive_a_broker_outage_and_retries_deliver_the_rest(
