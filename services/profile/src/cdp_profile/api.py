@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
+from cdp_common.patterns import compile_linear
 from cdp_common.privacy import access_router
 from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -19,7 +20,6 @@ from cdp_profile.domain.identity import (
     TYPE_PATTERN,
     IdentityRules,
     InvalidReference,
-    compile_blocked_pattern,
     parse_ref,
 )
 from cdp_profile.domain.traits import common_traits
@@ -268,7 +268,7 @@ class RulesBody(BaseModel):
     def _compiles(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             try:
-                compile_blocked_pattern(pattern)
+                compile_linear(pattern, ignore_case=True)
             except ValueError as exc:
                 raise ValueError(f"{pattern!r}: {exc}") from exc
         return patterns

@@ -9,13 +9,12 @@ the rule and the path, never the offending value, because values may be personal
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-import re2  # type: ignore[import-untyped]
+from cdp_common.patterns import UnsafePattern, compile_linear, compile_stored
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 
@@ -50,23 +49,9 @@ class InvalidPlan(ValueError):
     """A tracking plan whose schemas are not valid JSON Schema."""
 
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a refused pattern is answered with its reason, not logged raw
-
-
 @lru_cache(maxsize=1024)
 def _pattern(source: str) -> Any:
-    try:
-        return re2.compile(source, _RE2_OPTIONS)
-    except re2.error:
-        # Plans stored before patterns had to be RE2 keep working as they were written.
-        return re.compile(source)
-
-
-def _re2_reason(exc: Exception) -> str:
-    """RE2's reason for refusing a pattern, as text (it gives bytes)."""
-    reason = exc.args[0] if exc.args else exc
-    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+    return compile_stored(source)
 
 
 def _matches_pattern(
@@ -192,12 +177,9 @@ def new_plan(document: Mapping[str, Any]) -> TrackingPlan:
             raise InvalidPlan("patternProperties is not supported in tracking plans; name the properties")
         if keyword == "pattern" and isinstance(value, str):
             try:
-                re2.compile(value, _RE2_OPTIONS)
-            except re2.error as exc:
-                raise InvalidPlan(
-                    f"the pattern {value!r} is not a valid RE2 pattern (no backreferences or lookaround): "
-                    + _re2_reason(exc)
-                ) from exc
+                compile_linear(value)
+            except UnsafePattern as exc:
+                raise InvalidPlan(f"the pattern {value!r} is {exc}") from exc
     return plan
 
 

@@ -8,17 +8,14 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
-import re2  # type: ignore[import-untyped]
 from cdp_common.events import TrackingEventReceived
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
+from cdp_common.patterns import compile_stored
 
 PROFILE_ID = "profile_id"
 KNOWN_TYPES = ("user_id", "email", "phone", "anonymous_id")
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_VALUE_LENGTH = 1000
-_CASELESS = re2.Options()
-_CASELESS.case_sensitive = False
-_CASELESS.log_errors = False  # a refused pattern is answered with its reason, not logged raw
 # How many identifier values the normalising and blocking memos hold before they start afresh.
 _MEMO_SIZE = 65_536
 
@@ -79,7 +76,7 @@ class IdentityRules:
 
     @cached_property
     def _blocked_compiled(self) -> tuple[Any, ...]:
-        return tuple(_compile_stored_pattern(pattern) for pattern in self.blocked_patterns)
+        return tuple(compile_stored(pattern, ignore_case=True) for pattern in self.blocked_patterns)
 
     @cached_property
     def _blocked_seen(self) -> dict[str, bool]:
@@ -122,33 +119,6 @@ class IdentityRules:
             priority=tuple(raw.get("priority", base.priority)),
             supernode_threshold=int(raw.get("supernode_threshold", base.supernode_threshold)),
         )
-
-
-def compile_blocked_pattern(pattern: str) -> Any:
-    """Compile a blocked-value pattern with RE2, case-insensitive; raise ValueError if RE2 refuses it.
-
-    RE2 matches in time linear in the value, so no identifier that anybody sends can make a
-    pattern backtrack for minutes and stall the consumer."""
-    try:
-        return re2.compile(pattern, _CASELESS)
-    except re2.error as exc:
-        raise ValueError(
-            f"not a valid RE2 pattern (no backreferences or lookaround): {_re2_reason(exc)}"
-        ) from exc
-
-
-def _re2_reason(exc: Exception) -> str:
-    """RE2's reason for refusing a pattern, as text (it gives bytes)."""
-    reason = exc.args[0] if exc.args else exc
-    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
-
-
-def _compile_stored_pattern(pattern: str) -> Any:
-    try:
-        return compile_blocked_pattern(pattern)
-    except ValueError:
-        # Rules stored before patterns had to be RE2 keep working as they were written.
-        return re.compile(pattern, flags=re.IGNORECASE)
 
 
 def normalise(kind: str, value: str, *, default_region: str = "DE") -> str:

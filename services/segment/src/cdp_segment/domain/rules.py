@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import re2  # type: ignore[import-untyped]
+from cdp_common.patterns import UnsafePattern, compile_linear
 
 MAX_DEPTH = 12
 MAX_NODES = 200
@@ -446,14 +447,6 @@ ISO_REGEX = (
     r"([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
 )
 ISO_PATTERN = re2.compile(ISO_REGEX)
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a refused pattern is answered with its reason, not logged raw
-
-
-def _re2_reason(exc: Exception) -> str:
-    """RE2's reason for refusing a pattern, as text (it gives bytes)."""
-    reason = exc.args[0] if exc.args else exc
-    return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
 
 
 def _op_and_value(raw: dict[str, Any], where: str) -> tuple[str, Any]:
@@ -486,11 +479,9 @@ def _op_and_value(raw: dict[str, Any], where: str) -> tuple[str, Any]:
         if len(pattern) > MAX_REGEX:
             raise RuleError(at, f"a pattern may have at most {MAX_REGEX} characters")
         try:
-            re2.compile(pattern, _RE2_OPTIONS)
-        except re2.error as exc:
-            raise RuleError(
-                at, f"not a valid RE2 pattern (no backreferences or lookaround): {_re2_reason(exc)}"
-            ) from exc
+            compile_linear(pattern)
+        except UnsafePattern as exc:
+            raise RuleError(at, str(exc)) from exc
         return op, pattern
     if op in CLOCK_OPS:
         return op, _days(value, at)
