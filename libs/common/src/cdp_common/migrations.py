@@ -52,3 +52,10 @@ def run_alembic_env() -> None:
 def create_platform_tables() -> None:
     """Create the outbox, processed-event and token tables in the service's schema."""
     platform_metadata.create_all(bind=op.get_bind())
+
+
+def create_jobs_table() -> None:
+    """Create the jobs table (and its index) in the service's schema, unless it is there."""
+    from cdp_common.jobs import jobs_metadata
+
+    jobs_metadata.create_all(bind=op.get_bind(), checkfirst=True)

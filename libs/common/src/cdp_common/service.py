@@ -27,6 +27,7 @@ from cdp_common.auth import apply_token_created, apply_token_revoked
 from cdp_common.db import create_engine, create_session_factory
 from cdp_common.envelope import Payload
 from cdp_common.events import TokenCreated, TokenRevoked
+from cdp_common.jobs import JobKind, JobRunner
 from cdp_common.kafka import (
     BatchHandler,
     ConsumerRunner,
@@ -98,12 +99,14 @@ class ServiceRuntime:
     migrations: Path
     consumers: Sequence[ConsumerSpec] = ()
     on_start: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
+    jobs: Mapping[str, JobKind] = field(default_factory=dict)
     engine: AsyncEngine = field(init=False)
     session_factory: async_sessionmaker[AsyncSession] = field(init=False)
     producer: AIOKafkaProducer = field(init=False)
     publisher: KafkaPublisher = field(init=False)
     relay: OutboxRelay = field(init=False)
     runners: list[ConsumerRunner] = field(init=False, default_factory=list)
+    job_runner: JobRunner = field(init=False)
 
     async def start(self) -> None:
         """Connect, migrate, create topics, and start the relay and the consumers."""
@@ -147,6 +150,15 @@ class ServiceRuntime:
             self.runners.append(runner)
         for hook in self.on_start:
             await hook(self)
+        self.job_runner = JobRunner(
+            service=self.service,
+            engine=self.engine,
+            session_factory=self.session_factory,
+            kinds=self.jobs,
+            workers=self.settings.job_workers,
+            step_pause_s=self.settings.job_step_pause_s,
+        )
+        self.job_runner.start()
         settle_heap()
         logger.info("service started", extra={"env": self.settings.env})
 
@@ -160,7 +172,9 @@ class ServiceRuntime:
         self.producer = producer
 
     async def stop(self) -> None:
-        """Stop consumers first, then the relay, the producer and the engine."""
+        """Stop the jobs and the consumers first, then the relay, the producer and the engine."""
+        if hasattr(self, "job_runner"):
+            await self.job_runner.stop()
         await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
         await self.relay.stop()
         await self.producer.stop()
