@@ -15,10 +15,12 @@ import sqlalchemy as sa
 from cdp_common.db import create_engine, create_session_factory, outbox_table, transaction
 from cdp_common.envelope import Envelope
 from cdp_common.events import TrackingEventReceived, decode_envelope, make_envelope
+from cdp_common.jobs import JobRunner
 from cdp_common.migrations import migrate
 from cdp_common.testing import PlatformUnderTest
 from cdp_profile import handlers
-from cdp_profile.handlers import ProfileContext
+from cdp_profile.handlers import BACKFILL_JOB, ProfileContext
+from cdp_profile.jobs import ComputedTraitBackfill
 from cdp_profile.main import MIGRATIONS
 from cdp_profile.resolution import resolve_events
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -60,6 +62,16 @@ class ProfileDb:
                 await handlers.resolve_event(session=session, envelope=envelope, context=self.context)
                 for envelope in envelopes
             ]
+
+    async def run_job(self, job_id: str, *, batch_size: int = 3) -> None:
+        """Run a backfill job to its end with the service's job runner (small batches, so it takes steps)."""
+        runner = JobRunner(
+            service="profile",
+            engine=self.engine,
+            session_factory=self.sessions,
+            kinds={BACKFILL_JOB: ComputedTraitBackfill(context=self.context, batch_size=batch_size)},
+        )
+        assert await runner.run_job(job_id)
 
     async def published(self) -> list[Envelope[Any]]:
         """Return every message written to the outbox, in order."""

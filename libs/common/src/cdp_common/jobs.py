@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cdp_common.auth import Principal, require_scope
+from cdp_common.auth import require_scope
 from cdp_common.db import transaction
 from cdp_common.deps import SessionDep
 from cdp_common.web import ApiError
@@ -320,23 +320,31 @@ class JobRunner:
             )
             candidates = [job_id for job_id in rows.scalars() if job_id not in self._running]
         for job_id in candidates:
-            async with self._engine.connect() as lock_conn:
-                if not (await lock_conn.execute(_TRY_LOCK, {"key": f"job:{job_id}"})).scalar():
-                    await lock_conn.rollback()
-                    continue
-                await lock_conn.commit()
-                self._running.add(job_id)
-                JOBS_RUNNING.labels(self._service).inc()
-                try:
-                    await self._run(job_id)
-                finally:
-                    self._running.discard(job_id)
-                    JOBS_RUNNING.labels(self._service).dec()
-                    with contextlib.suppress(Exception):
-                        await lock_conn.execute(_UNLOCK, {"key": f"job:{job_id}"})
-                        await lock_conn.commit()
-            return True
+            if await self.run_job(job_id):
+                return True
         return False
+
+    async def run_job(self, job_id: str) -> bool:
+        """Run one job to its end (or its next failure) in this task; False when another runner holds it."""
+        async with self._engine.connect() as lock_conn:
+            if not (await lock_conn.execute(_TRY_LOCK, {"key": f"job:{job_id}"})).scalar():
+                await lock_conn.rollback()
+                return False
+            await lock_conn.commit()
+            self._running.add(job_id)
+            JOBS_RUNNING.labels(self._service).inc()
+            try:
+                await self._run(job_id)
+            finally:
+                self._running.discard(job_id)
+                JOBS_RUNNING.labels(self._service).dec()
+                try:
+                    await lock_conn.execute(_UNLOCK, {"key": f"job:{job_id}"})
+                    await lock_conn.commit()
+                except Exception:
+                    # A connection that may still hold the lock never goes back to the pool.
+                    await lock_conn.invalidate()
+        return True
 
     async def _begin(self, job_id: str) -> Any:
         """Mark the job running (again); return its row, or None when it is no longer runnable."""
@@ -458,14 +466,15 @@ class JobRunner:
 
 def jobs_router(*, read_scope: str, write_scope: str) -> APIRouter:
     """Return `GET /v1/jobs`, `GET /v1/jobs/{id}` and `POST /v1/jobs/{id}/cancel` for a service."""
-    reader = Annotated[Principal, Depends(require_scope(read_scope))]
-    writer = Annotated[Principal, Depends(require_scope(write_scope))]
+    # Guards as route dependencies: this module's annotations are strings, which FastAPI resolves
+    # against module globals, not this function's locals.
+    reader = [Depends(require_scope(read_scope))]
+    writer = [Depends(require_scope(write_scope))]
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-    @router.get("")
+    @router.get("", dependencies=reader)
     async def list_service_jobs(
         session: SessionDep,
-        _: reader,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: str | None = None,
         kind: str | None = None,
@@ -479,16 +488,16 @@ def jobs_router(*, read_scope: str, write_scope: str) -> APIRouter:
         items = items[:limit]
         return {"items": items, "next": items[-1]["id"] if more else None}
 
-    @router.get("/{job_id}")
-    async def get_service_job(job_id: str, session: SessionDep, _: reader) -> dict[str, Any]:
+    @router.get("/{job_id}", dependencies=reader)
+    async def get_service_job(job_id: str, session: SessionDep) -> dict[str, Any]:
         """Return one job: state, done, total, rate and estimated end."""
         job = await get_job(session=session, job_id=job_id)
         if job is None:
             raise ApiError(status=404, code="not_found", message=f"no job has the id {job_id!r}")
         return job
 
-    @router.post("/{job_id}/cancel")
-    async def cancel_service_job(job_id: str, session: SessionDep, _: writer) -> dict[str, Any]:
+    @router.post("/{job_id}/cancel", dependencies=writer)
+    async def cancel_service_job(job_id: str, session: SessionDep) -> dict[str, Any]:
         """Cancel a job: a queued one at once, a running one before its next step."""
         try:
             return await cancel_job(session=session, job_id=job_id)

@@ -7,11 +7,13 @@ from typing import Annotated, Any, Literal
 
 from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
+from cdp_common.jobs import get_job, jobs_router
 from cdp_common.patterns import compile_linear
 from cdp_common.privacy import access_router
 from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import handlers, store
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits
@@ -335,11 +337,11 @@ class DefinitionBody(BaseModel):
         return key
 
 
-@computed_router.post("", status_code=201)
+@computed_router.post("", status_code=202)
 async def define_computed_trait(
-    body: DefinitionBody, session: SessionDep, _: ProfileWriter, context: ContextDep
+    body: DefinitionBody, session: SessionDep, _: ProfileWriter
 ) -> dict[str, Any]:
-    """Define a computed trait and backfill it from the event store; answers with its key."""
+    """Define a computed trait; a job backfills it from the event store (202 with the job)."""
     if body.aggregation not in ("count",) and body.property is None:
         raise ApiError(status=422, code="invalid_request", message=f"{body.aggregation} needs a property")
     definition = Definition(
@@ -351,22 +353,53 @@ async def define_computed_trait(
         filters=tuple(PropertyFilter(property=f.property, op=f.op, value=f.value) for f in body.filters),
         window_days=body.window_days,
     )
-    created = await handlers.define_computed_trait(session=session, context=context, definition=definition)
+    created = await handlers.define_computed_trait(session=session, definition=definition)
     if created is None:
         raise ApiError(
             status=409, code="computed_trait_exists", message=f"a computed trait {body.key!r} exists"
         )
-    created.pop("definitions", None)
     return created
 
 
 @computed_router.get("")
 async def list_computed_traits(session: SessionDep, _: ProfileReader) -> dict[str, Any]:
-    """List the user-defined computed traits and the built-in ones."""
+    """List the user-defined computed traits (with their status) and the built-in ones."""
     return {
         "items": await store.list_definitions(session=session),
         "builtin": sorted(handlers.BUILTIN_COMPUTED),
         "next": None,
+    }
+
+
+async def _definition(session: AsyncSession, key: str) -> dict[str, Any]:
+    found = await store.get_definition(session=session, key=key)
+    if found is None:
+        raise ApiError(status=404, code="not_found", message=f"no computed trait has the key {key!r}")
+    return found
+
+
+@computed_router.get("/{key}")
+async def get_computed_trait(key: str, session: SessionDep, _: ProfileReader) -> dict[str, Any]:
+    """Return a computed trait: its definition, `status` (`building` or `ready`) and its backfill job."""
+    found = await _definition(session, key)
+    job = await get_job(session=session, job_id=found["job_id"]) if found.get("job_id") else None
+    return {**found, "job": job}
+
+
+@computed_router.get("/{key}/values")
+async def computed_trait_values(
+    key: str,
+    session: SessionDep,
+    _: ProfileReader,
+    after: Annotated[str, Query(max_length=200)] = "",
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """Page through the value of a computed trait of every profile that holds one, in profile id order."""
+    await _definition(session, key)
+    rows = await store.trait_values(session=session, key=key, after=after, limit=limit)
+    return {
+        "items": [{"profile_id": pid, "value": value} for pid, value in rows],
+        "next": rows[-1][0] if len(rows) == limit else None,
     }
 
 
@@ -433,5 +466,6 @@ routers = [
     identity_router,
     computed_router,
     duplicates_router,
+    jobs_router(read_scope="profiles:read", write_scope="profiles:write"),
     access_router(service=handlers.SERVICE, export=handlers.export_profile),
 ]

@@ -24,6 +24,7 @@ from cdp_common.events import (
     make_envelope,
 )
 from cdp_common.hashing import subject_hash
+from cdp_common.jobs import new_job_id, submit_job
 from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +34,7 @@ from cdp_profile.domain.computed import (
     StoredEvent,
     combine_builtin,
     combine_defined,
+    counted_state,
     derive_builtin,
     derive_defined,
     fold_all,
@@ -77,6 +79,10 @@ Clock = Callable[[], datetime]
 def system_clock() -> datetime:
     """Return the current UTC time."""
     return datetime.now(UTC)
+
+
+# The job that brings the events stored before a computed trait was defined into it.
+BACKFILL_JOB = "computed_trait_backfill"
 
 
 @dataclass(frozen=True)
@@ -483,7 +489,9 @@ async def _merge_into(
         await store.delete_defined_states(session=session, profile_id=absorbed.id)
         changed: dict[str, tuple[dict[str, Any], datetime | None]] = {}
         for definition in definitions:
-            if definition.window is None:
+            # While a trait is building, either state may lack the events stored before it was
+            # defined; the survivor's is then recomputed whole, like a windowed one.
+            if definition.window is None and not definition.building:
                 states[definition.key] = combine_defined(
                     states.get(definition.key, {}), absorbed_states.get(definition.key, {})
                 )
@@ -492,7 +500,7 @@ async def _merge_into(
                     session=session,
                     profile_id=survivor.id,
                     name=definition.event_name,
-                    since=now - definition.window,
+                    since=now - definition.window if definition.window else None,
                 )
                 states[definition.key] = fold_all(window_events, definition, now=now)
             changed[definition.key] = (
@@ -681,51 +689,93 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
 # --- user-defined computed traits -----------------------------------------------------------
 
 
-async def define_computed_trait(
-    *, session: AsyncSession, context: ProfileContext, definition: Definition
-) -> dict[str, Any] | None:
-    """Store a new computed trait and backfill it from the event store; None when the key exists."""
-    await store.serialise_writers(session=session)
-    if not await store.insert_definition(session=session, definition=definition):
+async def define_computed_trait(*, session: AsyncSession, definition: Definition) -> dict[str, Any] | None:
+    """Store a new computed trait and queue the job that backfills it; None when the key exists.
+
+    The event flow folds every event stored from now on into it; the job brings in the
+    events stored before, profile by profile, in short steps.
+    """
+    job_id = new_job_id()
+    if not await store.insert_definition(session=session, definition=definition, job_id=job_id):
         return None
-    configuration = await store.load_configuration(session=session)
+    job = await submit_job(session=session, kind=BACKFILL_JOB, params={"key": definition.key}, job_id=job_id)
+    stored = await store.get_definition(session=session, key=definition.key)
+    return {"computed_trait": stored, "job": job}
+
+
+async def backfill_profiles(
+    *,
+    session: AsyncSession,
+    context: ProfileContext,
+    definition: Definition,
+    profile_ids: Sequence[str],
+) -> int:
+    """Compute a trait from the event store for a run of profiles (in id order); return how many hold it.
+
+    Runs under the writers' lock, so no event of these profiles is being folded meanwhile:
+    each state is recomputed whole from the store, which is exact whatever the event flow
+    folded before. A profile that never published the trait gets its value without a new
+    version (segment and campaign copy such values in bulk once the trait is ready); one
+    that did, because the event flow folded into it meanwhile, publishes a change if the
+    value differs.
+    """
+    if not profile_ids:
+        return 0
+    await store.serialise_writers(session=session)
     now = context.clock()
-    touched = 0
-    for profile_id in await store.profiles_with_events(session=session, name=definition.event_name):
-        locked = (await store.lock_profiles(session=session, profile_ids=[profile_id])).get(profile_id)
-        if locked is None or locked.status != "active":
-            continue
-        events = await store.events_for_fold(
-            session=session,
-            profile_id=profile_id,
-            name=definition.event_name,
-            since=now - definition.window if definition.window else None,
+    since = now - definition.window if definition.window else None
+    low, high = profile_ids[0], profile_ids[-1]
+    # The lower bound is exclusive: step back one character so the first id is included.
+    low = low[:-1] + chr(ord(low[-1]) - 1) + "\U0010ffff" if low else low
+    states: dict[str, dict[str, Any]] = {}
+    if not definition.filters and definition.property is None:
+        for span in await store.counted_events(
+            session=session, definition=definition, low=low, high=high, since=since
+        ):
+            states[span.profile_id] = counted_state(
+                count=span.count,
+                first=(span.first_at, span.first_id),
+                last=(span.last_at, span.last_id),
+            )
+    else:
+        found = await store.selected_events(
+            session=session, definition=definition, low=low, high=high, since=since
         )
-        state = fold_all(events, definition, now=now)
-        if not state:
-            continue
-        await store.save_defined_states(
-            session=session,
-            profile_id=profile_id,
-            states={definition.key: (state, next_change_at(state, definition))},
-        )
-        computed_before = dict(locked.computed)
-        locked.computed = {**locked.computed, definition.key: derive_defined(state, definition)}
-        traits_now = {name: trait.value for name, trait in locked.traits.items()}
-        await _publish_update(
-            session=session,
-            context=context,
-            profile=locked,
-            traits_before=traits_now,
-            computed_before=computed_before,
-        )
-        touched += 1
-    await store.set_backfilled(session=session, key=definition.key, profiles_count=touched)
-    return {
-        **definition.to_json(),
-        "backfilled_profiles": touched,
-        "definitions": len(configuration.definitions),
-    }
+        for profile_id, stored_events in found.items():
+            state = fold_all(stored_events, definition, now=now)
+            if state:
+                states[profile_id] = state
+    published = await store.published_values(session=session, profile_ids=list(states), key=definition.key)
+    live = {pid: state for pid, state in states.items() if pid in published}
+    await store.save_states_of_key(
+        session=session,
+        key=definition.key,
+        states=[(pid, state, next_change_at(state, definition)) for pid, state in live.items()],
+    )
+    quiet: dict[str, Any] = {}
+    changed: dict[str, Any] = {}
+    for profile_id, state in live.items():
+        value = derive_defined(state, definition)
+        known, current = published[profile_id]
+        if not known:
+            quiet[profile_id] = value
+        elif current != value:
+            changed[profile_id] = value
+    await store.set_values_quietly(session=session, key=definition.key, values=quiet)
+    if changed:
+        locked = await store.lock_profiles(session=session, profile_ids=sorted(changed))
+        for profile_id, value in changed.items():
+            profile = locked[profile_id]
+            computed_before = dict(profile.computed)
+            profile.computed = {**profile.computed, definition.key: value}
+            await _publish_update(
+                session=session,
+                context=context,
+                profile=profile,
+                traits_before={name: trait.value for name, trait in profile.traits.items()},
+                computed_before=computed_before,
+            )
+    return len(live)
 
 
 async def expire_windowed_traits(

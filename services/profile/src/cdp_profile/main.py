@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from cdp_profile.api import routers
 from cdp_profile.consumer import SERVICE, consumer_specs
-from cdp_profile.handlers import Clock, ProfileContext, system_clock
+from cdp_profile.handlers import BACKFILL_JOB, Clock, ProfileContext, system_clock
+from cdp_profile.jobs import ComputedTraitBackfill
 from cdp_profile.scheduler import WindowScheduler
 from cdp_profile.settings import Settings
 
@@ -34,7 +35,11 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
     """Create the profile service's app; resources are built in its lifespan."""
     context = profile_context(settings, clock=clock)
     runtime = ServiceRuntime(
-        service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(context)
+        service=SERVICE,
+        settings=settings,
+        migrations=MIGRATIONS,
+        consumers=consumer_specs(context),
+        jobs={BACKFILL_JOB: ComputedTraitBackfill(context=context, batch_size=settings.backfill_batch_size)},
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP profile service")
     app.state.profile_context = context

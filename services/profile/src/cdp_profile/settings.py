@@ -19,3 +19,8 @@ class Settings(PlatformSettings):
     duplicates_scan_limit: int = Field(
         default=5000, ge=10, validation_alias="CDP_PROFILE_DUPLICATES_SCAN_LIMIT"
     )
+    # Profiles one step of a computed trait's backfill goes through: one short transaction
+    # under the writers' lock, so the event flow waits at most one step.
+    backfill_batch_size: int = Field(
+        default=5000, ge=1, le=100_000, validation_alias="CDP_PROFILE_BACKFILL_BATCH_SIZE"
+    )

@@ -95,6 +95,7 @@ computed_definitions = sa.Table(
     sa.Column("definition", postgresql.JSONB, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("backfilled_profiles", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("job_id", sa.Text),
 )
 
 computed_values = sa.Table(
@@ -1192,12 +1193,18 @@ async def delete_defined_states(*, session: AsyncSession, profile_id: str) -> No
     await session.execute(computed_values.delete().where(computed_values.c.profile_id == profile_id))
 
 
-async def insert_definition(*, session: AsyncSession, definition: Definition) -> bool:
-    """Store a new definition under the exclusive definitions lock; False when the key exists."""
+async def insert_definition(*, session: AsyncSession, definition: Definition, job_id: str) -> bool:
+    """Store a new definition, marked as building by a job, under the exclusive definitions lock;
+    False when the key exists.
+
+    Taking the lock exclusively waits for every transaction that read the definitions before,
+    so every event stored after this commits is folded by the event flow, and every event
+    stored before it is in the store for the backfill to find.
+    """
     await session.execute(sa.select(sa.func.pg_advisory_xact_lock(DEFINITIONS_LOCK)))
     result = await session.execute(
         postgresql.insert(computed_definitions)
-        .values(key=definition.key, definition=definition.to_json())
+        .values(key=definition.key, definition={**definition.to_json(), "building": True}, job_id=job_id)
         .on_conflict_do_nothing()
         .returning(computed_definitions.c.key)
     )
@@ -1205,30 +1212,218 @@ async def insert_definition(*, session: AsyncSession, definition: Definition) ->
     return result.first() is not None
 
 
+def _definition_body(row: Any) -> dict[str, Any]:
+    stored = dict(row.definition)
+    building = bool(stored.pop("building", False))
+    return {
+        **stored,
+        "status": "building" if building else "ready",
+        "job_id": row.job_id,
+        "created_at": row.created_at.isoformat(),
+        "backfilled_profiles": row.backfilled_profiles,
+    }
+
+
 async def list_definitions(*, session: AsyncSession) -> list[dict[str, Any]]:
-    """Return every user-defined computed trait."""
+    """Return every user-defined computed trait with its status."""
     rows = await session.execute(sa.select(computed_definitions).order_by(computed_definitions.c.key))
-    return [
-        {**r.definition, "created_at": r.created_at.isoformat(), "backfilled_profiles": r.backfilled_profiles}
-        for r in rows
-    ]
+    return [_definition_body(r) for r in rows]
 
 
-async def set_backfilled(*, session: AsyncSession, key: str, profiles_count: int) -> None:
-    """Record how many profiles a definition's backfill touched."""
+async def get_definition(*, session: AsyncSession, key: str) -> dict[str, Any] | None:
+    """Return one user-defined computed trait with its status, or None."""
+    row = (
+        await session.execute(sa.select(computed_definitions).where(computed_definitions.c.key == key))
+    ).first()
+    return None if row is None else _definition_body(row)
+
+
+async def load_definition(*, session: AsyncSession, key: str) -> Definition | None:
+    """Return the parsed definition of a key, or None."""
+    raw = await session.scalar(
+        sa.select(computed_definitions.c.definition).where(computed_definitions.c.key == key)
+    )
+    return None if raw is None else Definition.from_json(raw)
+
+
+async def mark_backfilled(*, session: AsyncSession, key: str, profiles_count: int) -> None:
+    """Mark a definition as built, under the exclusive definitions lock, with the profiles it touched."""
+    await session.execute(sa.select(sa.func.pg_advisory_xact_lock(DEFINITIONS_LOCK)))
     await session.execute(
         computed_definitions.update()
         .where(computed_definitions.c.key == key)
-        .values(backfilled_profiles=profiles_count)
+        .values(
+            definition=computed_definitions.c.definition.op("-")(sa.literal("building", sa.Text)),
+            backfilled_profiles=profiles_count,
+        )
+    )
+    forget_for_transaction(session, CONFIGURATION)
+
+
+async def count_profiles(*, session: AsyncSession) -> int:
+    """Return how many profiles there are (of any status): the items a backfill walks through."""
+    return int(await session.scalar(sa.select(sa.func.count()).select_from(profiles)) or 0)
+
+
+async def next_profile_ids(*, session: AsyncSession, after: str, limit: int) -> list[str]:
+    """Return the next profile ids in id order after one (of any status)."""
+    rows = await session.execute(
+        sa.select(profiles.c.id).where(profiles.c.id > after).order_by(profiles.c.id).limit(limit)
+    )
+    return list(rows.scalars())
+
+
+def _selected_events(definition: Definition, *, low: str, high: str, since: datetime | None) -> Any:
+    """The events of the profiles in [low, high] that a definition's name, type and window select."""
+    conditions = [events.c.profile_id >= low, events.c.profile_id <= high]
+    if definition.event_name is not None:
+        conditions.append(events.c.name == definition.event_name)
+    if definition.event_type is not None:
+        conditions.append(events.c.type == definition.event_type)
+    if since is not None:
+        conditions.append(events.c.timestamp > since)
+    return sa.and_(*conditions)
+
+
+@dataclass(frozen=True)
+class EventSpan:
+    """How many events of a profile a definition selects, with the first and the last of them."""
+
+    profile_id: str
+    count: int
+    first_at: datetime
+    first_id: str
+    last_at: datetime
+    last_id: str
+
+
+async def counted_events(
+    *, session: AsyncSession, definition: Definition, low: str, high: str, since: datetime | None
+) -> list[EventSpan]:
+    """Count, in one set-based pass, the selected events of every profile in [low, high]."""
+    # Ties in time are broken by event id in code-point order, as the folds compare them.
+    event_id = events.c.event_id.collate("C")
+    first_id = sa.func.array_agg(
+        postgresql.aggregate_order_by(events.c.event_id, events.c.timestamp, event_id)
+    )
+    last_id = sa.func.array_agg(
+        postgresql.aggregate_order_by(events.c.event_id, events.c.timestamp.desc(), event_id.desc())
+    )
+    query = (
+        sa.select(
+            events.c.profile_id,
+            sa.func.count().label("n"),
+            sa.func.min(events.c.timestamp).label("first_at"),
+            first_id[1].label("first_id"),
+            sa.func.max(events.c.timestamp).label("last_at"),
+            last_id[1].label("last_id"),
+        )
+        .where(_selected_events(definition, low=low, high=high, since=since))
+        .group_by(events.c.profile_id)
+    )
+    return [
+        EventSpan(r.profile_id, r.n, r.first_at, r.first_id, r.last_at, r.last_id)
+        for r in await session.execute(query)
+    ]
+
+
+async def selected_events(
+    *, session: AsyncSession, definition: Definition, low: str, high: str, since: datetime | None
+) -> dict[str, list[StoredEvent]]:
+    """Return the events of every profile in [low, high] that a definition's name, type and window select."""
+    query = (
+        sa.select(
+            events.c.profile_id,
+            events.c.event_id,
+            events.c.type,
+            events.c.name,
+            events.c.timestamp,
+            events.c.properties,
+        )
+        .where(_selected_events(definition, low=low, high=high, since=since))
+        .order_by(events.c.profile_id, events.c.timestamp, events.c.event_id)
+    )
+    found: dict[str, list[StoredEvent]] = {}
+    for row in await session.execute(query):
+        found.setdefault(row.profile_id, []).append(_stored_event(row))
+    return found
+
+
+async def published_values(
+    *, session: AsyncSession, profile_ids: Sequence[str], key: str
+) -> dict[str, tuple[bool, Any]]:
+    """Return, per active profile, whether it holds (and so has published) a value of a key, and the value."""
+    if not profile_ids:
+        return {}
+    value = profiles.c.computed[key]
+    rows = await session.execute(
+        sa.select(profiles.c.id, value.is_not(None).label("known"), value.label("value")).where(
+            profiles.c.id.in_(list(profile_ids)), profiles.c.status == "active"
+        )
+    )
+    return {r.id: (bool(r.known), r.value) for r in rows}
+
+
+_SAVE_STATES = sa.text(
+    """
+    INSERT INTO computed_values (profile_id, key, state, next_change_at)
+    SELECT u.id, CAST(:key AS text), u.state::jsonb, u.due
+      FROM unnest(CAST(:ids AS text[]), CAST(:states AS text[]), CAST(:dues AS timestamptz[])) AS u(id, state, due)
+    ON CONFLICT (profile_id, key) DO UPDATE SET state = excluded.state, next_change_at = excluded.next_change_at
+    """
+)
+
+_SET_QUIETLY = sa.text(
+    """
+    UPDATE profiles p SET computed = p.computed || jsonb_build_object(CAST(:key AS text), u.value::jsonb)
+      FROM unnest(CAST(:ids AS text[]), CAST(:vals AS text[])) AS u(id, value)
+     WHERE p.id = u.id
+    """
+)
+
+
+async def save_states_of_key(
+    *, session: AsyncSession, key: str, states: Sequence[tuple[str, dict[str, Any], datetime | None]]
+) -> None:
+    """Write one trait's state for many profiles in one statement."""
+    if not states:
+        return
+    await session.execute(
+        _SAVE_STATES,
+        {
+            "key": key,
+            "ids": [s[0] for s in states],
+            "states": [json_text(s[1]) for s in states],
+            "dues": [s[2] for s in states],
+        },
     )
 
 
-async def profiles_with_events(*, session: AsyncSession, name: str | None) -> list[str]:
-    """Return the profiles that have events (of one name, if given)."""
-    query = sa.select(events.c.profile_id).distinct()
-    if name is not None:
-        query = query.where(events.c.name == name)
-    return list((await session.execute(query)).scalars())
+async def set_values_quietly(*, session: AsyncSession, key: str, values: dict[str, Any]) -> None:
+    """Set one computed trait of many profiles without a new version: none of them had published it."""
+    if not values:
+        return
+    await session.execute(
+        _SET_QUIETLY, {"key": key, "ids": list(values), "vals": [json_text(v) for v in values.values()]}
+    )
+
+
+async def trait_values(*, session: AsyncSession, key: str, after: str, limit: int) -> list[tuple[str, Any]]:
+    """Return the value of one computed trait of active profiles that hold it, in profile id order."""
+    value = profiles.c.computed[key]
+    rows = await session.execute(
+        sa.select(computed_values.c.profile_id, value.label("value"))
+        .join(profiles, profiles.c.id == computed_values.c.profile_id)
+        .where(
+            computed_values.c.key == key,
+            computed_values.c.profile_id > after,
+            profiles.c.status == "active",
+            value.is_not(None),
+        )
+        .order_by(computed_values.c.profile_id)
+        .limit(limit)
+    )
+    return [(r.profile_id, r.value) for r in rows]
 
 
 async def due_profiles(*, session: AsyncSession, now: datetime, limit: int) -> list[str]:

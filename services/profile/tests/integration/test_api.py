@@ -290,9 +290,25 @@ async def test_computed_traits_rules_quarantine_and_duplicates_routes(
         json={"key": key, "aggregation": "count", "event_name": "Order Completed", "window_days": 30},
         headers=service.admin,
     )
-    assert created.status_code == 201, created.text
-    assert created.json()["key"] == key
-    assert created.json()["backfilled_profiles"] >= 1
+    assert created.status_code == 202, created.text
+    assert created.json()["computed_trait"]["key"] == key
+    assert created.json()["computed_trait"]["status"] == "building"
+    job_id = created.json()["job"]["id"]
+
+    async def built() -> dict[str, Any] | None:
+        found = (await get(http, service, f"/v1/computed-traits/{key}")).json()
+        return found if found["status"] == "ready" else None
+
+    ready = await wait_for(built, what="the backfill job to build the trait")
+    assert ready["job"]["id"] == job_id
+    assert ready["job"]["state"] == "succeeded"
+    assert ready["job"]["done"] == ready["job"]["total"] >= 1
+    assert ready["backfilled_profiles"] >= 1
+    job = (await get(http, service, f"/v1/jobs/{job_id}")).json()
+    assert job["kind"] == "computed_trait_backfill"
+    assert job["state"] == "succeeded"
+    missing = await http.get(f"{service.url}/v1/computed-traits/nope_{key}", headers=service.admin)
+    assert missing.status_code == 404
     duplicate = await http.post(
         f"{service.url}/v1/computed-traits", json={"key": key, "aggregation": "count"}, headers=service.admin
     )
@@ -303,6 +319,8 @@ async def test_computed_traits_rules_quarantine_and_duplicates_routes(
     profile = await profile_when(
         http, service, f"user_id:{user}", lambda p: p["computed_traits"].get(key) == 1
     )
+    values = (await get(http, service, f"/v1/computed-traits/{key}/values", limit="10000")).json()
+    assert {"profile_id": profile["id"], "value": 1} in values["items"]
     await service.send(user_id=user, event="Order Completed", properties={"total": 5}, at=datetime.now(UTC))
     await profile_when(http, service, profile["id"], lambda p: p["computed_traits"].get(key) == 2)
 

@@ -37,10 +37,14 @@ async def computed_of(db: ProfileDb, user: str) -> dict[str, Any]:
 
 
 async def define(db: ProfileDb, definition: Definition) -> dict[str, Any] | None:
+    """Define a trait and run its backfill job to the end, as the service's job runner does."""
     async with transaction(db.sessions) as session:
-        return await handlers.define_computed_trait(
-            session=session, context=db.context, definition=definition
-        )
+        created = await handlers.define_computed_trait(session=session, definition=definition)
+    if created is None:
+        return None
+    await db.run_job(created["job"]["id"])
+    async with transaction(db.sessions) as session:
+        return await store.get_definition(session=session, key=definition.key)
 
 
 async def test_builtin_commerce_traits_net_of_refunds_per_currency(db: ProfileDb) -> None:

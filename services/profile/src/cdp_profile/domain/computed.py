@@ -205,6 +205,9 @@ class Definition:
     property: str | None = None
     filters: tuple[PropertyFilter, ...] = field(default_factory=tuple)
     window_days: int | None = None
+    # True while its backfill job has not been through every profile: a profile's state may
+    # then hold only the events the event flow folded in since the definition was made.
+    building: bool = False
 
     @builtins.property
     def window(self) -> timedelta | None:
@@ -244,6 +247,7 @@ class Definition:
             property=raw.get("property"),
             filters=tuple(PropertyFilter(**f) for f in raw.get("filters", [])),
             window_days=raw.get("window_days"),
+            building=bool(raw.get("building", False)),
         )
 
 
@@ -332,6 +336,15 @@ def fold_all(events: Iterable[StoredEvent], definition: Definition, *, now: date
         if definition.selects(event) and (since is None or event.timestamp > since):
             state = fold_defined(state, event, definition)
     return state
+
+
+def counted_state(*, count: int, first: tuple[datetime, str], last: tuple[datetime, str]) -> dict[str, Any]:
+    """Return the state `fold_defined` reaches for `count` selected events of a trait without a property."""
+    return {
+        "count": count,
+        "first": [first[0].isoformat(), first[1], None],
+        "last": [last[0].isoformat(), last[1], None],
+    }
 
 
 def next_change_at(state: dict[str, Any], definition: Definition) -> datetime | None:
