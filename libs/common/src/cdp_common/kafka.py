@@ -16,13 +16,22 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,9 +47,11 @@ from cdp_common.events import (
 )
 from cdp_common.metrics import (
     CONSUMER_LAG,
+    CONSUMER_LAST_POLL_AGE,
     DLQ_MESSAGES,
     HANDLER_DURATION,
     HANDLER_RETRIES,
+    KAFKA_PRODUCER_REPLACED,
     MESSAGE_AGE,
     MESSAGES_CONSUMED,
 )
@@ -101,20 +112,108 @@ def create_producer(settings: PlatformSettings, *, client_id: str) -> AIOKafkaPr
     )
 
 
-class KafkaPublisher:
-    """Publishes messages with the service's producer and waits for every acknowledgement."""
+# Errors after which a producer's idempotent sequence cannot go on: the broker no longer agrees
+# with the producer on its id, epoch or next sequence number, so every later send of that
+# producer fails the same way. Only a new producer (a new id, sequences from 0) gets through.
+BROKEN_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+# How long a replaced producer may take to finish what it still holds before it is left behind.
+RETIRE_TIMEOUT_S = 30.0
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+
+class KafkaPublisher:
+    """Publishes messages with the service's producer and waits for every acknowledgement.
+
+    Given a way to make producers, it replaces a producer that failed with one of
+    BROKEN_PRODUCER_ERRORS; the failed call still raises, and the caller's next attempt goes
+    out with the new producer. A message the broken producer delivered before the failure is
+    delivered again then: at least once, and consumers skip it by its envelope id.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        make_producer: Callable[[], AIOKafkaProducer] | None = None,
+        service: str = "",
+    ) -> None:
         self._producer = producer
+        self._make_producer = make_producer
+        self._service = service
+        self._replacing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The producer messages go out with now."""
+        return self._producer
 
     async def publish(self, *, topic: str, key: str, value: bytes) -> None:
         """Publish one message and wait until Kafka acknowledged it."""
-        await self._producer.send_and_wait(topic, value=value, key=key.encode())
+        producer = self._producer
+        try:
+            await producer.send_and_wait(topic, value=value, key=key.encode())
+        except BROKEN_PRODUCER_ERRORS as exc:
+            await self._replace(producer, exc)
+            raise
 
     async def publish_batch(self, messages: Sequence[OutboxMessage]) -> None:
         """Publish messages in order and wait until Kafka acknowledged all of them."""
-        futures = [await self._producer.send(m.topic, value=m.payload, key=m.key.encode()) for m in messages]
-        await asyncio.gather(*futures)
+        producer = self._producer
+        try:
+            futures = [await producer.send(m.topic, value=m.payload, key=m.key.encode()) for m in messages]
+            # Every outcome is collected, so no failed delivery is left unread; the first failure is raised.
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failure is not None:
+                raise failure
+        except BROKEN_PRODUCER_ERRORS as exc:
+            await self._replace(producer, exc)
+            raise
+
+    async def stop(self) -> None:
+        """Flush and stop the producer, and wait for replaced ones to finish stopping."""
+        await self._producer.stop()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _replace(self, broken: AIOKafkaProducer, error: BaseException) -> None:
+        """Start a new producer in place of a broken one, once, whoever else saw it fail."""
+        if self._make_producer is None:
+            return
+        async with self._replacing:
+            if self._producer is not broken:
+                return
+            fresh = self._make_producer()
+            try:
+                await fresh.start()
+            except (KafkaError, OSError):
+                # Kafka cannot be reached now: the next failure of the broken producer tries again.
+                await fresh.stop()
+                logger.warning(
+                    "a new producer could not start; keeping the broken one for now",
+                    extra={"service": self._service, "error": type(error).__name__},
+                )
+                return
+            self._producer = fresh
+        reason = type(error).__name__
+        KAFKA_PRODUCER_REPLACED.labels(self._service, reason).inc()
+        logger.warning("producer replaced", extra={"service": self._service, "error": reason})
+        retiring = asyncio.create_task(self._retire(broken), name=f"producer-retire-{self._service}")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, producer: AIOKafkaProducer) -> None:
+        """Stop a replaced producer, letting it finish the batches it holds for other partitions."""
+        try:
+            async with asyncio.timeout(RETIRE_TIMEOUT_S):
+                await producer.stop()
+        except Exception:
+            logger.warning("a replaced producer did not stop cleanly", extra={"service": self._service})
 
 
 def topic_configs(settings: PlatformSettings, name: TopicName) -> dict[str, str]:
@@ -197,6 +296,8 @@ class ConsumerRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._handled = _RecentIds(RECENT_EVENT_IDS)
+        self._lag_task: asyncio.Task[None] | None = None
+        self._progressed_at = time.monotonic()
 
     async def start(self) -> None:
         """Join the group and start consuming in the background."""
@@ -211,11 +312,19 @@ class ConsumerRunner:
             max_poll_interval_ms=600_000,
         )
         await self._consumer.start()
+        self._progressed_at = time.monotonic()
+        CONSUMER_LAST_POLL_AGE.labels(self.group_id).set_function(self.since_last_poll)
         self._task = asyncio.create_task(self._consume(), name=f"consumer-{self.group_id}")
+        self._lag_task = asyncio.create_task(self._watch_lag(self._consumer), name=f"lag-{self.group_id}")
 
     async def stop(self) -> None:
         """Finish the message at hand, commit, and leave the group."""
         self._stopping.set()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            await asyncio.gather(self._lag_task, return_exceptions=True)
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAST_POLL_AGE.remove(self.group_id)
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
@@ -235,6 +344,17 @@ class ConsumerRunner:
         """Whether the consume loop is alive."""
         return self._task is not None and not self._task.done()
 
+    def since_last_poll(self) -> float:
+        """Seconds since the consume loop last completed a poll or finished a message.
+
+        An idle consumer completes an empty poll every consumer_poll_timeout_s, and a long batch
+        counts each message it finishes, so only a consumer that truly stands still ages.
+        """
+        return time.monotonic() - self._progressed_at
+
+    def _progressed(self) -> None:
+        self._progressed_at = time.monotonic()
+
     async def _consume(self) -> None:
         assert self._consumer is not None
         consumer = self._consumer
@@ -252,6 +372,7 @@ class ConsumerRunner:
                 batches = await consumer.getmany(
                     timeout_ms=timeout_ms, max_records=self._settings.consumer_batch_size
                 )
+                self._progressed()
                 room = self._settings.consumer_batch_size - sum(len(records) for records in batches.values())
                 if batches and room > 0 and gather_ms > 0:
                     # Each partition's later records come after the ones already taken, in order.
@@ -269,7 +390,6 @@ class ConsumerRunner:
                         await committing
                     committing = asyncio.create_task(self._commit(consumer, handled))
                     handled, last_commit = {}, time.monotonic()
-                await self._report_lag(consumer)
         finally:
             if committing is not None:
                 await asyncio.shield(committing)
@@ -310,6 +430,7 @@ class ConsumerRunner:
                     MESSAGES_CONSUMED.labels(self.group_id, envelope.type, outcome).inc()
                 return
         self._handled.add_all(envelope.id for _, envelope, _ in decoded)
+        self._progressed()
         self._observe_batch(decoded, outcomes, elapsed=(time.perf_counter() - started) / len(decoded))
 
     def _observe_batch(
@@ -416,13 +537,48 @@ class ConsumerRunner:
             # again and skips it through the processed-event record.
             logger.warning("offset commit failed after a rebalance", extra={"group": self.group_id})
 
-    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            position = await consumer.position(tp)
-            CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+    async def _watch_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Export the lag of the assigned partitions as the broker sees it, every consumer_lag_interval_s.
+
+        It runs beside the consume loop, so a consumer stuck in a handler still shows its lag grow.
+        """
+        reported: set[TopicPartition] = set()
+        while True:
+            try:
+                reported = await self._report_lag(consumer, reported)
+            except Exception as exc:
+                # Only the figure waits for the next turn (a rebalance, the broker briefly away).
+                logger.warning(
+                    "consumer lag not read; retrying",
+                    extra={"group": self.group_id, "error": type(exc).__name__},
+                )
+            await asyncio.sleep(self._settings.consumer_lag_interval_s)
+
+    async def _report_lag(
+        self, consumer: AIOKafkaConsumer, reported: set[TopicPartition]
+    ) -> set[TopicPartition]:
+        """Set each assigned partition's lag (log end minus the group's committed offset); drop the others."""
+        assigned: set[TopicPartition] = set(consumer.assignment())
+        for tp in reported - assigned:
+            # Given to another member, which reports it from now on.
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self.group_id, tp.topic, str(tp.partition))
+        if not assigned:
+            return set()
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(list(assigned))
+        committed: dict[TopicPartition, int | None] = {tp: await consumer.committed(tp) for tp in assigned}
+        never = [tp for tp, offset in committed.items() if offset is None]
+        if never:
+            # Nothing committed yet: the group starts where auto_offset_reset puts it.
+            starts: dict[TopicPartition, int] = (
+                await consumer.beginning_offsets(never) if self._auto_offset_reset == "earliest" else ends
+            )
+            committed.update({tp: starts.get(tp) for tp in never})
+        for tp in assigned:
+            end, done = ends.get(tp), committed.get(tp)
+            if end is not None and done is not None:
+                CONSUMER_LAG.labels(self.group_id, tp.topic, str(tp.partition)).set(max(end - done, 0))
+        return assigned
 
     async def process(self, record: ConsumerRecord[bytes, bytes]) -> str:
         """Handle one record to the end (processed, duplicate, skipped or dead-lettered)."""
@@ -449,6 +605,7 @@ class ConsumerRunner:
                     if fresh:
                         await handler(session=session, envelope=envelope)
                 self._handled.add_all((envelope.id,))
+                self._progressed()
                 if not fresh:
                     return "duplicate"
                 HANDLER_DURATION.labels(self.group_id, envelope.type).observe(time.perf_counter() - started)
@@ -465,6 +622,7 @@ class ConsumerRunner:
                         extra={"group": self.group_id, "event_id": envelope.id},
                     )
                     await self._dead_letter(record, error=f"{type(exc).__name__}: {exc}", attempts=attempts)
+                    self._progressed()
                     return "dead_lettered"
                 HANDLER_RETRIES.labels(self.group_id).inc()
                 await asyncio.sleep(self._settings.consumer_retry_backoff_s * 2 ** (attempts - 1))

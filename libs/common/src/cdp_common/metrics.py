@@ -6,8 +6,19 @@ from prometheus_client import Counter, Gauge, Histogram
 
 CONSUMER_LAG = Gauge(
     "cdp_consumer_lag_messages",
-    "Messages in a partition not yet processed by the consumer group.",
+    "Messages in a partition past the group's committed offset, as the broker reports both;"
+    " exported by the member the partition is assigned to.",
     ["group", "topic", "partition"],
+)
+CONSUMER_LAST_POLL_AGE = Gauge(
+    "cdp_consumer_last_poll_age_seconds",
+    "Seconds since the consumer last completed a poll (an empty one included) or finished a message.",
+    ["group"],
+)
+KAFKA_PRODUCER_REPLACED = Counter(
+    "cdp_kafka_producer_replaced_total",
+    "Producers replaced because their idempotent sequence could not go on, by the error that broke it.",
+    ["service", "reason"],
 )
 HANDLER_DURATION = Histogram(
     "cdp_handler_duration_seconds",
@@ -37,7 +48,7 @@ OUTBOX_BACKLOG = Gauge(
 )
 OUTBOX_OLDEST_AGE = Gauge(
     "cdp_outbox_oldest_age_seconds",
-    "Age of the oldest unpublished outbox row (0 when empty).",
+    "Age of the oldest unpublished outbox row (0 when empty), reported by the relay leader.",
     ["service"],
 )
 OUTBOX_PUBLISHED = Counter(

@@ -5,7 +5,8 @@ handed out in commit order and the relay, reading in id order, publishes in
 commit order. One relay per service is active at a time: it holds a session-level
 advisory lock on the connection it does all its work on, so if that connection
 dies the lock goes with it and the relay stops publishing. A row is marked
-published only after Kafka acknowledged it, so it is published at least once.
+published only after Kafka acknowledged it, so it is published at least once; a
+batch Kafka refuses is sent again, whole, while the relay keeps the lead.
 
 The relay works on its connection without explicit transactions (each statement
 commits alone), remembers the last id it sent so a read starts past the rows
@@ -17,6 +18,7 @@ reads them as soon as the batch it is sending is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -61,6 +63,13 @@ _MARK_AND_READ = """
      WHERE published_at IS NULL AND id > $2
      ORDER BY id LIMIT $3
 """
+# The age of the oldest unpublished row: ids follow commit order, so it is the first row of the
+# partial index on unpublished ids.
+_OLDEST_UNPUBLISHED_AGE = sa.text(
+    "SELECT EXTRACT(EPOCH FROM now() - created_at) FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1"
+)
+# Longest wait between two attempts to publish a batch Kafka refused.
+_PUBLISH_RETRY_MAX_S = 10.0
 # How often the leader reports its backlog (a count over the unpublished rows) and deletes
 # rows published longer ago than the retention, on a connection of the pool beside the
 # relay's, so neither ever holds up a commit's rows.
@@ -132,6 +141,12 @@ async def add_many_to_outbox(*, session: AsyncSession, messages: Sequence[tuple[
     )
 
 
+async def oldest_unpublished_age(*, conn: AsyncConnection) -> float:
+    """Return how many seconds the oldest unpublished row has waited (0 when every row went out)."""
+    age = (await conn.execute(_OLDEST_UNPUBLISHED_AGE)).scalar_one_or_none()
+    return max(float(age), 0.0) if age is not None else 0.0
+
+
 async def purge_published(*, session: AsyncSession, keys: list[str]) -> int:
     """Delete published outbox rows under these keys, so an erased person's payloads go at once."""
     result = await session.execute(
@@ -191,6 +206,11 @@ class OutboxRelay:
     def _set_leader(self, leader: bool) -> None:
         self.is_leader = leader
         OUTBOX_LEADER.labels(self._service).set(1 if leader else 0)
+        if not leader:
+            # Only the leader's figures are current; a former leader's would stay behind forever.
+            for gauge in (OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self._service)
 
     async def _lead(self, conn: AsyncConnection) -> None:
         while not await self._try_lock(conn):
@@ -210,7 +230,7 @@ class OutboxRelay:
                 self._count_published(sent)
                 sent = _messages(rows)
                 if sent:
-                    await self._publisher.publish_batch(sent)
+                    await self._publish(driver, sent)
                     sent_up_to = sent[-1].id
                     continue
                 try:
@@ -225,6 +245,28 @@ class OutboxRelay:
             # Closing the connection for real releases the lock and the listener; a
             # pooled connection would keep both alive.
             await asyncio.shield(conn.invalidate())
+
+    async def _publish(self, driver: Any, messages: Sequence[OutboxMessage]) -> None:
+        """Publish a batch until Kafka acknowledged all of it, keeping the lead meanwhile.
+
+        A failed attempt is repeated whole, so what went out before the failure goes out again
+        (at least once). Between attempts a statement on the lock's connection makes sure the
+        lead is still held; if the connection is gone, so is the lead, and the relay stops here.
+        """
+        failures = 0
+        while True:
+            try:
+                await self._publisher.publish_batch(messages)
+                return
+            except Exception as exc:
+                failures += 1
+                logger.warning(
+                    "outbox publishing failed; retrying",
+                    exc_info=failures == 1,
+                    extra={"service": self._service, "error": type(exc).__name__, "attempts": failures},
+                )
+            await asyncio.sleep(min(self._idle_wait_s * failures, _PUBLISH_RETRY_MAX_S))
+            await driver.execute("SELECT 1")
 
     async def _try_lock(self, conn: AsyncConnection) -> bool:
         async with conn.begin():

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Request
@@ -39,7 +38,7 @@ from cdp_common.kafka import (
 from cdp_common.logs import configure_logging
 from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from cdp_common.migrations import migrate
-from cdp_common.outbox import OutboxRelay
+from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 from cdp_common.web import install_error_handlers
@@ -121,7 +120,11 @@ class ServiceRuntime:
             )
         await _retrying("kafka", lambda: ensure_topics(self.settings, list(TopicName)))
         await _retrying("kafka", self._start_producer)
-        self.publisher = KafkaPublisher(self.producer)
+        self.publisher = KafkaPublisher(
+            self.producer,
+            make_producer=lambda: create_producer(self.settings, client_id=self.service),
+            service=self.service,
+        )
         self.relay = OutboxRelay(
             engine=self.engine,
             publisher=self.publisher,
@@ -177,26 +180,31 @@ class ServiceRuntime:
             await self.job_runner.stop()
         await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
         await self.relay.stop()
-        await self.producer.stop()
+        await self.publisher.stop()
         await self.engine.dispose()
 
     async def readiness(self) -> dict[str, str]:
-        """Check the database, Kafka and the consumers; return a problem per failing part."""
+        """Check the database, the outbox, Kafka and the consumers; return a problem per failing part."""
         problems: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):
                 async with self.engine.connect() as conn:
-                    await conn.execute(sa.text("SELECT 1"))
+                    outbox_age = await oldest_unpublished_age(conn=conn)
+            if outbox_age > self.settings.outbox_stall_s:
+                problems["outbox"] = f"oldest unpublished row is {outbox_age:.0f} s old"
         except Exception as exc:
             problems["database"] = type(exc).__name__
         try:
             async with asyncio.timeout(2):
-                await self.producer.client.fetch_all_metadata()
+                # The publisher's producer: it replaces the one built at start-up when that one breaks.
+                await self.publisher.producer.client.fetch_all_metadata()
         except Exception as exc:
             problems["kafka"] = type(exc).__name__
         for runner in self.runners:
             if not runner.running:
                 problems[f"consumer:{runner.group_id}"] = "stopped"
+            elif (idle := runner.since_last_poll()) > self.settings.consumer_stall_s:
+                problems[f"consumer:{runner.group_id}"] = f"no poll completed for {idle:.0f} s"
         return problems
 
 

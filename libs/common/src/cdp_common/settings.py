@@ -38,6 +38,14 @@ class PlatformSettings(BaseSettings):
     # request the broker writes down; what a crash leaves uncommitted is read again and
     # skipped through the processed-event record.
     consumer_commit_interval_s: float = Field(default=0.25, ge=0)
+    # A consumer that has completed no poll and finished no message for this long makes /readyz
+    # answer 503 naming it; an idle consumer completes an empty poll every consumer_poll_timeout_s.
+    consumer_stall_s: float = Field(default=60.0, gt=0)
+    # How often each consumer asks the broker for its group's committed offsets and the log end
+    # offsets of its partitions, for cdp_consumer_lag_messages.
+    consumer_lag_interval_s: float = Field(default=5.0, gt=0)
+    # An unpublished outbox row older than this makes /readyz answer 503 (the relay is stuck).
+    outbox_stall_s: float = Field(default=60.0, gt=0)
     # Commits wake the relay through NOTIFY; the poll only backs that up.
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)
