@@ -175,6 +175,23 @@ PIPELINE_ROWS: dict[str, tuple[Graph, ...]] = {
             (Query(_p95("cdp_handler_duration_seconds", "", "group"), "{{group}}"),),
             unit="s",
         ),
+        Graph(
+            "Time since a consumer's last completed poll",
+            "Per group, the process whose consumer has stood still longest. An idle consumer completes "
+            "an empty poll every half second; past a minute its /readyz names it.",
+            (Query("max by (group) (cdp_consumer_last_poll_age_seconds)", "{{group}}"),),
+            unit="s",
+        ),
+        Graph(
+            "Kafka producers replaced",
+            "Producers replaced because the broker refused their idempotent sequence, by reason.",
+            (
+                Query(
+                    "sum by (service, reason) (increase(cdp_kafka_producer_replaced_total[15m]))",
+                    "{{service}} {{reason}}",
+                ),
+            ),
+        ),
     ),
     "Outbox": (
         Graph(
