@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
+from cdp_common.jobs import get_job, jobs_router, latest_jobs
 from cdp_common.privacy import access_router
 from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cdp_segment import handlers, store
-from cdp_segment.batch import recompute_segments
 from cdp_segment.consumer import SERVICE
 from cdp_segment.handlers import SegmentContext
 
@@ -73,8 +73,8 @@ class PreviewIn(BaseModel):
     rule: dict[str, Any]
 
 
-def segment_body(segment: store.SegmentRow) -> dict[str, Any]:
-    """Render a segment."""
+def segment_body(segment: store.SegmentRow, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Render a segment: `status` is `building` until the job that builds it has made its members right."""
     return {
         "id": segment.id,
         "key": segment.key,
@@ -87,7 +87,13 @@ def segment_body(segment: store.SegmentRow) -> dict[str, Any]:
         "dependencies": list(segment.dependencies),
         "created_at": segment.created_at.isoformat(),
         "updated_at": segment.updated_at.isoformat(),
+        "status": segment.status,
+        "job": job,
     }
+
+
+async def _job_of(session: Any, segment: store.SegmentRow) -> dict[str, Any] | None:
+    return None if segment.job_id is None else await get_job(session=session, job_id=segment.job_id)
 
 
 def _invalid(exc: handlers.InvalidSegment) -> ApiError:
@@ -121,9 +127,9 @@ router = APIRouter(tags=["segments"], dependencies=[Depends(limit_body)])
 async def create_segment(
     body: SegmentIn, session: SessionDep, context: ContextDep, _: Writer
 ) -> dict[str, Any]:
-    """Create a segment; its membership is computed at once."""
+    """Create a segment: answered at once, `building` with the job that computes its members."""
     try:
-        segment, changes = await handlers.create_segment(
+        segment, job = await handlers.create_segment(
             session=session,
             context=context,
             key=body.key,
@@ -135,7 +141,7 @@ async def create_segment(
         raise _invalid(exc) from exc
     except handlers.SegmentConflict as exc:
         raise ApiError(status=409, code="conflict", message=str(exc)) from exc
-    return {**segment_body(segment), "membership": changes}
+    return segment_body(segment, job)
 
 
 @router.get("/v1/segments")
@@ -146,8 +152,9 @@ async def list_segments(session: SessionDep, page: Page, _: Reader) -> dict[str,
     )
     more = len(rows) > page.limit
     rows = rows[: page.limit]
+    jobs = await latest_jobs(session=session, job_ids=[r.job_id for r in rows if r.job_id is not None])
     return {
-        "items": [segment_body(r) for r in rows],
+        "items": [segment_body(r, jobs.get(r.job_id or "")) for r in rows],
         "next": encode_cursor({"key": rows[-1].key}) if more else None,
     }
 
@@ -170,8 +177,9 @@ async def preview_segment(
 
 @router.get("/v1/segments/{ref}")
 async def get_segment(ref: Ref, session: SessionDep, _: Reader) -> dict[str, Any]:
-    """Return one segment by id or key."""
-    return segment_body(await _segment(session, ref))
+    """Return one segment by id or key, with its status and the job that builds (or built) it."""
+    segment = await _segment(session, ref)
+    return segment_body(segment, await _job_of(session, segment))
 
 
 @router.get("/v1/segments/{ref}/versions")
@@ -185,9 +193,9 @@ async def segment_versions(ref: Ref, session: SessionDep, _: Reader) -> dict[str
 async def update_segment(
     ref: Ref, body: SegmentChange, session: SessionDep, context: ContextDep, _: Writer
 ) -> dict[str, Any]:
-    """Store a new version of a segment."""
+    """Store a new version of a segment: `building` with the job that brings its members in line."""
     try:
-        segment, changes = await handlers.update_segment(
+        segment, job = await handlers.update_segment(
             session=session,
             context=context,
             ref=ref,
@@ -201,7 +209,7 @@ async def update_segment(
         raise _invalid(exc) from exc
     except handlers.SegmentConflict as exc:
         raise ApiError(status=409, code="conflict", message=str(exc)) from exc
-    return {**segment_body(segment), "membership": changes}
+    return segment_body(segment, job)
 
 
 @router.delete("/v1/segments/{ref}", status_code=204)
@@ -216,20 +224,14 @@ async def delete_segment(ref: Ref, session: SessionDep, context: ContextDep, _: 
     return Response(status_code=204)
 
 
-@router.post("/v1/segments/{ref}/recompute")
-async def recompute_segment(ref: Ref, session: SessionDep, context: ContextDep, _: Writer) -> dict[str, Any]:
-    """Recompute a segment over every profile in SQL; return who entered and left."""
-    segment = await _segment(session, ref)
-    catalog = await context.catalog.current(session)
-    report = await recompute_segments(
-        session=session,
-        catalog=catalog,
-        keys={segment.key},
-        now=context.clock(),
-        topic=context.segments_topic,
-        trigger="requested",
-    )
-    return {"segments": report}
+@router.post("/v1/segments/{ref}/recompute", status_code=202)
+async def recompute_segment(ref: Ref, session: SessionDep, _: Writer) -> dict[str, Any]:
+    """Queue a job that recomputes a segment over every profile (who entered and left is its result)."""
+    try:
+        segment, job = await handlers.rebuild_segment(session=session, ref=ref)
+    except handlers.SegmentNotFound as exc:
+        raise _not_found(ref) from exc
+    return {"job": job, "segment": segment_body(segment, job)}
 
 
 @router.get("/v1/segments/{ref}/members")
@@ -351,4 +353,8 @@ async def computed_traits(session: SessionDep, _: Reader) -> dict[str, Any]:
     return {"items": await store.list_computed_traits(session=session), "next": None}
 
 
-routers = [router, access_router(service=SERVICE, export=store.export_profile)]
+routers = [
+    router,
+    jobs_router(read_scope="segments:read", write_scope="segments:write"),
+    access_router(service=SERVICE, export=store.export_profile),
+]

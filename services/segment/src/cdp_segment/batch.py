@@ -49,17 +49,30 @@ async def recompute_segment(
     topic: str,
     trigger: str,
     everyone_leaves: bool = False,
+    after: str | None = None,
+    until: str | None = None,
 ) -> dict[str, int]:
-    """Bring one segment's memberships in line with its rule over all profiles; return the changes."""
+    """Bring one segment's memberships in line with its rule; return the changes.
+
+    With `after` and `until`, only the profiles whose ids lie in (after, until] are looked at
+    (a job's step); without them, every profile.
+    """
     rule = parse_rule(segment.rule).root
     members = store.memberships
     query = members_query(rule, now)
     if everyone_leaves:
         query = query.where(sa.false())
+    held_query = sa.select(members.c.profile_id).where(members.c.segment_id == segment.id)
+    if after is not None:
+        query = query.where(store.profiles.c.profile_id > after)
+        held_query = held_query.where(members.c.profile_id > after)
+    if until is not None:
+        query = query.where(store.profiles.c.profile_id <= until)
+        held_query = held_query.where(members.c.profile_id <= until)
     # Taken before the difference is read, so no writer changes the memberships in between.
     await lock_outbox_writes(session=session)
     target = query.subquery("target")
-    held = sa.select(members.c.profile_id).where(members.c.segment_id == segment.id).subquery("held")
+    held = held_query.subquery("held")
     # A read alone (no write in the statement), so PostgreSQL may scan the profiles in parallel.
     difference = (
         sa.select(sa.func.coalesce(target.c.profile_id, held.c.profile_id), held.c.profile_id.is_(None))
@@ -163,7 +176,8 @@ async def recompute_segments(
     pending = set(keys)
     report: dict[str, Any] = {}
     for definition in catalog.ordered:
-        if definition.key not in pending:
+        # A segment still waiting for its computed traits is computed by its own job once they are in.
+        if definition.key not in pending or not definition.realtime:
             continue
         segment = await store.get_segment(session=session, ref=definition.id)
         if segment is None:

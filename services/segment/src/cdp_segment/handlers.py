@@ -21,28 +21,39 @@ from cdp_common.events import (
     ProfileSplit,
     ProfileUpdated,
 )
+from cdp_common.jobs import new_job_id, submit_job
 from cdp_common.kafka import BatchHandler, Handler, let_others_run
 from cdp_common.replica import apply_profile_version
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
-from cdp_segment.batch import recompute_segment, recompute_segments
+from cdp_segment.batch import recompute_segment
 from cdp_segment.compiler import members_query
-from cdp_segment.domain.evaluation import ProfileFacts, explain
+from cdp_segment.domain.evaluation import ProfileFacts, explain, mark_building
 from cdp_segment.domain.lifecycle import STAGES, LifecycleThresholds, builtin_computed_traits, lifecycle_model
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
 from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
 from cdp_segment.domain.rules import ParsedRule, RuleError, is_segment_key, parse_rule
+from cdp_segment.store import builds
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
+# The job that makes a segment's members right (cdp_segment.jobs.SegmentBuild).
+BUILD_JOB = "segment_build"
+
 
 def definition_of(row: store.SegmentRow) -> SegmentDefinition:
     """Return the domain's view of a stored segment."""
-    return SegmentDefinition(id=row.id, key=row.key, version=row.version, parsed=parse_rule(row.rule))
+    return SegmentDefinition(
+        id=row.id,
+        key=row.key,
+        version=row.version,
+        parsed=parse_rule(row.rule),
+        realtime=not row.awaiting_data,
+    )
 
 
 @dataclass
@@ -454,10 +465,27 @@ def _computed_specs(parsed: ParsedRule) -> dict[str, dict[str, Any]]:
     return {spec.key: spec.as_request_body() for spec in parsed.computed_traits}
 
 
+async def _build(
+    *, session: AsyncSession, segment: store.SegmentRow, parsed: ParsedRule, trigger: str
+) -> tuple[store.SegmentRow, dict[str, Any]]:
+    """Queue the job that makes a segment's members right; the segment is building until it is done."""
+    keys = {spec.key for spec in parsed.computed_traits}
+    awaiting = bool(keys - await builds.ready_traits(session=session, keys=keys))
+    job_id = new_job_id()
+    job = await submit_job(
+        session=session,
+        kind=BUILD_JOB,
+        params={"segment_id": segment.id, "version": segment.version, "trigger": trigger},
+        job_id=job_id,
+    )
+    await builds.start_build(session=session, segment_id=segment.id, job_id=job_id, awaiting_data=awaiting)
+    return replace(segment, status="building", job_id=job_id, awaiting_data=awaiting), job
+
+
 async def create_segment(
     *, session: AsyncSession, context: SegmentContext, key: str, name: str, description: str, rule: Any
-) -> tuple[store.SegmentRow, dict[str, int]]:
-    """Create a segment and compute its first membership over every profile."""
+) -> tuple[store.SegmentRow, dict[str, Any]]:
+    """Create a segment, building: a job computes its members once its computed traits are in."""
     if not is_segment_key(key):
         raise InvalidSegment("key", "a segment key is 1 to 64 of a-z, 0-9 and _ starting with a letter")
     parsed = _parse_definition(rule)
@@ -473,15 +501,13 @@ async def create_segment(
             rule=rule,
             dependencies=sorted(parsed.dependencies),
             uses_clock=parsed.uses_clock,
+            status="building",
         )
     except IntegrityError as exc:
         # Another request created the key since it was checked above.
         raise SegmentConflict(f"the key {key!r} is taken (keys of deleted segments stay taken)") from exc
     await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
-    changes = await recompute_segment(
-        session=session, segment=segment, now=context.clock(), topic=context.segments_topic, trigger="created"
-    )
-    return segment, changes
+    return await _build(session=session, segment=segment, parsed=parsed, trigger="created")
 
 
 async def _live(session: AsyncSession, ref: str) -> store.SegmentRow:
@@ -493,8 +519,8 @@ async def _live(session: AsyncSession, ref: str) -> store.SegmentRow:
 
 async def update_segment(
     *, session: AsyncSession, context: SegmentContext, ref: str, name: str, description: str, rule: Any
-) -> tuple[store.SegmentRow, dict[str, int]]:
-    """Store a new version of a segment's rule and bring its membership in line."""
+) -> tuple[store.SegmentRow, dict[str, Any]]:
+    """Store a new version of a segment's rule; a job brings its membership in line."""
     segment = await _live(session, ref)
     if segment.builtin:
         raise SegmentConflict(f"{segment.key!r} is built in: its model maintains it")
@@ -510,16 +536,15 @@ async def update_segment(
         uses_clock=parsed.uses_clock,
     )
     await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
-    catalog = await context.catalog.current(session)
-    report = await recompute_segments(
-        session=session,
-        catalog=catalog,
-        keys={updated.key},
-        now=context.clock(),
-        topic=context.segments_topic,
-        trigger=f"version {updated.version}",
+    return await _build(session=session, segment=updated, parsed=parsed, trigger=f"version {updated.version}")
+
+
+async def rebuild_segment(*, session: AsyncSession, ref: str) -> tuple[store.SegmentRow, dict[str, Any]]:
+    """Queue a job that evaluates a segment again over every profile (and the segments that use it)."""
+    segment = await _live(session, ref)
+    return await _build(
+        session=session, segment=segment, parsed=parse_rule(segment.rule), trigger="requested"
     )
-    return updated, report.get(updated.key, {"entered": 0, "exited": 0})
 
 
 async def delete_segment(*, session: AsyncSession, context: SegmentContext, ref: str) -> None:
@@ -552,8 +577,17 @@ async def preview_segment(
     sample = (
         await session.execute(sa.select(query.c.profile_id).order_by(query.c.profile_id).limit(sample_size))
     ).scalars()
-    pending = [spec.key for spec in parsed.computed_traits]
-    return {"size": int(size), "sample": list(sample), "computed_traits": pending}
+    keys = [spec.key for spec in parsed.computed_traits]
+    building = sorted(set(keys) - await builds.ready_traits(session=session, keys=keys))
+    building += sorted(await builds.building_keys(session=session, keys=parsed.segment_refs))
+    # While a condition's data is building, the size counts only what the copy holds so far.
+    return {
+        "size": int(size),
+        "sample": list(sample),
+        "computed_traits": keys,
+        "status": "building" if building else "ready",
+        "building": building,
+    }
 
 
 async def explain_membership(
@@ -566,13 +600,24 @@ async def explain_membership(
         return None
     members = await store.member_keys(session=session, profile_id=profile_id)
     now = context.clock()
-    tree = explain(parse_rule(segment.rule).root, facts_of(row, members), now)
+    parsed = parse_rule(segment.rule)
+    keys = {spec.key for spec in parsed.computed_traits}
+    # A value the copy holds came by message and is current; only missing ones are unknown yet.
+    unknown = keys - await builds.ready_traits(session=session, keys=keys) - set(row.computed)
+    building_segments = await builds.building_keys(session=session, keys=parsed.segment_refs)
+    tree = mark_building(
+        explain(parsed.root, facts_of(row, members), now),
+        computed=frozenset(unknown),
+        segments=frozenset(building_segments),
+    )
     return {
         "segment_key": segment.key,
         "segment_version": segment.version,
+        "segment_status": segment.status,
         "profile_id": profile_id,
         "member": segment.key in members,
         "matches_now": tree["result"],
+        "building": sorted(unknown | building_segments),
         "merged_into": row.merged_into,
         "evaluated_at": now.isoformat(),
         "explanation": tree,

@@ -12,10 +12,15 @@ from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
 from cdp_segment.api import routers
-from cdp_segment.computed_traits import ComputedTraitsClient, HttpComputedTraitsClient, push_pending
+from cdp_segment.computed_traits import (
+    ComputedTraitsClient,
+    HttpComputedTraitsClient,
+    advance_computed_traits,
+)
 from cdp_segment.consumer import SERVICE, consumer_specs
 from cdp_segment.domain.lifecycle import LifecycleThresholds
 from cdp_segment.handlers import Clock, SegmentContext, ensure_builtin_segments
+from cdp_segment.jobs import job_kinds
 from cdp_segment.models import ModelRunner
 from cdp_segment.scheduler import Scheduler
 from cdp_segment.settings import Settings
@@ -62,7 +67,7 @@ def create_app(
             interval_s=settings.scheduler_interval_s,
             models_interval_s=settings.models_interval_s,
         )
-        app.state.push_computed_traits = lambda: push_pending(
+        app.state.advance_computed_traits = lambda: advance_computed_traits(
             session_factory=runtime.session_factory, client=client
         )
         if run_scheduler:
@@ -74,6 +79,13 @@ def create_app(
         migrations=MIGRATIONS,
         consumers=consumer_specs(settings, context),
         on_start=[start_segments],
+        jobs=job_kinds(
+            context=context,
+            client=client,
+            batch_size=settings.segment_build_batch,
+            page_size=settings.computed_trait_page,
+            poll_interval_s=settings.computed_trait_poll_s,
+        ),
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP segment service")
     app.state.segment_context = context

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_segment.batch import recompute_segments
-from cdp_segment.computed_traits import ComputedTraitsClient, push_pending
+from cdp_segment.computed_traits import ComputedTraitsClient, advance_computed_traits
 from cdp_segment.handlers import SegmentContext
 from cdp_segment.metrics import SEGMENT_MEMBERS
 from cdp_segment.models import ModelRunner
@@ -90,7 +90,9 @@ class Scheduler:
     async def _loop(self) -> None:
         while True:
             try:
-                await push_pending(session_factory=self._session_factory, client=self._computed_traits)
+                await advance_computed_traits(
+                    session_factory=self._session_factory, client=self._computed_traits
+                )
                 await self.tick()
                 await self.report_sizes()
             except asyncio.CancelledError:

@@ -20,3 +20,8 @@ class Settings(PlatformSettings):
     cluster_count: int = Field(default=4, ge=2, le=12)
     clv_horizon_days: int = Field(default=365, ge=30)
     preview_sample_size: int = Field(default=10, ge=0, le=100)
+    # Jobs: profiles one step of a segment's evaluation looks at, values one step copies from
+    # profile, and how often a building segment asks profile about its computed traits.
+    segment_build_batch: int = Field(default=10_000, ge=1)
+    computed_trait_page: int = Field(default=5_000, ge=1, le=10_000)
+    computed_trait_poll_s: float = Field(default=1.0, gt=0)

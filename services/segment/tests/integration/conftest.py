@@ -1,9 +1,11 @@
-"""Fixtures of segment's integration tests: a freshly migrated schema per test, a controllable clock."""
+"""Fixtures of segment's integration tests: a freshly migrated schema per test, a controllable clock,
+a stand-in for profile's computed-trait API, and the service's job kinds run by the real job runner."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,11 +16,14 @@ import sqlalchemy as sa
 from cdp_common.db import create_engine, create_session_factory, outbox_table
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ConsentDenied, ConsentGranted, ConsentWithdrawn, decode_envelope, make_envelope
+from cdp_common.jobs import JobRunner, get_job, jobs_table
 from cdp_common.kafka import Handler
 from cdp_common.migrations import migrate
-from cdp_common.testing import PlatformUnderTest
+from cdp_common.testing import PlatformUnderTest, wait_for
 from cdp_segment import handlers
+from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.handlers import SegmentContext
+from cdp_segment.jobs import job_kinds
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -35,6 +40,46 @@ class FakeClock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
+
+
+@dataclass
+class FakeProfile:
+    """Profile's computed-trait API as segment sees it: traits are defined, built (when the test says so)
+    and their values served in pages by profile id."""
+
+    defined: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ready: set[str] = field(default_factory=set)
+    built: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress: dict[str, int] = field(default_factory=dict)
+    pages_asked: list[tuple[str, str | None]] = field(default_factory=list)
+    base: int = 100
+
+    async def define(self, spec: dict[str, Any]) -> str | None:
+        if spec["key"] in self.defined:
+            return None
+        self.defined[spec["key"]] = spec
+        return f"profile_job_{spec['key']}"
+
+    async def status(self, key: str) -> TraitStatus | None:
+        if key not in self.defined:
+            return None
+        if key in self.ready:
+            return TraitStatus(status="ready", done=self.base, total=self.base)
+        return TraitStatus(status="building", done=self.progress.get(key, 0), total=self.base)
+
+    async def values(self, key: str, *, after: str | None, limit: int) -> ValuesPage:
+        self.pages_asked.append((key, after))
+        held = sorted((p, v) for p, v in self.built.get(key, {}).items() if p > (after or ""))
+        page = held[:limit]
+        return ValuesPage(
+            items=[{"profile_id": p, "value": v} for p, v in page],
+            next=page[-1][0] if len(page) == limit else None,
+        )
+
+    def build(self, key: str, values: dict[str, Any]) -> None:
+        """Finish building a trait with these values."""
+        self.built[key] = values
+        self.ready.add(key)
 
 
 @dataclass
@@ -61,6 +106,49 @@ class SegmentDb:
         async with self.sessions() as session:
             rows = await session.execute(sa.select(outbox_table.c.payload).order_by(outbox_table.c.id))
             return [decode_envelope(bytes(r)) for r in rows.scalars()]
+
+    @asynccontextmanager
+    async def jobs_running(
+        self, profile: FakeProfile, *, batch_size: int = 10_000, page_size: int = 5_000
+    ) -> AsyncIterator[JobRunner]:
+        """Run the service's job kinds with the real runner (against this schema) while inside."""
+        runner = JobRunner(
+            service="segment",
+            engine=self.engine,
+            session_factory=self.sessions,
+            kinds=job_kinds(
+                context=self.context,
+                client=profile,
+                batch_size=batch_size,
+                page_size=page_size,
+                poll_interval_s=0.02,
+            ),
+            poll_interval_s=0.02,
+        )
+        runner.start()
+        try:
+            yield runner
+        finally:
+            await runner.stop()
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """Return a job's body."""
+        async with self.sessions() as session:
+            found = await get_job(session=session, job_id=job_id)
+        assert found is not None
+        return found
+
+    async def jobs_done(self, profile: FakeProfile | None = None) -> None:
+        """Run the jobs until none is queued or running (all must succeed)."""
+
+        async def settled() -> bool:
+            async with self.sessions() as session:
+                states = list((await session.execute(sa.select(jobs_table.c.state))).scalars())
+            assert "failed" not in states
+            return all(state in ("succeeded", "cancelled") for state in states)
+
+        async with self.jobs_running(profile or FakeProfile()):
+            await wait_for(settled, timeout=60, interval=0.05, what="the jobs to finish")
 
     async def members(self, key: str) -> set[str]:
         """Return the members of a segment by key."""

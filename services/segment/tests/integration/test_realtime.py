@@ -21,7 +21,7 @@ from cdp_common.events import (
 from cdp_segment import handlers, store
 from cdp_segment.domain.rules import parse_rule
 
-from .conftest import SegmentDb
+from .conftest import FakeProfile, SegmentDb
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,10 @@ async def test_event_conditions_follow_the_computed_traits_profile_publishes(db:
     async with db.sessions() as session:
         requested = await store.list_computed_traits(session=session)
     assert [r["key"] for r in requested if r["key"] == key] == [key]
+    # Profile builds the trait (nobody has ordered yet); once segment holds it, messages move members.
+    profile = FakeProfile()
+    profile.build(key, {})
+    await db.jobs_done(profile)
     await db.apply(created("p1"))
     await db.apply(updated("p1", 2, computed={key: 2}))
     assert await db.members("repeat_buyers") == {"p1"}
@@ -258,6 +262,8 @@ async def test_a_changed_definition_is_used_by_the_next_change(db: SegmentDb) ->
             description="",
             rule={"trait": "plan", "op": "in", "value": ["pro", "team"]},
         )
+    # The new version's members are computed by its job.
+    await db.jobs_done()
     assert await db.members("pro_users") == {"p1"}
     await db.apply(updated("p1", 2, traits={"plan": "trial"}))
     assert await db.members("pro_users") == set()

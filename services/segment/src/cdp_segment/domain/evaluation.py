@@ -211,3 +211,36 @@ def explain(rule: Rule, facts: ProfileFacts, now: datetime) -> dict[str, Any]:
         node = {"type": "segment", "segment": rule.segment_key, "actual": actual}
     node["result"] = result
     return _jsonable(node)  # type: ignore[no-any-return]
+
+
+def _unknown_aware(kind: str, results: list[bool | None]) -> bool | None:
+    """Combine outcomes where None means not known yet (three-valued logic)."""
+    if kind == "not":
+        return None if results[0] is None else not results[0]
+    if kind == "all":
+        return False if False in results else None if None in results else True
+    return True if True in results else None if None in results else False
+
+
+def mark_building(
+    tree: dict[str, Any], *, computed: frozenset[str], segments: frozenset[str]
+) -> dict[str, Any]:
+    """Return an explanation where conditions on data still being built say so instead of false.
+
+    `computed` are computed traits whose values are not in the copy yet, `segments` are
+    segments whose members are not computed yet; such a condition gets `"state": "building"`
+    and no result, and the groups above it are decided only when the rest decides them.
+    """
+    if "conditions" in tree and tree.get("type") in {"all", "any", "not"}:
+        children = [mark_building(c, computed=computed, segments=segments) for c in tree["conditions"]]
+        return {
+            **tree,
+            "conditions": children,
+            "result": _unknown_aware(tree["type"], [c["result"] for c in children]),
+        }
+    building = (tree.get("type") == "computed" and tree.get("path") in computed) or (
+        tree.get("type") == "segment" and tree.get("segment") in segments
+    )
+    if not building:
+        return tree
+    return {**tree, "result": None, "state": "building"}

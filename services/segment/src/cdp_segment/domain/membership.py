@@ -27,6 +27,9 @@ class SegmentDefinition:
     key: str
     version: int
     parsed: ParsedRule
+    # False while the computed traits it reads are not in the copy yet: changes of single
+    # profiles skip it, and the job that builds it computes its members once they are.
+    realtime: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class Catalog:
         self.match_unknown = frozenset(
             d.key
             for d in definitions
-            if not d.parsed.uses_clock and evaluate(d.parsed.root, ProfileFacts(), _ANY_INSTANT)
+            if d.realtime
+            and not d.parsed.uses_clock
+            and evaluate(d.parsed.root, ProfileFacts(), _ANY_INSTANT)
         )
 
     def affected_by(self, changed: set[str]) -> set[str]:
@@ -92,7 +97,7 @@ class Catalog:
             pending = set(self.by_key)
         decisions: list[MembershipDecision] = []
         for definition in self.ordered:
-            if definition.key not in pending:
+            if definition.key not in pending or not definition.realtime:
                 continue
             matched = evaluate(definition.parsed.root, facts, now)
             if matched == (definition.key in facts.segments):

@@ -55,6 +55,11 @@ segments = sa.Table(
     sa.Column("dependencies", postgresql.ARRAY(sa.Text), nullable=False),
     sa.Column("uses_clock", sa.Boolean, nullable=False),
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    # `building` until the job `job_id` has made the members right; `awaiting_data` while the
+    # computed traits it reads are not in the copy yet (changes of single profiles skip it).
+    sa.Column("status", sa.Text, nullable=False, server_default="ready"),
+    sa.Column("job_id", sa.Text),
+    sa.Column("awaiting_data", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp()),
     sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp()),
 )
@@ -93,6 +98,9 @@ computed_trait_requests = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.clock_timestamp()),
+    sa.Column("profile_job_id", sa.Text),
+    sa.Column("fill_job_id", sa.Text),
+    sa.Column("ready_at", sa.DateTime(timezone=True)),
 )
 model_runs = sa.Table(
     "model_runs",
@@ -119,6 +127,9 @@ class SegmentRow:
     uses_clock: bool
     created_at: datetime
     updated_at: datetime
+    status: str = "ready"
+    job_id: str | None = None
+    awaiting_data: bool = False
 
 
 def _segment(row: Any) -> SegmentRow:
@@ -134,6 +145,9 @@ def _segment(row: Any) -> SegmentRow:
         uses_clock=row.uses_clock,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        status=row.status,
+        job_id=row.job_id,
+        awaiting_data=row.awaiting_data,
     )
 
 
@@ -192,8 +206,9 @@ async def insert_segment(
     uses_clock: bool,
     builtin: bool = False,
     segment_id: str | None = None,
+    status: str = "ready",
 ) -> SegmentRow:
-    """Create a segment at version 1."""
+    """Create a segment at version 1 (`building` when a job is to compute its members)."""
     new_id = segment_id or uuid.uuid4().hex
     row = (
         await session.execute(
@@ -208,6 +223,7 @@ async def insert_segment(
                 builtin=builtin,
                 dependencies=sorted(dependencies),
                 uses_clock=uses_clock,
+                status=status,
             )
             .returning(segments)
         )
@@ -710,27 +726,33 @@ async def request_computed_traits(*, session: AsyncSession, specs: dict[str, dic
     )
 
 
-async def pending_computed_traits(*, session: AsyncSession) -> list[dict[str, Any]]:
-    """Return the computed-trait definitions profile has not confirmed yet."""
-    rows = await session.execute(
-        sa.select(computed_trait_requests.c.spec).where(computed_trait_requests.c.status != "defined")
-    )
-    return list(rows.scalars())
-
-
-async def mark_computed_trait(*, session: AsyncSession, key: str, status: str, error: str | None) -> None:
-    """Record the outcome of asking profile for a computed trait."""
+async def mark_computed_trait(
+    *, session: AsyncSession, key: str, status: str, error: str | None, profile_job_id: str | None = None
+) -> None:
+    """Record the outcome of asking profile for a computed trait (and the job that builds it there)."""
+    values: dict[str, Any] = {"status": status, "error": error, "updated_at": sa.func.clock_timestamp()}
+    if profile_job_id is not None:
+        values["profile_job_id"] = profile_job_id
     await session.execute(
-        computed_trait_requests.update()
-        .where(computed_trait_requests.c.key == key)
-        .values(status=status, error=error, updated_at=sa.func.clock_timestamp())
+        computed_trait_requests.update().where(computed_trait_requests.c.key == key).values(**values)
     )
 
 
 async def list_computed_traits(*, session: AsyncSession) -> list[dict[str, Any]]:
     """Return every computed trait segment asked for, with its state."""
     rows = await session.execute(sa.select(computed_trait_requests).order_by(computed_trait_requests.c.key))
-    return [{"key": r.key, "spec": r.spec, "status": r.status, "error": r.error} for r in rows]
+    return [
+        {
+            "key": r.key,
+            "spec": r.spec,
+            "status": r.status,
+            "error": r.error,
+            "profile_job_id": r.profile_job_id,
+            "fill_job_id": r.fill_job_id,
+            "ready_at": r.ready_at.isoformat() if r.ready_at else None,
+        }
+        for r in rows
+    ]
 
 
 # --- models --------------------------------------------------------------------------

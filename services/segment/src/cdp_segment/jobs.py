@@ -1,0 +1,247 @@
+"""Long work of the segment service, run as jobs by the runtime: building segments, filling computed traits.
+
+`segment_build` makes a new or changed segment's members right: it waits (polling profile
+through the computed-traits client) until every computed trait the rule reads is in the
+copy, then evaluates the segment over the profiles in ranges of ids, one short transaction
+each, and the segments that refer to it when its members changed; then the segment is ready.
+
+`computed_trait_fill` copies a computed trait that profile has built into the copy, a page
+of profile's values per step, setting it only where the copy holds no value yet (a value
+that came by message is as new or newer); then the trait is ready and the live segments
+that read it are evaluated again, range by range.
+
+Each step records its cursor with its effect, so a job that is run again carries on where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cdp_common.jobs import Job, JobKind, Step
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_segment import store
+from cdp_segment.batch import recompute_segment
+from cdp_segment.computed_traits import FILL_JOB, ComputedTraitsClient, advance_traits
+from cdp_segment.domain.rules import parse_rule
+from cdp_segment.handlers import BUILD_JOB, SegmentContext
+from cdp_segment.store import builds
+
+
+class ComputedTraitUnavailable(Exception):
+    """Profile refused a computed trait a segment needs, so its members cannot be computed."""
+
+
+async def _members_step(
+    *,
+    session: AsyncSession,
+    context: SegmentContext,
+    cursor: dict[str, Any],
+    batch_size: int,
+    trigger: str,
+) -> tuple[dict[str, Any], int, bool]:
+    """Evaluate the first queued segment over the next range of profiles; return the cursor, how many
+    profiles were looked at, and whether the queue is done.
+
+    A segment whose members changed queues the segments that refer to it, after it.
+    """
+    catalog = await context.catalog.current(session)
+    queue: list[str] = list(cursor["queue"])
+    after: str | None = cursor.get("after")
+    report: dict[str, dict[str, int]] = dict(cursor.get("report", {}))
+    while queue and not (queue[0] in catalog.by_key and catalog.by_key[queue[0]].realtime):
+        # Deleted since, or waiting for its computed traits (its own job evaluates it then).
+        queue.pop(0)
+        after = None
+    if not queue:
+        return {**cursor, "queue": [], "after": None, "report": report}, 0, True
+    key = queue[0]
+    segment = await store.get_segment(session=session, ref=catalog.by_key[key].id)
+    if segment is None:
+        return {**cursor, "queue": queue[1:], "after": None, "report": report}, 0, not queue[1:]
+    until, looked_at = await builds.profile_range(session=session, after=after, size=batch_size)
+    changes = await recompute_segment(
+        session=session,
+        segment=segment,
+        now=context.clock(),
+        topic=context.segments_topic,
+        trigger=trigger,
+        after=after,
+        until=until,
+    )
+    held = report.get(key, {"entered": 0, "exited": 0})
+    report[key] = {name: held[name] + changes[name] for name in ("entered", "exited")}
+    if until is not None:
+        return {**cursor, "queue": queue, "after": until, "report": report}, looked_at, False
+    rest = queue[1:]
+    if report[key]["entered"] or report[key]["exited"]:
+        referring = catalog.by_dependency.get(f"segment:{key}", set())
+        rest = [d.key for d in catalog.ordered if d.key in set(rest) | referring]
+    return {**cursor, "queue": rest, "after": None, "report": report}, looked_at, not rest
+
+
+class SegmentBuild:
+    """The job that brings a new or changed segment's members in line (kind `segment_build`)."""
+
+    def __init__(
+        self,
+        *,
+        context: SegmentContext,
+        client: ComputedTraitsClient,
+        batch_size: int = 10_000,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self._context = context
+        self._client = client
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return the profiles one evaluation of the segment goes over (its computed traits add theirs)."""
+        return await builds.count_profiles(session=session)
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Wait a little for the computed traits, or evaluate the segment over one range of profiles."""
+        cursor: dict[str, Any] = job.cursor or {"phase": "traits", "members": job.total or 0, "seen": {}}
+        if cursor["phase"] == "traits" and cursor.get("polls"):
+            # Before any statement: the step holds no connection while it waits.
+            await asyncio.sleep(self._poll_interval_s)
+        segment = await store.get_segment(session=session, ref=job.params["segment_id"])
+        if segment is None or segment.job_id != job.id:
+            return Step(cursor=cursor, advanced=0, finished=True, result={"outcome": "superseded"})
+        if cursor["phase"] == "traits":
+            return await self._traits_step(session=session, job=job, cursor=cursor, segment=segment)
+        cursor, looked_at, finished = await _members_step(
+            session=session,
+            context=self._context,
+            cursor=cursor,
+            batch_size=self._batch_size,
+            trigger=str(job.params.get("trigger", "built")),
+        )
+        total = max(job.total or 0, job.done + looked_at + len(cursor["queue"]) * cursor["members"])
+        if not finished:
+            return Step(cursor=cursor, advanced=looked_at, total=total)
+        await builds.finish_build(session=session, segment_id=segment.id, job_id=job.id)
+        return Step(
+            cursor=cursor,
+            advanced=looked_at,
+            finished=True,
+            total=job.done + looked_at,
+            result={"outcome": "ready", "segments": cursor["report"]},
+        )
+
+    async def _traits_step(
+        self, *, session: AsyncSession, job: Job, cursor: dict[str, Any], segment: store.SegmentRow
+    ) -> Step:
+        keys = [spec.key for spec in parse_rule(segment.rule).computed_traits]
+        progress = await advance_traits(session=session, client=self._client, keys=keys) if keys else {}
+        refused = {key: p.error for key, p in progress.items() if p.state == "refused"}
+        if refused:
+            raise ComputedTraitUnavailable(f"profile refused computed traits the rule needs: {refused}")
+        seen: dict[str, list[int]] = dict(cursor.get("seen", {}))
+        for key, known in progress.items():
+            done, total = seen.get(key, [0, 0])
+            seen[key] = [max(done, known.done), max(total, known.total)]
+        done_now = sum(done for done, _ in seen.values())
+        advanced = max(0, done_now - job.done)
+        members = int(cursor["members"])
+        if all(p.state == "ready" for p in progress.values()) and set(progress) == set(keys):
+            await builds.data_arrived(session=session, segment_id=segment.id, job_id=job.id)
+            started = {"phase": "members", "members": members, "queue": [segment.key], "after": None}
+            return Step(cursor=started, advanced=advanced, total=job.done + advanced + members)
+        waiting = {
+            **cursor,
+            "seen": seen,
+            "polls": int(cursor.get("polls", 0)) + 1,
+            "traits": {key: p.state for key, p in progress.items()},
+        }
+        total = sum(t for _, t in seen.values()) + members
+        return Step(cursor=waiting, advanced=advanced, total=max(total, job.done + advanced))
+
+
+class ComputedTraitFill:
+    """The job that copies a computed trait profile has built into the copy (kind `computed_trait_fill`)."""
+
+    def __init__(
+        self,
+        *,
+        context: SegmentContext,
+        client: ComputedTraitsClient,
+        page_size: int = 5_000,
+        batch_size: int = 10_000,
+    ) -> None:
+        self._context = context
+        self._client = client
+        self._page_size = page_size
+        self._batch_size = batch_size
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return about how many values profile holds (the profiles its job went over)."""
+        expected = job.params.get("expected")
+        return int(expected) if expected else None
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Copy one page of profile's values, or evaluate a segment that reads the trait over a range."""
+        cursor: dict[str, Any] = job.cursor or {"phase": "values", "after": None, "filled": 0}
+        key = str(job.params["key"])
+        if cursor["phase"] == "members":
+            cursor, looked_at, finished = await _members_step(
+                session=session,
+                context=self._context,
+                cursor=cursor,
+                batch_size=self._batch_size,
+                trigger=f"computed:{key} ready",
+            )
+            total = max(job.total or 0, job.done + looked_at)
+            result = {"filled": cursor.get("filled", 0), "segments": cursor.get("report", {})}
+            return Step(
+                cursor=cursor,
+                advanced=looked_at,
+                finished=finished,
+                total=job.done + looked_at if finished else total,
+                result=result if finished else None,
+            )
+        # Profile is asked before any statement, so the step holds no connection while it answers.
+        page = await self._client.values(key, after=cursor["after"], limit=self._page_size)
+        filled = int(cursor.get("filled", 0)) + await builds.fill_missing(
+            session=session, key=key, items=page.items
+        )
+        done = job.done + len(page.items)
+        if page.next is not None:
+            moved = {"phase": "values", "after": page.next, "filled": filled}
+            return Step(cursor=moved, advanced=len(page.items), total=max(job.total or 0, done))
+        await builds.mark_trait_ready(session=session, key=key)
+        catalog = await self._context.catalog.current(session)
+        readers = catalog.affected_by({f"computed:{key}"})
+        queue = [d.key for d in catalog.ordered if d.key in readers and d.realtime]
+        if not queue:
+            return Step(
+                cursor={"phase": "values", "after": None, "filled": filled},
+                advanced=len(page.items),
+                finished=True,
+                total=done,
+                result={"filled": filled, "segments": {}},
+            )
+        members = await builds.count_profiles(session=session)
+        evaluate = {"phase": "members", "queue": queue, "after": None, "filled": filled, "members": members}
+        return Step(cursor=evaluate, advanced=len(page.items), total=done + members * len(queue))
+
+
+def job_kinds(
+    *,
+    context: SegmentContext,
+    client: ComputedTraitsClient,
+    batch_size: int = 10_000,
+    page_size: int = 5_000,
+    poll_interval_s: float = 1.0,
+) -> dict[str, JobKind]:
+    """Return the service's job kinds by name, for the runtime."""
+    return {
+        BUILD_JOB: SegmentBuild(
+            context=context, client=client, batch_size=batch_size, poll_interval_s=poll_interval_s
+        ),
+        FILL_JOB: ComputedTraitFill(
+            context=context, client=client, page_size=page_size, batch_size=batch_size
+        ),
+    }
