@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import handlers, store
-from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits
+from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits, derive_defined
 from cdp_profile.domain.duplicates import candidate_of, find_suspects
 from cdp_profile.domain.identity import (
     TYPE_PATTERN,
@@ -61,6 +61,7 @@ async def _load(session: SessionDep, context: ProfileContext, ref: str) -> store
     profile = await store.load_profile(session=session, profile_id=await _resolve(session, context, ref))
     if profile is None:
         raise ApiError(status=404, code="profile_not_found", message="no profile matches this reference")
+    profile.computed = await handlers.served_computed(session=session, profile=profile)
     return profile
 
 
@@ -89,6 +90,8 @@ async def search_profiles(
     found = await store.search_profiles(
         session=session, trait=trait, value=value, after=after, limit=page.limit
     )
+    for profile in found:
+        profile.computed = await handlers.served_computed(session=session, profile=profile)
     items = [store.profile_document(p) for p in found]
     next_cursor = encode_cursor({"id": found[-1].id}) if len(found) == page.limit else None
     return {"items": items, "next": next_cursor}
@@ -396,9 +399,11 @@ async def computed_trait_values(
 ) -> dict[str, Any]:
     """Page through the value of a computed trait of every profile that holds one, in profile id order."""
     await _definition(session, key)
-    rows = await store.trait_values(session=session, key=key, after=after, limit=limit)
+    definition = await store.load_definition(session=session, key=key)
+    assert definition is not None
+    rows = await store.trait_states(session=session, key=key, after=after, limit=limit)
     return {
-        "items": [{"profile_id": pid, "value": value} for pid, value in rows],
+        "items": [{"profile_id": pid, "value": derive_defined(state, definition)} for pid, state in rows],
         "next": rows[-1][0] if len(rows) == limit else None,
     }
 

@@ -34,7 +34,6 @@ from cdp_profile.domain.computed import (
     StoredEvent,
     combine_builtin,
     combine_defined,
-    counted_state,
     derive_builtin,
     derive_defined,
     fold_all,
@@ -714,10 +713,10 @@ async def backfill_profiles(
 
     Runs under the writers' lock, so no event of these profiles is being folded meanwhile:
     each state is recomputed whole from the store, which is exact whatever the event flow
-    folded before. A profile that never published the trait gets its value without a new
-    version (segment and campaign copy such values in bulk once the trait is ready); one
-    that did, because the event flow folded into it meanwhile, publishes a change if the
-    value differs.
+    folded before. A profile that never published the trait keeps only the state, without a
+    new version: reads derive its value from it, segment copies such values in bulk once the
+    trait is ready, and the profile's next change publishes it. One that did publish a value,
+    because the event flow folded into it meanwhile, publishes the new one if it differs.
     """
     if not profile_ids:
         return 0
@@ -725,26 +724,22 @@ async def backfill_profiles(
     now = context.clock()
     since = now - definition.window if definition.window else None
     low, high = profile_ids[0], profile_ids[-1]
-    # The lower bound is exclusive: step back one character so the first id is included.
-    low = low[:-1] + chr(ord(low[-1]) - 1) + "\U0010ffff" if low else low
-    states: dict[str, dict[str, Any]] = {}
     if not definition.filters and definition.property is None:
-        for span in await store.counted_events(
-            session=session, definition=definition, low=low, high=high, since=since
-        ):
-            states[span.profile_id] = counted_state(
-                count=span.count,
-                first=(span.first_at, span.first_id),
-                last=(span.last_at, span.last_id),
-            )
-    else:
-        found = await store.selected_events(
+        counted = await store.backfill_counts(
             session=session, definition=definition, low=low, high=high, since=since
         )
-        for profile_id, stored_events in found.items():
-            state = fold_all(stored_events, definition, now=now)
-            if state:
-                states[profile_id] = state
+        await _publish_backfilled(
+            session=session, context=context, key=definition.key, changed=counted.changed
+        )
+        return counted.holding
+    states: dict[str, dict[str, Any]] = {}
+    found = await store.selected_events(
+        session=session, definition=definition, low=low, high=high, since=since
+    )
+    for profile_id, stored_events in found.items():
+        state = fold_all(stored_events, definition, now=now)
+        if state:
+            states[profile_id] = state
     published = await store.published_values(session=session, profile_ids=list(states), key=definition.key)
     live = {pid: state for pid, state in states.items() if pid in published}
     await store.save_states_of_key(
@@ -752,30 +747,45 @@ async def backfill_profiles(
         key=definition.key,
         states=[(pid, state, next_change_at(state, definition)) for pid, state in live.items()],
     )
-    quiet: dict[str, Any] = {}
     changed: dict[str, Any] = {}
     for profile_id, state in live.items():
         value = derive_defined(state, definition)
         known, current = published[profile_id]
-        if not known:
-            quiet[profile_id] = value
-        elif current != value:
+        if known and current != value:
             changed[profile_id] = value
-    await store.set_values_quietly(session=session, key=definition.key, values=quiet)
-    if changed:
-        locked = await store.lock_profiles(session=session, profile_ids=sorted(changed))
-        for profile_id, value in changed.items():
-            profile = locked[profile_id]
-            computed_before = dict(profile.computed)
-            profile.computed = {**profile.computed, definition.key: value}
-            await _publish_update(
-                session=session,
-                context=context,
-                profile=profile,
-                traits_before={name: trait.value for name, trait in profile.traits.items()},
-                computed_before=computed_before,
-            )
+    await _publish_backfilled(session=session, context=context, key=definition.key, changed=changed)
     return len(live)
+
+
+async def served_computed(*, session: AsyncSession, profile: store.StoredProfile) -> dict[str, Any]:
+    """Return a profile's computed traits with the values a backfill holds only as states."""
+    states = await store.defined_states(session=session, profile_id=profile.id)
+    served = dict(profile.computed)
+    for key in sorted(set(states) - set(served)):
+        definition = await store.load_definition(session=session, key=key)
+        if definition is not None:
+            served[key] = derive_defined(states[key], definition)
+    return served
+
+
+async def _publish_backfilled(
+    *, session: AsyncSession, context: ProfileContext, key: str, changed: dict[str, Any]
+) -> None:
+    """Publish the new value of a trait for profiles that had published another one."""
+    if not changed:
+        return
+    locked = await store.lock_profiles(session=session, profile_ids=sorted(changed))
+    for profile_id, value in changed.items():
+        profile = locked[profile_id]
+        computed_before = dict(profile.computed)
+        profile.computed = {**profile.computed, key: value}
+        await _publish_update(
+            session=session,
+            context=context,
+            profile=profile,
+            traits_before={name: trait.value for name, trait in profile.traits.items()},
+            computed_before=computed_before,
+        )
 
 
 async def expire_windowed_traits(
@@ -890,6 +900,7 @@ async def export_profile(*, session: AsyncSession, profile_id: str) -> dict[str,
     profile = await store.load_profile(session=session, profile_id=live)
     if profile is None:
         return None
+    profile.computed = await served_computed(session=session, profile=profile)
     family = [live, *await store.merged_away_ids(session=session, profile_id=live)]
     events: list[dict[str, Any]] = []
     after: tuple[datetime, int] | None = None

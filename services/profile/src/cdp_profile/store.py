@@ -1285,46 +1285,79 @@ def _selected_events(definition: Definition, *, low: str, high: str, since: date
     return sa.and_(*conditions)
 
 
+# Python's isoformat of a UTC time, which the folds write into a state's first and last stamps.
+_ISO = """(to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+          || CASE WHEN date_part('microseconds', {t})::bigint % 1000000 = 0 THEN ''
+                  ELSE to_char({t} AT TIME ZONE 'UTC', '.US') END || '+00:00')"""
+
+# One step of a count backfill, set-based: count each profile's selected events, write the
+# states `fold_defined` would reach, and return the profiles that published another value
+# (the caller publishes the new one).
+_BACKFILL_COUNTS = """
+    WITH counted AS (
+        SELECT e.profile_id, count(*) AS n,
+               min(e.timestamp) AS first_at,
+               (array_agg(e.event_id ORDER BY e.timestamp, e.event_id COLLATE "C"))[1] AS first_id,
+               max(e.timestamp) AS last_at,
+               (array_agg(e.event_id ORDER BY e.timestamp DESC, e.event_id COLLATE "C" DESC))[1] AS last_id
+          FROM events e
+         WHERE e.profile_id >= :low AND e.profile_id <= :high {conditions}
+         GROUP BY e.profile_id
+    ), live AS (
+        SELECT c.*, p.computed -> CAST(:key AS text) AS current
+          FROM counted c JOIN profiles p ON p.id = c.profile_id AND p.status = 'active'
+    ), saved AS (
+        INSERT INTO computed_values (profile_id, key, state, next_change_at)
+        SELECT l.profile_id, CAST(:key AS text),
+               jsonb_build_object(
+                   'count', l.n,
+                   'first', jsonb_build_array({first_iso}, l.first_id, NULL),
+                   'last', jsonb_build_array({last_iso}, l.last_id, NULL)),
+               l.first_at + CAST(:window AS interval)
+          FROM live l
+        ON CONFLICT (profile_id, key) DO UPDATE SET state = excluded.state, next_change_at = excluded.next_change_at
+        RETURNING 1
+    )
+    SELECT l.profile_id, l.n, (SELECT count(*) FROM saved) AS holding
+      FROM live l
+     WHERE l.current IS NOT NULL AND l.current IS DISTINCT FROM to_jsonb(l.n)
+    UNION ALL
+    SELECT NULL, NULL, (SELECT count(*) FROM saved)
+"""
+
+
 @dataclass(frozen=True)
-class EventSpan:
-    """How many events of a profile a definition selects, with the first and the last of them."""
+class CountedBackfill:
+    """What one set-based step of a count backfill did."""
 
-    profile_id: str
-    count: int
-    first_at: datetime
-    first_id: str
-    last_at: datetime
-    last_id: str
+    holding: int
+    changed: dict[str, int]
 
 
-async def counted_events(
+async def backfill_counts(
     *, session: AsyncSession, definition: Definition, low: str, high: str, since: datetime | None
-) -> list[EventSpan]:
-    """Count, in one set-based pass, the selected events of every profile in [low, high]."""
-    # Ties in time are broken by event id in code-point order, as the folds compare them.
-    event_id = events.c.event_id.collate("C")
-    first_id = sa.func.array_agg(
-        postgresql.aggregate_order_by(events.c.event_id, events.c.timestamp, event_id)
+) -> CountedBackfill:
+    """Backfill a count without property or filters for the profiles in [low, high] in one statement."""
+    conditions = ""
+    params: dict[str, Any] = {"low": low, "high": high, "key": definition.key}
+    if definition.event_name is not None:
+        conditions += " AND e.name = :name"
+        params["name"] = definition.event_name
+    if definition.event_type is not None:
+        conditions += " AND e.type = :type"
+        params["type"] = definition.event_type
+    if since is not None:
+        conditions += " AND e.timestamp > :since"
+        params["since"] = since
+    params["window"] = definition.window
+    statement = _BACKFILL_COUNTS.format(
+        conditions=conditions, first_iso=_ISO.format(t="l.first_at"), last_iso=_ISO.format(t="l.last_at")
     )
-    last_id = sa.func.array_agg(
-        postgresql.aggregate_order_by(events.c.event_id, events.c.timestamp.desc(), event_id.desc())
+    rows = (await session.execute(sa.text(statement), params)).all()
+    return CountedBackfill(
+        holding=int(rows[-1].holding),
+        changed={r.profile_id: int(r.n) for r in rows if r.profile_id is not None},
     )
-    query = (
-        sa.select(
-            events.c.profile_id,
-            sa.func.count().label("n"),
-            sa.func.min(events.c.timestamp).label("first_at"),
-            first_id[1].label("first_id"),
-            sa.func.max(events.c.timestamp).label("last_at"),
-            last_id[1].label("last_id"),
-        )
-        .where(_selected_events(definition, low=low, high=high, since=since))
-        .group_by(events.c.profile_id)
-    )
-    return [
-        EventSpan(r.profile_id, r.n, r.first_at, r.first_id, r.last_at, r.last_id)
-        for r in await session.execute(query)
-    ]
 
 
 async def selected_events(
@@ -1373,14 +1406,6 @@ _SAVE_STATES = sa.text(
     """
 )
 
-_SET_QUIETLY = sa.text(
-    """
-    UPDATE profiles p SET computed = p.computed || jsonb_build_object(CAST(:key AS text), u.value::jsonb)
-      FROM unnest(CAST(:ids AS text[]), CAST(:vals AS text[])) AS u(id, value)
-     WHERE p.id = u.id
-    """
-)
-
 
 async def save_states_of_key(
     *, session: AsyncSession, key: str, states: Sequence[tuple[str, dict[str, Any], datetime | None]]
@@ -1399,31 +1424,22 @@ async def save_states_of_key(
     )
 
 
-async def set_values_quietly(*, session: AsyncSession, key: str, values: dict[str, Any]) -> None:
-    """Set one computed trait of many profiles without a new version: none of them had published it."""
-    if not values:
-        return
-    await session.execute(
-        _SET_QUIETLY, {"key": key, "ids": list(values), "vals": [json_text(v) for v in values.values()]}
-    )
-
-
-async def trait_values(*, session: AsyncSession, key: str, after: str, limit: int) -> list[tuple[str, Any]]:
-    """Return the value of one computed trait of active profiles that hold it, in profile id order."""
-    value = profiles.c.computed[key]
+async def trait_states(
+    *, session: AsyncSession, key: str, after: str, limit: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """Return the state of one computed trait of active profiles that hold one, in profile id order."""
     rows = await session.execute(
-        sa.select(computed_values.c.profile_id, value.label("value"))
+        sa.select(computed_values.c.profile_id, computed_values.c.state)
         .join(profiles, profiles.c.id == computed_values.c.profile_id)
         .where(
             computed_values.c.key == key,
             computed_values.c.profile_id > after,
             profiles.c.status == "active",
-            value.is_not(None),
         )
         .order_by(computed_values.c.profile_id)
         .limit(limit)
     )
-    return [(r.profile_id, r.value) for r in rows]
+    return [(r.profile_id, r.state) for r in rows]
 
 
 async def due_profiles(*, session: AsyncSession, now: datetime, limit: int) -> list[str]:

@@ -9,11 +9,11 @@ import pytest
 from cdp_common.db import transaction
 from cdp_common.events import ProfileSplit, ProfileUpdated
 from cdp_profile import handlers, store
-from cdp_profile.domain.computed import Definition, PropertyFilter
+from cdp_profile.domain.computed import Definition, PropertyFilter, fold_all
 from cdp_profile.domain.identity import IdentifierKey
 from cdp_profile.scheduler import WindowScheduler
 
-from ..conftest import ProfileDb, tracking, uid
+from ..conftest import T0, ProfileDb, tracking, uid
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ async def computed_of(db: ProfileDb, user: str) -> dict[str, Any]:
         assert profile_id is not None
         profile = await store.load_profile(session=session, profile_id=profile_id)
         assert profile is not None
-        return profile.computed
+        return await handlers.served_computed(session=session, profile=profile)
 
 
 async def define(db: ProfileDb, definition: Definition) -> dict[str, Any] | None:
@@ -93,7 +93,9 @@ async def test_a_new_definition_is_backfilled_then_kept_current(db: ProfileDb) -
     assert (await computed_of(db, user))["big_order_total"] == 75.0
     update = [e for e in await db.published() if isinstance(e.data, ProfileUpdated)][-1]
     assert update.data.changed_computed_traits["big_order_total"] == 75.0
-    assert update.data.previous_computed_traits["big_order_total"] == 35.0
+    # The backfill kept 35.0 as a state without publishing it; the profile's next change publishes
+    # the trait for the first time, so its previous value is one nobody was told of.
+    assert update.data.previous_computed_traits["big_order_total"] is None
     assert await define(db, Definition(key="big_order_total", aggregation="count")) is None
 
 
@@ -215,3 +217,25 @@ async def test_a_split_sticks_until_an_operator_merges_the_two_again(db: Profile
     assert merged == {"profile_id": customer, "absorbed_profile_ids": [browsing]}
     [after] = await db.resolve(tracking(anonymous_id=anon))
     assert after == customer
+
+
+async def test_a_count_backfilled_in_sql_holds_the_state_the_folds_reach(db: ProfileDb) -> None:
+    user = uid()
+    same_moment = T0 + timedelta(days=1, hours=-2)
+    await db.resolve(
+        tracking(user_id=user, event="Product Viewed", at=same_moment, event_id=f"b-{user}"),
+        tracking(user_id=user, event="Product Viewed", at=same_moment, event_id=f"B-{user}"),
+        tracking(user_id=user, event="Product Viewed", at=T0 + timedelta(hours=3, microseconds=5)),
+        tracking(user_id=user, event="Page Viewed", at=T0),
+    )
+    definition = Definition(key="viewed", aggregation="count", event_name="Product Viewed", window_days=30)
+    await define(db, definition)
+    async with transaction(db.sessions) as session:
+        profile_id = await store.resolve_identifier(session=session, key=IdentifierKey("user_id", user))
+        assert profile_id is not None
+        states = await store.defined_states(session=session, profile_id=profile_id)
+        stored_events = await store.events_for_fold(session=session, profile_id=profile_id)
+    folded = fold_all(stored_events, definition, now=db.clock())
+    assert states["viewed"] == folded
+    assert folded["count"] == 3
+    assert (await computed_of(db, user))["viewed"] == 3

@@ -338,15 +338,6 @@ def fold_all(events: Iterable[StoredEvent], definition: Definition, *, now: date
     return state
 
 
-def counted_state(*, count: int, first: tuple[datetime, str], last: tuple[datetime, str]) -> dict[str, Any]:
-    """Return the state `fold_defined` reaches for `count` selected events of a trait without a property."""
-    return {
-        "count": count,
-        "first": [first[0].isoformat(), first[1], None],
-        "last": [last[0].isoformat(), last[1], None],
-    }
-
-
 def next_change_at(state: dict[str, Any], definition: Definition) -> datetime | None:
     """Return when the oldest event inside a windowed trait's window ages out, if ever."""
     if definition.window is None or not state.get("first"):
