@@ -228,3 +228,33 @@ def test_dlq_replay_names_the_topics_it_knows(stack: Stack, platform: PlatformUn
     result = cdp(stack, platform, "dlq", "replay", "--topic", "nonsense")
     assert result.exit_code == 1
     assert "unknown topic" in result.output
+
+
+def test_jobs_are_listed_watched_to_their_end_and_refused_a_cancel_once_finished(
+    stack: Stack, platform: PlatformUnderTest
+) -> None:
+    key = "cli_views_" + secrets.token_hex(3)
+    started = httpx.post(
+        f"{stack.url('profile')}/v1/computed-traits",
+        json={"key": key, "aggregation": "count", "event_name": "Product Viewed"},
+        headers=stack.admin(),
+        timeout=10,
+    )
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job"]["id"]
+    watched = cdp(stack, platform, "jobs", "watch", job_id, "--interval", "0.2")
+    assert watched.exit_code == 0, watched.output
+    assert "computed_trait_backfill" in watched.output
+    assert "succeeded" in watched.output
+    listed = cdp(stack, platform, "jobs")
+    assert listed.exit_code == 0, listed.output
+    assert job_id in listed.output.replace("\n", "") or job_id[:20] in listed.output
+    shown = cdp(stack, platform, "jobs", "show", job_id)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["service"] == "profile"
+    cancelled = cdp(stack, platform, "jobs", "cancel", job_id)
+    assert cancelled.exit_code == 1
+    assert "already finished" in cancelled.output
+    unknown = cdp(stack, platform, "jobs", "watch", "job_" + "0" * 32)
+    assert unknown.exit_code == 1
+    assert "no service knows the job" in unknown.output

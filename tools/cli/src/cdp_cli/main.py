@@ -17,6 +17,7 @@ from rich.table import Table
 from cdp_cli import replay, transactions
 from cdp_cli.api import PlatformClient, PlatformError
 from cdp_cli.config import SERVICE_NAMES, PlatformConfig, load_config
+from cdp_cli.jobs import jobs_app
 
 app = typer.Typer(help="Operate the customer data platform.", no_args_is_help=True)
 sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
@@ -29,6 +30,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(segments_app, name="segments")
 app.add_typer(import_app, name="import")
+app.add_typer(jobs_app, name="jobs")
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
