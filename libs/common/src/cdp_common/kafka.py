@@ -146,6 +146,10 @@ class KafkaPublisher:
         self._service = service
         self._replacing = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        if make_producer is not None:
+            # Exported at 0 from the start, so the first replacement counts as an increase.
+            for error in BROKEN_PRODUCER_ERRORS:
+                KAFKA_PRODUCER_REPLACED.labels(service, error.__name__)
 
     @property
     def producer(self) -> AIOKafkaProducer:
