@@ -1,11 +1,12 @@
 """The computed traits segment asks profile for (event conditions), and how they come into the copy.
 
 main.py passes a `ComputedTraitsClient`; tests pass their own fake through the same seam.
-A request is recorded in the segment's transaction (`pending`), and the scheduler and the
-jobs that build segments push it: profile accepts it (`defined`, building it as a job of its
+A request is recorded in the segment's transaction (`pending`), and the scheduler's watch
+(every `computed_trait_poll_s`) pushes it: profile accepts it (`defined`, building it as a job of its
 own), says when it is `ready`, and serves its values page by page. Profile publishes no
 message for the values its backfill wrote, so segment copies them (`computed_trait_fill`
-job, in `cdp_segment.jobs`); once they are in the copy the trait is `ready` here too.
+job, in `cdp_segment.jobs`); once they are in the copy the trait is `ready` here too, and the
+build jobs of the segments that waited for it (parked, holding no worker) are released.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cdp_common.jobs import FINISHED, get_job, new_job_id, submit_job
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_segment import store
+from cdp_segment.domain.rules import parse_rule
 from cdp_segment.store import builds
 
 logger = logging.getLogger(__name__)
@@ -227,9 +229,36 @@ async def advance_traits(
     return progress
 
 
-async def advance_computed_traits(
+async def release_ready_builds(
+    *, session: AsyncSession, progress: dict[str, TraitProgress] | None = None
+) -> list[str]:
+    """Let the parked build jobs whose computed traits are all in the copy start; return their ids.
+
+    The others show how far profile and the fill are with their traits.
+    """
+    released = []
+    for waiting in await builds.waiting_builds(session=session):
+        keys = {spec.key for spec in parse_rule(waiting.rule).computed_traits}
+        if keys <= await builds.ready_traits(session=session, keys=keys):
+            await builds.release_job(session=session, job_id=waiting.job_id)
+            released.append(waiting.job_id)
+        elif progress:
+            known = [progress[key] for key in keys if key in progress]
+            await builds.report_waiting(
+                session=session,
+                job_id=waiting.job_id,
+                done=sum(p.done for p in known),
+                total=sum(p.total for p in known),
+            )
+    return released
+
+
+async def watch_computed_traits(
     *, session_factory: async_sessionmaker[AsyncSession], client: ComputedTraitsClient
 ) -> dict[str, TraitProgress]:
-    """Move every computed-trait request that is not ready on, in a transaction of its own."""
+    """Move every computed-trait request that is not ready on and release the segments that waited
+    for them, in a transaction of its own; return the requests' progress."""
     async with session_factory() as session, session.begin():
-        return await advance_traits(session=session, client=client)
+        progress = await advance_traits(session=session, client=client)
+        await release_ready_builds(session=session, progress=progress)
+    return progress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from cdp_common.events import (
     ProfileSplit,
     ProfileUpdated,
 )
-from cdp_common.jobs import new_job_id, submit_job
+from cdp_common.jobs import JobFinished, JobNotFound, cancel_job, new_job_id, submit_job
 from cdp_common.kafka import BatchHandler, Handler, let_others_run
 from cdp_common.replica import apply_profile_version
 from sqlalchemy.exc import IntegrityError
@@ -468,7 +469,12 @@ def _computed_specs(parsed: ParsedRule) -> dict[str, dict[str, Any]]:
 async def _build(
     *, session: AsyncSession, segment: store.SegmentRow, parsed: ParsedRule, trigger: str
 ) -> tuple[store.SegmentRow, dict[str, Any]]:
-    """Queue the job that makes a segment's members right; the segment is building until it is done."""
+    """Queue the job that makes a segment's members right; the segment is building until it is done.
+
+    A job whose computed traits are not in the copy yet waits parked until they are; a job
+    that built an earlier version is cancelled.
+    """
+    await _cancel_build(session=session, segment=segment)
     keys = {spec.key for spec in parsed.computed_traits}
     awaiting = bool(keys - await builds.ready_traits(session=session, keys=keys))
     job_id = new_job_id()
@@ -478,8 +484,18 @@ async def _build(
         params={"segment_id": segment.id, "version": segment.version, "trigger": trigger},
         job_id=job_id,
     )
+    if awaiting:
+        await builds.park_job(session=session, job_id=job_id)
     await builds.start_build(session=session, segment_id=segment.id, job_id=job_id, awaiting_data=awaiting)
     return replace(segment, status="building", job_id=job_id, awaiting_data=awaiting), job
+
+
+async def _cancel_build(*, session: AsyncSession, segment: store.SegmentRow) -> None:
+    """Cancel the job that builds a segment, if it has not finished."""
+    if segment.job_id is None:
+        return
+    with contextlib.suppress(JobNotFound, JobFinished):
+        await cancel_job(session=session, job_id=segment.job_id)
 
 
 async def create_segment(
@@ -555,6 +571,7 @@ async def delete_segment(*, session: AsyncSession, context: SegmentContext, ref:
     users = await store.segments_referencing(session=session, key=segment.key)
     if users:
         raise SegmentConflict(f"{segment.key!r} is used by {users}; change those first")
+    await _cancel_build(session=session, segment=segment)
     await recompute_segment(
         session=session,
         segment=segment,

@@ -1,9 +1,9 @@
 """Long work of the segment service, run as jobs by the runtime: building segments, filling computed traits.
 
-`segment_build` makes a new or changed segment's members right: it waits (polling profile
-through the computed-traits client) until every computed trait the rule reads is in the
-copy, then evaluates the segment over the profiles in ranges of ids, one short transaction
-each, and the segments that refer to it when its members changed; then the segment is ready.
+`segment_build` makes a new or changed segment's members right: it starts once every
+computed trait the rule reads is in the copy (until then it waits parked, holding no worker),
+then evaluates the segment over the profiles in ranges of ids, one short transaction each,
+and the segments that refer to it when its members changed; then the segment is ready.
 
 `computed_trait_fill` copies a computed trait that profile has built into the copy, a page
 of profile's values per step, setting it only where the copy holds no value yet (a value
@@ -15,7 +15,6 @@ Each step records its cursor with its effect, so a job that is run again carries
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from cdp_common.jobs import Job, JobKind, Step
@@ -23,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
 from cdp_segment.batch import recompute_segment
-from cdp_segment.computed_traits import FILL_JOB, ComputedTraitsClient, advance_traits
+from cdp_segment.computed_traits import FILL_JOB, ComputedTraitsClient, release_ready_builds
 from cdp_segment.domain.rules import parse_rule
 from cdp_segment.handlers import BUILD_JOB, SegmentContext
 from cdp_segment.store import builds
@@ -81,41 +80,43 @@ async def _members_step(
     return {**cursor, "queue": rest, "after": None, "report": report}, looked_at, not rest
 
 
-class SegmentBuild:
-    """The job that brings a new or changed segment's members in line (kind `segment_build`)."""
+class ComputedTraitsNotReady(Exception):
+    """A build job started before the computed traits its segment reads were in the copy."""
 
-    def __init__(
-        self,
-        *,
-        context: SegmentContext,
-        client: ComputedTraitsClient,
-        batch_size: int = 10_000,
-        poll_interval_s: float = 1.0,
-    ) -> None:
+
+class SegmentBuild:
+    """The job that brings a new or changed segment's members in line (kind `segment_build`).
+
+    While the computed traits its rule reads are not in the copy, the job waits parked (see
+    `cdp_segment.computed_traits`); it starts once they are.
+    """
+
+    def __init__(self, *, context: SegmentContext, batch_size: int = 10_000) -> None:
         self._context = context
-        self._client = client
         self._batch_size = batch_size
-        self._poll_interval_s = poll_interval_s
 
     async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
-        """Return the profiles one evaluation of the segment goes over (its computed traits add theirs)."""
+        """Return the profiles one evaluation of the segment goes over."""
         return await builds.count_profiles(session=session)
 
     async def step(self, *, session: AsyncSession, job: Job) -> Step:
-        """Wait a little for the computed traits, or evaluate the segment over one range of profiles."""
-        cursor: dict[str, Any] = job.cursor or {"phase": "traits", "members": job.total or 0, "seen": {}}
-        if cursor["phase"] == "traits" and cursor.get("polls"):
-            # Before any statement: the step holds no connection while it waits.
-            await asyncio.sleep(self._poll_interval_s)
+        """Check the segment's data is in the copy, or evaluate the segment over one range of profiles."""
         segment = await store.get_segment(session=session, ref=job.params["segment_id"])
         if segment is None or segment.job_id != job.id:
-            return Step(cursor=cursor, advanced=0, finished=True, result={"outcome": "superseded"})
-        if cursor["phase"] == "traits":
-            return await self._traits_step(session=session, job=job, cursor=cursor, segment=segment)
+            return Step(cursor=job.cursor, advanced=0, finished=True, result={"outcome": "superseded"})
+        if job.cursor is None:
+            keys = {spec.key for spec in parse_rule(segment.rule).computed_traits}
+            missing = keys - await builds.ready_traits(session=session, keys=keys)
+            if missing:
+                raise ComputedTraitsNotReady(f"computed traits not in segment's copy yet: {sorted(missing)}")
+            await builds.data_arrived(session=session, segment_id=segment.id, job_id=job.id)
+            members = await builds.count_profiles(session=session)
+            started = {"phase": "members", "members": members, "queue": [segment.key], "after": None}
+            return Step(cursor=started, advanced=0, total=job.done + members)
         cursor, looked_at, finished = await _members_step(
             session=session,
             context=self._context,
-            cursor=cursor,
+            cursor=job.cursor,
             batch_size=self._batch_size,
             trigger=str(job.params.get("trigger", "built")),
         )
@@ -130,34 +131,6 @@ class SegmentBuild:
             total=job.done + looked_at,
             result={"outcome": "ready", "segments": cursor["report"]},
         )
-
-    async def _traits_step(
-        self, *, session: AsyncSession, job: Job, cursor: dict[str, Any], segment: store.SegmentRow
-    ) -> Step:
-        keys = [spec.key for spec in parse_rule(segment.rule).computed_traits]
-        progress = await advance_traits(session=session, client=self._client, keys=keys) if keys else {}
-        refused = {key: p.error for key, p in progress.items() if p.state == "refused"}
-        if refused:
-            raise ComputedTraitUnavailable(f"profile refused computed traits the rule needs: {refused}")
-        seen: dict[str, list[int]] = dict(cursor.get("seen", {}))
-        for key, known in progress.items():
-            done, total = seen.get(key, [0, 0])
-            seen[key] = [max(done, known.done), max(total, known.total)]
-        done_now = sum(done for done, _ in seen.values())
-        advanced = max(0, done_now - job.done)
-        members = int(cursor["members"])
-        if all(p.state == "ready" for p in progress.values()) and set(progress) == set(keys):
-            await builds.data_arrived(session=session, segment_id=segment.id, job_id=job.id)
-            started = {"phase": "members", "members": members, "queue": [segment.key], "after": None}
-            return Step(cursor=started, advanced=advanced, total=job.done + advanced + members)
-        waiting = {
-            **cursor,
-            "seen": seen,
-            "polls": int(cursor.get("polls", 0)) + 1,
-            "traits": {key: p.state for key, p in progress.items()},
-        }
-        total = sum(t for _, t in seen.values()) + members
-        return Step(cursor=waiting, advanced=advanced, total=max(total, job.done + advanced))
 
 
 class ComputedTraitFill:
@@ -212,6 +185,7 @@ class ComputedTraitFill:
             moved = {"phase": "values", "after": page.next, "filled": filled}
             return Step(cursor=moved, advanced=len(page.items), total=max(job.total or 0, done))
         await builds.mark_trait_ready(session=session, key=key)
+        await release_ready_builds(session=session)
         catalog = await self._context.catalog.current(session)
         readers = catalog.affected_by({f"computed:{key}"})
         queue = [d.key for d in catalog.ordered if d.key in readers and d.realtime]
@@ -234,13 +208,10 @@ def job_kinds(
     client: ComputedTraitsClient,
     batch_size: int = 10_000,
     page_size: int = 5_000,
-    poll_interval_s: float = 1.0,
 ) -> dict[str, JobKind]:
     """Return the service's job kinds by name, for the runtime."""
     return {
-        BUILD_JOB: SegmentBuild(
-            context=context, client=client, batch_size=batch_size, poll_interval_s=poll_interval_s
-        ),
+        BUILD_JOB: SegmentBuild(context=context, batch_size=batch_size),
         FILL_JOB: ComputedTraitFill(
             context=context, client=client, page_size=page_size, batch_size=batch_size
         ),

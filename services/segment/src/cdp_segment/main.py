@@ -15,7 +15,7 @@ from cdp_segment.api import routers
 from cdp_segment.computed_traits import (
     ComputedTraitsClient,
     HttpComputedTraitsClient,
-    advance_computed_traits,
+    watch_computed_traits,
 )
 from cdp_segment.consumer import SERVICE, consumer_specs
 from cdp_segment.domain.lifecycle import LifecycleThresholds
@@ -66,10 +66,13 @@ def create_app(
             computed_traits=client,
             interval_s=settings.scheduler_interval_s,
             models_interval_s=settings.models_interval_s,
+            watch_interval_s=settings.computed_trait_poll_s,
         )
-        app.state.advance_computed_traits = lambda: advance_computed_traits(
+        app.state.watch_computed_traits = lambda: watch_computed_traits(
             session_factory=runtime.session_factory, client=client
         )
+        # Segments wait for their computed traits whether or not the clock-driven rounds run.
+        app.state.scheduler.start_watching()
         if run_scheduler:
             app.state.scheduler.start()
 
@@ -84,7 +87,6 @@ def create_app(
             client=client,
             batch_size=settings.segment_build_batch,
             page_size=settings.computed_trait_page,
-            poll_interval_s=settings.computed_trait_poll_s,
         ),
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP segment service")

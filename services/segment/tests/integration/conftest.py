@@ -24,6 +24,8 @@ from cdp_segment import handlers
 from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.handlers import SegmentContext
 from cdp_segment.jobs import job_kinds
+from cdp_segment.models import ModelRunner
+from cdp_segment.scheduler import Scheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -111,7 +113,15 @@ class SegmentDb:
     async def jobs_running(
         self, profile: FakeProfile, *, batch_size: int = 10_000, page_size: int = 5_000
     ) -> AsyncIterator[JobRunner]:
-        """Run the service's job kinds with the real runner (against this schema) while inside."""
+        """Run the service's job kinds with the real runner, and the scheduler's watch of computed
+        traits, against this schema while inside."""
+        watch = Scheduler(
+            session_factory=self.sessions,
+            context=self.context,
+            models=ModelRunner(session_factory=self.sessions, context=self.context),
+            computed_traits=profile,
+            watch_interval_s=0.02,
+        )
         runner = JobRunner(
             service="segment",
             engine=self.engine,
@@ -121,14 +131,15 @@ class SegmentDb:
                 client=profile,
                 batch_size=batch_size,
                 page_size=page_size,
-                poll_interval_s=0.02,
             ),
             poll_interval_s=0.02,
         )
         runner.start()
+        watch.start_watching()
         try:
             yield runner
         finally:
+            await watch.stop()
             await runner.stop()
 
     async def job(self, job_id: str) -> dict[str, Any]:

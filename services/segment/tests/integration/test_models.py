@@ -10,6 +10,7 @@ import pytest
 from cdp_common.events import ProfileCreated, ProfileUpdated
 from cdp_common.outbox import lock_outbox_writes
 from cdp_segment import handlers, store
+from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.domain.clv import BgNbd, simulate_customers
 from cdp_segment.models import ModelRunner
 from cdp_segment.scheduler import Scheduler
@@ -36,7 +37,13 @@ RFM_CUSTOMERS = {
 class NoProfile:
     """Profile's computed-trait API, unreachable in these tests."""
 
-    async def define(self, spec: dict[str, Any]) -> None:
+    async def define(self, spec: dict[str, Any]) -> str | None:
+        raise OSError("profile is not running in this test")
+
+    async def status(self, key: str) -> TraitStatus | None:
+        raise OSError("profile is not running in this test")
+
+    async def values(self, key: str, *, after: str | None, limit: int) -> ValuesPage:
         raise OSError("profile is not running in this test")
 
 

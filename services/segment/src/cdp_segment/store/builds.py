@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.jobs import jobs_table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment.store import computed_trait_requests, profiles, segments
@@ -208,3 +209,62 @@ async def profile_range(*, session: AsyncSession, after: str | None, size: int) 
 async def count_profiles(*, session: AsyncSession) -> int:
     """Return how many profile copies segment holds (an evaluation of a segment passes over each)."""
     return int((await session.execute(sa.select(sa.func.count()).select_from(profiles))).scalar_one())
+
+
+# --- jobs that wait for data --------------------------------------------------------------------
+
+# A build job whose computed traits are not in the copy yet waits unclaimed (no worker of the
+# runner is held while profile builds them for minutes or hours): queued with no start time.
+_PARKED = sa.cast(sa.literal_column("'infinity'"), sa.DateTime(timezone=True))
+
+
+async def park_job(*, session: AsyncSession, job_id: str) -> None:
+    """Keep a queued job from starting until it is released."""
+    await session.execute(jobs_table.update().where(jobs_table.c.id == job_id).values(not_before=_PARKED))
+
+
+@dataclass(frozen=True)
+class WaitingBuild:
+    """A segment waiting for its computed traits, with its parked job."""
+
+    segment_id: str
+    job_id: str
+    rule: dict[str, Any]
+
+
+async def waiting_builds(*, session: AsyncSession) -> list[WaitingBuild]:
+    """Return the segments whose build jobs wait for computed traits."""
+    rows = await session.execute(
+        sa.select(segments.c.id, segments.c.job_id, segments.c.rule)
+        .select_from(segments.join(jobs_table, jobs_table.c.id == segments.c.job_id))
+        .where(
+            segments.c.deleted_at.is_(None),
+            segments.c.awaiting_data,
+            jobs_table.c.state == "queued",
+            jobs_table.c.not_before == _PARKED,
+        )
+        .order_by(segments.c.id)
+    )
+    return [WaitingBuild(segment_id=r.id, job_id=r.job_id, rule=r.rule) for r in rows]
+
+
+async def release_job(*, session: AsyncSession, job_id: str) -> None:
+    """Let a parked job start."""
+    await session.execute(
+        jobs_table.update()
+        .where(jobs_table.c.id == job_id, jobs_table.c.not_before == _PARKED)
+        .values(not_before=None, updated_at=sa.func.now())
+    )
+
+
+async def report_waiting(*, session: AsyncSession, job_id: str, done: int, total: int) -> None:
+    """Show a parked job's progress: how far profile and the fill are with its computed traits."""
+    await session.execute(
+        jobs_table.update()
+        .where(jobs_table.c.id == job_id, jobs_table.c.state == "queued")
+        .values(
+            done=sa.func.greatest(jobs_table.c.done, done),
+            total=sa.func.greatest(jobs_table.c.total, total),
+            updated_at=sa.func.now(),
+        )
+    )
