@@ -9,103 +9,23 @@ directory) and a private ingest process that publishes to it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
-import signal
-import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from cdp_common.testing import PlatformUnderTest, free_port, port_open, read_topic, wait_for, wait_until
+from cdp_common.testing import KAFKA_LIBS, PlatformUnderTest, PrivateKafka, read_topic, wait_for
 from cdp_common.topics import TopicName
 
 from ..conftest import start_ingest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[4]
-KAFKA_LIBS = ROOT / ".run" / "kafka" / "libs"
-KAFKA_CONFIG = ROOT / "deploy" / "local" / "kafka"
 BATCHES = 120
 EVENTS_PER_BATCH = 25
 SENDERS = 4
-
-
-class PrivateKafka:
-    """A single-node KRaft broker of one test, in a directory of its own."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.controller_port = free_port()
-        self.properties = directory / "server.properties"
-        self.log = directory / "kafka.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        """The broker's address."""
-        return f"127.0.0.1:{self.port}"
-
-    def _java(self, *arguments: str) -> list[str]:
-        return [
-            "java",
-            "-Xms256m",
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-Djava.awt.headless=true",
-            "-Djava.net.preferIPv4Stack=true",
-            f"-Dkafka.logs.dir={self.directory}",
-            f"-Dlog4j.configuration=file:{KAFKA_CONFIG / 'log4j.properties'}",
-            "-cp",
-            f"{KAFKA_LIBS}/*",
-            *arguments,
-        ]
-
-    def format(self) -> None:
-        """Write the broker's configuration and format its storage."""
-        template = (KAFKA_CONFIG / "server.properties").read_text()
-        self.properties.write_text(
-            template.replace("@KAFKA_PORT@", str(self.port))
-            .replace("@KAFKA_CONTROLLER_PORT@", str(self.controller_port))
-            .replace("@KAFKA_DATA@", str(self.directory / "data"))
-        )
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    def launch(self) -> None:
-        """Start the broker process without waiting for it."""
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.properties)), stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def start(self) -> None:
-        """Start the broker and wait until it accepts connections."""
-        self.launch()
-        assert self.process is not None
-        process = self.process
-
-        def listening() -> bool:
-            assert process.poll() is None, self.log.read_text()[-3000:]
-            return port_open(self.port)
-
-        wait_until(listening, timeout=120, interval=0.2, what="the private broker to start")
-
-    def kill(self) -> None:
-        """Stop the broker the hard way, as a crash or a lost machine would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture
