@@ -53,6 +53,18 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
     )
     assert created.status_code == 201, created.text
     assert created.json()["version"] == 1
+    assert created.json()["status"] == "building"
+    job_id = created.json()["job"]["id"]
+
+    async def built() -> dict[str, Any] | None:
+        segment = (await http.get(f"{url}/v1/segments/{key}", headers=admin)).json()
+        return segment if segment["status"] == "ready" else None
+
+    segment = await wait_for(built, what="the segment to be built")
+    assert segment["job"]["id"] == job_id
+    assert segment["job"]["state"] == "succeeded"
+    job = (await http.get(f"{url}/v1/jobs/{job_id}", headers=admin)).json()
+    assert job["done"] == job["total"]
     assert (
         await http.post(f"{url}/v1/segments", json={"key": key, "name": "again", "rule": rule}, headers=admin)
     ).status_code == 409
@@ -101,6 +113,12 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
     )
     assert changed.status_code == 200
     assert changed.json()["version"] == 2
+    assert changed.json()["status"] == "building"
+    await wait_for(built, what="the new version to be built")
+    assert [
+        m["profile_id"]
+        for m in (await http.get(f"{url}/v1/segments/{key}/members", headers=admin)).json()["items"]
+    ] == [profile_id]
     versions = (await http.get(f"{url}/v1/segments/{key}/versions", headers=admin)).json()
     assert [v["version"] for v in versions["items"]] == [1, 2]
     assert (await http.delete(f"{url}/v1/segments/{key}", headers=admin)).status_code == 204
