@@ -258,6 +258,8 @@ class JobRunner:
         workers: int = 2,
         poll_interval_s: float = 0.5,
         step_pause_s: float = 0.0,
+        retry_backoff_s: float = 2.0,
+        max_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         self._service = service
         self._engine = engine
@@ -266,6 +268,8 @@ class JobRunner:
         self._workers = workers
         self._poll_interval_s = poll_interval_s
         self._step_pause_s = step_pause_s
+        self._retry_backoff_s = retry_backoff_s
+        self._max_attempts = max_attempts
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[str] = set()
         self._wake = asyncio.Event()
@@ -397,7 +401,6 @@ class JobRunner:
                         "total": total,
                         "rate_per_s": rate,
                         "updated_at": sa.func.now(),
-                        "error": None,
                     }
                     if step.finished:
                         values.update(state="succeeded", finished_at=sa.func.now(), result=step.result)
@@ -437,7 +440,10 @@ class JobRunner:
         JOBS_FINISHED.labels(self._service, kind, state).inc()
 
     async def _failed(self, job_id: str, *, kind: str, reason: str) -> None:
-        """Keep the reason; queue the job again after a backoff, or fail it after MAX_ATTEMPTS."""
+        """Keep the reason; queue the job again after a backoff, or fail it after the last attempt.
+
+        The reason stays on the job (`error`) after a later attempt succeeds, beside `attempts`.
+        """
         async with transaction(self._session_factory) as session:
             attempts = await session.scalar(
                 jobs_table.update()
@@ -445,7 +451,7 @@ class JobRunner:
                 .values(attempts=jobs_table.c.attempts + 1, error=reason, updated_at=sa.func.now())
                 .returning(jobs_table.c.attempts)
             )
-            if attempts is not None and attempts >= MAX_ATTEMPTS:
+            if attempts is not None and attempts >= self._max_attempts:
                 await session.execute(
                     jobs_table.update()
                     .where(jobs_table.c.id == job_id)
@@ -453,7 +459,7 @@ class JobRunner:
                 )
                 JOBS_FINISHED.labels(self._service, kind, "failed").inc()
             else:
-                backoff = timedelta(seconds=min(2 ** (attempts or 1), 60))
+                backoff = timedelta(seconds=min(self._retry_backoff_s * 2 ** ((attempts or 1) - 1), 60.0))
                 await session.execute(
                     jobs_table.update()
                     .where(jobs_table.c.id == job_id)
