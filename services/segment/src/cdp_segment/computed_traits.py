@@ -239,7 +239,10 @@ async def release_ready_builds(
     released = []
     for waiting in await builds.waiting_builds(session=session):
         keys = {spec.key for spec in parse_rule(waiting.rule).computed_traits}
-        if keys <= await builds.ready_traits(session=session, keys=keys):
+        ready = await builds.ready_traits(session=session, keys=keys)
+        # A trait profile refused never comes: the job starts, to fail with the reason.
+        refused = await builds.ready_traits(session=session, keys=keys - ready, status="refused")
+        if keys <= ready | refused:
             await builds.release_job(session=session, job_id=waiting.job_id)
             released.append(waiting.job_id)
         elif progress:

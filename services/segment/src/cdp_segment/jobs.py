@@ -108,7 +108,9 @@ class SegmentBuild:
             keys = {spec.key for spec in parse_rule(segment.rule).computed_traits}
             missing = keys - await builds.ready_traits(session=session, keys=keys)
             if missing:
-                raise ComputedTraitsNotReady(f"computed traits not in segment's copy yet: {sorted(missing)}")
+                refused = await builds.trait_requests(session=session, keys=missing)
+                reasons = {r.key: r.error or r.status for r in refused}
+                raise ComputedTraitsNotReady(f"computed traits not in segment's copy: {reasons}")
             await builds.data_arrived(session=session, segment_id=segment.id, job_id=job.id)
             members = await builds.count_profiles(session=session)
             started = {"phase": "members", "members": members, "queue": [segment.key], "after": None}

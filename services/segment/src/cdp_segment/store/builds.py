@@ -53,13 +53,13 @@ async def trait_requests(*, session: AsyncSession, keys: Collection[str] | None 
     ]
 
 
-async def ready_traits(*, session: AsyncSession, keys: Collection[str]) -> set[str]:
-    """Return which of these computed traits are in the copy."""
+async def ready_traits(*, session: AsyncSession, keys: Collection[str], status: str = "ready") -> set[str]:
+    """Return which of these computed traits are in the copy (or have another status)."""
     if not keys:
         return set()
     table = computed_trait_requests
     rows = await session.execute(
-        sa.select(table.c.key).where(table.c.key.in_(list(keys)), table.c.status == "ready")
+        sa.select(table.c.key).where(table.c.key.in_(list(keys)), table.c.status == status)
     )
     return set(rows.scalars())
 
