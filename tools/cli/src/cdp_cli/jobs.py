@@ -69,7 +69,7 @@ def describe(job: dict[str, Any]) -> str:
 def list_jobs(ctx: typer.Context) -> None:
     """List the newest jobs of every service: kind, state, progress."""
     client = _client(ctx)
-    table = Table("service", "kind", "state", "progress", "created", "error")
+    table = Table("service", "kind", "state", "progress")
     table.add_column("id", no_wrap=True)
     for service, jobs in services_with_jobs(client).items():
         for job in jobs:
@@ -77,9 +77,7 @@ def list_jobs(ctx: typer.Context) -> None:
                 service,
                 job["kind"],
                 job["state"],
-                describe(job),
-                job["created_at"][:19],
-                (job.get("error") or "")[:60],
+                describe(job) + (" (retried)" if job.get("attempts") else ""),
                 job["id"],
             )
     console.print(table)
