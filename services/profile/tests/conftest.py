@@ -69,7 +69,11 @@ class ProfileDb:
             service="profile",
             engine=self.engine,
             session_factory=self.sessions,
-            kinds={BACKFILL_JOB: ComputedTraitBackfill(context=self.context, batch_size=batch_size)},
+            kinds={
+                BACKFILL_JOB: ComputedTraitBackfill(
+                    context=self.context, batch_size=batch_size, max_batch_size=batch_size
+                )
+            },
         )
         assert await runner.run_job(job_id)
 

@@ -707,9 +707,10 @@ async def backfill_profiles(
     session: AsyncSession,
     context: ProfileContext,
     definition: Definition,
-    profile_ids: Sequence[str],
+    after: str,
+    high: str,
 ) -> int:
-    """Compute a trait from the event store for a run of profiles (in id order); return how many hold it.
+    """Compute a trait from the event store for the profiles with ids in (after, high]; return how many hold it.
 
     Runs under the writers' lock, so no event of these profiles is being folded meanwhile:
     each state is recomputed whole from the store, which is exact whatever the event flow
@@ -718,12 +719,10 @@ async def backfill_profiles(
     trait is ready, and the profile's next change publishes it. One that did publish a value,
     because the event flow folded into it meanwhile, publishes the new one if it differs.
     """
-    if not profile_ids:
-        return 0
     await store.serialise_writers(session=session)
     now = context.clock()
     since = now - definition.window if definition.window else None
-    low, high = profile_ids[0], profile_ids[-1]
+    low = after
     if not definition.filters and definition.property is None:
         counted = await store.backfill_counts(
             session=session, definition=definition, low=low, high=high, since=since

@@ -1,27 +1,36 @@
-"""Profile's long work: backfilling a computed trait from the event store, as a job in short steps."""
+"""Profile's long work, as jobs in short steps: backfilling a computed trait from the event store,
+and scanning the whole base for duplicate suspects."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cdp_common.jobs import Job, Step
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import handlers, store
+from cdp_profile import duplicates_store, handlers, store
+from cdp_profile.domain.duplicates import KEYS_VERSION, block_keys, block_number, candidate_of, suspects_in_blocks
 from cdp_profile.handlers import ProfileContext
+
+# A step holds the writers' lock, so the event flow may wait for one step: each step takes
+# as many profiles as fit in about this long (a sparse trait's step covers many more
+# profiles than a dense one's), between the configured smallest and largest batch.
+STEP_TARGET_S = 0.25
 
 
 class ComputedTraitBackfill:
     """Goes through every profile in id order, a batch per step, and computes one trait for it.
 
-    The cursor (last profile id done, profiles that hold the trait so far) commits with each
-    batch's values, so a restart carries on after the last committed batch and nothing is
-    computed or published twice.
+    The cursor (last profile id done, profiles that hold the trait so far, the next batch's
+    size) commits with each batch's values, so a restart carries on after the last committed
+    batch and nothing is computed or published twice.
     """
 
-    def __init__(self, *, context: ProfileContext, batch_size: int) -> None:
+    def __init__(self, *, context: ProfileContext, batch_size: int, max_batch_size: int) -> None:
         self._context = context
         self._batch_size = batch_size
+        self._max_batch_size = max(batch_size, max_batch_size)
 
     async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
         """Return how many profiles the backfill goes through."""
@@ -34,10 +43,9 @@ class ComputedTraitBackfill:
         definition = await store.load_definition(session=session, key=key)
         if definition is None:
             return Step(cursor=cursor, advanced=0, finished=True, result={"deleted": True})
-        profile_ids = await store.next_profile_ids(
-            session=session, after=cursor["after"], limit=self._batch_size
-        )
-        if not profile_ids:
+        batch = int(cursor.get("batch", self._batch_size))
+        count, high = await store.next_profile_range(session=session, after=cursor["after"], limit=batch)
+        if high is None:
             await store.serialise_writers(session=session)
             await store.mark_backfilled(session=session, key=key, profiles_count=cursor["holding"])
             return Step(
@@ -47,10 +55,126 @@ class ComputedTraitBackfill:
                 total=job.done,
                 result={"profiles_holding_value": cursor["holding"]},
             )
+        started = time.monotonic()
         holding = await handlers.backfill_profiles(
-            session=session, context=self._context, definition=definition, profile_ids=profile_ids
+            session=session, context=self._context, definition=definition, after=cursor["after"], high=high
         )
         return Step(
-            cursor={"after": profile_ids[-1], "holding": cursor["holding"] + holding},
-            advanced=len(profile_ids),
+            cursor={
+                "after": high,
+                "holding": cursor["holding"] + holding,
+                "batch": self._next_batch(batch, time.monotonic() - started),
+            },
+            advanced=count,
+        )
+
+    def _next_batch(self, batch: int, elapsed_s: float) -> int:
+        """Grow or shrink the batch towards a step of STEP_TARGET_S."""
+        if elapsed_s < STEP_TARGET_S / 2:
+            return min(batch * 2, self._max_batch_size)
+        if elapsed_s > STEP_TARGET_S * 2:
+            return max(batch // 2, self._batch_size)
+        return batch
+
+
+class DuplicateScan:
+    """Fills the duplicate review queue from the whole base, in three phases of short steps.
+
+    1. Every live profile in id order, a batch per step: its candidate and blocks are stored; a
+       new or changed candidate (every one when the job's params say `full`) becomes pending.
+    2. Every block in block order, about a batch of memberships per step: the pairs of a block
+       with a pending member are scored, and those at or above the threshold are added to the
+       queue or refreshed; a pair an operator dismissed or merged keeps its state.
+    3. The pending candidates, a batch per step: their open pairs that this scan did not find
+       again leave the queue, and they are pending no more.
+
+    Progress counts profiles, then block memberships (the total is set when phase 2 starts).
+    Profiles are read without a lock and no lock of the event flow is taken; the cursor commits
+    with each step's writes, so a restarted scan carries on and stores nothing twice.
+    """
+
+    def __init__(self, *, batch_size: int = 5000, threshold: float = 0.5) -> None:
+        self._batch_size = batch_size
+        self._threshold = threshold
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return how many live profiles the scan goes through first."""
+        return await duplicates_store.count_active_profiles(session=session)
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Do the next batch of the phase the cursor is in."""
+        cursor: dict[str, Any] = job.cursor or {
+            "phase": "candidates",
+            "after": "",
+            "memberships": 0,
+            "profiles": 0,
+            "changed": 0,
+            "found": 0,
+        }
+        if cursor["phase"] == "candidates":
+            return await self._candidates(session=session, job=job, cursor=cursor)
+        if cursor["phase"] == "blocks":
+            return await self._blocks(session=session, job=job, cursor=cursor)
+        settled = await duplicates_store.settle_pending(
+            session=session, job_id=job.id, limit=self._batch_size
+        )
+        if settled:
+            return Step(cursor=cursor, advanced=0)
+        return Step(
+            cursor=cursor,
+            advanced=0,
+            finished=True,
+            total=job.done,
+            result={"profiles": cursor["profiles"], "changed": cursor["changed"], "pairs_found": cursor["found"]},
+        )
+
+    async def _candidates(self, *, session: AsyncSession, job: Job, cursor: dict[str, Any]) -> Step:
+        after = str(cursor["after"])
+        rows = await duplicates_store.active_profile_traits(
+            session=session, after=after, limit=self._batch_size
+        )
+        found = [candidate_of(profile_id, common) for profile_id, common in rows]
+        # A short batch is the last: its stretch runs to the end of the id space.
+        last = rows[-1][0] if len(rows) == self._batch_size else None
+        changed = await duplicates_store.save_candidates(
+            session=session,
+            found=found,
+            blocks=[[block_number(key) for key in block_keys(c)] for c in found],
+            keys_version=KEYS_VERSION,
+            after=after,
+            last=last,
+            full=bool(job.params.get("full")),
+        )
+        memberships = cursor["memberships"] + await duplicates_store.count_keys(
+            session=session, after=after, last=last
+        )
+        moved = {
+            **cursor,
+            "memberships": memberships,
+            "profiles": cursor["profiles"] + len(rows),
+            "changed": cursor["changed"] + changed,
+        }
+        if last is not None:
+            return Step(cursor={**moved, "after": last}, advanced=len(rows))
+        return Step(
+            cursor={**moved, "phase": "blocks", "after": None},
+            advanced=len(rows),
+            total=job.done + len(rows) + memberships,
+        )
+
+    async def _blocks(self, *, session: AsyncSession, job: Job, cursor: dict[str, Any]) -> Step:
+        blocks, pending, last, walked = await duplicates_store.next_blocks(
+            session=session, after=cursor["after"], rows=self._batch_size
+        )
+        if last is None:
+            return Step(cursor={**cursor, "phase": "settle"}, advanced=0)
+        suspects = suspects_in_blocks(blocks, threshold=self._threshold, changed=pending)
+        await duplicates_store.record_suspects(
+            session=session,
+            found=[(s.profile_ids, s.score, s.reasons) for s in suspects],
+            job_id=job.id,
+        )
+        return Step(
+            cursor={**cursor, "after": last, "found": cursor["found"] + len(suspects)},
+            advanced=walked,
         )

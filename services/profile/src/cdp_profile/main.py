@@ -39,7 +39,13 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
         settings=settings,
         migrations=MIGRATIONS,
         consumers=consumer_specs(context),
-        jobs={BACKFILL_JOB: ComputedTraitBackfill(context=context, batch_size=settings.backfill_batch_size)},
+        jobs={
+            BACKFILL_JOB: ComputedTraitBackfill(
+                context=context,
+                batch_size=settings.backfill_batch_size,
+                max_batch_size=settings.backfill_max_batch_size,
+            )
+        },
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP profile service")
     app.state.profile_context = context

@@ -20,7 +20,11 @@ class Settings(PlatformSettings):
         default=5000, ge=10, validation_alias="CDP_PROFILE_DUPLICATES_SCAN_LIMIT"
     )
     # Profiles one step of a computed trait's backfill goes through: one short transaction
-    # under the writers' lock, so the event flow waits at most one step.
+    # under the writers' lock, so the event flow waits at most one step. A step starts at the
+    # smaller size and grows (up to the larger) while steps take under a quarter second.
     backfill_batch_size: int = Field(
         default=5000, ge=1, le=100_000, validation_alias="CDP_PROFILE_BACKFILL_BATCH_SIZE"
+    )
+    backfill_max_batch_size: int = Field(
+        default=200_000, ge=1, le=1_000_000, validation_alias="CDP_PROFILE_BACKFILL_MAX_BATCH_SIZE"
     )

@@ -1265,17 +1265,18 @@ async def count_profiles(*, session: AsyncSession) -> int:
     return int(await session.scalar(sa.select(sa.func.count()).select_from(profiles)) or 0)
 
 
-async def next_profile_ids(*, session: AsyncSession, after: str, limit: int) -> list[str]:
-    """Return the next profile ids in id order after one (of any status)."""
-    rows = await session.execute(
-        sa.select(profiles.c.id).where(profiles.c.id > after).order_by(profiles.c.id).limit(limit)
+async def next_profile_range(*, session: AsyncSession, after: str, limit: int) -> tuple[int, str | None]:
+    """Return how many of the next `limit` profile ids (of any status) there are after one, and the last."""
+    following = (
+        sa.select(profiles.c.id).where(profiles.c.id > after).order_by(profiles.c.id).limit(limit).subquery()
     )
-    return list(rows.scalars())
+    row = (await session.execute(sa.select(sa.func.count(), sa.func.max(following.c.id)))).one()
+    return int(row[0]), row[1]
 
 
 def _selected_events(definition: Definition, *, low: str, high: str, since: datetime | None) -> Any:
-    """The events of the profiles in [low, high] that a definition's name, type and window select."""
-    conditions = [events.c.profile_id >= low, events.c.profile_id <= high]
+    """The events of the profiles in (low, high] that a definition's name, type and window select."""
+    conditions = [events.c.profile_id > low, events.c.profile_id <= high]
     if definition.event_name is not None:
         conditions.append(events.c.name == definition.event_name)
     if definition.event_type is not None:
@@ -1301,7 +1302,7 @@ _BACKFILL_COUNTS = """
                max(e.timestamp) AS last_at,
                (array_agg(e.event_id ORDER BY e.timestamp DESC, e.event_id COLLATE "C" DESC))[1] AS last_id
           FROM events e
-         WHERE e.profile_id >= :low AND e.profile_id <= :high {conditions}
+         WHERE e.profile_id > :low AND e.profile_id <= :high {conditions}
          GROUP BY e.profile_id
     ), live AS (
         SELECT c.*, p.computed -> CAST(:key AS text) AS current
@@ -1337,7 +1338,7 @@ class CountedBackfill:
 async def backfill_counts(
     *, session: AsyncSession, definition: Definition, low: str, high: str, since: datetime | None
 ) -> CountedBackfill:
-    """Backfill a count without property or filters for the profiles in [low, high] in one statement."""
+    """Backfill a count without property or filters for the profiles in (low, high] in one statement."""
     conditions = ""
     params: dict[str, Any] = {"low": low, "high": high, "key": definition.key}
     if definition.event_name is not None:
@@ -1363,7 +1364,7 @@ async def backfill_counts(
 async def selected_events(
     *, session: AsyncSession, definition: Definition, low: str, high: str, since: datetime | None
 ) -> dict[str, list[StoredEvent]]:
-    """Return the events of every profile in [low, high] that a definition's name, type and window select."""
+    """Return the events of every profile in (low, high] that a definition's name, type and window select."""
     query = (
         sa.select(
             events.c.profile_id,

@@ -141,6 +141,7 @@ async def large(
                 "CDP_DATABASE_URL": database_url,
                 # Small steps with a pause: the backfill surely still runs while the test sends events.
                 "CDP_PROFILE_BACKFILL_BATCH_SIZE": "1000",
+                "CDP_PROFILE_BACKFILL_MAX_BATCH_SIZE": "1000",
                 "CDP_JOB_STEP_PAUSE_S": "0.15",
             },
             log_path=Path(tmp_path_factory.mktemp("profile-large")) / "profile.log",
