@@ -1,4 +1,4 @@
-"""The `cdp` command: sources, tokens, pipeline status, DLQ replay, segment recompute, imports."""
+"""The `cdp` command: sources, tokens, pipeline status, DLQ replay, segment recompute, imports, bulk loads."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cdp_cli import replay, transactions
+from cdp_cli import load, replay, transactions
 from cdp_cli.api import PlatformClient, PlatformError
 from cdp_cli.config import SERVICE_NAMES, PlatformConfig, load_config
 from cdp_cli.jobs import jobs_app
@@ -31,6 +31,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(segments_app, name="segments")
 app.add_typer(import_app, name="import")
 app.add_typer(jobs_app, name="jobs")
+app.command("load")(load.load_command)
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
