@@ -3,6 +3,7 @@ rerun adds nothing."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +26,12 @@ from cdp_common.testing import PlatformUnderTest, private_database
 from cdp_profile import store as profile_store
 from cdp_profile.domain.computed import StoredEvent, derive_builtin, fold_builtin
 from cdp_profile.domain.identity import IdentifierKey
-from cdp_profile.main import MIGRATIONS as PROFILE_MIGRATIONS
-from cdp_segment.main import MIGRATIONS as SEGMENT_MIGRATIONS
 
+# The services' migrations, found without importing the services' apps.
+PROFILE_MIGRATIONS, SEGMENT_MIGRATIONS = (
+    Path(str(getattr(importlib.util.find_spec(package), "origin", ""))).parents[2] / "migrations"
+    for package in ("cdp_profile", "cdp_segment")
+)
 PEOPLE = 2_000
 SEED = 7
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
