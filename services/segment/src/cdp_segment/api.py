@@ -9,15 +9,16 @@ from cdp_common.deps import SessionDep
 from cdp_common.jobs import get_job, jobs_router, latest_jobs
 from cdp_common.privacy import access_router
 from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, page_params
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from cdp_segment import handlers, store
 from cdp_segment.consumer import SERVICE
 from cdp_segment.handlers import SegmentContext
+from cdp_segment.models import MODEL_JOB, MODEL_NAMES, submit_model_run
+from cdp_segment.store import models as runs
 
 MAX_BODY_BYTES = 256 * 1024
-MODEL_NAMES = ("rfm", "lifecycle", "clusters", "clv")
 
 Reader = Annotated[Principal, Depends(require_scope("segments:read"))]
 Writer = Annotated[Principal, Depends(require_scope("segments:write"))]
@@ -163,13 +164,14 @@ async def list_segments(session: SessionDep, page: Page, _: Reader) -> dict[str,
 async def preview_segment(
     body: PreviewIn, session: SessionDep, context: ContextDep, request: Request, _: Reader
 ) -> dict[str, Any]:
-    """Return the size of a rule's audience and a sample, without saving it."""
+    """Return the size of a rule's audience and a sample, without saving it (an estimate past a few seconds)."""
     try:
         return await handlers.preview_segment(
             session=session,
             context=context,
             rule=body.rule,
             sample_size=request.app.state.preview_sample_size,
+            timeout_s=request.app.state.preview_timeout_s,
         )
     except handlers.InvalidSegment as exc:
         raise _invalid(exc) from exc
@@ -212,16 +214,16 @@ async def update_segment(
     return segment_body(segment, job)
 
 
-@router.delete("/v1/segments/{ref}", status_code=204)
-async def delete_segment(ref: Ref, session: SessionDep, context: ContextDep, _: Writer) -> Response:
-    """Delete a segment; its members leave it."""
+@router.delete("/v1/segments/{ref}", status_code=202)
+async def delete_segment(ref: Ref, session: SessionDep, _: Writer) -> dict[str, Any]:
+    """Delete a segment at once (its key stays taken); its members leave it through the job answered."""
     try:
-        await handlers.delete_segment(session=session, context=context, ref=ref)
+        job = await handlers.delete_segment(session=session, ref=ref)
     except handlers.SegmentNotFound as exc:
         raise _not_found(ref) from exc
     except handlers.SegmentConflict as exc:
         raise ApiError(status=409, code="conflict", message=str(exc)) from exc
-    return Response(status_code=204)
+    return {"job": job}
 
 
 @router.post("/v1/segments/{ref}/recompute", status_code=202)
@@ -315,36 +317,43 @@ async def profile_models(profile_id: ProfileId, session: SessionDep, _: Reader) 
     return {"profile_id": profile_id, "models": row.model}
 
 
+async def _model_body(session: Any, name: str) -> dict[str, Any]:
+    run = await store.get_model_run(session=session, model=name)
+    job = await runs.latest_model_job(session=session, kind=MODEL_JOB, model=name)
+    return {**(run or {"model": name, "ran_at": None}), "job": job}
+
+
 @router.get("/v1/models")
 async def list_models(session: SessionDep, _: Reader) -> dict[str, Any]:
-    """Return the latest run of every model, with its parameters and summary."""
-    items = []
-    for name in MODEL_NAMES:
-        run = await store.get_model_run(session=session, model=name)
-        items.append(run or {"model": name, "ran_at": None})
-    return {"items": items, "next": None}
+    """Return the latest run of every model, with its parameters, summary and newest job."""
+    return {"items": [await _model_body(session, name) for name in MODEL_NAMES], "next": None}
+
+
+def _known_model(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ApiError(status=404, code="not_found", message=f"models are {list(MODEL_NAMES)}")
 
 
 @router.get("/v1/models/{name}")
 async def get_model(
     name: Annotated[str, Path(max_length=30)], session: SessionDep, _: Reader
 ) -> dict[str, Any]:
-    """Return the latest run of one model."""
-    if name not in MODEL_NAMES:
-        raise ApiError(status=404, code="not_found", message=f"models are {list(MODEL_NAMES)}")
-    run = await store.get_model_run(session=session, model=name)
-    if run is None:
+    """Return the latest run of one model and its newest job (running, queued or finished)."""
+    _known_model(name)
+    body = await _model_body(session, name)
+    if body["ran_at"] is None and body["job"] is None:
         raise ApiError(status=404, code="not_found", message=f"the {name} model has not run yet")
-    return run
+    return body
 
 
-@router.post("/v1/models/{name}/run")
-async def run_model(name: Annotated[str, Path(max_length=30)], request: Request, _: Writer) -> dict[str, Any]:
-    """Run a model now (fitting happens off the event loop) and return its summary."""
-    if name not in MODEL_NAMES:
-        raise ApiError(status=404, code="not_found", message=f"models are {list(MODEL_NAMES)}")
-    result: dict[str, Any] = await request.app.state.models.run(name)
-    return result
+@router.post("/v1/models/{name}/run", status_code=202)
+async def run_model(
+    name: Annotated[str, Path(max_length=30)], session: SessionDep, context: ContextDep, _: Writer
+) -> dict[str, Any]:
+    """Queue a run of a model (the one queued or running, if there is one); answer its job."""
+    _known_model(name)
+    job, _new = await submit_model_run(session=session, name=name, at=context.clock())
+    return {"job": job}
 
 
 @router.get("/v1/computed-traits")

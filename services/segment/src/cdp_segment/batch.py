@@ -170,9 +170,22 @@ async def recompute_segment(
 
 
 async def recompute_segments(
-    *, session: AsyncSession, catalog: Catalog, keys: set[str], now: datetime, topic: str, trigger: str
+    *,
+    session: AsyncSession,
+    catalog: Catalog,
+    keys: set[str],
+    now: datetime,
+    topic: str,
+    trigger: str,
+    after: str | None = None,
+    until: str | None = None,
 ) -> dict[str, Any]:
-    """Recompute segments and, after them, every segment that refers to one whose membership changed."""
+    """Recompute segments and, after them, every segment that refers to one whose membership changed.
+
+    With `after` and `until`, over the profiles whose ids lie in (after, until] (a job's step): a
+    rule refers only to the same profile's memberships, so a range evaluated in dependency order
+    is right on its own.
+    """
     pending = set(keys)
     report: dict[str, Any] = {}
     for definition in catalog.ordered:
@@ -183,7 +196,7 @@ async def recompute_segments(
         if segment is None:
             continue
         changes = await recompute_segment(
-            session=session, segment=segment, now=now, topic=topic, trigger=trigger
+            session=session, segment=segment, now=now, topic=topic, trigger=trigger, after=after, until=until
         )
         report[definition.key] = changes
         if changes["entered"] or changes["exited"]:

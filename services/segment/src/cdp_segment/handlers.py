@@ -25,12 +25,11 @@ from cdp_common.events import (
 from cdp_common.jobs import JobFinished, JobNotFound, cancel_job, new_job_id, submit_job
 from cdp_common.kafka import BatchHandler, Handler, let_others_run
 from cdp_common.replica import apply_profile_version
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
-from cdp_segment.batch import recompute_segment
-from cdp_segment.compiler import members_query
+from cdp_segment.compiler import compile_rule, members_query
 from cdp_segment.domain.evaluation import ProfileFacts, explain, mark_building
 from cdp_segment.domain.lifecycle import STAGES, LifecycleThresholds, builtin_computed_traits, lifecycle_model
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
@@ -44,6 +43,8 @@ Clock = Callable[[], datetime]
 
 # The job that makes a segment's members right (cdp_segment.jobs.SegmentBuild).
 BUILD_JOB = "segment_build"
+# The job that takes a deleted segment's members out of it (cdp_segment.jobs.SegmentDelete).
+DELETE_JOB = "segment_delete"
 
 
 def definition_of(row: store.SegmentRow) -> SegmentDefinition:
@@ -563,8 +564,9 @@ async def rebuild_segment(*, session: AsyncSession, ref: str) -> tuple[store.Seg
     )
 
 
-async def delete_segment(*, session: AsyncSession, context: SegmentContext, ref: str) -> None:
-    """Delete a segment: every member leaves it, with the deletion as the reason."""
+async def delete_segment(*, session: AsyncSession, ref: str) -> dict[str, Any]:
+    """Delete a segment at once and queue the job through which every member leaves it (the deletion as
+    the reason); return the job."""
     segment = await _live(session, ref)
     if segment.builtin:
         raise SegmentConflict(f"{segment.key!r} is built in and cannot be deleted")
@@ -572,35 +574,118 @@ async def delete_segment(*, session: AsyncSession, context: SegmentContext, ref:
     if users:
         raise SegmentConflict(f"{segment.key!r} is used by {users}; change those first")
     await _cancel_build(session=session, segment=segment)
-    await recompute_segment(
-        session=session,
-        segment=segment,
-        now=context.clock(),
-        topic=context.segments_topic,
-        trigger="deleted",
-        everyone_leaves=True,
-    )
     await store.mark_deleted(session=session, segment_id=segment.id)
+    return await submit_job(session=session, kind=DELETE_JOB, params={"segment_id": segment.id})
+
+
+class _PreviewTimedOut(Exception):
+    """The statement of a preview ran past its time."""
+
+
+async def _bounded(session: AsyncSession, timeout_s: float, statement: Any) -> Any:
+    """Run a read under a statement timeout, in a savepoint so the request's transaction survives it."""
+    set_timeout = sa.text("SELECT set_config('statement_timeout', :value, true)")
+    try:
+        async with session.begin_nested():
+            held = (
+                await session.execute(sa.text("SELECT current_setting('statement_timeout')"))
+            ).scalar_one()
+            await session.execute(set_timeout, {"value": f"{max(int(timeout_s * 1000), 1)}ms"})
+            rows = (await session.execute(statement)).all()
+            await session.execute(set_timeout, {"value": held})
+            return rows
+    except DBAPIError as exc:
+        if "statement timeout" in str(exc.orig) or "canceling statement" in str(exc.orig):
+            raise _PreviewTimedOut from exc
+        raise
+
+
+# Profiles a preview's estimate looks at: a block sample of about this many rows.
+ESTIMATE_ROWS = 20_000
+
+
+async def _estimate(
+    session: AsyncSession, predicate: Any, sample_size: int, timeout_s: float
+) -> tuple[int | None, list[str]]:
+    """Estimate a rule's audience from a block sample of the copy; return it and a sample of members."""
+    held = (
+        await session.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = CAST('known_profiles' AS regclass)")
+        )
+    ).scalar_one()
+    rows = max(float(held or 0), 1.0)
+    percent = min(100.0, 100.0 * ESTIMATE_ROWS / rows)
+    sampled = sa.tablesample(store.profiles, sa.func.system(percent), name="p", seed=sa.literal(7))
+    matching = sa.and_(
+        sampled.c.merged_into.is_(None),
+        sampled.c.version > 0,
+        sa.exists(
+            sa.select(store.profiles.c.profile_id)
+            .where(store.profiles.c.profile_id == sampled.c.profile_id)
+            .where(predicate)
+        ),
+    )
+    try:
+        found = await _bounded(
+            session,
+            timeout_s,
+            sa.select(
+                sa.func.count(),
+                sa.func.count().filter(matching),
+                sa.func.array_agg(sampled.c.profile_id).filter(matching),
+            ).select_from(sampled),
+        )
+    except _PreviewTimedOut:
+        return None, []
+    scanned, matched, ids = found[0]
+    if not scanned:
+        return 0, []
+    # With no statistics yet (reltuples -1), the sample's share of the table stands in for them.
+    total = rows if float(held or 0) > 0 else scanned * 100.0 / percent
+    return round(matched / scanned * total), sorted(ids or [])[:sample_size]
 
 
 async def preview_segment(
-    *, session: AsyncSession, context: SegmentContext, rule: Any, sample_size: int
+    *,
+    session: AsyncSession,
+    context: SegmentContext,
+    rule: Any,
+    sample_size: int,
+    timeout_s: float = 3.0,
 ) -> dict[str, Any]:
-    """Return how many profiles a rule matches now and a sample of them, without saving anything."""
+    """Return how many profiles a rule matches now and a sample of them, without saving anything.
+
+    The count runs at most `timeout_s`; past it, the answer estimates the size from a sample of
+    the copy (`"size": null, "estimate": N, "exact": false`).
+    """
     parsed = _parse_definition(rule)
     await _check_references(session=session, context=context, key="__preview__", parsed=parsed)
-    query = members_query(parsed.root, context.clock()).subquery()
-    size = (await session.execute(sa.select(sa.func.count()).select_from(query))).scalar_one()
-    sample = (
-        await session.execute(sa.select(query.c.profile_id).order_by(query.c.profile_id).limit(sample_size))
-    ).scalars()
+    now = context.clock()
+    query = members_query(parsed.root, now).subquery()
+    size: int | None
+    try:
+        size = int((await _bounded(session, timeout_s, sa.select(sa.func.count()).select_from(query)))[0][0])
+        sample = [
+            r[0]
+            for r in await _bounded(
+                session,
+                timeout_s,
+                sa.select(query.c.profile_id).order_by(query.c.profile_id).limit(sample_size),
+            )
+        ]
+        estimate: int | None = size
+    except _PreviewTimedOut:
+        size = None
+        estimate, sample = await _estimate(session, compile_rule(parsed.root, now), sample_size, timeout_s)
     keys = [spec.key for spec in parsed.computed_traits]
     building = sorted(set(keys) - await builds.ready_traits(session=session, keys=keys))
     building += sorted(await builds.building_keys(session=session, keys=parsed.segment_refs))
     # While a condition's data is building, the size counts only what the copy holds so far.
     return {
-        "size": int(size),
-        "sample": list(sample),
+        "size": size,
+        "estimate": estimate,
+        "exact": size is not None,
+        "sample": sample,
         "computed_traits": keys,
         "status": "building" if building else "ready",
         "building": building,

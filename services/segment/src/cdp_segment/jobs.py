@@ -10,22 +10,31 @@ of profile's values per step, setting it only where the copy holds no value yet 
 that came by message is as new or newer); then the trait is ready and the live segments
 that read it are evaluated again, range by range.
 
+`clock_recompute` evaluates the segments that depend on the clock alone (relative dates, age,
+birthdays) at the scheduler's instant, range by range; `segment_delete` takes a deleted segment's
+members out of it, a range of members at a time; `model_run` runs a model (`cdp_segment.models`).
+
 Each step records its cursor with its effect, so a job that is run again carries on where it was.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from cdp_common.jobs import Job, JobKind, Step
+from cdp_common.jobs import Job, JobKind, Step, submit_job
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
-from cdp_segment.batch import recompute_segment
+from cdp_segment.batch import recompute_segment, recompute_segments
 from cdp_segment.computed_traits import FILL_JOB, ComputedTraitsClient, release_ready_builds
 from cdp_segment.domain.rules import parse_rule
-from cdp_segment.handlers import BUILD_JOB, SegmentContext
+from cdp_segment.handlers import BUILD_JOB, DELETE_JOB, SegmentContext
+from cdp_segment.models import MODEL_JOB, ModelRun
 from cdp_segment.store import builds
+from cdp_segment.store import models as runs
+
+CLOCK_JOB = "clock_recompute"
 
 
 class ComputedTraitUnavailable(Exception):
@@ -204,17 +213,130 @@ class ComputedTraitFill:
         return Step(cursor=evaluate, advanced=len(page.items), total=done + members * len(queue))
 
 
+async def submit_clock_recompute(*, session: AsyncSession, at: datetime) -> dict[str, Any] | None:
+    """Queue the evaluation of the segments that depend on the clock at an instant, unless one is
+    queued or running or no segment depends on the clock; return its job."""
+    await runs.lock_model(session=session, model=CLOCK_JOB)
+    if await runs.open_job_of_kind(session=session, kind=CLOCK_JOB) is not None:
+        return None
+    return await submit_job(session=session, kind=CLOCK_JOB, params={"at": at.isoformat()})
+
+
+class ClockRecompute:
+    """The job that evaluates the segments on the clock at one instant, range by range (kind `clock_recompute`)."""
+
+    def __init__(self, *, context: SegmentContext, batch_size: int = 10_000) -> None:
+        self._context = context
+        self._batch_size = batch_size
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return the profiles the evaluation goes over."""
+        return await builds.count_profiles(session=session)
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Evaluate the segments on the clock (and those that refer to them) over one range of profiles."""
+        cursor: dict[str, Any] = job.cursor or {"after": None, "segments": {}}
+        catalog = await self._context.catalog.current(session)
+        keys = catalog.affected_by({"clock"})
+        if not keys:
+            return Step(cursor=cursor, advanced=0, finished=True, total=job.done, result={"segments": {}})
+        until, looked_at = await builds.profile_range(
+            session=session, after=cursor["after"], size=self._batch_size
+        )
+        found = await recompute_segments(
+            session=session,
+            catalog=catalog,
+            keys=keys,
+            now=runs.parse_at(job.params["at"]),
+            topic=self._context.segments_topic,
+            trigger="clock",
+            after=cursor["after"],
+            until=until,
+        )
+        report: dict[str, dict[str, int]] = dict(cursor["segments"])
+        for key, moves in found.items():
+            held = report.get(key, {"entered": 0, "exited": 0})
+            report[key] = {kind: held[kind] + moves[kind] for kind in ("entered", "exited")}
+        moved = {"after": until, "segments": report}
+        done = job.done + looked_at
+        if until is not None:
+            return Step(cursor=moved, advanced=looked_at, total=max(job.total or 0, done))
+        return Step(cursor=moved, advanced=looked_at, finished=True, total=done, result={"segments": report})
+
+
+class SegmentDelete:
+    """The job that takes a deleted segment's members out of it, a range at a time (kind `segment_delete`).
+
+    The segment is deleted (its key taken, no longer listed or evaluated) before the job starts;
+    each member leaves with an exit event and a history entry whose reason is the deletion.
+    """
+
+    def __init__(self, *, context: SegmentContext, batch_size: int = 10_000) -> None:
+        self._context = context
+        self._batch_size = batch_size
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return the members that leave."""
+        return await store.count_segment_members(session=session, segment_id=job.params["segment_id"])
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Take the next range of members out of the segment."""
+        segment = await store.get_segment_by_id(session=session, segment_id=job.params["segment_id"])
+        after = (job.cursor or {}).get("after")
+        if segment is None:
+            return Step(cursor=job.cursor, advanced=0, finished=True, total=job.done, result={"exited": 0})
+        until, count = await store.member_range(
+            session=session, segment_id=segment.id, after=after, size=self._batch_size
+        )
+        changes = await recompute_segment(
+            session=session,
+            segment=segment,
+            now=self._context.clock(),
+            topic=self._context.segments_topic,
+            trigger="deleted",
+            everyone_leaves=True,
+            after=after,
+            until=until,
+        )
+        exited = int((job.cursor or {}).get("exited", 0)) + changes["exited"]
+        done = job.done + count
+        if until is not None:
+            return Step(
+                cursor={"after": until, "exited": exited}, advanced=count, total=max(job.total or 0, done)
+            )
+        return Step(
+            cursor={"after": None, "exited": exited},
+            advanced=count,
+            finished=True,
+            total=done,
+            result={"exited": exited},
+        )
+
+
 def job_kinds(
     *,
     context: SegmentContext,
     client: ComputedTraitsClient,
     batch_size: int = 10_000,
     page_size: int = 5_000,
+    model_batch_size: int = 20_000,
+    model_sample_size: int = 50_000,
+    cluster_count: int = 4,
+    clv_horizon_days: int = 365,
 ) -> dict[str, JobKind]:
     """Return the service's job kinds by name, for the runtime."""
     return {
         BUILD_JOB: SegmentBuild(context=context, batch_size=batch_size),
         FILL_JOB: ComputedTraitFill(
             context=context, client=client, page_size=page_size, batch_size=batch_size
+        ),
+        CLOCK_JOB: ClockRecompute(context=context, batch_size=batch_size),
+        DELETE_JOB: SegmentDelete(context=context, batch_size=batch_size),
+        MODEL_JOB: ModelRun(
+            context=context,
+            cluster_count=cluster_count,
+            clv_horizon_days=clv_horizon_days,
+            batch_size=model_batch_size,
+            sample_size=model_sample_size,
         ),
     }

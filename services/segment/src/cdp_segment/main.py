@@ -1,4 +1,4 @@
-"""Builds the segment service: the app, its lifespan, its consumers, models and scheduler."""
+"""Builds the segment service: the app, its lifespan, its consumers, jobs and scheduler."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from cdp_segment.consumer import SERVICE, consumer_specs
 from cdp_segment.domain.lifecycle import LifecycleThresholds
 from cdp_segment.handlers import Clock, SegmentContext, ensure_builtin_segments
 from cdp_segment.jobs import job_kinds
-from cdp_segment.models import ModelRunner
 from cdp_segment.scheduler import Scheduler
 from cdp_segment.settings import Settings
 
@@ -52,17 +51,9 @@ def create_app(
     async def start_segments(runtime: ServiceRuntime) -> None:
         async with runtime.session_factory() as session, session.begin():
             await ensure_builtin_segments(session=session, new_days=settings.lifecycle_new_days)
-        models = ModelRunner(
-            session_factory=runtime.session_factory,
-            context=context,
-            cluster_count=settings.cluster_count,
-            clv_horizon_days=settings.clv_horizon_days,
-        )
-        app.state.models = models
         app.state.scheduler = Scheduler(
             session_factory=runtime.session_factory,
             context=context,
-            models=models,
             computed_traits=client,
             interval_s=settings.scheduler_interval_s,
             models_interval_s=settings.models_interval_s,
@@ -87,11 +78,16 @@ def create_app(
             client=client,
             batch_size=settings.segment_build_batch,
             page_size=settings.computed_trait_page,
+            model_batch_size=settings.model_batch,
+            model_sample_size=settings.model_fit_sample,
+            cluster_count=settings.cluster_count,
+            clv_horizon_days=settings.clv_horizon_days,
         ),
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP segment service")
     app.state.segment_context = context
     app.state.preview_sample_size = settings.preview_sample_size
+    app.state.preview_timeout_s = settings.preview_timeout_s
     runtime_lifespan = app.router.lifespan_context
 
     @asynccontextmanager

@@ -1,9 +1,12 @@
-"""Segment's own scheduler: conditions on the clock alone, lifecycle stages and the models,
-and the watch of the computed traits that segments wait for (`computed_traits.watch_computed_traits`).
+"""Segment's own scheduler: it queues the clock-driven work as jobs, and watches the computed traits
+that segments wait for (`computed_traits.watch_computed_traits`).
 
 Event windows are profile's to expire; what segment re-evaluates with time is what
 depends on the clock itself (relative dates on traits, age, birthdays) and the
-lifecycle stages. `tick` does one round at the clock's time; tests call it with a
+lifecycle stages. `tick` does one round at the clock's time: it queues a lifecycle run, the
+evaluation of the segments on the clock (when there are any) and, when due, the other models'
+runs; each is a job (never two of one kind, or of one model, queued or running at once), so the
+round itself is a few short statements whatever the size of the base. Tests call it with a
 controlled clock, the service calls it every `scheduler_interval_s`.
 """
 
@@ -17,25 +20,26 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cdp_segment.batch import recompute_segments
 from cdp_segment.computed_traits import ComputedTraitsClient, watch_computed_traits
 from cdp_segment.handlers import SegmentContext
+from cdp_segment.jobs import submit_clock_recompute
 from cdp_segment.metrics import SEGMENT_MEMBERS
-from cdp_segment.models import ModelRunner
+from cdp_segment.models import MODEL_JOB, submit_model_run
 from cdp_segment.store import count_members
+from cdp_segment.store import models as runs
 
 logger = logging.getLogger(__name__)
+PERIODIC_MODELS = ("rfm", "clusters", "clv")
 
 
 class Scheduler:
-    """Runs the clock-driven work in rounds."""
+    """Queues the clock-driven work in rounds."""
 
     def __init__(
         self,
         *,
         session_factory: async_sessionmaker[AsyncSession],
         context: SegmentContext,
-        models: ModelRunner,
         computed_traits: ComputedTraitsClient,
         interval_s: float = 60.0,
         models_interval_s: float = 3600.0,
@@ -43,34 +47,40 @@ class Scheduler:
     ) -> None:
         self._session_factory = session_factory
         self._context = context
-        self._models = models
         self._computed_traits = computed_traits
         self._interval_s = interval_s
         self._models_every = timedelta(seconds=models_interval_s)
-        self._models_ran_at: datetime | None = None
         self._watch_interval_s = watch_interval_s
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
 
     async def tick(self, now: datetime | None = None) -> dict[str, Any]:
-        """Do one round at an instant: lifecycle, clock segments, and the models when due."""
+        """Do one round at an instant: queue lifecycle, the clock segments, and the models when due;
+        return the jobs queued by name."""
         at = now or self._context.clock()
-        report: dict[str, Any] = {"lifecycle": await self._models.run("lifecycle", at)}
+        report: dict[str, Any] = {}
         async with self._session_factory() as session, session.begin():
+            job, new = await submit_model_run(session=session, name="lifecycle", at=at)
+            if new:
+                report["lifecycle"] = job
             catalog = await self._context.catalog.current(session)
-            report["clock_segments"] = await recompute_segments(
-                session=session,
-                catalog=catalog,
-                keys=catalog.affected_by({"clock"}),
-                now=at,
-                topic=self._context.segments_topic,
-                trigger="clock",
-            )
-        if self._models_ran_at is None or at - self._models_ran_at >= self._models_every:
-            for name in ("rfm", "clusters", "clv"):
-                report[name] = await self._models.run(name, at)
-            self._models_ran_at = at
+            if catalog.affected_by({"clock"}):
+                clock = await submit_clock_recompute(session=session, at=at)
+                if clock is not None:
+                    report["clock_segments"] = clock
+            for name in PERIODIC_MODELS:
+                if await self._due(session, name, at):
+                    job, new = await submit_model_run(session=session, name=name, at=at)
+                    if new:
+                        report[name] = job
         return report
+
+    async def _due(self, session: AsyncSession, name: str, at: datetime) -> bool:
+        """Whether a model's last run (by any replica, or asked for) started `models_interval_s` before `at`."""
+        latest = await runs.latest_model_job(session=session, kind=MODEL_JOB, model=name)
+        if latest is None:
+            return True
+        return at - runs.parse_at(latest["params"]["at"]) >= self._models_every
 
     async def report_sizes(self) -> None:
         """Set the segment-size gauge from the memberships held now."""

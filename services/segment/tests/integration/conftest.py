@@ -24,7 +24,7 @@ from cdp_segment import handlers
 from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.handlers import SegmentContext
 from cdp_segment.jobs import job_kinds
-from cdp_segment.models import ModelRunner
+from cdp_segment.models import submit_model_run
 from cdp_segment.scheduler import Scheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -109,16 +109,41 @@ class SegmentDb:
             rows = await session.execute(sa.select(outbox_table.c.payload).order_by(outbox_table.c.id))
             return [decode_envelope(bytes(r)) for r in rows.scalars()]
 
+    def kinds(
+        self,
+        profile: FakeProfile | None = None,
+        *,
+        batch_size: int = 10_000,
+        page_size: int = 5_000,
+        model_batch_size: int = 20_000,
+        model_sample_size: int = 50_000,
+        cluster_count: int = 4,
+    ) -> dict[str, Any]:
+        """Return the service's job kinds against this schema."""
+        return job_kinds(
+            context=self.context,
+            client=profile or FakeProfile(),
+            batch_size=batch_size,
+            page_size=page_size,
+            model_batch_size=model_batch_size,
+            model_sample_size=model_sample_size,
+            cluster_count=cluster_count,
+        )
+
     @asynccontextmanager
     async def jobs_running(
-        self, profile: FakeProfile, *, batch_size: int = 10_000, page_size: int = 5_000
+        self,
+        profile: FakeProfile,
+        *,
+        batch_size: int = 10_000,
+        page_size: int = 5_000,
+        **model_settings: int,
     ) -> AsyncIterator[JobRunner]:
         """Run the service's job kinds with the real runner, and the scheduler's watch of computed
         traits, against this schema while inside."""
         watch = Scheduler(
             session_factory=self.sessions,
             context=self.context,
-            models=ModelRunner(session_factory=self.sessions, context=self.context),
             computed_traits=profile,
             watch_interval_s=0.02,
         )
@@ -126,12 +151,7 @@ class SegmentDb:
             service="segment",
             engine=self.engine,
             session_factory=self.sessions,
-            kinds=job_kinds(
-                context=self.context,
-                client=profile,
-                batch_size=batch_size,
-                page_size=page_size,
-            ),
+            kinds=self.kinds(profile, batch_size=batch_size, page_size=page_size, **model_settings),
             poll_interval_s=0.02,
         )
         runner.start()
@@ -149,17 +169,26 @@ class SegmentDb:
         assert found is not None
         return found
 
-    async def jobs_done(self, profile: FakeProfile | None = None) -> None:
+    async def jobs_done(self, profile: FakeProfile | None = None, **settings: int) -> None:
         """Run the jobs until none is queued or running (all must succeed)."""
 
         async def settled() -> bool:
             async with self.sessions() as session:
-                states = list((await session.execute(sa.select(jobs_table.c.state))).scalars())
-            assert "failed" not in states
-            return all(state in ("succeeded", "cancelled") for state in states)
+                rows = (await session.execute(sa.select(jobs_table.c.state, jobs_table.c.error))).all()
+            assert "failed" not in [state for state, _ in rows], rows
+            return all(state in ("succeeded", "cancelled") for state, _ in rows)
 
-        async with self.jobs_running(profile or FakeProfile()):
+        async with self.jobs_running(profile or FakeProfile(), **settings):
             await wait_for(settled, timeout=60, interval=0.05, what="the jobs to finish")
+
+    async def run_model(self, name: str, **settings: int) -> dict[str, Any]:
+        """Queue a run of a model at the clock's time, run the jobs to their end; return the run's job."""
+        async with self.sessions() as session, session.begin():
+            job, _ = await submit_model_run(session=session, name=name, at=self.clock())
+        await self.jobs_done(None, **settings)
+        finished = await self.job(job["id"])
+        assert finished["state"] == "succeeded"
+        return finished
 
     async def members(self, key: str) -> set[str]:
         """Return the members of a segment by key."""

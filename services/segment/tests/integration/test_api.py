@@ -121,8 +121,17 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
     ] == [profile_id]
     versions = (await http.get(f"{url}/v1/segments/{key}/versions", headers=admin)).json()
     assert [v["version"] for v in versions["items"]] == [1, 2]
-    assert (await http.delete(f"{url}/v1/segments/{key}", headers=admin)).status_code == 204
+    deleted = await http.delete(f"{url}/v1/segments/{key}", headers=admin)
+    assert deleted.status_code == 202
     assert (await http.get(f"{url}/v1/segments/{key}", headers=admin)).status_code == 404
+
+    async def members_gone() -> dict[str, Any] | None:
+        job = (await http.get(f"{url}/v1/jobs/{deleted.json()['job']['id']}", headers=admin)).json()
+        return job if job["state"] == "succeeded" else None
+
+    gone = await wait_for(members_gone, what="the deleted segment's members to leave")
+    assert gone["result"] == {"exited": 1}
+    assert gone["done"] == gone["total"] == 1
 
 
 async def test_the_same_key_created_at_once_gives_one_segment_and_conflicts(

@@ -1,4 +1,6 @@
-"""Built-in models on hand-made customers with known answers: RFM, lifecycle (also as time passes), clusters, CLV."""
+"""Built-in models on hand-made customers with known answers: RFM, lifecycle (also as time passes), clusters, CLV.
+
+Every run is a job, run by the real job runner."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from cdp_common.outbox import lock_outbox_writes
 from cdp_segment import handlers, store
 from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.domain.clv import BgNbd, simulate_customers
-from cdp_segment.models import ModelRunner
 from cdp_segment.scheduler import Scheduler
 
 from .conftest import SegmentDb
@@ -74,7 +75,8 @@ async def test_rfm_scores_and_named_segments(db: SegmentDb) -> None:
         await db.apply(ProfileCreated(profile_id=name, version=1, changed_computed_traits=computed))
     await db.apply(ProfileCreated(profile_id="browser", version=1, changed_traits={"plan": "free"}))
 
-    result = await ModelRunner(session_factory=db.sessions, context=db.context).run("rfm")
+    job = await db.run_model("rfm")
+    result = job["result"]
 
     for name, (_, _, expected) in RFM_CUSTOMERS.items():
         assert await db.members(f"rfm_{expected}") == {name}, expected
@@ -94,13 +96,12 @@ async def test_a_model_round_that_changes_no_profile_leaves_the_outbox_writers_a
     now = db.clock()
     computed = orders(now, first_days=500, last_days=1, count=9, revenue=900.0)
     await db.apply(ProfileCreated(profile_id="c0", version=1, changed_computed_traits=computed))
-    runner = ModelRunner(session_factory=db.sessions, context=db.context)
-    assert (await runner.run("rfm"))["profiles_changed"] == 1
+    assert (await db.run_model("rfm"))["result"]["profiles_changed"] == 1
     published = len(await db.published())
 
     async with db.sessions() as writer, writer.begin():
         await lock_outbox_writes(session=writer)
-        again = await asyncio.wait_for(runner.run("rfm"), timeout=10)
+        again = (await asyncio.wait_for(db.run_model("rfm"), timeout=30))["result"]
     assert again["profiles_changed"] == 0
     assert again["segments"] == {}
     assert len(await db.published()) == published
@@ -142,13 +143,10 @@ async def test_lifecycle_stages_in_real_time_and_as_time_passes(db: SegmentDb) -
                 profile_id=name, version=version, changed_computed_traits={"seg_orders_last_30d": 0}
             )
         )
-    scheduler = Scheduler(
-        session_factory=db.sessions,
-        context=db.context,
-        models=ModelRunner(session_factory=db.sessions, context=db.context),
-        computed_traits=NoProfile(),
-    )
-    await scheduler.tick()
+    scheduler = Scheduler(session_factory=db.sessions, context=db.context, computed_traits=NoProfile())
+    queued = await scheduler.tick()
+    assert set(queued) == {"lifecycle", "rfm", "clusters", "clv"}
+    await db.jobs_done()
     assert await db.members("lifecycle_at_risk") == {"fresh", "regular", "gone"}
     assert await db.members("lifecycle_churned") == {"fading"}
     assert await db.members("lifecycle_new") == set()
@@ -177,17 +175,15 @@ async def test_clock_conditions_are_re_evaluated_by_the_scheduler(db: SegmentDb)
     signed_up = (db.clock() - timedelta(days=2)).isoformat()
     await db.apply(ProfileCreated(profile_id="p1", version=1, changed_traits={"signed_up_at": signed_up}))
     assert await db.members("recent_signups") == {"p1"}
-    scheduler = Scheduler(
-        session_factory=db.sessions,
-        context=db.context,
-        models=ModelRunner(session_factory=db.sessions, context=db.context),
-        computed_traits=NoProfile(),
-    )
+    await db.jobs_done()
+    scheduler = Scheduler(session_factory=db.sessions, context=db.context, computed_traits=NoProfile())
     db.clock.advance(days=4)
-    await scheduler.tick()
+    assert "clock_segments" in await scheduler.tick()
+    await db.jobs_done()
     assert await db.members("recent_signups") == {"p1"}
     db.clock.advance(days=2)
-    await scheduler.tick()
+    assert "clock_segments" in await scheduler.tick()
+    await db.jobs_done()
     assert await db.members("recent_signups") == set()
     exited = [e.data for e in await db.published() if e.data.segment_key == "recent_signups"][-1]
     assert type(exited).__name__ == "SegmentExited"
@@ -210,15 +206,13 @@ async def test_clusters_and_customer_value(db: SegmentDb) -> None:
             revenue=round(float(simulated.monetary[i] or 30.0) * (repeat + 1), 2),
         )
         await db.apply(ProfileCreated(profile_id=f"s{i:02d}", version=1, changed_computed_traits=computed))
-    runner = ModelRunner(session_factory=db.sessions, context=db.context, cluster_count=3)
-
-    clusters = await runner.run("clusters")
+    clusters = (await db.run_model("clusters", cluster_count=3))["result"]
     found = clusters["summary"]["clusters"]
     assert [c["id"] for c in found] == [0, 1, 2]
     assert sum(c["size"] for c in found) == 80
     assert all(" against " in c["description"] for c in found)
 
-    value = await runner.run("clv")
+    value = (await db.run_model("clv"))["result"]
     assert value["summary"]["customers"] == 80
     assert set(value["parameters"]["bgnbd"]) == {"r", "alpha", "a", "b"}
     async with db.sessions() as session:

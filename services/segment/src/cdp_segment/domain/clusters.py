@@ -3,7 +3,8 @@
 Features are recency, number of orders, revenue, mean order value and tenure;
 they are log-scaled and standardised before k-means (scikit-learn). A cluster is
 described by the two features whose cluster mean sets it furthest apart from the
-whole population, in the features' own units.
+whole population, in the features' own units. A fitted model assigns any customer to
+its nearest centre, so a model fitted on a sample scores the whole base.
 """
 
 from __future__ import annotations
@@ -47,8 +48,28 @@ def describe(means: NDArray[np.float64], overall: NDArray[np.float64], spread: N
     return "; ".join(parts)
 
 
-def fit_clusters(features: NDArray[np.float64], k: int, seed: int = 0) -> tuple[list[int], list[Cluster]]:
-    """Cluster rows of FEATURES; return each row's cluster id and the clusters, largest first."""
+@dataclass(frozen=True)
+class ClusterModel:
+    """A fitted k-means: the scaling of the features and the centres, by which any customer is assigned."""
+
+    mean: list[float]
+    std: list[float]
+    centers: list[list[float]]
+    descriptions: list[str]
+
+    def assign(self, features: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Return the id of the nearest centre of each row of FEATURES."""
+        scaled = np.log1p(np.maximum(features, 0))
+        std = np.asarray(self.std)
+        standardised = (scaled - np.asarray(self.mean)) / np.where(std > 0, std, 1.0)
+        distances = ((standardised[:, None, :] - np.asarray(self.centers)[None, :, :]) ** 2).sum(axis=2)
+        return np.asarray(distances.argmin(axis=1), dtype=np.int64)
+
+
+def fit_cluster_model(
+    features: NDArray[np.float64], k: int, seed: int = 0
+) -> tuple[ClusterModel, list[int], list[Cluster]]:
+    """Cluster rows of FEATURES; return the model, each row's cluster id and the clusters, largest first."""
     # Imported here: scikit-learn takes seconds to import and only model runs need it.
     from sklearn.cluster import KMeans  # type: ignore[import-untyped]
 
@@ -56,7 +77,8 @@ def fit_clusters(features: NDArray[np.float64], k: int, seed: int = 0) -> tuple[
     mean, std = scaled.mean(axis=0), scaled.std(axis=0)
     standardised = (scaled - mean) / np.where(std > 0, std, 1.0)
     k = min(k, len(features))
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(standardised)
+    fitted = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(standardised)
+    labels = fitted.labels_
     overall = features.mean(axis=0)
     spread = features.std(axis=0)
     order = sorted(range(k), key=lambda c: -int(np.sum(labels == c)))
@@ -73,4 +95,16 @@ def fit_clusters(features: NDArray[np.float64], k: int, seed: int = 0) -> tuple[
                 description=describe(means, overall, spread),
             )
         )
-    return [renumber[int(label)] for label in labels], clusters
+    model = ClusterModel(
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        centers=[[float(v) for v in fitted.cluster_centers_[old]] for old in order],
+        descriptions=[c.description for c in clusters],
+    )
+    return model, [renumber[int(label)] for label in labels], clusters
+
+
+def fit_clusters(features: NDArray[np.float64], k: int, seed: int = 0) -> tuple[list[int], list[Cluster]]:
+    """Cluster rows of FEATURES; return each row's cluster id and the clusters, largest first."""
+    _, labels, clusters = fit_cluster_model(features, k, seed)
+    return labels, clusters

@@ -265,6 +265,12 @@ async def update_segment(
     return _segment(row)
 
 
+async def get_segment_by_id(*, session: AsyncSession, segment_id: str) -> SegmentRow | None:
+    """Return a segment by id, deleted or not."""
+    row = (await session.execute(sa.select(segments).where(segments.c.id == segment_id))).first()
+    return None if row is None else _segment(row)
+
+
 async def mark_deleted(*, session: AsyncSession, segment_id: str) -> None:
     """Delete a segment softly: its key stays taken and its history stays readable."""
     await session.execute(
@@ -636,6 +642,30 @@ async def write_membership_changes(
     note_outbox_write_lock(session=session)
 
 
+async def member_range(
+    *, session: AsyncSession, segment_id: str, after: str | None, size: int
+) -> tuple[str | None, int]:
+    """Return the last profile id of a segment's next `size` members after `after` (None when they run
+    to the end) and how many members the range holds."""
+    inner = (
+        sa.select(memberships.c.profile_id)
+        .where(memberships.c.segment_id == segment_id, memberships.c.profile_id > (after or ""))
+        .order_by(memberships.c.profile_id)
+        .limit(size)
+        .subquery()
+    )
+    last, count = (
+        await session.execute(sa.select(sa.func.max(inner.c.profile_id), sa.func.count()).select_from(inner))
+    ).one()
+    return (last if count >= size else None), int(count)
+
+
+async def count_segment_members(*, session: AsyncSession, segment_id: str) -> int:
+    """Return how many members a segment holds."""
+    query = sa.select(sa.func.count()).select_from(memberships).where(memberships.c.segment_id == segment_id)
+    return int((await session.execute(query)).scalar_one())
+
+
 async def page_members(
     *, session: AsyncSession, segment_id: str, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
@@ -805,6 +835,11 @@ async def erase_profiles(*, session: AsyncSession, profile_ids: list[str]) -> di
     )
     removed_history = await session.execute(
         membership_history.delete().where(membership_history.c.profile_id.in_(profile_ids))
+    )
+    # Features a model run keeps between its fit and its scoring.
+    await session.execute(
+        sa.text("DELETE FROM model_features WHERE profile_id = ANY(CAST(:ids AS text[]))"),
+        {"ids": profile_ids},
     )
     details = {
         "known_profiles": await erase_known_profiles(
