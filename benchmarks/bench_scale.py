@@ -16,7 +16,7 @@ grows the same base to the large size. At each size, beside baselines measured i
   beside the bare SQL pass over the same rows.
 
 The large size is BENCH_SCALE_PROFILES (0, the default, measures 100,000 only, so a normal
-`make bench` stays short). 10,000,000 people with 10 events take about 130 GB; where the disk
+`make bench` stays short). 10,000,000 people with 10 events take about 145 GB; where the disk
 cannot take them the loader refuses, and the report extrapolates from the largest size measured.
 """
 
@@ -274,7 +274,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
         if measured < TARGET:
             report["note"] = (
                 f"measured up to {measured:,} people (set BENCH_SCALE_PROFILES for a larger base; "
-                f"10,000,000 with {EVENTS_PER_PROFILE} events need about 130 GB of disk); "
+                f"10,000,000 with {EVENTS_PER_PROFILE} events need about 145 GB of disk); "
                 f"{TARGET:,} extrapolated linearly from {measured:,}"
             )
             report["extrapolated_10m"] = _extrapolate(report["sizes"][str(measured)], measured)

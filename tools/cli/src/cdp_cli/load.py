@@ -49,8 +49,8 @@ PIECE_PROFILES = 2_500
 PIECES_AHEAD = 3
 # Bytes the base takes on disk (tables and indexes, as pg_total_relation_size counts them),
 # measured on a base of 100,000 people with 10 events each: per person and per event.
-BYTES_PER_PROFILE = 5_400
-BYTES_PER_EVENT = 900
+BYTES_PER_PROFILE = 5_700
+BYTES_PER_EVENT = 860
 # Room kept free beyond the estimate: WAL, index builds and the database's own growth.
 DISK_HEADROOM = 1.25
 # A load adding at least this many events, and at least as many as the store holds, drops the
@@ -838,6 +838,20 @@ async def _drop_indexes(connection: asyncpg.Connection) -> list[str]:
     return dropped
 
 
+async def _estimated_rows(connection: asyncpg.Connection, table: str) -> int:
+    """Return the planner's row count of a table, or count up to REBUILD_EVENTS_FROM when it has none."""
+    estimate: int = await connection.fetchval(
+        "SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass", table
+    )
+    if estimate >= 0:
+        return estimate
+    counted: int = await connection.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT $1) s",  # noqa: S608 - one of BASE_TABLES
+        REBUILD_EVENTS_FROM,
+    )
+    return counted
+
+
 async def _existing(connection: asyncpg.Connection, ids: list[str]) -> set[str]:
     rows = await connection.fetch("SELECT id FROM profile.profiles WHERE id = ANY($1::text[])", ids)
     return {r["id"] for r in rows}
@@ -940,14 +954,10 @@ async def load_base(
             )
             if note:
                 warnings.append(note)
-        stored = await connection.fetchval(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = 'profile.events'::regclass"
-        )
-        if stored < 0:  # never analysed: count, up to where the answer no longer matters
-            stored = await connection.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM profile.events LIMIT $1) s", REBUILD_EVENTS_FROM
-            )
-        adding = profiles * events_per_profile
+        people = await _estimated_rows(connection, "profile.profiles")
+        stored = await _estimated_rows(connection, "profile.events")
+        # Those already there are mostly the first ones asked for (one seed is the usual case).
+        adding = max(profiles - people, 0) * events_per_profile
         rebuild = (
             rebuild_indexes if rebuild_indexes is not None else adding >= max(REBUILD_EVENTS_FROM, stored)
         )
