@@ -42,7 +42,9 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
 ) -> None:
     url, admin = stack.url("segment"), stack.admin()
     key = "api_" + secrets.token_hex(3)
-    rule = {"all": [{"trait": "plan", "op": "eq", "value": "pro"}, {"geo": {"country": ["DE"]}}]}
+    # A plan of this test's own: the session's other tests have "pro" customers too.
+    plan = "pro_" + secrets.token_hex(3)
+    rule = {"all": [{"trait": "plan", "op": "eq", "value": plan}, {"geo": {"country": ["DE"]}}]}
 
     preview = await http.post(f"{url}/v1/segments/preview", json={"rule": rule}, headers=admin)
     assert preview.status_code == 200
@@ -74,7 +76,7 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
         platform,
         ProfileCreated(profile_id=profile_id, version=1, changed_traits={"plan": "free"}),
         ProfileUpdated(
-            profile_id=profile_id, version=2, changed_traits={"plan": "pro", "address": {"country": "DE"}}
+            profile_id=profile_id, version=2, changed_traits={"plan": plan, "address": {"country": "DE"}}
         ),
     )
 
@@ -99,7 +101,7 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
     assert [s["segment_key"] for s in mine["items"]] == [key]
     explained = (await http.get(f"{url}/v1/segments/{key}/explain/{profile_id}", headers=admin)).json()
     assert explained["member"] is True
-    assert [c["actual"] for c in explained["explanation"]["conditions"]] == ["pro", "de"]
+    assert [c["actual"] for c in explained["explanation"]["conditions"]] == [plan, "de"]
     assert explained["last_change"]["event_id"] == entered.id
     history = (await http.get(f"{url}/v1/segments/{key}/history", headers=admin)).json()
     assert [h["change"] for h in history["items"]] == ["entered"]
@@ -108,7 +110,7 @@ async def test_define_a_segment_and_see_a_profile_enter_it(
 
     changed = await http.put(
         f"{url}/v1/segments/{key}",
-        json={"name": "Pro anywhere", "rule": {"trait": "plan", "op": "eq", "value": "pro"}},
+        json={"name": "Pro anywhere", "rule": {"trait": "plan", "op": "eq", "value": plan}},
         headers=admin,
     )
     assert changed.status_code == 200
