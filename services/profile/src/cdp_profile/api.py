@@ -15,9 +15,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import handlers, store
+from cdp_profile import duplicates, handlers, store
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits, derive_defined
-from cdp_profile.domain.duplicates import candidate_of, find_suspects
 from cdp_profile.domain.identity import (
     TYPE_PATTERN,
     IdentityRules,
@@ -411,6 +410,21 @@ async def computed_trait_values(
 duplicates_router = APIRouter(prefix="/v1/duplicates", tags=["duplicates"])
 
 
+def _queue_position(cursor: str | None) -> tuple[float, str, str] | None:
+    if cursor is None:
+        return None
+    position = decode_cursor(cursor)
+    score, first, second = position.get("s"), position.get("a"), position.get("b")
+    if not (
+        isinstance(score, int | float)
+        and not isinstance(score, bool)
+        and isinstance(first, str)
+        and isinstance(second, str)
+    ):
+        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+    return float(score), first, second
+
+
 @duplicates_router.get("")
 async def list_duplicates(
     session: SessionDep,
@@ -419,23 +433,55 @@ async def list_duplicates(
     page: PageDep,
     min_score: Annotated[float, Query(ge=0.5, le=1.0)] = 0.8,
 ) -> dict[str, Any]:
-    """List pairs of live profiles that look like one person or company, with a score; never merges."""
-    offset = _cursor_field(page.cursor, "o") or 0
-    if not isinstance(offset, int) or offset < 0:
-        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
-    scan = request.app.state.duplicates_scan_limit
-    recent = await store.recent_profiles(session=session, limit=scan)
-    suspects = find_suspects(
-        [candidate_of(p.id, common_traits(p.traits)) for p in recent], threshold=min_score
+    """List open pairs of live profiles that look like one person or company, best first; never merges.
+
+    `scan` says when the last scan of the whole base finished (null before the first).
+    """
+    answer = await duplicates.list_duplicates(
+        session=session,
+        min_score=min_score,
+        after=_queue_position(page.cursor),
+        limit=page.limit,
+        recent_limit=request.app.state.duplicates_scan_limit,
     )
-    chunk = suspects[offset : offset + page.limit]
-    next_cursor = encode_cursor({"o": offset + page.limit}) if offset + page.limit < len(suspects) else None
-    return {
-        "items": [
-            {"profile_ids": list(s.profile_ids), "score": s.score, "reasons": s.reasons} for s in chunk
-        ],
-        "next": next_cursor,
-    }
+    return {**answer, "next": encode_cursor(answer["next"]) if answer["next"] else None}
+
+
+class ScanRequest(BaseModel):
+    """How much to scan: only what changed since the last scan (default), or everything again."""
+
+    model_config = ConfigDict(extra="forbid")
+    full: bool = False
+
+
+@duplicates_router.post("/scan", status_code=202)
+async def scan_duplicates(
+    session: SessionDep, _: ProfileWriter, body: ScanRequest | None = None
+) -> dict[str, Any]:
+    """Start a scan of the whole base for duplicates (202 with its job); a scan under way is answered instead."""
+    return {"job": await duplicates.start_scan(session=session, full=body.full if body else False)}
+
+
+class PairRequest(BaseModel):
+    """Two profiles an operator reviewed."""
+
+    model_config = ConfigDict(extra="forbid")
+    profile_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=2, max_length=2)
+
+
+@duplicates_router.post("/dismiss")
+async def dismiss_duplicates(
+    body: PairRequest, session: SessionDep, principal: ProfileWriter
+) -> dict[str, Any]:
+    """Record that two profiles are not the same: the pair leaves the queue and no scan proposes it again."""
+    try:
+        return await duplicates.dismiss_pair(
+            session=session, profile_ids=body.profile_ids, decided_by=principal.token_id
+        )
+    except duplicates.ProfileNotLive as exc:
+        raise ApiError(status=404, code="profile_not_found", message=f"no live profile {exc}") from exc
+    except duplicates.SameProfile as exc:
+        raise ApiError(status=409, code="same_profile", message=str(exc)) from exc
 
 
 class MergeRequest(BaseModel):
@@ -449,11 +495,16 @@ class MergeRequest(BaseModel):
 
 @duplicates_router.post("/merge")
 async def merge_duplicates(
-    body: MergeRequest, session: SessionDep, _: ProfileWriter, context: ContextDep
+    body: MergeRequest, session: SessionDep, principal: ProfileWriter, context: ContextDep
 ) -> dict[str, Any]:
-    """Merge profiles an operator reviewed; recorded in the ledger with the rule `operator`."""
+    """Merge profiles an operator reviewed; recorded in the ledger with the rule `operator`.
+
+    The pairs leave the review queue as merged.
+    """
+    live = await duplicates.live_profiles_of(session=session, profile_ids=body.profile_ids)
+    scored = await duplicates.scores_before_merge(session=session, profile_ids=live)
     try:
-        return await handlers.merge_profiles(
+        merged = await handlers.merge_profiles(
             session=session,
             context=context,
             profile_ids=body.profile_ids,
@@ -464,6 +515,8 @@ async def merge_duplicates(
         raise ApiError(status=404, code="profile_not_found", message=f"no profile {exc}") from exc
     except handlers.SplitRefused as exc:
         raise ApiError(status=409, code="merge_refused", message=str(exc)) from exc
+    await duplicates.record_merged(session=session, scored=scored, decided_by=principal.token_id)
+    return merged
 
 
 routers = [

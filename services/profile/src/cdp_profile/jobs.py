@@ -10,7 +10,13 @@ from cdp_common.jobs import Job, Step
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import duplicates_store, handlers, store
-from cdp_profile.domain.duplicates import KEYS_VERSION, block_keys, block_number, candidate_of, suspects_in_blocks
+from cdp_profile.domain.duplicates import (
+    KEYS_VERSION,
+    block_keys,
+    block_number,
+    candidate_of,
+    suspects_in_blocks,
+)
 from cdp_profile.handlers import ProfileContext
 
 # A step holds the writers' lock, so the event flow may wait for one step: each step takes
@@ -125,7 +131,11 @@ class DuplicateScan:
             advanced=0,
             finished=True,
             total=job.done,
-            result={"profiles": cursor["profiles"], "changed": cursor["changed"], "pairs_found": cursor["found"]},
+            result={
+                "profiles": cursor["profiles"],
+                "changed": cursor["changed"],
+                "pairs_found": cursor["found"],
+            },
         )
 
     async def _candidates(self, *, session: AsyncSession, job: Job, cursor: dict[str, Any]) -> Step:

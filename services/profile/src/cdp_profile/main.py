@@ -12,8 +12,9 @@ from fastapi import FastAPI
 
 from cdp_profile.api import routers
 from cdp_profile.consumer import SERVICE, consumer_specs
+from cdp_profile.duplicates_store import SCAN_JOB
 from cdp_profile.handlers import BACKFILL_JOB, Clock, ProfileContext, system_clock
-from cdp_profile.jobs import ComputedTraitBackfill
+from cdp_profile.jobs import ComputedTraitBackfill, DuplicateScan
 from cdp_profile.scheduler import WindowScheduler
 from cdp_profile.settings import Settings
 
@@ -44,7 +45,8 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
                 context=context,
                 batch_size=settings.backfill_batch_size,
                 max_batch_size=settings.backfill_max_batch_size,
-            )
+            ),
+            SCAN_JOB: DuplicateScan(),
         },
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP profile service")

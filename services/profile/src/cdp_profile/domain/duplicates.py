@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 from rapidfuzz import fuzz
@@ -26,7 +27,13 @@ LEGAL_FORMS = {
     "sa",
     "plc",
 }
+# A block up to this size has every pair of its members compared; a larger one (a common surname
+# in a base of millions) is sorted by name and e-mail and each member compared with its WINDOW
+# next neighbours, so the work grows with the block's size instead of its square.
 MAX_BLOCK = 200
+WINDOW = 20
+# The version of `block_keys`: keys stored by an older version are computed again.
+KEYS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -77,22 +84,40 @@ def find_suspects(candidates: list[Candidate], *, threshold: float = 0.8) -> lis
     """Score candidate pairs that share a block; return those at or above the threshold, best first."""
     blocks: dict[str, list[Candidate]] = defaultdict(list)
     for candidate in candidates:
-        for key in _block_keys(candidate):
+        for key in block_keys(candidate):
             blocks[key].append(candidate)
+    suspects = suspects_in_blocks(blocks.values(), threshold=threshold)
+    return sorted(suspects, key=lambda s: (-s.score, s.profile_ids))
+
+
+def suspects_in_blocks(
+    blocks: Iterable[list[Candidate]], *, threshold: float, changed: set[str] | None = None
+) -> list[Suspect]:
+    """Score the pairs of each block once; with `changed`, only pairs with a changed member."""
     seen: set[tuple[str, str]] = set()
     suspects: list[Suspect] = []
-    for members in blocks.values():
-        for left, right in combinations(members[:MAX_BLOCK], 2):
-            pair = tuple(sorted((left.profile_id, right.profile_id)))
+    for members in blocks:
+        for left, right in pairs_in_block(members, changed=changed):
+            pair = _ordered(left.profile_id, right.profile_id)
             if pair in seen or pair[0] == pair[1]:
                 continue
-            seen.add(pair)  # type: ignore[arg-type]
+            seen.add(pair)
             score, reasons = score_pair(left, right)
             if score >= threshold:
-                suspects.append(
-                    Suspect(profile_ids=(pair[0], pair[1]), score=round(score, 3), reasons=reasons)
-                )
-    return sorted(suspects, key=lambda s: (-s.score, s.profile_ids))
+                suspects.append(Suspect(profile_ids=pair, score=round(score, 3), reasons=reasons))
+    return suspects
+
+
+def pairs_in_block(
+    members: list[Candidate], *, changed: set[str] | None = None
+) -> Iterator[tuple[Candidate, Candidate]]:
+    """Yield the pairs of a block worth comparing (see MAX_BLOCK); with `changed`, those with a changed member."""
+    ordered = sorted(members, key=lambda c: (c.name or "", c.email or "", c.profile_id))
+    everyone = len(ordered) <= MAX_BLOCK
+    for i, left in enumerate(ordered):
+        for right in ordered[i + 1 :] if everyone else ordered[i + 1 : i + 1 + WINDOW]:
+            if changed is None or left.profile_id in changed or right.profile_id in changed:
+                yield left, right
 
 
 def score_pair(left: Candidate, right: Candidate) -> tuple[float, dict[str, float]]:
@@ -127,19 +152,41 @@ def _email_similarity(left: str, right: str) -> float:
     return max(0.0, 1.0 - distance / 4) if distance <= 2 else 0.0
 
 
-def _block_keys(candidate: Candidate) -> list[str]:
+def block_keys(candidate: Candidate) -> list[str]:
+    """Return the blocks a candidate falls in: only candidates sharing a block are compared.
+
+    Narrow enough that blocks stay small in a base of millions, wide enough for a typo: the
+    surname with the first initial, the first name with the surname's first letters, the e-mail's
+    local part without dots and tags, the phone, the company (whole and its first letters).
+    """
     keys: list[str] = []
     if candidate.name:
-        parts = candidate.name.split()
-        keys.append("n:" + parts[-1][:3])
-        keys.append("f:" + parts[0][:3])
+        parts = candidate.name.replace(",", " ").split()
+        if len(parts) > 1:
+            keys.append(f"n:{parts[-1]}|{parts[0][:1]}")
+            keys.append(f"f:{parts[0]}|{parts[-1][:3]}")
+        elif parts:
+            keys.append(f"n:{parts[0]}")
     if candidate.email:
-        keys.append("e:" + candidate.email.split("@", 1)[0][:4])
+        local = candidate.email.split("@", 1)[0].split("+", 1)[0].replace(".", "")
+        if local:
+            keys.append("e:" + local)
     if candidate.phone:
         keys.append("p:" + candidate.phone)
     if candidate.company:
-        keys.append("c:" + candidate.company[:2])
+        keys.append("c:" + candidate.company)
+        if len(candidate.company) > 5:
+            keys.append("c:" + candidate.company[:5])
     return keys
+
+
+def block_number(key: str) -> int:
+    """Return a block key as a signed 64-bit number: compact to store and never personal data in clear."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _ordered(left: str, right: str) -> tuple[str, str]:
+    return (left, right) if left <= right else (right, left)
 
 
 def _plain(text: str) -> str:
