@@ -204,10 +204,16 @@ class _Drawn:
     events: list[tuple[str, int, str, int, Any, bool]]
 
 
-def _uuid_text(hexed: str, offset: int) -> str:
-    """Return 32 hex digits of `hexed` from `offset` in the shape of a UUID (version 4)."""
-    h = hexed[offset : offset + 32]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+# A hex digit with its top two bits made 10, as a UUID's variant has them.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _uuid_text(hexed: str, o: int) -> str:
+    """Return 32 hex digits of `hexed` from offset `o` in the shape of a UUID (version 4)."""
+    return (
+        f"{hexed[o : o + 8]}-{hexed[o + 8 : o + 12]}-4{hexed[o + 13 : o + 16]}-"
+        f"{_VARIANT[hexed[o + 16]]}{hexed[o + 17 : o + 20]}-{hexed[o + 20 : o + 32]}"
+    )
 
 
 def _hash(seed: int, index: int, size: int) -> bytes:
@@ -426,19 +432,18 @@ def _at(epoch: int) -> datetime:
 # --- what profile makes of a person's events ------------------------------------------------------
 
 _DAYS: dict[int, str] = {}
-_TIMES: dict[int, str] = {}
+_CLOCKS: list[str] = []
 
 
 def _iso(epoch: int, separator: str = "T", zone: str = "+00:00") -> str:
     """Return a UTC time as ISO text, from tables of days and times of day."""
-    day, second = divmod(epoch, DAY_SECONDS)
+    if not _CLOCKS:
+        _CLOCKS.extend(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(DAY_SECONDS))
+    day = epoch // DAY_SECONDS
     date = _DAYS.get(day)
     if date is None:
         date = _DAYS[day] = _at(day * DAY_SECONDS).strftime("%Y-%m-%d")
-    clock = _TIMES.get(second)
-    if clock is None:
-        clock = _TIMES[second] = f"{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}"
-    return f"{date}{separator}{clock}{zone}"
+    return f"{date}{separator}{_CLOCKS[epoch - day * DAY_SECONDS]}{zone}"
 
 
 def _aggregates(drawn: _Drawn, seed: int) -> dict[str, Any]:
