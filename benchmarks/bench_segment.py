@@ -143,7 +143,7 @@ async def recompute_benchmark(database_url: str) -> dict[str, Any]:
                 recompute_segment(session=session, segment=segment, now=now, topic="bench", trigger="bench")
             )
         async with sessions() as session, session.begin():
-            delete_s, _ = await _timed(delete_segment(session=session, context=context, ref=segment.id))
+            delete_s, _ = await _timed(delete_segment(session=session, ref=segment.id))
         best = {name: min(values) for name, values in results.items()}
         return {
             "profiles": PROFILES,

@@ -652,11 +652,12 @@ async def preview_segment(
     rule: Any,
     sample_size: int,
     timeout_s: float = 3.0,
+    estimate_timeout_s: float = 5.0,
 ) -> dict[str, Any]:
     """Return how many profiles a rule matches now and a sample of them, without saving anything.
 
     The count runs at most `timeout_s`; past it, the answer estimates the size from a sample of
-    the copy (`"size": null, "estimate": N, "exact": false`).
+    the copy (`"size": null, "estimate": N, "exact": false`), itself bounded by `estimate_timeout_s`.
     """
     parsed = _parse_definition(rule)
     await _check_references(session=session, context=context, key="__preview__", parsed=parsed)
@@ -676,7 +677,9 @@ async def preview_segment(
         estimate: int | None = size
     except _PreviewTimedOut:
         size = None
-        estimate, sample = await _estimate(session, compile_rule(parsed.root, now), sample_size, timeout_s)
+        estimate, sample = await _estimate(
+            session, compile_rule(parsed.root, now), sample_size, estimate_timeout_s
+        )
     keys = [spec.key for spec in parsed.computed_traits]
     building = sorted(set(keys) - await builds.ready_traits(session=session, keys=keys))
     building += sorted(await builds.building_keys(session=session, keys=parsed.segment_refs))

@@ -293,7 +293,9 @@ async def list_versions(*, session: AsyncSession, segment_id: str) -> list[dict[
 async def segments_referencing(*, session: AsyncSession, key: str) -> list[str]:
     """Return the keys of live segments whose rules use a segment."""
     rows = await session.execute(
-        sa.select(segments.c.key).where(_LIVE, segments.c.dependencies.any(f"segment:{key}"))
+        sa.select(segments.c.key).where(
+            _LIVE, sa.literal(f"segment:{key}") == sa.any_(segments.c.dependencies)
+        )
     )
     return list(rows.scalars())
 
