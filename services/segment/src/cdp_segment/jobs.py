@@ -320,7 +320,7 @@ def job_kinds(
     batch_size: int = 10_000,
     page_size: int = 5_000,
     model_batch_size: int = 20_000,
-    model_sample_size: int = 50_000,
+    model_sample_size: int = 10_000,
     cluster_count: int = 4,
     clv_horizon_days: int = 365,
 ) -> dict[str, JobKind]:

@@ -119,7 +119,7 @@ class ModelRun:
         cluster_count: int = 4,
         clv_horizon_days: int = 365,
         batch_size: int = 20_000,
-        sample_size: int = 50_000,
+        sample_size: int = 10_000,
     ) -> None:
         self._context = context
         self._cluster_count = cluster_count

@@ -28,6 +28,6 @@ class Settings(PlatformSettings):
     # Model runs: profiles one step reads or scores, and the most customers k-means and BG/NBD are
     # fitted on (RFM's quintiles are exact over the whole base).
     model_batch: int = Field(default=20_000, ge=1)
-    model_fit_sample: int = Field(default=50_000, ge=100)
+    model_fit_sample: int = Field(default=10_000, ge=100)
     # A preview's count runs at most this long; past it the answer is an estimate from a sample.
     preview_timeout_s: float = Field(default=3.0, gt=0)

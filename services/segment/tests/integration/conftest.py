@@ -116,7 +116,7 @@ class SegmentDb:
         batch_size: int = 10_000,
         page_size: int = 5_000,
         model_batch_size: int = 20_000,
-        model_sample_size: int = 50_000,
+        model_sample_size: int = 10_000,
         cluster_count: int = 4,
     ) -> dict[str, Any]:
         """Return the service's job kinds against this schema."""
