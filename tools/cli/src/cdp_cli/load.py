@@ -812,6 +812,8 @@ async def restore_indexes(database_url: str) -> list[str]:
 
 async def _build_indexes(database_url: str, names: Sequence[str]) -> None:
     """Build indexes, one table's at a time on each of two connections."""
+    if not names:
+        return
     by_table: dict[str, list[str]] = {}
     for name in names:
         by_table.setdefault(SECONDARY_INDEXES[name].split(" ON ", 1)[1].split(" ", 1)[0], []).append(name)
