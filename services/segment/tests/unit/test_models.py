@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from cdp_segment.domain.clusters import FEATURES, fit_clusters
+from cdp_segment.domain.clusters import FEATURES, fit_cluster_model, fit_clusters
 from cdp_segment.domain.clv import BgNbd, fit_bgnbd, fit_gamma_gamma, simulate_customers
 from cdp_segment.domain.lifecycle import LifecycleThresholds, lifecycle_stage
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle
-from cdp_segment.domain.rfm import named_segment, quintile_scores
+from cdp_segment.domain.rfm import named_segment, quintile_positions, quintile_scores, score_by_thresholds
 from cdp_segment.domain.rules import parse_rule
 
 NOW = datetime(2025, 6, 15, tzinfo=UTC)
@@ -19,6 +19,24 @@ NOW = datetime(2025, 6, 15, tzinfo=UTC)
 def test_quintiles_share_scores_on_ties() -> None:
     assert quintile_scores([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert quintile_scores([7, 7, 7, 7]) == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 7, 10, 11, 99, 1000])
+def test_thresholds_at_sorted_positions_give_the_quintile_scores(count: int) -> None:
+    """What a run finds in SQL (the values at these positions) scores exactly as the whole list does."""
+    rng = np.random.default_rng(count)
+    values = [float(v) for v in rng.integers(0, max(count // 3, 2), count)]
+    ordered = sorted(values)
+    thresholds = [ordered[position - 1] for position in quintile_positions(count)]
+    assert [score_by_thresholds(v, thresholds) for v in values] == quintile_scores(values)
+
+
+def test_a_cluster_model_assigns_its_sample_as_k_means_labelled_it() -> None:
+    rng = np.random.default_rng(3)
+    features = np.abs(rng.normal([50, 3, 300, 80, 400], [40, 2, 250, 50, 200], size=(400, 5)))
+    model, labels, clusters = fit_cluster_model(features, k=4)
+    assert list(model.assign(features)) == labels
+    assert [c.description for c in clusters] == model.descriptions
 
 
 @pytest.mark.parametrize(
