@@ -216,12 +216,31 @@ async def test_a_rerun_adds_nobody_and_a_longer_one_adds_only_the_missing(loaded
             await connection.close()
         return row["p"], row["e"], row["i"], row["k"]
 
+    async def event_indexes() -> dict[str, str]:
+        connection = await asyncpg.connect(plain_url(loaded.database_url))
+        try:
+            rows = await connection.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'profile' AND tablename = 'events'"
+            )
+        finally:
+            await connection.close()
+        return {r["indexname"]: r["indexdef"] for r in rows}
+
     before = await counts()
+    indexes = await event_indexes()
+    # A load killed while it had dropped the secondary indexes: the next run builds them first.
+    connection = await asyncpg.connect(plain_url(loaded.database_url))
+    try:
+        await connection.execute("DROP INDEX profile.events_profile_time")
+    finally:
+        await connection.close()
     again = await load_base(
         database_url=loaded.database_url, profiles=PEOPLE, hash_key=loaded.hash_key, seed=SEED, now=NOW
     )
     assert (again.profiles, again.events, again.skipped) == (0, 0, PEOPLE)
     assert await counts() == before
+    assert await event_indexes() == indexes
+    assert any("events_profile_time" in warning for warning in again.warnings)
 
     # Another anchor in time changes nobody already there: people are found by their ids.
     more = await load_base(
