@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,18 +18,15 @@ import httpx
 import pytest
 from cdp_common.events import TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.settings import PlatformSettings
 from cdp_common.testing import (
     KAFKA_LIBS,
     PlatformUnderTest,
     PrivateKafka,
-    ServiceProcess,
-    free_port,
-    private_database,
-    unique_env,
     wait_for,
 )
 from cdp_common.topics import TopicName
+
+from .conftest import Chain, profile_and_segment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -55,72 +51,14 @@ def private_kafka(tmp_path: Path) -> Iterator[PrivateKafka]:
         kafka.kill()
 
 
-@dataclass
-class Chain:
-    """Profile and segment on the private broker, and the database they share."""
-
-    profile: ServiceProcess
-    segment: ServiceProcess
-    database_url: str
-    env: str
-    admin: dict[str, str]
-    settings: PlatformSettings
-
-
 @pytest.fixture
 async def chain(
     platform: PlatformUnderTest, private_kafka: PrivateKafka, tmp_path: Path
 ) -> AsyncIterator[Chain]:
-    env = unique_env(platform)
-    async with private_database(platform, "chaos") as database_url:
-        environ = {
-            **platform.environ(),
-            "CDP_ENV": env,
-            "CDP_DATABASE_URL": database_url,
-            "CDP_KAFKA_BOOTSTRAP": private_kafka.bootstrap,
-        }
-        profile = ServiceProcess(
-            name="profile", port=free_port(), environ=environ, log_path=tmp_path / "profile.log"
-        )
-        segment = ServiceProcess(
-            name="segment",
-            port=free_port(),
-            environ={**environ, "CDP_PROFILE_URL": profile.url},
-            log_path=tmp_path / "segment.log",
-        )
-        profile.start()
-        segment.start()
-        try:
-            await profile.wait_ready(timeout=180)
-            await segment.wait_ready(timeout=180)
-            yield Chain(
-                profile=profile,
-                segment=segment,
-                database_url=database_url,
-                env=env,
-                admin={"Authorization": f"Bearer {platform.admin_token}"},
-                settings=platform.settings(env=env, kafka_bootstrap=private_kafka.bootstrap),
-            )
-        finally:
-            segment.stop()
-            profile.stop()
-
-
-async def members(http: httpx.AsyncClient, chain: Chain, key: str) -> set[str]:
-    found: set[str] = set()
-    cursor: str | None = None
-    while True:
-        params: dict[str, str | int] = {"limit": 1000}
-        if cursor:
-            params["cursor"] = cursor
-        page = await http.get(
-            f"{chain.segment.url}/v1/segments/{key}/members", params=params, headers=chain.admin
-        )
-        assert page.status_code == 200, page.text
-        found.update(item["profile_id"] for item in page.json()["items"])
-        cursor = page.json()["next"]
-        if not cursor:
-            return found
+    async with profile_and_segment(
+        platform, name="chaos", logs=tmp_path, kafka_bootstrap=private_kafka.bootstrap
+    ) as started:
+        yield started
 
 
 async def test_every_profile_change_reaches_segment_across_a_broker_crash(
@@ -165,7 +103,7 @@ async def test_every_profile_change_reaches_segment_across_a_broker_crash(
             await producer.stop()
 
         async def publishing() -> int:
-            return len(await members(http, chain, key))
+            return len(await chain.members(http, key))
 
         at_kill = await wait_for(publishing, timeout=120, interval=0.05, what="the first member to arrive")
         await asyncio.to_thread(private_kafka.kill)
@@ -176,7 +114,7 @@ async def test_every_profile_change_reaches_segment_across_a_broker_crash(
         assert at_kill < expected_count, "the broker was killed while profile changes were still flowing"
 
         async def complete() -> set[str] | None:
-            found = await members(http, chain, key)
+            found = await chain.members(http, key)
             return found if len(found) >= expected_count else None
 
         found = await wait_for(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,13 @@ import pytest
 from cdp_cli.load import load_base
 from cdp_common.events import TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
-from cdp_common.settings import PlatformSettings
 from cdp_common.testing import (
     PlatformUnderTest,
-    ServiceProcess,
-    free_port,
-    private_database,
-    unique_env,
     wait_for,
 )
 from cdp_common.topics import TopicName
+
+from .conftest import Chain, profile_and_segment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -34,68 +30,15 @@ PEOPLE = 100_000
 RULE = {"event": "Product Viewed", "op": "gte", "value": 2, "within_days": 30}
 
 
-@dataclass
-class Base:
-    """Profile and segment over a loaded base, and where to reach them."""
-
-    profile: ServiceProcess
-    segment: ServiceProcess
-    database_url: str
-    admin: dict[str, str]
-    settings: PlatformSettings
-
-
 @pytest.fixture(scope="module")
-async def base(platform: PlatformUnderTest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Base]:
-    env = unique_env(platform)
+async def base(platform: PlatformUnderTest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Chain]:
     logs = Path(tmp_path_factory.mktemp("large-base"))
-    async with private_database(platform, "segments100k") as database_url:
-        environ = {**platform.environ(), "CDP_ENV": env, "CDP_DATABASE_URL": database_url}
-        profile = ServiceProcess(
-            name="profile", port=free_port(), environ=environ, log_path=logs / "profile.log"
-        )
-        segment = ServiceProcess(
-            name="segment",
-            port=free_port(),
-            environ={**environ, "CDP_PROFILE_URL": profile.url},
-            log_path=logs / "segment.log",
-        )
-        profile.start()
-        segment.start()
-        try:
-            await profile.wait_ready(timeout=180)
-            await segment.wait_ready(timeout=180)
-            await load_base(database_url=database_url, profiles=PEOPLE, hash_key=platform.hash_key, seed=7)
-            yield Base(
-                profile=profile,
-                segment=segment,
-                database_url=database_url,
-                admin={"Authorization": f"Bearer {platform.admin_token}"},
-                settings=platform.settings(env=env),
-            )
-        finally:
-            segment.stop()
-            profile.stop()
+    async with profile_and_segment(platform, name="segments100k", logs=logs) as chain:
+        await load_base(database_url=chain.database_url, profiles=PEOPLE, hash_key=platform.hash_key, seed=7)
+        yield chain
 
 
-async def members(http: httpx.AsyncClient, base: Base, key: str) -> set[str]:
-    found: set[str] = set()
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 1000}
-        if cursor:
-            params["cursor"] = cursor
-        page = await http.get(
-            f"{base.segment.url}/v1/segments/{key}/members", params=params, headers=base.admin
-        )
-        assert page.status_code == 200, page.text
-        found.update(item["profile_id"] for item in page.json()["items"])
-        cursor = page.json()["next"]
-        if not cursor:
-            return found
-
-
-async def viewers(base: Base) -> set[str]:
+async def viewers(base: Chain) -> set[str]:
     """The profiles with two product views or more in the last 30 days, straight from the event store."""
     connection = await asyncpg.connect(base.database_url)
     try:
@@ -109,7 +52,7 @@ async def viewers(base: Base) -> set[str]:
     return {row["profile_id"] for row in rows}
 
 
-async def test_an_event_condition_segment_fills_exactly_over_a_base_of_100_000(base: Base) -> None:
+async def test_an_event_condition_segment_fills_exactly_over_a_base_of_100_000(base: Chain) -> None:
     key = "viewers_" + secrets.token_hex(3)
     async with httpx.AsyncClient(timeout=30) as http:
         created = await http.post(
@@ -165,7 +108,7 @@ async def test_an_event_condition_segment_fills_exactly_over_a_base_of_100_000(b
         assert len(expected) > 1000, "the loaded base has product viewers this month"
 
         async def filled() -> set[str] | None:
-            found = await members(http, base, key)
+            found = await base.members(http, key)
             return found if newcomer_profile["id"] in found else None
 
         found = await wait_for(filled, timeout=60, what="the newcomer to enter the segment")
