@@ -40,6 +40,10 @@ from cdp_common.web import ApiError
 logger = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+# Finished jobs are kept this long for their record (periodic work queues one every round),
+# then deleted by the runner, at most every PRUNE_EVERY_S.
+KEEP_FINISHED = timedelta(days=7)
+PRUNE_EVERY_S = 600.0
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 MAX_ATTEMPTS = 5
 
@@ -273,6 +277,7 @@ class JobRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[str] = set()
         self._wake = asyncio.Event()
+        self._pruned_at = -PRUNE_EVERY_S
 
     def start(self) -> None:
         """Start the workers in the background."""
@@ -295,9 +300,26 @@ class JobRunner:
                 await task
         self._tasks = []
 
+    async def prune(self) -> int:
+        """Delete jobs that finished longer than KEEP_FINISHED ago; return how many."""
+        async with transaction(self._session_factory) as session:
+            deleted = await session.execute(
+                jobs_table.delete()
+                .where(
+                    jobs_table.c.state.in_(sorted(FINISHED)),
+                    jobs_table.c.finished_at < sa.func.now() - KEEP_FINISHED,
+                )
+                .returning(jobs_table.c.id)
+            )
+            count = len(deleted.all())
+        self._pruned_at = time.monotonic()
+        return count
+
     async def _work(self) -> None:
         while True:
             try:
+                if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
+                    await self.prune()
                 ran = await self._run_one()
             except asyncio.CancelledError:
                 raise

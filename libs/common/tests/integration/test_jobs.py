@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cdp_common.db import create_session_factory, transaction
-from cdp_common.jobs import Job, JobRunner, Step, cancel_job, get_job, jobs_metadata, submit_job
+from cdp_common.jobs import Job, JobRunner, Step, cancel_job, get_job, jobs_metadata, jobs_table, submit_job
 from cdp_common.testing import wait_for
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -193,3 +193,23 @@ async def test_cancel_stops_a_running_job_before_its_next_step_and_a_queued_one_
     assert cancelled["done"] < ITEMS
     assert len(await effect_ids(schema_engine, job_id)) == cancelled["done"]
     assert await effect_ids(schema_engine, queued) == []
+
+
+async def test_jobs_finished_more_than_a_week_ago_are_pruned_and_the_rest_kept(
+    schema_engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    old, recent, waiting = await submit(sessions), await submit(sessions), await submit(sessions)
+    async with transaction(sessions) as session:
+        await session.execute(
+            jobs_table.update()
+            .where(jobs_table.c.id.in_([old, recent]))
+            .values(state="succeeded", finished_at=sa.func.now() - sa.text("interval '8 days'"))
+        )
+        await session.execute(
+            jobs_table.update().where(jobs_table.c.id == recent).values(finished_at=sa.func.now())
+        )
+    assert await runner(schema_engine, sessions, Numbering()).prune() == 1
+    async with sessions() as session:
+        assert await get_job(session=session, job_id=old) is None
+        assert (await get_job(session=session, job_id=recent)) is not None
+        assert (await get_job(session=session, job_id=waiting)) is not None
