@@ -831,9 +831,10 @@ async def _build_indexes(database_url: str, names: Sequence[str]) -> None:
         finally:
             await connection.close()
 
-    # The event store's indexes take longest: they go on one connection, everything else on the other.
-    events = [by_table.pop("profile.events")] if "profile.events" in by_table else []
-    await asyncio.gather(build(events), build(list(by_table.values())))
+    # Two halves that take about as long (measured on 100,000 people): the event store's three
+    # B-trees with the identifiers', and the profiles' GIN index with the rest.
+    first = [by_table.pop(t) for t in ("profile.events", "profile.identifiers") if t in by_table]
+    await asyncio.gather(build(first), build(list(by_table.values())))
 
 
 async def _drop_indexes(connection: asyncpg.Connection) -> list[str]:
