@@ -13,7 +13,16 @@ grows the same base to the large size. At each size, beside baselines measured i
 - the bare SQL aggregate of product views in the last 7 days per profile;
 - the backfill of a computed trait counting product views in the last 7 days, as the job that
   `POST /v1/computed-traits` starts (202), polled on `GET /v1/jobs/{id}`: profiles per second,
-  beside the bare SQL pass over the same rows.
+  beside the bare SQL pass over the same rows;
+- the resolution rate of new events: 20,000 tracking events (identify + track for new people,
+  track for people already loaded) published straight to the environment's events topic, timed
+  until profile has stored every one of them (events per second, and the large size's rate over
+  100,000's, whose goal is 0.8 or more), beside the raw producer's rate for the same messages;
+- an event-condition segment (a product view in the last 7 days), run by a segment process of its
+  own against the same database: `POST /v1/segments` until its status is `ready` ("filled"),
+  beside the bare SQL aggregate above (goal: within 3 times); then a full recompute
+  (`POST /v1/segments/{key}/recompute`, 202, its job polled on `GET /v1/jobs/{id}`) beside a bare
+  SQL count of the members' predicate over segment's copy of the profiles (goal: within 5 times).
 
 The large size is BENCH_SCALE_PROFILES (0, the default, measures 100,000 only, so a normal
 `make bench` stays short). 10,000,000 people with 10 events take about 145 GB; where the disk
@@ -39,9 +48,12 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 from cdp_cli.load import NotEnoughDisk, load_base, person, plain_url, table_sizes
 from cdp_common.db import create_engine
+from cdp_common.events import TrackingEventReceived, make_envelope
+from cdp_common.kafka import create_producer
 from cdp_common.migrations import migrate
 from cdp_common.settings import PlatformSettings
 from cdp_common.testing import ServiceProcess, free_port
+from cdp_common.topics import TopicName
 
 # Segment's migrations, found without importing the service.
 SEGMENT_MIGRATIONS = (
@@ -57,6 +69,13 @@ TIMELINES = 300
 HEALTH_CALLS = 1_000
 SQL_ROUNDS = 3
 BACKFILL_TIMEOUT_S = 3_600
+# New events: NEW_PEOPLE newcomers send an identify and a track each; the rest are tracks of
+# people already loaded.
+NEW_EVENTS = 20_000
+NEW_PEOPLE = 5_000
+RESOLUTION_TIMEOUT_S = 1_800
+SEGMENT_TIMEOUT_S = 3_600
+SEGMENT_RULE = {"event": "Product Viewed", "op": "gte", "value": 1, "within_days": 7}
 AGGREGATE = """
     SELECT profile_id, count(*) FROM profile.events
      WHERE name = 'Product Viewed' AND timestamp > now() - interval '7 days'
@@ -167,9 +186,190 @@ async def _backfill(client: httpx.AsyncClient, size: int, sql_s: float) -> dict[
     }
 
 
-async def _measure(
-    process: ServiceProcess, admin_token: str, database_url: str, size: int, now: datetime
+def _new_events(size: int, now: datetime) -> list[tuple[bytes, bytes, str]]:
+    """Return (key, value, envelope id) of NEW_EVENTS tracking events: newcomers and loaded people."""
+    run = secrets.token_hex(3)
+    sent_at = datetime.now(UTC)
+    messages: list[tuple[bytes, bytes, str]] = []
+
+    def add(subject: str, number: int, **fields: Any) -> None:
+        message_id = f"bench-{run}-{size}-{number}"
+        payload = TrackingEventReceived(
+            messageId=message_id, sourceId="src_bench", receivedAt=sent_at, timestamp=sent_at, **fields
+        )
+        envelope = make_envelope(payload=payload, source="ingest", subject=subject, id=message_id)
+        messages.append((subject.encode(), envelope.to_bytes(), message_id))
+
+    for n in range(NEW_PEOPLE):
+        user_id = f"new-{run}-{n}"
+        add(
+            user_id,
+            len(messages),
+            type="identify",
+            userId=user_id,
+            traits={"email": f"{user_id}@bench.example", "first_name": "New"},
+        )
+        add(
+            user_id,
+            len(messages),
+            type="track",
+            userId=user_id,
+            event="Product Viewed",
+            properties={"product_id": f"p{n % 100}"},
+        )
+    picks = random.Random(size + 2).sample(range(size), NEW_EVENTS - len(messages))
+    for index in picks:
+        known = person(seed=0, index=index, events_per_profile=EVENTS_PER_PROFILE, years=2, now=now)
+        ids: dict[str, Any] = (
+            {"userId": known.user_id} if known.user_id else {"anonymousId": known.anonymous_ids[0]}
+        )
+        add(
+            known.user_id or known.anonymous_ids[0],
+            len(messages),
+            type="track",
+            event="Product Added",
+            properties={"product_id": f"p{index % 100}"},
+            **ids,
+        )
+    return messages
+
+
+async def _applied(connection: asyncpg.Connection, ids: list[str]) -> int:
+    return int(
+        await connection.fetchval("SELECT count(*) FROM profile.events WHERE event_id = ANY($1::text[])", ids)
+    )
+
+
+async def _resolution(
+    settings: PlatformSettings, database_url: str, size: int, now: datetime
 ) -> dict[str, Any]:
+    """Publish NEW_EVENTS to the events topic; time until profile has stored them all, and the producer."""
+    messages = _new_events(size, now)
+    ids = [m[2] for m in messages]
+    topic = settings.topic(TopicName.EVENTS)
+    producer = create_producer(settings, client_id="bench-scale")
+    connection = await asyncpg.connect(plain_url(database_url))
+    try:
+        await producer.start()
+        try:
+            started = time.perf_counter()
+            sent = [await producer.send(topic, value=value, key=key) for key, value, _ in messages]
+            await asyncio.gather(*sent)
+            produced_s = time.perf_counter() - started
+        finally:
+            await producer.stop()
+        applied = 0
+        while time.perf_counter() - started < RESOLUTION_TIMEOUT_S:
+            applied = await _applied(connection, ids)
+            if applied >= len(ids):
+                break
+            await asyncio.sleep(0.2)
+        wall = time.perf_counter() - started
+    finally:
+        await connection.close()
+    if applied < len(ids):
+        return {"skipped": f"profile stored {applied} of {len(ids)} events in {RESOLUTION_TIMEOUT_S} s"}
+    return {
+        "events": len(ids),
+        "new_people": NEW_PEOPLE,
+        "wall_s": round(wall, 2),
+        "events_per_s": round(len(ids) / wall),
+        "baseline_producer_s": round(produced_s, 2),
+        "baseline_producer_events_per_s": round(len(ids) / produced_s),
+        "times_the_producer": round(wall / produced_s, 1),
+    }
+
+
+async def _poll_job(client: httpx.AsyncClient, job_id: str, started: float) -> dict[str, Any]:
+    job: dict[str, Any] = {}
+    while time.perf_counter() - started < SEGMENT_TIMEOUT_S:
+        job = (await client.get(f"/v1/jobs/{job_id}")).json()
+        if job.get("state") in ("succeeded", "failed", "cancelled"):
+            break
+        await asyncio.sleep(0.25)
+    return job
+
+
+async def _segment(
+    client: httpx.AsyncClient, database_url: str, size: int, aggregate_s: float
+) -> dict[str, Any]:
+    """Create an event-condition segment until it is ready, then recompute it, each beside bare SQL."""
+    key = f"viewers_{size}_{secrets.token_hex(3)}"
+    started = time.perf_counter()
+    created = await client.post(
+        "/v1/segments", json={"key": key, "name": "Viewed a product this week", "rule": SEGMENT_RULE}
+    )
+    if created.status_code != 201:
+        return {"skipped": f"POST /v1/segments answered {created.status_code}: {created.text[:300]}"}
+    body: dict[str, Any] = created.json()
+    while body.get("status") != "ready" and time.perf_counter() - started < SEGMENT_TIMEOUT_S:
+        await asyncio.sleep(0.25)
+        body = (await client.get(f"/v1/segments/{key}")).json()
+    filled_s = time.perf_counter() - started
+    if body.get("status") != "ready":
+        return {"skipped": f"the segment was still {body.get('status')!r} after {SEGMENT_TIMEOUT_S} s"}
+    report: dict[str, Any] = {
+        "filled": {
+            "wall_s": round(filled_s, 2),
+            "job_state": (body.get("job") or {}).get("state"),
+            "job_total": (body.get("job") or {}).get("total"),
+            "baseline_sql_aggregate_s": aggregate_s,
+            "times_the_sql_aggregate": round(filled_s / aggregate_s, 1) if aggregate_s else None,
+        }
+    }
+    trait = next(d.split(":", 1)[1] for d in body["dependencies"] if d.startswith("computed:"))
+    connection = await asyncpg.connect(plain_url(database_url))
+    try:
+        times, matched = [], 0
+        for _ in range(SQL_ROUNDS):
+            at = time.perf_counter()
+            matched = await connection.fetchval(
+                "SELECT count(*) FROM segment.known_profiles WHERE merged_into IS NULL"
+                " AND jsonb_typeof(computed -> $1) = 'number' AND (computed ->> $1)::numeric >= 1",
+                trait,
+            )
+            times.append(time.perf_counter() - at)
+        count_s = round(statistics.median(times), 3)
+        report["filled"]["members"] = await connection.fetchval(
+            "SELECT count(*) FROM segment.memberships WHERE segment_id = $1", body["id"]
+        )
+        report["filled"]["members_by_sql"] = matched
+        started = time.perf_counter()
+        answer = await client.post(f"/v1/segments/{key}/recompute")
+        if answer.status_code != 202:
+            report["recompute"] = {"skipped": f"recompute answered {answer.status_code}: {answer.text[:300]}"}
+            return report
+        job = await _poll_job(client, answer.json()["job"]["id"], started)
+        wall = time.perf_counter() - started
+        members = await connection.fetchval(
+            "SELECT count(*) FROM segment.memberships WHERE segment_id = $1", body["id"]
+        )
+    finally:
+        await connection.close()
+    if job.get("state") != "succeeded":
+        report["recompute"] = {"skipped": f"the recompute ended {job.get('state')!r}: {job.get('error')}"}
+        return report
+    report["recompute"] = {
+        "profiles": job.get("total"),
+        "members": members,
+        "wall_s": round(wall, 2),
+        "job_rate_per_s": job.get("rate_per_s"),
+        "baseline_sql_count_s": count_s,
+        "baseline_sql_count_rounds": SQL_ROUNDS,
+        "times_the_sql_count": round(wall / count_s, 1) if count_s else None,
+    }
+    return report
+
+
+async def _measure(
+    process: ServiceProcess,
+    segment: ServiceProcess,
+    settings: PlatformSettings,
+    database_url: str,
+    size: int,
+    now: datetime,
+) -> dict[str, Any]:
+    admin_token = settings.admin_token.get_secret_value()
     headers = {"Authorization": f"Bearer {admin_token}"}
     async with httpx.AsyncClient(base_url=process.url, headers=headers, timeout=120) as client:
         await _timed(client, "/healthz")  # the connection is set up before anything is timed
@@ -181,6 +381,9 @@ async def _measure(
         sql = await _sql_aggregate(database_url)
         report["baseline_sql_aggregate"] = sql
         report["backfill"] = await _backfill(client, size, sql["median_s"])
+    report["resolution"] = await _resolution(settings, database_url, size, now)
+    async with httpx.AsyncClient(base_url=segment.url, headers=headers, timeout=120) as client:
+        report["segment"] = await _segment(client, database_url, size, sql["median_s"])
     connection = await asyncpg.connect(plain_url(database_url))
     try:
         sizes = await table_sizes(connection)
@@ -221,18 +424,31 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
         await admin_db.execute(f'CREATE DATABASE "{database}"')
     finally:
         await admin_db.close()
+    environ = {
+        "CDP_ENV": name,
+        "CDP_DATABASE_URL": database_url,
+        "CDP_KAFKA_BOOTSTRAP": env["CDP_KAFKA_BOOTSTRAP"],
+        "CDP_ADMIN_TOKEN": env["CDP_ADMIN_TOKEN"],
+        "CDP_HASH_KEY": hash_key,
+        "CDP_LOG_LEVEL": "WARNING",
+    }
+    settings = PlatformSettings(
+        env=name,
+        database_url=database_url,
+        kafka_bootstrap=env["CDP_KAFKA_BOOTSTRAP"],
+        admin_token=env["CDP_ADMIN_TOKEN"],
+    )
     process = ServiceProcess(
         name="profile",
         port=free_port(),
-        environ={
-            "CDP_ENV": name,
-            "CDP_DATABASE_URL": database_url,
-            "CDP_KAFKA_BOOTSTRAP": env["CDP_KAFKA_BOOTSTRAP"],
-            "CDP_ADMIN_TOKEN": env["CDP_ADMIN_TOKEN"],
-            "CDP_HASH_KEY": hash_key,
-            "CDP_LOG_LEVEL": "WARNING",
-        },
+        environ=environ,
         log_path=Path(tempfile.gettempdir()) / f"{name}.log",
+    )
+    segment = ServiceProcess(
+        name="segment",
+        port=free_port(),
+        environ={**environ, "CDP_PROFILE_URL": process.url},
+        log_path=Path(tempfile.gettempdir()) / f"{name}-segment.log",
     )
     report: dict[str, Any] = {"events_per_profile": EVENTS_PER_PROFILE, "sizes": {}, "loads": {}}
     try:
@@ -247,6 +463,8 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
             await migrate(engine=engine, schema="segment", script_location=SEGMENT_MIGRATIONS)
         finally:
             await engine.dispose()
+        segment.start()
+        await segment.wait_ready(timeout=180)
         sizes = [SMALL] + ([large] if large > SMALL else [])
         for size in sizes:
             try:
@@ -267,9 +485,14 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                     (loaded.bytes_after - loaded.bytes_before) / max(loaded.profiles, 1)
                 ),
             }
-            report["sizes"][str(size)] = await _measure(
-                process, env["CDP_ADMIN_TOKEN"], database_url, size, now
-            )
+            report["sizes"][str(size)] = await _measure(process, segment, settings, database_url, size, now)
+        rates = {
+            int(s): m["resolution"]["events_per_s"]
+            for s, m in report["sizes"].items()
+            if "events_per_s" in m["resolution"]
+        }
+        if SMALL in rates and max(rates) > SMALL:
+            report["resolution_large_over_100k"] = round(rates[max(rates)] / rates[SMALL], 2)
         measured = max(int(s) for s in report["sizes"])
         if measured < TARGET:
             report["note"] = (
@@ -279,6 +502,7 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
             )
             report["extrapolated_10m"] = _extrapolate(report["sizes"][str(measured)], measured)
     finally:
+        segment.stop()
         process.stop()
         admin = AIOKafkaAdminClient(bootstrap_servers=env["CDP_KAFKA_BOOTSTRAP"])
         await admin.start()
