@@ -350,8 +350,12 @@ class JobRunner:
                 return True
         return False
 
-    async def run_job(self, job_id: str) -> bool:
-        """Run one job to its end (or its next failure) in this task; False when another runner holds it."""
+    async def run_job(self, job_id: str, *, max_steps: int | None = None) -> bool:
+        """Run one job to its end (or its next failure) in this task; False when another runner holds it.
+
+        With `max_steps`, stop after that many steps and leave the job running, as a runner
+        that died there would (for tests of taking a job over).
+        """
         async with self._engine.connect() as lock_conn:
             if not (await lock_conn.execute(_TRY_LOCK, {"key": f"job:{job_id}"})).scalar():
                 await lock_conn.rollback()
@@ -360,7 +364,7 @@ class JobRunner:
             self._running.add(job_id)
             JOBS_RUNNING.labels(self._service).inc()
             try:
-                await self._run(job_id)
+                await self._run(job_id, max_steps=max_steps)
             finally:
                 self._running.discard(job_id)
                 JOBS_RUNNING.labels(self._service).dec()
@@ -389,7 +393,7 @@ class JobRunner:
             ).first()
         return row
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, job_id: str, *, max_steps: int | None = None) -> None:
         row = await self._begin(job_id)
         if row is None:
             return
@@ -437,6 +441,10 @@ class JobRunner:
                     JOBS_FINISHED.labels(self._service, row.kind, "succeeded").inc()
                     logger.info("job succeeded", extra={"job_id": job_id, "kind": row.kind, "done": done})
                     return
+                if max_steps is not None:
+                    max_steps -= 1
+                    if max_steps <= 0:
+                        return
                 await asyncio.sleep(self._step_pause_s)
         except asyncio.CancelledError:
             raise

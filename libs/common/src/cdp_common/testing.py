@@ -156,11 +156,7 @@ def platform() -> Iterator[PlatformUnderTest]:
             await conn.close()
 
     async def drop() -> None:
-        conn = await asyncpg.connect(admin_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_database(admin_url, database)
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
         await admin.start()
         try:
@@ -281,11 +277,33 @@ async def private_database(platform: PlatformUnderTest, name: str) -> AsyncItera
     try:
         yield f"{base}/{database}"
     finally:
-        admin = await asyncpg.connect(f"{base}/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(f"{base}/postgres", database)
+
+
+async def drop_database(admin_url: str, database: str, *, timeout: float = 120.0) -> None:
+    """Drop a database, ending the connections still open to it.
+
+    FORCE may not end a maintenance worker (autovacuum analysing what a bulk load wrote): it
+    belongs to a role the tests' role cannot signal. DROP without FORCE cancels such workers
+    itself and fails only while a client is still connected, so it is tried until then.
+    """
+    deadline = time.monotonic() + timeout
+    admin = await asyncpg.connect(admin_url)
+    try:
+        while True:
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                try:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
+                    return
+                except asyncpg.ObjectInUseError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
 
 
 @dataclass

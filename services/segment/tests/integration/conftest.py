@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from cdp_common.db import create_engine, create_session_factory, outbox_table
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ConsentDenied, ConsentGranted, ConsentWithdrawn, decode_envelope, make_envelope
-from cdp_common.jobs import JobRunner, get_job, jobs_table
+from cdp_common.jobs import JobKind, JobRunner, get_job, jobs_table
 from cdp_common.kafka import Handler
 from cdp_common.migrations import migrate
 from cdp_common.testing import PlatformUnderTest, wait_for
@@ -168,6 +168,13 @@ class SegmentDb:
             found = await get_job(session=session, job_id=job_id)
         assert found is not None
         return found
+
+    async def run_steps(self, kind_name: str, kind: JobKind, job_id: str, steps: int) -> None:
+        """Run a few steps of a job with the real runner, then leave it running as a runner that died would."""
+        runner = JobRunner(
+            service="segment", engine=self.engine, session_factory=self.sessions, kinds={kind_name: kind}
+        )
+        assert await runner.run_job(job_id, max_steps=steps)
 
     async def jobs_done(self, profile: FakeProfile | None = None, **settings: int) -> None:
         """Run the jobs until none is queued or running (all must succeed)."""

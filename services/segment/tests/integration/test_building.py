@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cdp_common.events import ProfileCreated, ProfileUpdated, SegmentEntered
-from cdp_common.jobs import Job, jobs_table
+from cdp_common.jobs import jobs_table
 from cdp_common.testing import wait_for
 from cdp_segment import handlers, store
 from cdp_segment.computed_traits import FILL_JOB, advance_traits
@@ -209,27 +209,6 @@ async def test_a_changed_rule_builds_again_and_cancels_the_job_of_the_older_rule
     assert (await _segment(db, "paying")).status == "ready"
 
 
-async def _run_steps(db: SegmentDb, kind: Any, job_id: str, steps: int) -> None:
-    """Run a few steps of a job as the runner does (each with its cursor and progress), then stop."""
-    for _ in range(steps):
-        async with db.sessions() as session, session.begin():
-            row = (await session.execute(sa.select(jobs_table).where(jobs_table.c.id == job_id))).one()
-            job = Job(
-                id=row.id, kind=row.kind, params=row.params, cursor=row.cursor, done=row.done, total=row.total
-            )
-            step = await kind.step(session=session, job=job)
-            await session.execute(
-                jobs_table.update()
-                .where(jobs_table.c.id == job_id)
-                .values(
-                    state="running",
-                    cursor=step.cursor,
-                    done=row.done + step.advanced,
-                    total=step.total if step.total is not None else row.total,
-                )
-            )
-
-
 async def test_a_job_run_again_carries_on_from_its_cursor(db: SegmentDb) -> None:
     names = [f"p{i}" for i in range(1, 8)]
     for name in names:
@@ -251,7 +230,7 @@ async def test_a_job_run_again_carries_on_from_its_cursor(db: SegmentDb) -> None
         ).scalar_one()
 
     kinds = job_kinds(context=db.context, client=profile, page_size=1, batch_size=2)
-    await _run_steps(db, kinds[FILL_JOB], fill_id, steps=2)
+    await db.run_steps(FILL_JOB, kinds[FILL_JOB], fill_id, steps=2)
     stopped = await db.job(fill_id)
     assert stopped["done"] == 2
     assert profile.pages_asked == [(KEY, None), (KEY, "p1")]

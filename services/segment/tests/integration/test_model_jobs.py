@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cdp_common.events import ProfileCreated, SegmentExited
-from cdp_common.jobs import Job, jobs_table
 from cdp_segment import handlers
 from cdp_segment.domain.rfm import named_segment, quintile_scores
 from cdp_segment.models import MODEL_JOB, order_features, submit_model_run
@@ -108,29 +107,6 @@ async def test_a_model_run_is_a_job_whose_memberships_equal_one_pass_over_the_ba
     assert left == 0
 
 
-async def _run_steps(db: SegmentDb, kind: Any, job_id: str, steps: int) -> None:
-    """Run a few steps of a job as the runner does (each with its cursor and progress), then stop."""
-    for _ in range(steps):
-        async with db.sessions() as session, session.begin():
-            row = (await session.execute(sa.select(jobs_table).where(jobs_table.c.id == job_id))).one()
-            job = Job(
-                id=row.id, kind=row.kind, params=row.params, cursor=row.cursor, done=row.done, total=row.total
-            )
-            if job.total is None:
-                job = Job(**{**vars(job), "total": await kind.plan(session=session, job=job)})
-            step = await kind.step(session=session, job=job)
-            await session.execute(
-                jobs_table.update()
-                .where(jobs_table.c.id == job_id)
-                .values(
-                    state="running",
-                    cursor=step.cursor,
-                    done=row.done + step.advanced,
-                    total=step.total if step.total is not None else job.total,
-                )
-            )
-
-
 async def test_a_model_job_interrupted_after_some_steps_finishes_with_the_same_result(db: SegmentDb) -> None:
     customers = await _shop(db)
     expected = _expected_rfm(db, customers)
@@ -140,7 +116,7 @@ async def test_a_model_job_interrupted_after_some_steps_finishes_with_the_same_r
     kind = db.kinds(model_batch_size=STEP)[MODEL_JOB]
     # Through the extraction and the fit, and into the scoring.
     steps = -(-CUSTOMERS // STEP) + 1 + 2
-    await _run_steps(db, kind, job["id"], steps=steps)
+    await db.run_steps(MODEL_JOB, kind, job["id"], steps=steps)
     stopped = await db.job(job["id"])
     assert 0 < stopped["done"] < 2 * CUSTOMERS
     partly = await _rfm_members(db)
