@@ -17,7 +17,7 @@ from rich.table import Table
 from cdp_cli import load, replay, transactions
 from cdp_cli.api import PlatformClient, PlatformError
 from cdp_cli.config import SERVICE_NAMES, PlatformConfig, load_config
-from cdp_cli.jobs import jobs_app
+from cdp_cli.jobs import jobs_app, watch
 
 app = typer.Typer(help="Operate the customer data platform.", no_args_is_help=True)
 sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
@@ -241,13 +241,16 @@ def replay_dlq(
 
 @segments_app.command("recompute")
 def recompute_segment(ctx: typer.Context, key: str) -> None:
-    """Recompute one segment over every profile; prints who entered and left."""
+    """Recompute one segment over every profile as a job; shows its progress, then who entered and left."""
     client = _client(ctx)
     try:
-        answer = client.call("POST", "segment", f"/v1/segments/{key}/recompute", timeout=600)
+        answer = client.call("POST", "segment", f"/v1/segments/{key}/recompute")
+        job = watch(client, "segment", answer["job"], interval=0.5)
     except PlatformError as exc:
         raise _fail(exc) from exc
-    console.print_json(data=answer)
+    console.print_json(data={"job": job["id"], "state": job["state"], "result": job.get("result")})
+    if job["state"] != "succeeded":
+        raise typer.Exit(1)
 
 
 @import_app.command("transactions")
