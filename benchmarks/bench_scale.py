@@ -52,7 +52,7 @@ from cdp_common.events import TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
 from cdp_common.migrations import migrate
 from cdp_common.settings import PlatformSettings
-from cdp_common.testing import ServiceProcess, free_port
+from cdp_common.testing import ServiceProcess, drop_database, free_port
 from cdp_common.topics import TopicName
 
 # Segment's migrations, found without importing the service.
@@ -512,9 +512,5 @@ async def run(env: dict[str, str]) -> dict[str, Any]:
                 await admin.delete_topics(mine)
         finally:
             await admin.close()
-        admin_db = await asyncpg.connect(f"{server}/postgres")
-        try:
-            await admin_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin_db.close()
+        await drop_database(f"{server}/postgres", database)
     return report

@@ -38,7 +38,7 @@ from cdp_common.jobs import JobRunner
 from cdp_common.kafka import create_producer, ensure_topics
 from cdp_common.migrations import migrate
 from cdp_common.settings import PlatformSettings
-from cdp_common.testing import ServiceProcess, free_port
+from cdp_common.testing import ServiceProcess, drop_database, free_port
 from cdp_common.topics import TopicName
 from cdp_segment.batch import recompute_segment
 from cdp_segment.compiler import members_query
@@ -870,11 +870,7 @@ async def segment_share_benchmark(env: dict[str, str]) -> dict[str, Any]:
             await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(f"{name}.")])
         finally:
             await admin.close()
-        admin_db = await asyncpg.connect(f"{server}/postgres")
-        try:
-            await admin_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await admin_db.close()
+        await drop_database(f"{server}/postgres", database)
     return report
 
 
