@@ -107,7 +107,12 @@ async def test_every_profile_change_reaches_segment_across_a_broker_crash(
 
         at_kill = await wait_for(publishing, timeout=120, interval=0.05, what="the first member to arrive")
         await asyncio.to_thread(private_kafka.kill)
-        await asyncio.sleep(3)
+
+        async def outage_seen() -> bool:
+            answer = await http.get(f"{chain.profile.url}/readyz")
+            return answer.status_code == 503 and "kafka" in answer.json().get("problems", {})
+
+        await wait_for(outage_seen, timeout=60, interval=0.2, what="profile to report the broker down")
         await asyncio.to_thread(private_kafka.start)
 
         expected_count = sum(1 for i in range(PEOPLE) if is_gold(i))

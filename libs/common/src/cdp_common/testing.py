@@ -287,21 +287,21 @@ async def drop_database(admin_url: str, database: str, *, timeout: float = 120.0
     belongs to a role the tests' role cannot signal. DROP without FORCE cancels such workers
     itself and fails only while a client is still connected, so it is tried until then.
     """
-    deadline = time.monotonic() + timeout
     admin = await asyncpg.connect(admin_url)
-    try:
-        while True:
+
+    async def dropped() -> bool:
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            return True
+        except asyncpg.InsufficientPrivilegeError:
             try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-                return
-            except asyncpg.InsufficientPrivilegeError:
-                try:
-                    await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
-                    return
-                except asyncpg.ObjectInUseError:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.5)
+                await admin.execute(f'DROP DATABASE IF EXISTS "{database}"')
+                return True
+            except asyncpg.ObjectInUseError:
+                return False
+
+    try:
+        await wait_for(dropped, timeout=timeout, interval=0.5, what=f"the database {database} to be dropped")
     finally:
         await admin.close()
 

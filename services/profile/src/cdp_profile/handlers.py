@@ -218,7 +218,7 @@ def profile_change(payload: ProfileCreated | ProfileUpdated) -> Envelope[Any]:
     )
 
 
-async def _publish_update(
+async def publish_update(
     *,
     session: AsyncSession,
     context: ProfileContext,
@@ -361,7 +361,7 @@ async def resolve_event(
     if not (created or plan.absorbed or plan.attach or is_new or traits_now != traits_before):
         # A replay of an event the store already holds changes nothing.
         return target.id
-    version = await _publish_update(
+    version = await publish_update(
         session=session,
         context=context,
         profile=target,
@@ -591,7 +591,7 @@ async def merge_profiles(
             definitions=configuration.definitions,
             now=context.clock(),
         )
-    await _publish_update(
+    await publish_update(
         session=session,
         context=context,
         profile=survivor,
@@ -674,7 +674,7 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
             subject=profile.id,
             event_id=f"{profile.id}:v{version}",
         )
-        await _publish_update(
+        await publish_update(
             session=session,
             context=context,
             profile=profile,
@@ -702,60 +702,6 @@ async def define_computed_trait(*, session: AsyncSession, definition: Definition
     return {"computed_trait": stored, "job": job}
 
 
-async def backfill_profiles(
-    *,
-    session: AsyncSession,
-    context: ProfileContext,
-    definition: Definition,
-    after: str,
-    high: str,
-) -> int:
-    """Compute a trait from the event store for the profiles with ids in (after, high]; return how many hold it.
-
-    Runs under the writers' lock, so no event of these profiles is being folded meanwhile:
-    each state is recomputed whole from the store, which is exact whatever the event flow
-    folded before. A profile that never published the trait keeps only the state, without a
-    new version: reads derive its value from it, segment copies such values in bulk once the
-    trait is ready, and the profile's next change publishes it. One that did publish a value,
-    because the event flow folded into it meanwhile, publishes the new one if it differs.
-    """
-    await store.serialise_writers(session=session)
-    now = context.clock()
-    since = now - definition.window if definition.window else None
-    low = after
-    if not definition.filters and definition.property is None:
-        counted = await store.backfill_counts(
-            session=session, definition=definition, low=low, high=high, since=since
-        )
-        await _publish_backfilled(
-            session=session, context=context, key=definition.key, changed=counted.changed
-        )
-        return counted.holding
-    states: dict[str, dict[str, Any]] = {}
-    found = await store.selected_events(
-        session=session, definition=definition, low=low, high=high, since=since
-    )
-    for profile_id, stored_events in found.items():
-        state = fold_all(stored_events, definition, now=now)
-        if state:
-            states[profile_id] = state
-    published = await store.published_values(session=session, profile_ids=list(states), key=definition.key)
-    live = {pid: state for pid, state in states.items() if pid in published}
-    await store.save_states_of_key(
-        session=session,
-        key=definition.key,
-        states=[(pid, state, next_change_at(state, definition)) for pid, state in live.items()],
-    )
-    changed: dict[str, Any] = {}
-    for profile_id, state in live.items():
-        value = derive_defined(state, definition)
-        known, current = published[profile_id]
-        if known and current != value:
-            changed[profile_id] = value
-    await _publish_backfilled(session=session, context=context, key=definition.key, changed=changed)
-    return len(live)
-
-
 async def served_computed(*, session: AsyncSession, profile: store.StoredProfile) -> dict[str, Any]:
     """Return a profile's computed traits with the values a backfill holds only as states."""
     states = await store.defined_states(session=session, profile_id=profile.id)
@@ -765,26 +711,6 @@ async def served_computed(*, session: AsyncSession, profile: store.StoredProfile
         if definition is not None:
             served[key] = derive_defined(states[key], definition)
     return served
-
-
-async def _publish_backfilled(
-    *, session: AsyncSession, context: ProfileContext, key: str, changed: dict[str, Any]
-) -> None:
-    """Publish the new value of a trait for profiles that had published another one."""
-    if not changed:
-        return
-    locked = await store.lock_profiles(session=session, profile_ids=sorted(changed))
-    for profile_id, value in changed.items():
-        profile = locked[profile_id]
-        computed_before = dict(profile.computed)
-        profile.computed = {**profile.computed, key: value}
-        await _publish_update(
-            session=session,
-            context=context,
-            profile=profile,
-            traits_before={name: trait.value for name, trait in profile.traits.items()},
-            computed_before=computed_before,
-        )
 
 
 async def expire_windowed_traits(
@@ -821,7 +747,7 @@ async def expire_windowed_traits(
         profile.computed = computed_of(profile.aggregates, states, configuration.definitions)
         if profile.computed != computed_before:
             traits_now = {name: trait.value for name, trait in profile.traits.items()}
-            await _publish_update(
+            await publish_update(
                 session=session,
                 context=context,
                 profile=profile,

@@ -10,6 +10,7 @@ from cdp_common.jobs import Job, Step
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import duplicates_store, handlers, store
+from cdp_profile.domain.computed import Definition, derive_defined, fold_all, next_change_at
 from cdp_profile.domain.duplicates import (
     KEYS_VERSION,
     block_keys,
@@ -62,7 +63,7 @@ class ComputedTraitBackfill:
                 result={"profiles_holding_value": cursor["holding"]},
             )
         started = time.monotonic()
-        holding = await handlers.backfill_profiles(
+        holding = await backfill_profiles(
             session=session, context=self._context, definition=definition, after=cursor["after"], high=high
         )
         return Step(
@@ -193,4 +194,78 @@ class DuplicateScan:
         return Step(
             cursor={**cursor, "after": last, "found": cursor["found"] + len(suspects)},
             advanced=walked,
+        )
+
+
+async def backfill_profiles(
+    *,
+    session: AsyncSession,
+    context: ProfileContext,
+    definition: Definition,
+    after: str,
+    high: str,
+) -> int:
+    """Compute a trait from the event store for the profiles with ids in (after, high]; return how many hold it.
+
+    Runs under the writers' lock, so no event of these profiles is being folded meanwhile:
+    each state is recomputed whole from the store, which is exact whatever the event flow
+    folded before. A profile that never published the trait keeps only the state, without a
+    new version: reads derive its value from it, segment copies such values in bulk once the
+    trait is ready, and the profile's next change publishes it. One that did publish a value,
+    because the event flow folded into it meanwhile, publishes the new one if it differs.
+    """
+    await store.serialise_writers(session=session)
+    now = context.clock()
+    since = now - definition.window if definition.window else None
+    low = after
+    if not definition.filters and definition.property is None:
+        counted = await store.backfill_counts(
+            session=session, definition=definition, low=low, high=high, since=since
+        )
+        await publish_backfilled(
+            session=session, context=context, key=definition.key, changed=counted.changed
+        )
+        return counted.holding
+    states: dict[str, dict[str, Any]] = {}
+    found = await store.selected_events(
+        session=session, definition=definition, low=low, high=high, since=since
+    )
+    for profile_id, stored_events in found.items():
+        state = fold_all(stored_events, definition, now=now)
+        if state:
+            states[profile_id] = state
+    published = await store.published_values(session=session, profile_ids=list(states), key=definition.key)
+    live = {pid: state for pid, state in states.items() if pid in published}
+    await store.save_states_of_key(
+        session=session,
+        key=definition.key,
+        states=[(pid, state, next_change_at(state, definition)) for pid, state in live.items()],
+    )
+    changed: dict[str, Any] = {}
+    for profile_id, state in live.items():
+        value = derive_defined(state, definition)
+        known, current = published[profile_id]
+        if known and current != value:
+            changed[profile_id] = value
+    await publish_backfilled(session=session, context=context, key=definition.key, changed=changed)
+    return len(live)
+
+
+async def publish_backfilled(
+    *, session: AsyncSession, context: ProfileContext, key: str, changed: dict[str, Any]
+) -> None:
+    """Publish the new value of a trait for profiles that had published another one."""
+    if not changed:
+        return
+    locked = await store.lock_profiles(session=session, profile_ids=sorted(changed))
+    for profile_id, value in changed.items():
+        profile = locked[profile_id]
+        computed_before = dict(profile.computed)
+        profile.computed = {**profile.computed, key: value}
+        await handlers.publish_update(
+            session=session,
+            context=context,
+            profile=profile,
+            traits_before={name: trait.value for name, trait in profile.traits.items()},
+            computed_before=computed_before,
         )
