@@ -67,7 +67,7 @@ async def build_base(*, database_url: str, hash_key: str) -> None:
             )
         )
         identifiers.append(("user_id", user.value, context.hash_of(user), profile_id))
-        stamps = [("page", None, NOW - timedelta(days=30))]
+        stamps: list[tuple[str, str | None, datetime]] = [("page", None, NOW - timedelta(days=30))]
         stamps += [
             ("track", "Product Viewed", NOW - timedelta(days=1, minutes=k)) for k in range(viewed_in_week(i))
         ]
