@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Protocol
@@ -46,6 +46,10 @@ KEEP_FINISHED = timedelta(days=7)
 PRUNE_EVERY_S = 600.0
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 MAX_ATTEMPTS = 5
+# Submitting or releasing a job notifies this channel with the job's kind when its transaction
+# commits, so an idle runner of that kind starts it at once instead of at its next poll.
+JOBS_CHANNEL = "cdp_jobs"
+LISTEN_CHECK_S = 30.0
 
 # Its own metadata: services add the table with a migration of their own (`create_jobs_table`).
 jobs_metadata = sa.MetaData()
@@ -152,7 +156,13 @@ async def submit_job(
             .returning(*jobs_table.c)
         )
     ).one()
+    await notify_jobs(session=session, kind=kind)
     return job_body(row)
+
+
+async def notify_jobs(*, session: AsyncSession, kind: str) -> None:
+    """Tell the runners of `kind` that a job may start, once the caller's transaction commits."""
+    await session.execute(sa.select(sa.func.pg_notify(JOBS_CHANNEL, kind)))
 
 
 async def get_job(*, session: AsyncSession, job_id: str) -> dict[str, Any] | None:
@@ -278,18 +288,65 @@ class JobRunner:
         self._running: set[str] = set()
         self._wake = asyncio.Event()
         self._pruned_at = -PRUNE_EVERY_S
+        self._on_notify: list[Callable[[str], None]] = []
 
     def start(self) -> None:
-        """Start the workers in the background."""
+        """Start the workers, and the listener that wakes them when a job is submitted, in the background."""
         if not self._kinds:
             return
         self._tasks = [
             asyncio.create_task(self._work(), name=f"{self._service}-jobs-{n}") for n in range(self._workers)
         ]
+        self._tasks.append(asyncio.create_task(self._listen(), name=f"{self._service}-jobs-listener"))
 
     def wake(self) -> None:
         """Look for queued jobs now instead of at the next poll."""
         self._wake.set()
+
+    def on_notify(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(kind)` whenever a job of one of this runner's kinds is submitted or released."""
+        self._on_notify.append(callback)
+
+    def _notified(self, _connection: Any, _pid: int, _channel: str, kind: str) -> None:
+        if kind not in self._kinds:
+            return
+        self._wake.set()
+        for callback in self._on_notify:
+            try:
+                callback(kind)
+            except Exception:
+                logger.exception("a job notification callback failed", extra={"kind": kind})
+
+    async def _listen(self) -> None:
+        """LISTEN on the jobs channel on a connection of its own; connect again when it is lost.
+
+        Polling stays as the fallback, so a lost notification only delays a job by one poll.
+        """
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("listening for submitted jobs failed; polling until it is back")
+            await asyncio.sleep(1.0)
+
+    async def _listen_once(self) -> None:
+        """Listen until the connection is lost (checked every LISTEN_CHECK_S)."""
+        lost = asyncio.Event()
+        async with self._engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if driver is None:
+                raise RuntimeError("the engine's connection has no driver connection")
+            driver.add_termination_listener(lambda _c: lost.set())
+            await driver.add_listener(JOBS_CHANNEL, self._notified)
+            # Jobs submitted before the listener was in place are found by this look.
+            self._wake.set()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), LISTEN_CHECK_S)
+                if not lost.is_set():
+                    await driver.execute("SELECT 1")
 
     async def stop(self) -> None:
         """Stop the workers; a step in flight rolls back and is done again by whoever takes the job over."""
@@ -320,6 +377,8 @@ class JobRunner:
             try:
                 if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
                     await self.prune()
+                # Cleared before looking, so a notification that arrives during the look is not lost.
+                self._wake.clear()
                 ran = await self._run_one()
             except asyncio.CancelledError:
                 raise
@@ -327,7 +386,6 @@ class JobRunner:
                 logger.exception("the job runner failed; looking again shortly")
                 ran = False
             if not ran:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
 

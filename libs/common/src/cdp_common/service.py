@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import exc as sa_exc
@@ -39,6 +39,7 @@ from cdp_common.logs import configure_logging
 from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from cdp_common.migrations import migrate
 from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
+from cdp_common.screening import refuse_unstorable_input
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 from cdp_common.web import install_error_handlers
@@ -151,8 +152,6 @@ class ServiceRuntime:
             )
             await runner.start()
             self.runners.append(runner)
-        for hook in self.on_start:
-            await hook(self)
         self.job_runner = JobRunner(
             service=self.service,
             engine=self.engine,
@@ -161,6 +160,8 @@ class ServiceRuntime:
             workers=self.settings.job_workers,
             step_pause_s=self.settings.job_step_pause_s,
         )
+        for hook in self.on_start:
+            await hook(self)
         self.job_runner.start()
         settle_heap()
         logger.info("service started", extra={"env": self.settings.env})
@@ -295,7 +296,8 @@ def build_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(title=title, lifespan=lifespan, **fastapi_args)
+    dependencies = [Depends(refuse_unstorable_input), *fastapi_args.pop("dependencies", ())]
+    app = FastAPI(title=title, lifespan=lifespan, dependencies=dependencies, **fastapi_args)
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, service=runtime.service)
     app.include_router(_operations_router())

@@ -63,9 +63,7 @@ def runner(
         engine=engine,
         session_factory=sessions,
         kinds={"numbering": kind},
-        poll_interval_s=0.05,
-        retry_backoff_s=0.05,
-        **options,
+        **{"poll_interval_s": 0.05, "retry_backoff_s": 0.05, **options},
     )
 
 
@@ -115,6 +113,25 @@ async def test_a_job_runs_in_steps_to_its_end_with_progress(
     assert done["finished_at"] is not None
     assert done["rate_per_s"] is not None
     assert sorted(await effect_ids(schema_engine, job_id)) == sorted(f"{job_id}:{n}" for n in range(ITEMS))
+
+
+async def test_a_submitted_job_starts_at_once_without_waiting_for_the_runners_poll(
+    schema_engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    heard: list[str] = []
+    jobs = runner(schema_engine, sessions, Numbering(), poll_interval_s=3600.0)
+    jobs.on_notify(heard.append)
+    jobs.start()
+    try:
+        first = await submit(sessions)
+        await until(sessions, first, lambda j: j["state"] == "succeeded", timeout=10)
+        # The runner now idles on an hour's poll: only the notification can start the next job.
+        second = await submit(sessions)
+        done = await until(sessions, second, lambda j: j["state"] == "succeeded", timeout=10)
+    finally:
+        await jobs.stop()
+    assert done["done"] == ITEMS
+    assert "numbering" in heard
 
 
 async def test_a_stopped_runner_leaves_the_job_to_the_next_without_doing_a_step_twice(

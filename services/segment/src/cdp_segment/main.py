@@ -62,7 +62,9 @@ def create_app(
         app.state.watch_computed_traits = lambda: watch_computed_traits(
             session_factory=runtime.session_factory, client=client
         )
-        # Segments wait for their computed traits whether or not the clock-driven rounds run.
+        # Segments wait for their computed traits whether or not the clock-driven rounds run; a
+        # segment's build job, once submitted, has the watch look at once.
+        runtime.job_runner.on_notify(app.state.scheduler.kick_watch)
         app.state.scheduler.start_watching()
         if run_scheduler:
             app.state.scheduler.start()

@@ -30,6 +30,7 @@ from cdp_segment.store import models as runs
 
 logger = logging.getLogger(__name__)
 PERIODIC_MODELS = ("rfm", "clusters", "clv")
+BUSY_WATCH_INTERVAL_S = 0.1
 
 
 class Scheduler:
@@ -53,6 +54,11 @@ class Scheduler:
         self._watch_interval_s = watch_interval_s
         self._task: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._watch_kick = asyncio.Event()
+
+    def kick_watch(self, _kind: str | None = None) -> None:
+        """Watch the computed traits now (a segment was submitted) instead of at the next interval."""
+        self._watch_kick.set()
 
     async def tick(self, now: datetime | None = None) -> dict[str, Any]:
         """Do one round at an instant: queue lifecycle, the clock segments, and the models when due;
@@ -108,16 +114,23 @@ class Scheduler:
 
     async def _watch_loop(self) -> None:
         # Cheap when nothing waits: one query of the requests that are not ready.
+        # While profile builds a trait a segment waits for, it is asked more often, so the fill
+        # starts within a fraction of a second of profile's job ending.
         while True:
+            interval = self._watch_interval_s
+            self._watch_kick.clear()
             try:
-                await watch_computed_traits(
+                progress = await watch_computed_traits(
                     session_factory=self._session_factory, client=self._computed_traits
                 )
+                if any(p.state in ("waiting", "building") for p in progress.values()):
+                    interval = min(interval, BUSY_WATCH_INTERVAL_S)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("watching computed traits failed; trying again shortly")
-            await asyncio.sleep(self._watch_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_kick.wait(), interval)
 
     async def _loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from cdp_common.jobs import jobs_table
+from cdp_common.jobs import jobs_table, notify_jobs
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment.store import computed_trait_requests, profiles, segments
@@ -249,12 +249,16 @@ async def waiting_builds(*, session: AsyncSession) -> list[WaitingBuild]:
 
 
 async def release_job(*, session: AsyncSession, job_id: str) -> None:
-    """Let a parked job start."""
-    await session.execute(
+    """Let a parked job start, and wake the runners."""
+    released = await session.execute(
         jobs_table.update()
         .where(jobs_table.c.id == job_id, jobs_table.c.not_before == _PARKED)
         .values(not_before=None, updated_at=sa.func.now())
+        .returning(jobs_table.c.kind)
     )
+    kind = released.scalar()
+    if kind is not None:
+        await notify_jobs(session=session, kind=kind)
 
 
 async def report_waiting(*, session: AsyncSession, job_id: str, done: int, total: int) -> None:
