@@ -58,10 +58,12 @@ def _api_error(exc: CampaignError) -> ApiError:
 
 
 @campaigns_router.post("", status_code=201)
-async def create_campaign(body: CampaignSpec, session: SessionDep, _: Writer) -> dict[str, Any]:
-    """Create a campaign as a draft."""
+async def create_campaign(
+    body: CampaignSpec, session: SessionDep, _: Writer, ctx: ContextDep
+) -> dict[str, Any]:
+    """Create a campaign as a draft; its templates are tried out first (422 invalid_template)."""
     try:
-        return handlers.campaign_view(await handlers.create_campaign(session=session, spec=body))
+        return handlers.campaign_view(await handlers.create_campaign(session=session, ctx=ctx, spec=body))
     except CampaignError as exc:
         raise _api_error(exc) from exc
 
@@ -88,14 +90,14 @@ async def get_campaign(campaign_id: Id, session: SessionDep, _: Reader) -> dict[
 
 @campaigns_router.patch("/{campaign_id}")
 async def patch_campaign(
-    campaign_id: Id, body: CampaignPatch, session: SessionDep, _: Writer
+    campaign_id: Id, body: CampaignPatch, session: SessionDep, _: Writer, ctx: ContextDep
 ) -> dict[str, Any]:
-    """Change a draft, scheduled or paused campaign."""
+    """Change a draft, scheduled or paused campaign; its templates are tried out first."""
     try:
         row = await handlers.load_campaign(session=session, campaign_id=campaign_id)
         spec = apply_patch(spec=CampaignSpec.model_validate(row["spec"]), patch=body)
         return handlers.campaign_view(
-            await handlers.update_campaign(session=session, campaign_id=campaign_id, spec=spec)
+            await handlers.update_campaign(session=session, ctx=ctx, campaign_id=campaign_id, spec=spec)
         )
     except CampaignError as exc:
         raise _api_error(exc) from exc
@@ -231,9 +233,21 @@ async def _journey(session: SessionDep, journey_id: str, for_update: bool = Fals
     return row
 
 
+async def _check_journey_templates(ctx: CampaignContext, spec: JourneySpec) -> None:
+    try:
+        await handlers.check_templates(
+            composer=ctx.composer, name=spec.name, contents=handlers.journey_contents(spec)
+        )
+    except CampaignError as exc:
+        raise _api_error(exc) from exc
+
+
 @journeys_router.post("", status_code=201)
-async def create_journey(body: JourneySpec, session: SessionDep, _: Writer) -> dict[str, Any]:
-    """Create a journey as a draft."""
+async def create_journey(
+    body: JourneySpec, session: SessionDep, _: Writer, ctx: ContextDep
+) -> dict[str, Any]:
+    """Create a journey as a draft; its templates are tried out first (422 invalid_template)."""
+    await _check_journey_templates(ctx, body)
     row = await store.insert_definition(
         session=session,
         table=store.journeys,
@@ -264,12 +278,13 @@ async def get_journey(journey_id: Id, session: SessionDep, _: Reader) -> dict[st
 
 @journeys_router.put("/{journey_id}")
 async def replace_journey(
-    journey_id: Id, body: JourneySpec, session: SessionDep, _: Writer
+    journey_id: Id, body: JourneySpec, session: SessionDep, _: Writer, ctx: ContextDep
 ) -> dict[str, Any]:
-    """Replace a draft or paused journey's definition."""
+    """Replace a draft or paused journey's definition; its templates are tried out first."""
     row = await _journey(session, journey_id, for_update=True)
     if row["status"] == "active":
         raise ApiError(status=409, code="invalid_transition", message="pause the journey before changing it")
+    await _check_journey_templates(ctx, body)
     await store.update_definition(
         session=session,
         table=store.journeys,

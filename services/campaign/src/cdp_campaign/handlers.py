@@ -47,13 +47,13 @@ from cdp_campaign.domain.campaigns import (
     check_transition,
     consent_pair,
 )
-from cdp_campaign.domain.compose import Draft, Refused, Tracking
+from cdp_campaign.domain.compose import Draft, Refused, Tracking, trial_draft
 from cdp_campaign.domain.journeys import Facts, JourneySpec, Position, SendStep, WaitStep, advance
 from cdp_campaign.domain.messages import OutgoingMail
 from cdp_campaign.domain.recommendations import Purchase, recommend
 from cdp_campaign.domain.rules import QuietHours, SkipReason, over_cap
 from cdp_campaign.domain.stats import GroupOutcome, uplift
-from cdp_campaign.domain.templates import TemplateRefused, uses_name
+from cdp_campaign.domain.templates import uses_name
 from cdp_campaign.domain.tokens import is_privacy_proxy_open
 from cdp_campaign.gateways import (
     Clock,
@@ -179,9 +179,11 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-async def create_campaign(*, session: AsyncSession, spec: CampaignSpec) -> dict[str, Any]:
+async def create_campaign(
+    *, session: AsyncSession, ctx: CampaignContext, spec: CampaignSpec
+) -> dict[str, Any]:
     """Store a new campaign as a draft."""
-    _validate_templates(spec.variants)
+    await check_templates(composer=ctx.composer, name=spec.name, contents=campaign_contents(spec))
     _validate_webhook(spec.webhook_url)
     return await store.insert_definition(
         session=session,
@@ -193,19 +195,44 @@ async def create_campaign(*, session: AsyncSession, spec: CampaignSpec) -> dict[
     )
 
 
-def _validate_templates(variants: Sequence[Variant]) -> None:
-    from cdp_campaign.domain.templates import validate_template
+async def check_templates(
+    *, composer: Composer, name: str, contents: Sequence[tuple[dict[str, Any], str, Variant]]
+) -> None:
+    """Try every template of a definition's contents (each with where it is and its channel) the way
+    a send renders them, for a representative person; raise CampaignError(invalid_template) for the
+    first that cannot render safely."""
+    drafts: list[tuple[dict[str, Any], Draft]] = []
+    for where, channel, variant in contents:
+        for locale, content in [(None, variant), *variant.locales.items()]:
+            place = {**where, "locale": locale} if locale is not None else where
+            drafts.append((place, trial_draft(channel=channel, content=content, campaign_name=name)))
+    try:
+        results = await composer.compose_many([draft for _, draft in drafts])
+    except ComposerUnavailable as exc:
+        raise CampaignError(str(exc), code="composing_unavailable") from exc
+    for (place, _), result in zip(drafts, results, strict=True):
+        # A value missing from the sample person is missing for some recipients too; it is
+        # recorded per recipient at send time, as for any template that reads traits.
+        if isinstance(result, Refused) and not result.missing_value:
+            raise CampaignError(
+                f"{result.field}: {result.reason}",
+                code="invalid_template",
+                details={**place, "field": result.field, "line": result.line, "reason": result.reason},
+            )
 
-    for variant in variants:
-        for content in [variant, *variant.locales.values()]:
-            for source in (content.subject, content.body, content.text):
-                if source is not None:
-                    try:
-                        validate_template(source)
-                    except TemplateRefused as exc:
-                        raise CampaignError(
-                            str(exc), code="invalid_template", details={"variant": variant.key}
-                        ) from exc
+
+def campaign_contents(spec: CampaignSpec) -> list[tuple[dict[str, Any], str, Variant]]:
+    """Return a campaign's contents for check_templates: each variant on the campaign's channel."""
+    return [({"variant": variant.key}, spec.channel, variant) for variant in spec.variants]
+
+
+def journey_contents(spec: JourneySpec) -> list[tuple[dict[str, Any], str, Variant]]:
+    """Return a journey's contents for check_templates: each send step's content on its channel."""
+    return [
+        ({"step": index}, step.channel, step.content)
+        for index, step in enumerate(spec.steps)
+        if isinstance(step, SendStep)
+    ]
 
 
 async def load_campaign(
@@ -220,14 +247,16 @@ async def load_campaign(
     return row
 
 
-async def update_campaign(*, session: AsyncSession, campaign_id: str, spec: CampaignSpec) -> dict[str, Any]:
+async def update_campaign(
+    *, session: AsyncSession, ctx: CampaignContext, campaign_id: str, spec: CampaignSpec
+) -> dict[str, Any]:
     """Replace a draft or paused campaign's definition."""
     row = await load_campaign(session=session, campaign_id=campaign_id, for_update=True)
     if row["status"] not in (Status.DRAFT, Status.PAUSED, Status.SCHEDULED):
         raise CampaignError(
             f"a {row['status']} campaign cannot be changed; pause it first", code="invalid_transition"
         )
-    _validate_templates(spec.variants)
+    await check_templates(composer=ctx.composer, name=spec.name, contents=campaign_contents(spec))
     _validate_webhook(spec.webhook_url)
     await store.update_definition(
         session=session,
@@ -1388,7 +1417,11 @@ async def send_test_email(
     except ComposerUnavailable as exc:
         raise CampaignError(str(exc), code="composing_unavailable") from exc
     if isinstance(composed, Refused):
-        raise CampaignError(composed.reason, code="invalid_template")
+        raise CampaignError(
+            composed.reason,
+            code="invalid_template",
+            details={"variant": variant.key, "field": composed.field, "line": composed.line},
+        )
     assert composed.mail is not None
     subject = composed.subject
     try:

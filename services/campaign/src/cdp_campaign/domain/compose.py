@@ -14,10 +14,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp_campaign.domain.messages import OutgoingMail, TrackingLinks, build_email
-from cdp_campaign.domain.templates import TemplateRefused, render
+from cdp_campaign.domain.templates import TemplateRefused, render, sample_values
+
+if TYPE_CHECKING:
+    from cdp_campaign.domain.campaigns import LocalisedContent
 
 
 @dataclass(frozen=True)
@@ -56,19 +59,30 @@ class Composed:
 
 @dataclass(frozen=True)
 class Refused:
-    """A draft whose template could not be rendered, and why."""
+    """A draft whose template could not be rendered, and why: which field, at which line if known,
+    and whether it only lacked a value of the person it was rendered for."""
 
     reason: str
+    field: str | None = None
+    line: int | None = None
+    missing_value: bool = False
 
 
 def compose(draft: Draft) -> Composed | Refused:
     """Render a draft's templates and, for e-mail, build the message."""
+    field = "subject"
     try:
         subject = render(draft.subject, draft.values) if draft.subject is not None else None
+        field = "body"
         body = render(draft.body, draft.values, html=draft.channel == "email")
+        field = "text"
         text = render(draft.text, draft.values) if draft.text is not None else None
     except TemplateRefused as exc:
-        return Refused(str(exc))
+        return Refused(str(exc), field=field, line=exc.line, missing_value=exc.missing_value)
+    except Exception as exc:
+        # The sandbox's own checks come first; whatever still escapes them is this draft's
+        # failure alone, recorded for its recipient, never the whole job's.
+        return Refused(f"the template failed: {type(exc).__name__}", field=field)
     if draft.channel != "email":
         return Composed(subject, body, text)
     links = (
@@ -86,6 +100,20 @@ def compose(draft: Draft) -> Composed | Refused:
         reference=draft.reference,
     )
     return Composed(subject, body, text, mail)
+
+
+def trial_draft(*, channel: str, content: LocalisedContent, campaign_name: str) -> Draft:
+    """Return a draft of a variant's content for a representative person, to try before saving."""
+    return Draft(
+        channel=channel,
+        subject=content.subject,
+        body=content.body,
+        text=content.text,
+        values=sample_values(campaign_name=campaign_name),
+        reference="trial",
+        sender="CDP <campaigns@example.com>",
+        to="ada@example.com",
+    )
 
 
 def compose_all(drafts: Sequence[Draft]) -> list[Composed | Refused]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateError, Undefined, nodes
+from jinja2 import TemplateError, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -26,7 +26,16 @@ MAX_SEQUENCE = 100_000
 
 
 class TemplateRefused(Exception):
-    """A template that is invalid, unsafe, too slow or too big."""
+    """A template that is invalid, unsafe, too slow or too big.
+
+    `line` is the template's line at fault when known; `missing_value` says the template only
+    failed because a value it reads was missing, which depends on the person it is rendered for.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, missing_value: bool = False) -> None:
+        super().__init__(message)
+        self.line = line
+        self.missing_value = missing_value
 
 
 @dataclass
@@ -79,17 +88,16 @@ def _compile(source: str, html: bool) -> Any:
     environment = _html_environment if html else _environment
     try:
         template = environment.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateRefused(f"the template is invalid: {exc}", line=exc.lineno) from exc
     except TemplateError as exc:
         raise TemplateRefused(f"the template is invalid: {exc}") from exc
+    except RecursionError as exc:
+        raise TemplateRefused("the template is nested too deeply to compile") from exc
     # A plain dict instead of Jinja's ChainMap of the environment's globals, which each
     # render would otherwise walk twice; the globals never change after start-up.
     template.globals = dict(template.globals)
     return template
-
-
-def validate_template(source: str) -> None:
-    """Raise TemplateRefused if a template does not compile."""
-    _compile(source, False)
 
 
 @lru_cache(maxsize=1024)
@@ -100,6 +108,17 @@ def uses_name(source: str, name: str) -> bool:
     except TemplateError:
         return False
     return any(node.name == name for node in tree.find_all(nodes.Name))
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """Return the template line an error was raised at (Jinja maps its frames to template lines)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def render(source: str, values: Mapping[str, Any], *, html: bool = False) -> str:
@@ -117,11 +136,55 @@ def render(source: str, values: Mapping[str, Any], *, html: bool = False) -> str
             budget.check()
             parts.append(chunk)
     except SecurityError as exc:
-        raise TemplateRefused(f"the template tried something unsafe: {exc}") from exc
-    except TemplateRefused:
+        raise TemplateRefused(
+            f"the template tried something unsafe: {exc}", line=_template_line(exc)
+        ) from exc
+    except TemplateRefused as exc:
+        exc.line = exc.line or _template_line(exc)
         raise
     except MemoryError as exc:
         raise TemplateRefused("the template needed more memory than composing may use") from exc
+    except RecursionError as exc:
+        raise TemplateRefused(
+            "the template recursed too deeply (a macro calling itself without end?)", line=_template_line(exc)
+        ) from exc
+    except UndefinedError as exc:
+        raise TemplateRefused(
+            f"the template failed on a missing value: {exc}", line=_template_line(exc), missing_value=True
+        ) from exc
     except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, OverflowError) as exc:
-        raise TemplateRefused(f"the template failed: {type(exc).__name__}: {exc}") from exc
+        raise TemplateRefused(
+            f"the template failed: {type(exc).__name__}: {exc}", line=_template_line(exc)
+        ) from exc
     return "".join(parts)
+
+
+def sample_values(*, campaign_name: str) -> dict[str, Any]:
+    """Return what a template sees about a representative person, to try it out before it is saved.
+
+    Traits it lacks are undefined, exactly as for a person without them at send time.
+    """
+    return {
+        "profile": {
+            "first_name": "Ada",
+            "last_name": "Lovelace",
+            "name": "Ada Lovelace",
+            "email": "ada@example.com",
+            "phone": "+4915112345678",
+            "city": "Berlin",
+            "country": "DE",
+        },
+        "computed": {},
+        "segments": [],
+        "locale": "en",
+        "campaign": {"name": campaign_name},
+        "recommendations": [
+            {
+                "product_id": "sku-1",
+                "name": "Green tea",
+                "category": "Tea",
+                "price": 4.5,
+                "reason": "best seller in your favourite category",
+            }
+        ],
+    }
