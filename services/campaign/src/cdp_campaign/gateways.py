@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import multiprocessing
+import ssl
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +26,14 @@ import aiosmtplib
 import httpx
 import orjson
 
-from cdp_campaign.domain.addresses import AddressNotAllowed, IpNetwork, check_address, resolve_allowed
+from cdp_campaign.domain.addresses import (
+    AddressNotAllowed,
+    IpNetwork,
+    Resolver,
+    pinned_request,
+    resolve_allowed,
+    system_resolver,
+)
 from cdp_campaign.domain.compose import Composed, Draft, Refused, compose_all, worker_started
 from cdp_campaign.domain.messages import OutgoingMail
 from cdp_campaign.metrics import COMPOSING_WORKERS_REPLACED
@@ -497,39 +505,53 @@ class WebhookSender(Protocol):
 
 
 class SafeWebhookSender:
-    """Posts webhooks only to public addresses (or allowlisted networks), without redirects."""
+    """Posts webhooks only to public addresses (or allowlisted networks), without redirects.
 
-    def __init__(self, *, key: str, allowlist: Sequence[IpNetwork], timeout_s: float) -> None:
+    The host name is resolved once and every address it has is checked; the call then connects
+    to a checked address, for http and https alike (https keeps the name for SNI and verifies the
+    certificate for it), so a second DNS answer (DNS rebinding) cannot send it anywhere else.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        allowlist: Sequence[IpNetwork],
+        timeout_s: float,
+        resolve: Resolver = system_resolver,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self._key = key
         self._allowlist = list(allowlist)
         self._timeout = timeout_s
+        self._resolve = resolve
+        self._verify = verify
 
     async def post(self, *, url: str, payload: dict[str, Any], reference: str) -> None:
-        """Check the address, then post once; refuse redirects."""
-        addresses = await asyncio.to_thread(resolve_allowed, url, allowlist=self._allowlist)
+        """Check the addresses, then post once to a checked one; refuse redirects."""
+        addresses = await asyncio.to_thread(
+            resolve_allowed, url, allowlist=self._allowlist, resolve=self._resolve
+        )
+        pinned = pinned_request(url, addresses[0])
         body = json.dumps(payload, separators=(",", ":"), default=str).encode()
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
             "X-CDP-Signature": webhook_signature(key=self._key, timestamp=timestamp, body=body),
             "X-CDP-Delivery": reference,
+            "Host": pinned.host_header,
         }
-        parts = urlsplit(url)
-        target = url
-        if parts.scheme == "http":
-            # Connect to the address that was checked, so a second DNS answer cannot point elsewhere.
-            pinned = addresses[0]
-            check_address(pinned, allowlist=self._allowlist)
-            host = f"[{pinned}]" if ":" in pinned else pinned
-            netloc = f"{host}:{parts.port}" if parts.port else host
-            target = parts._replace(netloc=netloc).geturl()
-            headers["Host"] = parts.netloc
+        extensions = {"sni_hostname": pinned.tls_name} if pinned.tls_name else {}
         async with httpx.AsyncClient(
-            timeout=self._timeout, follow_redirects=False, trust_env=False
+            timeout=self._timeout, follow_redirects=False, trust_env=False, verify=self._verify
         ) as client:
             try:
-                response = await client.post(target, content=body, headers=headers)
+                response = await client.post(pinned.url, content=body, headers=headers, extensions=extensions)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if _caused_by(exc, ssl.SSLCertVerificationError):
+                    raise Rejected(
+                        f"the webhook's TLS certificate is not valid for {pinned.tls_name}"
+                    ) from exc
                 raise TemporaryFailure(f"webhook unreachable: {type(exc).__name__}") from exc
             except httpx.HTTPError as exc:
                 raise HandOverUnknown(f"webhook interrupted: {type(exc).__name__}") from exc
@@ -541,6 +563,16 @@ class SafeWebhookSender:
             raise TemporaryFailure(f"webhook answered {response.status_code}")
         if response.status_code >= 400:
             raise Rejected(f"webhook answered {response.status_code}")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether an exception or one in its chain of causes is of a kind."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 __all__ = ["AddressNotAllowed"]

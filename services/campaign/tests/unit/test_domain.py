@@ -9,9 +9,11 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 from cdp_campaign.domain.addresses import (
     AddressNotAllowed,
+    PinnedRequest,
     check_address,
     check_url_shape,
     parse_allowlist,
+    pinned_request,
     resolve_allowed,
 )
 from cdp_campaign.domain.assignment import HOLDOUT, assign_group
@@ -410,3 +412,23 @@ def test_a_journey_only_goes_forward() -> None:
                 ],
             }
         )
+
+
+def test_a_pinned_request_dials_the_checked_address_and_keeps_the_name_for_tls() -> None:
+    https = pinned_request("https://Hooks.Example:8443/in?x=1", "203.0.113.7")
+    assert https == PinnedRequest(
+        url="https://203.0.113.7:8443/in?x=1", host_header="Hooks.Example:8443", tls_name="hooks.example"
+    )
+    plain = pinned_request("http://bücher.example/in", "2001:db8::1")
+    assert plain == PinnedRequest(url="http://[2001:db8::1]/in", host_header="bücher.example", tls_name=None)
+    assert pinned_request("https://bücher.example/", "203.0.113.7").tls_name == "xn--bcher-kva.example"
+
+
+def test_every_address_a_name_answers_is_checked_with_the_given_resolver() -> None:
+    def mixed(host: str, port: int) -> list[str]:
+        return ["93.184.215.14", "10.0.0.8"] if host == "mixed.example" else []
+
+    with pytest.raises(AddressNotAllowed, match=r"10\.0\.0\.8"):
+        resolve_allowed("https://mixed.example/hook", allowlist=[], resolve=mixed)
+    with pytest.raises(AddressNotAllowed, match="does not resolve"):
+        resolve_allowed("https://nothing.example/hook", allowlist=[], resolve=mixed)
