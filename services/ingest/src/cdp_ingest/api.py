@@ -233,7 +233,7 @@ async def _accept_call(request: Request, intake: Intake, call_type: str) -> Resp
     received_at = datetime.now(UTC)
     body_bytes = await read_body(request, limit=intake.limits.max_event_bytes, call_type=call_type)
     payload_size(call_type).observe(len(body_bytes))
-    body = parse_object(body_bytes, call_type=call_type)
+    body = parse_object(body_bytes, call_type=call_type, max_depth=intake.limits.max_depth)
     source = await _source_for(request, intake, body, call_type)
     screened = _Screened()
     refusal = _screen(
@@ -279,7 +279,7 @@ async def _accept_batch(request: Request, intake: Intake) -> Response:
     settings = intake.settings
     body_bytes = await read_body(request, limit=settings.max_batch_bytes, call_type="batch")
     payload_size("batch").observe(len(body_bytes))
-    body = parse_object(body_bytes, call_type="batch")
+    body = parse_object(body_bytes, call_type="batch", max_depth=intake.limits.max_depth)
     source = await _source_for(request, intake, body, "batch")
     items = body.get("batch")
     if not isinstance(items, list):
@@ -350,7 +350,7 @@ async def _accept_transactions(request: Request, intake: Intake) -> Response:
     ip = client_ip(request, intake.proxies)
     for index, line in documents:
         try:
-            document = parse_json(line, call_type="transaction")
+            document = parse_json(line, call_type="transaction", max_depth=intake.limits.max_depth)
         except ApiError as exc:
             screened.rejected.append(
                 {"index": index, "error": {"code": exc.code, "message": exc.message, "details": exc.details}}

@@ -10,12 +10,14 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from cdp_common.db import has_long_digit_run
+from cdp_common.screening import may_hold_unstorable
 from cdp_common.web import ApiError
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -117,40 +119,62 @@ def _refuse_constant(name: str) -> Any:
     raise _NonFinite(name)
 
 
-def thorough_check_needed(body: bytes) -> bool:
-    """Whether a body may hold what only a thorough check of its values finds: a NUL character
-    (JSON carries one only as the escape \\u0000) or an integer beyond 64 bits."""
-    return b"\\u0000" in body or has_long_digit_run(body)
+# Beyond 40 digits an integer is far outside 64 bits whatever its value; it is read as the first
+# integer past the limit, so the checks of the event refuse it (per item in a batch) without
+# converting thousands of digits, which Python refuses past 4,300.
+_EXACT_DIGITS = 40
+_BEYOND_64_BITS = 2**64
 
 
-def parse_json(body: bytes, *, call_type: str) -> Any:
-    """Parse a JSON body, saying whether it is invalid UTF-8, holds NaN or Infinity, or is not JSON.
+def _bounded_int(digits: str) -> int:
+    if len(digits) <= _EXACT_DIGITS:
+        return int(digits)
+    return -_BEYOND_64_BITS if digits.startswith("-") else _BEYOND_64_BITS
 
-    Integers are read exactly: a body with a long run of digits is read again by the standard
-    library, and the checks of its values refuse integers beyond 64 bits rather than letting
-    them turn into floats.
+
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def cap_depth(text: str, *, keep: int) -> str:
+    """Empty every object or array nested `keep` levels deep, so no parser recurses further.
+
+    The emptied container stays where it was, so a document nested deeper than any limit below
+    `keep` is still refused as too deep, at the same place; strings are skipped whole.
     """
+    parts: list[str] = []
+    depth = 0
+    copied_to = 0
+    for token in _TOKENS.finditer(text):
+        symbol = token.group()
+        if symbol in "[{":
+            depth += 1
+            if depth == keep:
+                parts.append(text[copied_to : token.end()])
+            continue
+        if symbol in "]}":
+            if depth == keep:
+                copied_to = token.start()
+            depth -= 1
+    if depth >= keep:
+        return text  # unbalanced: left as it is for the parser to say where
+    parts.append(text[copied_to:])
+    return "".join(parts)
+
+
+def thorough_check_needed(body: bytes) -> bool:
+    """Whether a body may hold what only a thorough check of its values finds: a character PostgreSQL
+    cannot store (JSON carries a NUL or a lone surrogate only as an escape) or an integer beyond 64 bits."""
+    return may_hold_unstorable(body)
+
+
+def _read_exactly(text: str, *, call_type: str, keep_depth: int) -> Any:
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as fast_error:
-        problem = fast_error
-    else:
-        if not has_long_digit_run(body):
-            return document
-        # orjson accepted it, so it is valid UTF-8 and JSON without NaN: the standard library reads it too.
-        return json.loads(body)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise refuse(
-            400,
-            "invalid_encoding",
-            "the body is not valid UTF-8",
-            {"position": exc.start},
-            call_type=call_type,
-        ) from exc
-    try:
-        json.loads(text, parse_constant=_refuse_constant)
+        try:
+            return json.loads(text, parse_int=_bounded_int, parse_constant=_refuse_constant)
+        except RecursionError:
+            return json.loads(
+                cap_depth(text, keep=keep_depth), parse_int=_bounded_int, parse_constant=_refuse_constant
+            )
     except _NonFinite as exc:
         raise refuse(
             400, "non_finite_number", f"{exc} is not a JSON number", {"value": str(exc)}, call_type=call_type
@@ -163,16 +187,46 @@ def parse_json(body: bytes, *, call_type: str) -> Any:
             {"position": exc.pos},
             call_type=call_type,
         ) from exc
-    # The standard library accepts what orjson does not: lone surrogates, numbers out of range.
-    code = "invalid_encoding" if "surrogate" in str(problem) else "invalid_json"
-    raise refuse(
-        400, code, f"the body is not valid JSON: {problem}", {"position": problem.pos}, call_type=call_type
-    )
+    except RecursionError as exc:
+        raise refuse(
+            400, "too_deep", "objects and arrays nest too deep to be read", call_type=call_type
+        ) from exc
 
 
-def parse_object(body: bytes, *, call_type: str) -> dict[str, Any]:
+def parse_json(body: bytes, *, call_type: str, max_depth: int = 16) -> Any:
+    """Parse a JSON body, saying whether it is invalid UTF-8, holds NaN or Infinity, or is not JSON.
+
+    Integers are read exactly: a body with a long run of digits is read again by the standard
+    library, and the checks of its values refuse integers beyond 64 bits rather than letting
+    them turn into floats. What the fast parser cannot read (numbers beyond a double, nesting
+    past its limit, lone surrogates) is read by the standard library too, with containers nested
+    far beyond `max_depth` emptied, so the checks of each event say what is wrong with it and a
+    batch keeps its other events.
+    """
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not has_long_digit_run(body):
+            return document
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(
+            400,
+            "invalid_encoding",
+            "the body is not valid UTF-8",
+            {"position": exc.start},
+            call_type=call_type,
+        ) from exc
+    # Deeper than any limit by a margin: an event's levels start below the batch's two.
+    return _read_exactly(text, call_type=call_type, keep_depth=max_depth + 4)
+
+
+def parse_object(body: bytes, *, call_type: str, max_depth: int = 16) -> dict[str, Any]:
     """Parse a body that must be one JSON object."""
-    document = parse_json(body, call_type=call_type)
+    document = parse_json(body, call_type=call_type, max_depth=max_depth)
     if not isinstance(document, dict):
         raise refuse(400, "invalid_json", "the body must be a JSON object", call_type=call_type)
     return document

@@ -164,6 +164,17 @@ def _deep(levels: int) -> dict[str, Any]:
     return value
 
 
+def _nested(opening: bytes, closing: bytes, levels: int, *, user: bytes = b"u") -> bytes:
+    """A track call whose property nests `levels` containers deep (without parsing it, which would fail)."""
+    value = opening * levels + (b"1" if opening.endswith(b":") else b"") + closing * levels
+    return b'{"userId": "' + user + b'", "event": "X", "properties": {"a": ' + value + b"}}"
+
+
+def _number(digits: int, *, sign: bytes = b"", user: bytes = b"u") -> bytes:
+    """A track call with an integer property of `digits` digits."""
+    return b'{"userId": "' + user + b'", "event": "X", "properties": {"n": ' + sign + b"9" * digits + b"}}"
+
+
 BAD_SINGLE_CALLS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed JSON", {"content": b"{oops"}, 400, "invalid_json"),
     ("not an object", {"json": [1, 2]}, 400, "invalid_json"),
@@ -185,7 +196,19 @@ BAD_SINGLE_CALLS: list[tuple[str, dict[str, Any], int, str]] = [
         "huge number",
         {"content": b'{"userId": "u", "event": "X", "properties": {"a": 1e999}}'},
         400,
-        "invalid_json",
+        "non_finite_number",
+    ),
+    ("2,000 levels of arrays", {"content": _nested(b"[", b"]", 2000)}, 400, "too_deep"),
+    ("2,000 levels of objects", {"content": _nested(b'{"n":', b"}", 2000)}, 400, "too_deep"),
+    ("100,000 levels, over 32 KB", {"content": _nested(b"[", b"]", 100_000)}, 413, "payload_too_large"),
+    ("integer of 4,301 digits", {"content": _number(4301)}, 400, "number_out_of_range"),
+    ("negative integer of 4,301 digits", {"content": _number(4301, sign=b"-")}, 400, "number_out_of_range"),
+    ("integer of 100,000 digits, over 32 KB", {"content": _number(100_000)}, 413, "payload_too_large"),
+    (
+        "NUL in a property name",
+        {"content": b'{"userId": "u", "event": "X", "properties": {"a\\u0000": 1}}'},
+        400,
+        "nul_character",
     ),
     ("NUL", {"json": {"userId": "u", "event": "X", "properties": {"a": "x\u0000"}}}, 400, "nul_character"),
     (
@@ -292,6 +315,59 @@ async def test_integers_are_kept_exactly_and_those_beyond_64_bits_are_refused_al
         "small": 7,
     }
     assert type(stored["max"]) is int
+
+
+async def post_batch(http: httpx.AsyncClient, ingest: Ingest, items: list[bytes]) -> httpx.Response:
+    """Send items, each JSON text as it is, in one batch."""
+    return await http.post(
+        f"{ingest.url}/v1/batch",
+        content=b'{"batch": [' + b", ".join(items) + b"]}",
+        headers={"Content-Type": "application/json"},
+        auth=(ingest.write_key, ""),
+    )
+
+
+async def test_a_batch_keeps_its_valid_items_whatever_the_others_hold(
+    ingest: Ingest, platform: PlatformUnderTest, http: httpx.AsyncClient
+) -> None:
+    first, last = message_id(), message_id()
+    hostile = [
+        (_nested(b"[", b"]", 2000), "too_deep"),
+        (_nested(b'{"n":', b"}", 2000), "too_deep"),
+        (_nested(b"[", b"]", 100_000), "too_deep"),
+        (_number(4301), "number_out_of_range"),
+        (_number(100_000, sign=b"-"), "number_out_of_range"),
+        (b'{"userId": "u", "event": "X", "properties": {"a": "x\\u0000y"}}', "nul_character"),
+        (b'{"userId": "u", "event": "X", "properties": {"a": "x\\udc00y"}}', "invalid_encoding"),
+        (b'{"userId": "u", "event": "X", "properties": {"a": 1e999}}', "non_finite_number"),
+    ]
+    items = [b'{"type": "track", "userId": "u", "event": "First", "messageId": "' + first.encode() + b'"}']
+    items += [b'{"type": "track", ' + call.removeprefix(b"{") for call, _ in hostile]
+    items.append(b'{"type": "track", "userId": "u", "event": "Last", "messageId": "' + last.encode() + b'"}')
+    response = await post_batch(http, ingest, items)
+    assert response.status_code == 200, response.text[:500]
+    answer = response.json()
+    assert answer["accepted"] == 2
+    assert [(r["index"], r["error"]["code"]) for r in answer["rejected"]] == [
+        (index, code) for index, (_, code) in enumerate(hostile, start=1)
+    ]
+    assert all(r["error"]["details"]["field"].startswith("properties.") for r in answer["rejected"])
+    events = await read_events(platform, [first, last])
+    assert (events[first].data.event, events[last].data.event) == ("First", "Last")
+
+
+async def test_a_batch_of_only_hostile_items_is_refused_with_each_reason(
+    ingest: Ingest, http: httpx.AsyncClient
+) -> None:
+    items = [
+        b'{"type": "track", ' + _nested(b"[", b"]", 5000).removeprefix(b"{"),
+        b'{"type": "track", ' + _number(5000).removeprefix(b"{"),
+    ]
+    response = await post_batch(http, ingest, items)
+    assert response.status_code == 400, response.text[:500]
+    error = response.json()["error"]
+    assert error["code"] == "no_valid_event"
+    assert [r["error"]["code"] for r in error["details"]["rejected"]] == ["too_deep", "number_out_of_range"]
 
 
 async def test_unknown_and_missing_write_keys_get_401(ingest: Ingest, http: httpx.AsyncClient) -> None:

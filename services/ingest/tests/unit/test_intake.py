@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from cdp_ingest.intake import client_ip, parse_json, thorough_check_needed
+from cdp_ingest.intake import cap_depth, client_ip, parse_json, thorough_check_needed
 from fastapi import Request
 
 PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
@@ -50,3 +50,21 @@ def test_only_bodies_with_a_nul_escape_or_a_long_run_of_digits_need_the_thorough
     assert not thorough_check_needed(b'{"n": 123456789012345678, "t": "2026-11-23T09:00:00Z"}')
     assert thorough_check_needed(b'{"n": 1234567890123456789}')
     assert thorough_check_needed(b'{"s": "x\\u0000"}')
+
+
+def test_containers_past_the_kept_depth_are_emptied_in_place_and_strings_are_left_alone() -> None:
+    text = '{"s": "[[{\\"", "a": [[[[1, "]"]]], {"b": {"c": {}}}]}'
+    assert cap_depth(text, keep=3) == '{"s": "[[{\\"", "a": [[], {}]}'
+    assert cap_depth("[[[", keep=2) == "[[["
+
+
+def test_a_body_nested_past_any_parser_or_with_huge_integers_is_read_for_the_checks() -> None:
+    deep = parse_json(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", call_type="track", max_depth=16)
+    levels, value = 0, deep["a"]
+    while value:
+        levels, value = levels + 1, value[0]
+    # The body's object, then arrays down to the 20th level (the limit of 16 and a margin), emptied there.
+    assert levels == 18
+    assert value == []
+    huge = parse_json(b'{"n": [' + b"9" * 100_000 + b", -" + b"9" * 5000 + b"]}", call_type="track")
+    assert huge == {"n": [2**64, -(2**64)]}

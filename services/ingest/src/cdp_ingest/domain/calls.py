@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cdp_common.storable import MAX_INTEGER, MIN_INTEGER, unstorable_character
+
 from cdp_ingest.domain.ecommerce import check_ecommerce_event
 from cdp_ingest.domain.errors import CallError
 
@@ -31,10 +33,6 @@ EXTERNAL_ID_PRIORITY = ("email", "phone", "profile_id")
 MAX_ID_LENGTH = 1000
 MAX_MESSAGE_ID_LENGTH = 100
 MAX_EXTERNAL_IDS = 50
-# The integers an event may carry: those of signed and unsigned 64 bits, which every part of the
-# platform stores exactly.
-MIN_INTEGER = -(2**63)
-MAX_INTEGER = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -83,16 +81,16 @@ def _check_value(value: Any, depth: int, limits: Limits, thorough: bool) -> None
                 raise _ShapeError(
                     "string_too_long", f"the property name is longer than {max_key} characters", [key]
                 )
-            if thorough and "\x00" in key:
-                raise _ShapeError("nul_character", "the property name contains a NUL character", [key])
+            if thorough and (problem := unstorable_character(key)):
+                raise _ShapeError(problem.code, f"the property name: {problem.message}", [key])
             kind = type(item)
             if kind is str:
                 if len(item) > max_string:
                     raise _ShapeError(
                         "string_too_long", f"the string is longer than {max_string} characters", [key]
                     )
-                if thorough and "\x00" in item:
-                    raise _ShapeError("nul_character", "the string contains a NUL character", [key])
+                if thorough and (problem := unstorable_character(item)):
+                    raise _ShapeError(problem.code, problem.message, [key])
             elif kind is dict or kind is list or kind is float or (thorough and kind is int):
                 try:
                     _check_value(item, depth + 1, limits, thorough)
@@ -117,8 +115,8 @@ def _check_value(value: Any, depth: int, limits: Limits, thorough: bool) -> None
             raise _ShapeError(
                 "string_too_long", f"the string is longer than {limits.max_string_length} characters", []
             )
-        if thorough and "\x00" in value:
-            raise _ShapeError("nul_character", "the string contains a NUL character", [])
+        if thorough and (problem := unstorable_character(value)):
+            raise _ShapeError(problem.code, problem.message, [])
     elif type(value) is float and not math.isfinite(value):
         raise _ShapeError("non_finite_number", "NaN and Infinity are not JSON numbers", [])
     elif thorough and type(value) is int and not MIN_INTEGER <= value <= MAX_INTEGER:
