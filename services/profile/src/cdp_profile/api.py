@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from cdp_common.auth import Principal, require_scope
-from cdp_common.deps import SessionDep
+from cdp_common.deps import ReadSessionDep, SessionDep
 from cdp_common.jobs import get_job, jobs_router
 from cdp_common.patterns import compile_linear
 from cdp_common.privacy import access_router
@@ -34,7 +34,7 @@ PageDep = Annotated[PageParams, Depends(page_params)]
 ShortText = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
-def _context(request: Request) -> ProfileContext:
+async def _context(request: Request) -> ProfileContext:
     context: ProfileContext = request.app.state.profile_context
     return context
 
@@ -56,11 +56,16 @@ async def _resolve(session: SessionDep, context: ProfileContext, ref: str) -> st
     return profile_id
 
 
-async def _load(session: SessionDep, context: ProfileContext, ref: str) -> store.StoredProfile:
-    profile = await store.load_profile(session=session, profile_id=await _resolve(session, context, ref))
-    if profile is None:
+async def _load(session: AsyncSession, context: ProfileContext, ref: str) -> store.StoredProfile:
+    try:
+        key = parse_ref(ref, default_region=context.default_region)
+    except InvalidReference as exc:
+        raise ApiError(status=400, code="invalid_reference", message=str(exc)) from exc
+    found = await store.read_profile(session=session, key=key, profile_id=ref)
+    if found is None:
         raise ApiError(status=404, code="profile_not_found", message="no profile matches this reference")
-    profile.computed = await handlers.served_computed(session=session, profile=profile)
+    profile, held = found
+    profile.computed = handlers.serve_held(profile, held)
     return profile
 
 
@@ -98,7 +103,7 @@ async def search_profiles(
 
 @profiles_router.get("/{ref}")
 async def get_profile(
-    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+    ref: ProfileRef, session: ReadSessionDep, _: ProfileReader, context: ContextDep
 ) -> dict[str, Any]:
     """Return a profile by id (merged-away ids included) or by `type:value`."""
     return store.profile_document(await _load(session, context, ref))
@@ -106,7 +111,7 @@ async def get_profile(
 
 @profiles_router.get("/{ref}/traits")
 async def get_traits(
-    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+    ref: ProfileRef, session: ReadSessionDep, _: ProfileReader, context: ContextDep
 ) -> dict[str, Any]:
     """Return a profile's traits with their provenance, and the typed common traits."""
     profile = await _load(session, context, ref)
@@ -141,7 +146,7 @@ async def get_merges(
 
 @profiles_router.get("/{ref}/computed")
 async def get_computed(
-    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep
+    ref: ProfileRef, session: ReadSessionDep, _: ProfileReader, context: ContextDep
 ) -> dict[str, Any]:
     """Return a profile's computed traits, with the clock-derived ones evaluated now."""
     profile = await _load(session, context, ref)

@@ -704,12 +704,16 @@ async def define_computed_trait(*, session: AsyncSession, definition: Definition
 
 async def served_computed(*, session: AsyncSession, profile: store.StoredProfile) -> dict[str, Any]:
     """Return a profile's computed traits with the values a backfill holds only as states."""
-    states = await store.defined_states(session=session, profile_id=profile.id)
+    return serve_held(profile, await store.held_states(session=session, profile_id=profile.id))
+
+
+def serve_held(profile: store.StoredProfile, held: dict[str, store.HeldState]) -> dict[str, Any]:
+    """Return a profile's computed traits with the values derived from the states it holds only."""
     served = dict(profile.computed)
-    for key in sorted(set(states) - set(served)):
-        definition = await store.load_definition(session=session, key=key)
+    for key in sorted(set(held) - set(served)):
+        definition = held[key].definition
         if definition is not None:
-            served[key] = derive_defined(states[key], definition)
+            served[key] = derive_defined(held[key].state, definition)
     return served
 
 

@@ -779,6 +779,100 @@ async def load_profile(*, session: AsyncSession, profile_id: str) -> StoredProfi
     return profile
 
 
+# One statement for a profile read: the profile, its identifiers, and the states (with their
+# definitions) of the computed traits a backfill holds; built once, so a lookup costs one round
+# trip and no statement building.
+_listed = identifiers.alias("listed")
+_found = identifiers.alias("found")
+_standing = profiles.alias("standing")
+_READ = sa.select(
+    profiles,
+    sa.select(
+        sa.func.jsonb_agg(
+            postgresql.aggregate_order_by(
+                sa.func.jsonb_build_array(_listed.c.type, _listed.c.value), _listed.c.type, _listed.c.value
+            )
+        )
+    )
+    .where(_listed.c.profile_id == profiles.c.id)
+    .scalar_subquery()
+    .label("identifier_keys"),
+    sa.select(
+        sa.func.jsonb_object_agg(
+            computed_values.c.key,
+            sa.func.jsonb_build_array(computed_values.c.state, computed_definitions.c.definition),
+        )
+    )
+    .select_from(
+        computed_values.outerjoin(computed_definitions, computed_definitions.c.key == computed_values.c.key)
+    )
+    .where(computed_values.c.profile_id == profiles.c.id)
+    .scalar_subquery()
+    .label("held_states"),
+)
+_READ_BY_IDENTIFIER = _READ.where(
+    profiles.c.id
+    == sa.select(_found.c.profile_id)
+    .where(_found.c.type == sa.bindparam("type"), _found.c.value == sa.bindparam("value"))
+    .scalar_subquery()
+)
+_READ_BY_ID = _READ.where(
+    profiles.c.id
+    == sa.select(sa.func.coalesce(_standing.c.merged_into, _standing.c.id))
+    .where(_standing.c.id == sa.bindparam("id"))
+    .scalar_subquery()
+)
+
+
+@dataclass
+class HeldState:
+    """The state of a computed trait a profile holds, with the trait's definition (None when gone)."""
+
+    state: dict[str, Any]
+    definition: Definition | None
+
+
+async def read_profile(
+    *, session: AsyncSession, key: IdentifierKey | None = None, profile_id: str | None = None
+) -> tuple[StoredProfile, dict[str, HeldState]] | None:
+    """Load the live profile an identifier (or a possibly merged-away id) stands for, with its
+    identifiers and the computed-trait states it holds, in one statement; None when none."""
+    standing = key.value if key is not None else profile_id
+    if key is not None and key.type != PROFILE_ID:
+        statement, params = _READ_BY_IDENTIFIER, {"type": key.type, "value": key.value}
+    elif standing is not None:
+        statement, params = _READ_BY_ID, {"id": standing}
+    else:
+        return None
+    row = (await session.execute(statement, params)).first()
+    if row is None:
+        return None
+    profile = _profile_of(row)
+    profile.identifiers = [IdentifierKey(t, v) for t, v in row.identifier_keys or ()]
+    held = {
+        name: HeldState(state, None if definition is None else Definition.from_json(definition))
+        for name, (state, definition) in (row.held_states or {}).items()
+    }
+    return profile, held
+
+
+async def held_states(*, session: AsyncSession, profile_id: str) -> dict[str, HeldState]:
+    """Return the computed-trait states a profile holds, each with its trait's definition."""
+    rows = await session.execute(
+        sa.select(computed_values.c.key, computed_values.c.state, computed_definitions.c.definition)
+        .select_from(
+            computed_values.outerjoin(
+                computed_definitions, computed_definitions.c.key == computed_values.c.key
+            )
+        )
+        .where(computed_values.c.profile_id == profile_id)
+    )
+    return {
+        r.key: HeldState(r.state, None if r.definition is None else Definition.from_json(r.definition))
+        for r in rows
+    }
+
+
 async def save_profile(
     *, session: AsyncSession, profile: StoredProfile, status: str = "active", merged_into: str | None = None
 ) -> int:
