@@ -12,10 +12,13 @@ from cdp_common.patterns import compile_linear
 from cdp_common.privacy import access_router
 from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import duplicates, handlers, store
+from cdp_profile import computed_traits, duplicates, handlers, store
+from cdp_profile.computed_traits import OWNER_PATTERN
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits, derive_defined
 from cdp_profile.domain.identity import (
     TYPE_PATTERN,
@@ -335,6 +338,11 @@ class DefinitionBody(BaseModel):
     property: str | None = Field(default=None, min_length=1, max_length=200)
     filters: list[FilterBody] = Field(default_factory=list, max_length=20)
     window_days: int | None = Field(default=None, ge=1, le=3650)
+    owner: str | None = Field(
+        default=None,
+        pattern=OWNER_PATTERN.pattern,
+        description="who relies on the trait (`segment:<key>`, `campaign:<id>`); none for an operator's own",
+    )
 
     @field_validator("key")
     @classmethod
@@ -345,10 +353,11 @@ class DefinitionBody(BaseModel):
 
 
 @computed_router.post("", status_code=202)
-async def define_computed_trait(
-    body: DefinitionBody, session: SessionDep, _: ProfileWriter
-) -> dict[str, Any]:
-    """Define a computed trait; a job backfills it from the event store (202 with the job)."""
+async def define_computed_trait(body: DefinitionBody, session: SessionDep, _: ProfileWriter) -> Any:
+    """Define a computed trait; a job backfills it from the event store (202 with the job).
+
+    With an `owner`, asking for a definition that exists, the same, adds the owner (200).
+    """
     if body.aggregation not in ("count",) and body.property is None:
         raise ApiError(status=422, code="invalid_request", message=f"{body.aggregation} needs a property")
     definition = Definition(
@@ -360,19 +369,29 @@ async def define_computed_trait(
         filters=tuple(PropertyFilter(property=f.property, op=f.op, value=f.value) for f in body.filters),
         window_days=body.window_days,
     )
-    created = await handlers.define_computed_trait(session=session, definition=definition)
-    if created is None:
-        raise ApiError(
-            status=409, code="computed_trait_exists", message=f"a computed trait {body.key!r} exists"
+    try:
+        defined = await computed_traits.define_computed_trait(
+            session=session, definition=definition, owner=body.owner
         )
-    return created
+    except computed_traits.DefinitionTaken as exc:
+        raise ApiError(
+            status=409,
+            code="computed_trait_deleting" if exc.deleting else "computed_trait_exists",
+            message=str(exc),
+            details={"owners": exc.owners},
+        ) from exc
+    if defined.created:
+        return defined.body
+    return JSONResponse(jsonable_encoder(defined.body), status_code=200)
 
 
 @computed_router.get("")
 async def list_computed_traits(session: SessionDep, _: ProfileReader) -> dict[str, Any]:
     """List the user-defined computed traits (with their status) and the built-in ones."""
     return {
-        "items": await store.list_definitions(session=session),
+        "items": await computed_traits.with_owners(
+            session=session, definitions=await store.list_definitions(session=session)
+        ),
         "builtin": sorted(handlers.BUILTIN_COMPUTED),
         "next": None,
     }
@@ -381,16 +400,54 @@ async def list_computed_traits(session: SessionDep, _: ProfileReader) -> dict[st
 async def _definition(session: AsyncSession, key: str) -> dict[str, Any]:
     found = await store.get_definition(session=session, key=key)
     if found is None:
-        raise ApiError(status=404, code="not_found", message=f"no computed trait has the key {key!r}")
+        raise _not_found(key)
     return found
 
 
 @computed_router.get("/{key}")
 async def get_computed_trait(key: str, session: SessionDep, _: ProfileReader) -> dict[str, Any]:
-    """Return a computed trait: its definition, `status` (`building` or `ready`) and its backfill job."""
-    found = await _definition(session, key)
+    """Return a computed trait: its definition, `status` (`building` or `ready`), its owners and its
+    backfill job."""
+    (found,) = await computed_traits.with_owners(
+        session=session, definitions=[await _definition(session, key)]
+    )
     job = await get_job(session=session, job_id=found["job_id"]) if found.get("job_id") else None
     return {**found, "job": job}
+
+
+def _not_found(key: str) -> ApiError:
+    return ApiError(status=404, code="not_found", message=f"no computed trait has the key {key!r}")
+
+
+@computed_router.delete("/{key}", status_code=202)
+async def delete_computed_trait(key: str, session: SessionDep, _: ProfileWriter) -> dict[str, Any]:
+    """Delete a computed trait no owner relies on (409 naming the owners otherwise); a job removes
+    its values (202 with the job), and the key can be defined again once it has finished."""
+    try:
+        job = await computed_traits.delete_computed_trait(session=session, key=key)
+    except computed_traits.DefinitionNotFound as exc:
+        raise _not_found(key) from exc
+    except computed_traits.DefinitionOwned as exc:
+        raise ApiError(
+            status=409, code="computed_trait_owned", message=str(exc), details={"owners": exc.owners}
+        ) from exc
+    return {"job": job}
+
+
+@computed_router.delete("/{key}/owners/{owner}")
+async def release_computed_trait(
+    key: str,
+    owner: Annotated[str, Path(pattern=OWNER_PATTERN.pattern)],
+    session: SessionDep,
+    _: ProfileWriter,
+) -> dict[str, Any]:
+    """Release one owner's claim on a computed trait (releasing one twice changes nothing);
+    answer the owners left."""
+    try:
+        owners = await computed_traits.release_owner(session=session, key=key, owner=owner)
+    except computed_traits.DefinitionNotFound as exc:
+        raise _not_found(key) from exc
+    return {"key": key, "owners": owners}
 
 
 @computed_router.get("/{key}/values")

@@ -9,7 +9,7 @@ from typing import Any
 from cdp_common.jobs import Job, Step
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import duplicates_store, handlers, store
+from cdp_profile import computed_store, duplicates_store, handlers, store
 from cdp_profile.domain.computed import Definition, derive_defined, fold_all, next_change_at
 from cdp_profile.domain.duplicates import (
     KEYS_VERSION,
@@ -82,6 +82,31 @@ class ComputedTraitBackfill:
         if elapsed_s > STEP_TARGET_S * 2:
             return max(batch // 2, self._batch_size)
         return batch
+
+
+class ComputedTraitPurge:
+    """Removes the states of a deleted computed trait, a batch of profiles per step, from the store
+    and from those profiles' computed traits; the key may be defined again once it has finished.
+
+    Each step deletes what is left from the start, so a state written behind it cannot stay.
+    """
+
+    def __init__(self, *, batch_size: int = 2000) -> None:
+        self._batch_size = batch_size
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return how many states the deletion removes."""
+        return await computed_store.count_states(session=session, key=str(job.params["key"]))
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Remove the next batch of states, or finish the deletion when none is left."""
+        key = str(job.params["key"])
+        await store.serialise_writers(session=session)
+        removed = await computed_store.purge_states(session=session, key=key, limit=self._batch_size)
+        if removed:
+            return Step(cursor={}, advanced=removed)
+        await computed_store.finish_purge(session=session, key=key)
+        return Step(cursor={}, advanced=0, finished=True, total=job.done, result={"states_removed": job.done})
 
 
 # The queue keeps pairs scoring this or more: two namesakes with different e-mails score about

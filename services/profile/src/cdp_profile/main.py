@@ -11,10 +11,11 @@ from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
 from cdp_profile.api import routers
+from cdp_profile.computed_traits import PURGE_JOB
 from cdp_profile.consumer import SERVICE, consumer_specs
 from cdp_profile.duplicates_store import SCAN_JOB
 from cdp_profile.handlers import BACKFILL_JOB, Clock, ProfileContext, system_clock
-from cdp_profile.jobs import ComputedTraitBackfill, DuplicateScan
+from cdp_profile.jobs import ComputedTraitBackfill, ComputedTraitPurge, DuplicateScan
 from cdp_profile.scheduler import WindowScheduler
 from cdp_profile.settings import Settings
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
                 max_batch_size=settings.backfill_max_batch_size,
             ),
             SCAN_JOB: DuplicateScan(),
+            PURGE_JOB: ComputedTraitPurge(),
         },
     )
     app = build_app(runtime=runtime, routers=routers, title="CDP profile service")

@@ -1538,10 +1538,16 @@ async def trait_states(
 
 
 async def due_profiles(*, session: AsyncSession, now: datetime, limit: int) -> list[str]:
-    """Return profiles with a windowed trait whose oldest event has aged out by now."""
+    """Return profiles with a windowed trait whose oldest event has aged out by now.
+
+    States of a deleted trait, until its deletion job has removed them, are never due.
+    """
     rows = await session.execute(
         sa.select(computed_values.c.profile_id)
-        .where(computed_values.c.next_change_at <= now)
+        .where(
+            computed_values.c.next_change_at <= now,
+            computed_values.c.key.in_(sa.select(computed_definitions.c.key)),
+        )
         .group_by(computed_values.c.profile_id)
         .order_by(sa.func.min(computed_values.c.next_change_at))
         .limit(limit)

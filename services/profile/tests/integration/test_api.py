@@ -429,3 +429,62 @@ async def test_privacy_request_on_the_topic_erases_and_answers(
     await service.send(user_id=marker, event="Marker")
     await profile_when(http, service, f"user_id:{marker}")
     assert (await get(http, service, f"/v1/profiles/email:{email}")).status_code == 404
+
+
+async def test_a_computed_trait_is_deleted_once_no_owner_relies_on_it(
+    service: Running, http: httpx.AsyncClient
+) -> None:
+    user = "del-" + secrets.token_hex(4)
+    key = "orders_owned_" + secrets.token_hex(3)
+    url = f"{service.url}/v1/computed-traits"
+    spec = {"key": key, "aggregation": "count", "event_name": "Order Completed"}
+    await service.send(user_id=user, event="Order Completed", properties={"total": 5}, at=datetime.now(UTC))
+    await profile_when(http, service, f"user_id:{user}", lambda p: p["computed_traits"].get("orders") == 1)
+
+    created = await http.post(url, json={**spec, "owner": "segment:vip"}, headers=service.admin)
+    assert created.status_code == 202, created.text
+    assert created.json()["computed_trait"]["owners"] == ["segment:vip"]
+    shared = await http.post(url, json={**spec, "owner": "campaign:c-1"}, headers=service.admin)
+    assert shared.status_code == 200, shared.text
+    assert shared.json()["computed_trait"]["owners"] == ["campaign:c-1", "segment:vip"]
+    other = await http.post(url, json={**spec, "window_days": 7, "owner": "segment:x"}, headers=service.admin)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "computed_trait_exists"
+    profile = await profile_when(
+        http, service, f"user_id:{user}", lambda p: p["computed_traits"].get(key) == 1
+    )
+
+    refused = await http.delete(f"{url}/{key}", headers=service.admin)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "computed_trait_owned"
+    assert refused.json()["error"]["details"] == {"owners": ["campaign:c-1", "segment:vip"]}
+    for _ in range(2):  # releasing twice changes nothing
+        released = await http.delete(f"{url}/{key}/owners/segment:vip", headers=service.admin)
+        assert released.status_code == 200, released.text
+        assert released.json()["owners"] == ["campaign:c-1"]
+    still = await http.delete(f"{url}/{key}", headers=service.admin)
+    assert still.json()["error"]["details"] == {"owners": ["campaign:c-1"]}
+    assert (await get(http, service, f"/v1/computed-traits/{key}")).json()["owners"] == ["campaign:c-1"]
+    await http.delete(f"{url}/{key}/owners/campaign:c-1", headers=service.admin)
+
+    deleted = await http.delete(f"{url}/{key}", headers=service.admin)
+    assert deleted.status_code == 202, deleted.text
+    job_id = deleted.json()["job"]["id"]
+    assert (await get(http, service, f"/v1/computed-traits/{key}")).status_code == 404
+    assert (await get(http, service, f"/v1/computed-traits/{key}/values")).status_code == 404
+    assert key not in [d["key"] for d in (await get(http, service, "/v1/computed-traits")).json()["items"]]
+
+    async def purged() -> dict[str, Any] | None:
+        job: dict[str, Any] = (await get(http, service, f"/v1/jobs/{job_id}")).json()
+        return job if job["state"] == "succeeded" else None
+
+    job = await wait_for(purged, what="the deletion job")
+    assert job["kind"] == "computed_trait_purge"
+    assert job["done"] >= 1
+    assert key not in (await get(http, service, f"/v1/profiles/{profile['id']}")).json()["computed_traits"]
+    assert (await http.delete(f"{url}/{key}", headers=service.admin)).status_code == 404
+    assert (await http.delete(f"{url}/{key}/owners/segment:vip", headers=service.admin)).status_code == 404
+    # Once its values are gone, the key can be defined anew.
+    again = await http.post(url, json=spec, headers=service.admin)
+    assert again.status_code == 202, again.text
+    assert again.json()["computed_trait"]["owners"] == []
