@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_segment import store
 from cdp_segment.domain.rules import parse_rule
-from cdp_segment.store import builds
+from cdp_segment.store import builds, claims
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ class ComputedTraitsClient(Protocol):
         """Return a page of the trait's values of active profiles, in profile id order."""
         ...
 
+    async def claim(self, spec: dict[str, Any], owner: str) -> None:
+        """Define a computed trait, or add an owner to the same definition."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None:
+        """Let go of an owner of a computed trait (done too when profile does not know the trait)."""
+        ...
+
 
 class HttpComputedTraitsClient:
     """Profile's `/v1/computed-traits` over HTTP."""
@@ -76,10 +84,7 @@ class HttpComputedTraitsClient:
 
     async def define(self, spec: dict[str, Any]) -> str | None:
         """Create the computed trait (202 with profile's job); one that exists already (409) counts as done."""
-        async with httpx.AsyncClient(timeout=self._timeout_s) as client:
-            response = await client.post(
-                f"{self._base_url}/v1/computed-traits", json=spec, headers=self._headers
-            )
+        response = await self._post(spec)
         if response.status_code == 409:
             return None
         if response.status_code in (200, 201, 202):
@@ -94,6 +99,29 @@ class HttpComputedTraitsClient:
         raise httpx.HTTPStatusError(
             f"profile answered {response.status_code}", request=response.request, response=response
         )
+
+    async def claim(self, spec: dict[str, Any], owner: str) -> None:
+        """Ask for the computed trait with an owner: created (202) or the owner added (200)."""
+        response = await self._post({**spec, "owner": owner})
+        if response.status_code not in (200, 202):
+            raise httpx.HTTPStatusError(
+                f"profile answered {response.status_code}: {response.text[:300]}",
+                request=response.request,
+                response=response,
+            )
+
+    async def release(self, key: str, owner: str) -> None:
+        """Release an owner; a trait profile does not know (404) has no owner to release."""
+        async with httpx.AsyncClient(timeout=self._timeout_s) as client:
+            response = await client.delete(
+                f"{self._base_url}/v1/computed-traits/{key}/owners/{owner}", headers=self._headers
+            )
+        if response.status_code != 404:
+            response.raise_for_status()
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=self._timeout_s) as client:
+            return await client.post(f"{self._base_url}/v1/computed-traits", json=body, headers=self._headers)
 
     async def status(self, key: str) -> TraitStatus | None:
         """Return `GET /v1/computed-traits/{key}` as a status; None on 404."""
@@ -256,12 +284,45 @@ async def release_ready_builds(
     return released
 
 
+def owner_of(segment_key: str) -> str:
+    """Return how profile names a segment as the owner of a computed trait."""
+    return f"segment:{segment_key}"
+
+
+async def settle_claims(*, session: AsyncSession, client: ComputedTraitsClient) -> None:
+    """Tell profile which segments rely on which computed traits: new claims add the segment as an
+    owner, released ones let go of it. Profile is asked before anything is written; what it
+    cannot take now is tried again at the next watch."""
+    answered: list[tuple[claims.Claim, str | None]] = []
+    for claim in await claims.unsettled_claims(session=session):
+        try:
+            if claim.released:
+                await client.release(claim.key, owner_of(claim.segment_key))
+            elif claim.spec is not None:
+                await client.claim(claim.spec, owner_of(claim.segment_key))
+            else:
+                continue
+        except _ASK_ERRORS as exc:
+            answered.append((claim, f"{type(exc).__name__}: {exc}"[:500]))
+            continue
+        answered.append((claim, None))
+    for claim, error in answered:
+        if error is not None:
+            logger.warning(
+                "profile did not settle a computed-trait claim; retrying",
+                extra={"key": claim.key, "segment": claim.segment_key, "error": error},
+            )
+        await claims.settle_claim(session=session, claim=claim, error=error)
+
+
 async def watch_computed_traits(
     *, session_factory: async_sessionmaker[AsyncSession], client: ComputedTraitsClient
 ) -> dict[str, TraitProgress]:
-    """Move every computed-trait request that is not ready on and release the segments that waited
-    for them, in a transaction of its own; return the requests' progress."""
+    """Move every computed-trait request that is not ready on, settle the segments' claims on them
+    and release the segments that waited for them, in a transaction of its own; return the
+    requests' progress."""
     async with session_factory() as session, session.begin():
         progress = await advance_traits(session=session, client=client)
+        await settle_claims(session=session, client=client)
         await release_ready_builds(session=session, progress=progress)
     return progress

@@ -35,7 +35,7 @@ from cdp_segment.domain.lifecycle import STAGES, LifecycleThresholds, builtin_co
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
 from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
 from cdp_segment.domain.rules import ParsedRule, RuleError, is_segment_key, parse_rule
-from cdp_segment.store import builds
+from cdp_segment.store import builds, claims
 
 logger = logging.getLogger(__name__)
 
@@ -463,8 +463,12 @@ async def _check_references(
         raise InvalidSegment("rule", f"segments would refer to each other in a cycle: {' -> '.join(cycle)}")
 
 
-def _computed_specs(parsed: ParsedRule) -> dict[str, dict[str, Any]]:
-    return {spec.key: spec.as_request_body() for spec in parsed.computed_traits}
+async def _request_traits(*, session: AsyncSession, segment_key: str, parsed: ParsedRule) -> None:
+    """Ask profile for the computed traits a segment's rule reads, owned by the segment (and let go
+    of those its earlier version read)."""
+    specs = {spec.key: spec.as_request_body() for spec in parsed.computed_traits}
+    await store.request_computed_traits(session=session, specs=specs)
+    await claims.claim_traits(session=session, segment_key=segment_key, keys=specs)
 
 
 async def _build(
@@ -523,7 +527,7 @@ async def create_segment(
     except IntegrityError as exc:
         # Another request created the key since it was checked above.
         raise SegmentConflict(f"the key {key!r} is taken (keys of deleted segments stay taken)") from exc
-    await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
+    await _request_traits(session=session, segment_key=key, parsed=parsed)
     return await _build(session=session, segment=segment, parsed=parsed, trigger="created")
 
 
@@ -552,7 +556,7 @@ async def update_segment(
         dependencies=sorted(parsed.dependencies),
         uses_clock=parsed.uses_clock,
     )
-    await store.request_computed_traits(session=session, specs=_computed_specs(parsed))
+    await _request_traits(session=session, segment_key=segment.key, parsed=parsed)
     return await _build(session=session, segment=updated, parsed=parsed, trigger=f"version {updated.version}")
 
 
@@ -575,6 +579,7 @@ async def delete_segment(*, session: AsyncSession, ref: str) -> dict[str, Any]:
         raise SegmentConflict(f"{segment.key!r} is used by {users}; change those first")
     await _cancel_build(session=session, segment=segment)
     await store.mark_deleted(session=session, segment_id=segment.id)
+    await claims.claim_traits(session=session, segment_key=segment.key, keys=())
     return await submit_job(session=session, kind=DELETE_JOB, params={"segment_id": segment.id})
 
 
@@ -768,8 +773,10 @@ async def ensure_builtin_segments(*, session: AsyncSession, new_days: int = 30) 
             segment_id=f"builtin_{key}",
         )
         created.append(key)
-    await store.request_computed_traits(
-        session=session,
-        specs={spec.key: spec.as_request_body() for spec in builtin_computed_traits(new_days)},
-    )
+    specs = {spec.key: spec.as_request_body() for spec in builtin_computed_traits(new_days)}
+    await store.request_computed_traits(session=session, specs=specs)
+    # The lifecycle model reads these traits for its segments, which are never deleted.
+    for key, _, _ in BUILTIN_SEGMENTS:
+        if key.startswith("lifecycle_"):
+            await claims.claim_traits(session=session, segment_key=key, keys=specs)
     return created

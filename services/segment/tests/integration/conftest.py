@@ -54,6 +54,7 @@ class FakeProfile:
     built: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: dict[str, int] = field(default_factory=dict)
     pages_asked: list[tuple[str, str | None]] = field(default_factory=list)
+    owners: dict[str, set[str]] = field(default_factory=dict)
     base: int = 100
 
     async def define(self, spec: dict[str, Any]) -> str | None:
@@ -61,6 +62,13 @@ class FakeProfile:
             return None
         self.defined[spec["key"]] = spec
         return f"profile_job_{spec['key']}"
+
+    async def claim(self, spec: dict[str, Any], owner: str) -> None:
+        self.defined.setdefault(spec["key"], spec)
+        self.owners.setdefault(spec["key"], set()).add(owner)
+
+    async def release(self, key: str, owner: str) -> None:
+        self.owners.get(key, set()).discard(owner)
 
     async def status(self, key: str) -> TraitStatus | None:
         if key not in self.defined:

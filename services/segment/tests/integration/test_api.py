@@ -217,3 +217,36 @@ async def test_scopes(stack: Stack, http: httpx.AsyncClient) -> None:
     body = {"key": "nope", "name": "x", "rule": {"trait": "a", "op": "exists"}}
     assert (await http.post(f"{url}/v1/segments", json=body, headers=reader)).status_code == 403
     assert (await http.get(f"{url}/v1/models", headers=reader)).status_code == 200
+
+
+async def test_the_computed_trait_of_an_event_condition_is_owned_by_its_segment_until_deleted(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    segment_url, profile_url, admin = stack.url("segment"), stack.url("profile"), stack.admin()
+    key = "buyers_" + secrets.token_hex(3)
+    owner = f"segment:{key}"
+    rule = {"event": "Bought " + secrets.token_hex(3), "op": "gte", "value": 1, "within_days": 30}
+    created = await http.post(
+        f"{segment_url}/v1/segments", json={"key": key, "name": "Buyers", "rule": rule}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+
+    async def owned() -> dict[str, Any] | None:
+        listed = (await http.get(f"{profile_url}/v1/computed-traits", headers=admin)).json()
+        return next((t for t in listed["items"] if owner in t["owners"]), None)
+
+    trait = await wait_for(owned, what="profile to name the segment as the trait's owner")
+    assert trait["owners"] == [owner]
+    refused = await http.delete(f"{profile_url}/v1/computed-traits/{trait['key']}", headers=admin)
+    assert refused.status_code == 409
+    assert refused.json()["error"]["details"] == {"owners": [owner]}
+
+    assert (await http.delete(f"{segment_url}/v1/segments/{key}", headers=admin)).status_code == 202
+
+    async def released() -> bool:
+        found = await http.get(f"{profile_url}/v1/computed-traits/{trait['key']}", headers=admin)
+        return found.json()["owners"] == []
+
+    await wait_for(released, what="the deleted segment to release the trait")
+    deleted = await http.delete(f"{profile_url}/v1/computed-traits/{trait['key']}", headers=admin)
+    assert deleted.status_code == 202, deleted.text

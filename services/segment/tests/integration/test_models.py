@@ -47,6 +47,12 @@ class NoProfile:
     async def values(self, key: str, *, after: str | None, limit: int) -> ValuesPage:
         raise OSError("profile is not running in this test")
 
+    async def claim(self, spec: dict[str, Any], owner: str) -> None:
+        raise OSError("profile is not running in this test")
+
+    async def release(self, key: str, owner: str) -> None:
+        raise OSError("profile is not running in this test")
+
 
 def orders(
     now: datetime, *, first_days: float, last_days: float, count: int, revenue: float, recent: int = 0
