@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Request
@@ -134,6 +134,25 @@ async def authenticate(
     return Principal(token_id=row.token_id, scopes=frozenset(row.scopes))
 
 
+GuardT = TypeVar("GuardT", bound=Callable[..., Awaitable[Principal]])
+_SCOPE_OF_GUARD: dict[Callable[..., Any], str] = {}
+
+
+def guards_scope(scope: str) -> Callable[[GuardT], GuardT]:
+    """Mark a FastAPI dependency as the guard of a scope, which the OpenAPI document names."""
+
+    def mark(guard: GuardT) -> GuardT:
+        _SCOPE_OF_GUARD[guard] = scope
+        return guard
+
+    return mark
+
+
+def guarded_scope(guard: Callable[..., Any] | None) -> str | None:
+    """Return the scope a guard admits, when it was marked with guards_scope."""
+    return _SCOPE_OF_GUARD.get(guard) if guard is not None else None
+
+
 def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """Return a FastAPI dependency that admits only principals holding a scope."""
     if scope not in SCOPES:
@@ -155,4 +174,4 @@ def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             )
         return principal
 
-    return guard
+    return guards_scope(scope)(guard)

@@ -38,6 +38,7 @@ from cdp_common.kafka import (
 from cdp_common.logs import configure_logging
 from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from cdp_common.migrations import migrate
+from cdp_common.openapi import ApiDescription, MethodsAllowed, describe_api
 from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
 from cdp_common.screening import refuse_unstorable_input
 from cdp_common.settings import PlatformSettings
@@ -282,9 +283,15 @@ def _operations_router() -> APIRouter:
 
 
 def build_app(
-    *, runtime: ServiceRuntime, routers: Sequence[APIRouter], title: str, **fastapi_args: Any
+    *,
+    runtime: ServiceRuntime,
+    routers: Sequence[APIRouter],
+    title: str,
+    description: ApiDescription = ApiDescription(),  # noqa: B008 (frozen, never changed)
+    **fastapi_args: Any,
 ) -> FastAPI:
-    """Create a service's app: lifespan around the runtime, operations routes, error bodies."""
+    """Create a service's app: lifespan around the runtime, operations routes, error bodies,
+    the OpenAPI document with security and errors, and `Allow` with every method of a path."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -299,6 +306,8 @@ def build_app(
     dependencies = [Depends(refuse_unstorable_input), *fastapi_args.pop("dependencies", ())]
     app = FastAPI(title=title, lifespan=lifespan, dependencies=dependencies, **fastapi_args)
     install_error_handlers(app)
+    describe_api(app, description)
+    app.add_middleware(MethodsAllowed, routes=lambda: app.router.routes)
     app.add_middleware(HttpMetricsMiddleware, service=runtime.service)
     app.include_router(_operations_router())
     for router in routers:

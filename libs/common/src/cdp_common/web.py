@@ -167,5 +167,5 @@ def page_params(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> PageParams:
-    """Read the pagination query parameters."""
-    return PageParams(limit=limit, cursor=cursor)
+    """Read the pagination query parameters; an empty cursor is the first page."""
+    return PageParams(limit=limit, cursor=cursor or None)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from cdp_common.auth import SCOPES, Principal, authenticate, require_scope
+from cdp_common.auth import SCOPES, Principal, authenticate, guards_scope, require_scope
 from cdp_common.db import transaction
 from cdp_common.deps import SessionDep
 from cdp_common.privacy import access_router
@@ -490,6 +490,7 @@ class TokenRequest(BaseModel):
         return value
 
 
+@guards_scope("sources:write")
 async def _source_writer(request: Request) -> Principal:
     """Admit principals holding `sources:write` (or the older `sources:admin`)."""
     runtime = request.app.state.runtime

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import uvicorn
 from cdp_common.db import transaction
+from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -46,7 +47,12 @@ def create_app(settings: Settings) -> FastAPI:
         consumers=consumer_specs(settings),
         on_start=[prepare],
     )
-    app = build_app(runtime=runtime, routers=routers, title="CDP ingest service")
+    app = build_app(
+        runtime=runtime,
+        routers=routers,
+        title="CDP ingest service",
+        description=ApiDescription(write_key_paths=set(post_endpoints(tracking))),
+    )
     runtime_lifespan = app.router.lifespan_context
 
     @asynccontextmanager
