@@ -295,7 +295,11 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(service=runtime.service, level=runtime.settings.log_level)
+        configure_logging(
+            service=runtime.service,
+            level=runtime.settings.log_level,
+            repeat_interval_s=runtime.settings.log_repeat_interval_s,
+        )
         app.state.runtime = runtime
         await runtime.start()
         try:

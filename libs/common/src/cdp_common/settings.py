@@ -56,6 +56,9 @@ class PlatformSettings(BaseSettings):
     job_step_pause_s: float = Field(default=0.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "INFO"
+    # A warning or error repeated (same logger, message and exception type) is written once per
+    # this interval, the next one written saying how many were held back.
+    log_repeat_interval_s: float = Field(default=60.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -1,5 +1,6 @@
 """With the broker stopped in the middle of a load, every event that got a 200 is in Kafka
-afterwards, and the clients' retries deliver the rest once the broker is back.
+afterwards, and the clients' retries deliver the rest once the broker is back. While it is
+down, /readyz names Kafka and the log writes each repeated error once per interval.
 
 Stopping the shared broker would disturb every other test session, so this test runs a
 private single-node Kafka (the jars of the local stack, its own ports and data
@@ -9,7 +10,11 @@ directory) and a private ingest process that publishes to it.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import secrets
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,3 +165,54 @@ async def test_accepted_events_survive_a_broker_outage_and_retries_deliver_the_r
         assert len({e.id for e in envelopes}) == len(in_kafka), "a resent event keeps its envelope id"
     finally:
         await asyncio.to_thread(process.stop)
+
+
+async def test_while_the_broker_is_down_readyz_names_it_and_each_error_is_logged_once_an_interval(
+    platform: PlatformUnderTest, private_kafka: PrivateKafka, tmp_path: Path
+) -> None:
+    interval_s = 2.0
+    process, _ = await asyncio.to_thread(
+        start_ingest,
+        platform,
+        tmp_path,
+        CDP_ENV=f"{platform.env}-logs{secrets.token_hex(2)}",
+        CDP_KAFKA_BOOTSTRAP=private_kafka.bootstrap,
+        CDP_LOG_REPEAT_INTERVAL_S=str(interval_s),
+    )
+    log_path = process.log_path
+    try:
+        await asyncio.to_thread(private_kafka.kill)
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def kafka_named() -> bool:
+                ready = await client.get(f"{process.url}/readyz")
+                return ready.status_code == 503 and "kafka" in ready.json()["problems"]
+
+            await wait_for(kafka_named, timeout=120, what="/readyz to name Kafka")
+        down_at = time.monotonic()
+        seen = len(log_path.read_text().splitlines())
+
+        def since_down() -> list[dict[str, object]]:
+            written = [
+                json.loads(line) for line in log_path.read_text().splitlines()[seen:] if line.startswith("{")
+            ]
+            return [line for line in written if line.get("level") in ("WARNING", "ERROR")]
+
+        async def summarised() -> bool:
+            return any("repeated" in line for line in since_down())
+
+        await wait_for(summarised, timeout=120, what="a repeated error to be written with its count")
+        windows = (time.monotonic() - down_at) / interval_s
+        lines = since_down()
+        repeats = Counter(
+            (
+                line["logger"],
+                re.sub(r" \(repeated [\d,]+ times in the last \d+ s\)$", "", str(line["message"])),
+            )
+            for line in lines
+        )
+        assert max(repeats.values()) <= windows + 2, repeats.most_common(3)
+        held_back = sum(int(str(line["repeated"])) for line in lines if "repeated" in line)
+        assert held_back >= 1
+    finally:
+        process.stop()

@@ -245,7 +245,8 @@ async def test_the_computed_trait_of_an_event_condition_is_owned_by_its_segment_
 
     async def released() -> bool:
         found = await http.get(f"{profile_url}/v1/computed-traits/{trait['key']}", headers=admin)
-        return found.json()["owners"] == []
+        owners: list[str] = found.json()["owners"]
+        return not owners
 
     await wait_for(released, what="the deleted segment to release the trait")
     deleted = await http.delete(f"{profile_url}/v1/computed-traits/{trait['key']}", headers=admin)
