@@ -3,20 +3,23 @@
 PostgreSQL refuses the NUL character in text and JSONB, and a lone UTF-16 surrogate (which JSON
 can carry as an escape such as \\ud800) is not a character UTF-8 can encode. JSON bodies nested
 deeper than any definition needs and integers beyond 64 bits are refused with them, before a
-handler or a store sees the request. Routes that read their body themselves (the tracking API)
-apply the same rules per event.
+handler or a store sees the request: a path or a query by a middleware in front of every route,
+a body by a dependency of the routers whose routes declare one. Routes that read their body
+themselves (the tracking API) apply the same rules per event.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request, params
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdp_common.db import has_long_digit_run
 from cdp_common.storable import MAX_BODY_DEPTH, Unstorable, document_problem, located, unstorable_character
-from cdp_common.web import ApiError
+from cdp_common.web import ApiError, error_response
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -35,8 +38,35 @@ def needs_document_walk(body: bytes) -> bool:
     return may_hold_unstorable(body) or body.count(b"[") + body.count(b"{") > MAX_BODY_DEPTH
 
 
-def _refusal(problem: Unstorable, *, detail: str) -> ApiError:
-    return ApiError(status=400, code=problem.code, message=problem.message, details={detail: problem.where})
+def _refusal(problem: Unstorable, **details: str | None) -> ApiError:
+    return ApiError(status=400, code=problem.code, message=problem.message, details=details)
+
+
+def _path_or_query_refusal(scope: Scope) -> ApiError | None:
+    if "\x00" in scope.get("path", ""):
+        return _refusal(
+            Unstorable("nul_character", "the path contains a NUL character (%00)"), location="path"
+        )
+    query: bytes = scope.get("query_string", b"")
+    # Decoded, a query holds a NUL exactly where its text holds "%00".
+    if b"%00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if problem := unstorable_character(name) or unstorable_character(value):
+                return _refusal(problem, location="query", parameter=name)
+    return None
+
+
+class UnstorableInputMiddleware:
+    """Answers 400 to a request whose path or query holds a NUL character, before any route sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (refusal := _path_or_query_refusal(scope)) is not None:
+            await error_response(refusal)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 async def _body_problem(request: Request) -> Unstorable | None:
@@ -49,7 +79,7 @@ async def _body_problem(request: Request) -> Unstorable | None:
             ):
                 return located(problem, key)
         return None
-    body = await request.body()
+    body = await request.body()  # read already for the route; this is its cached copy
     if not body or not needs_document_walk(body):
         return None
     try:
@@ -59,18 +89,19 @@ async def _body_problem(request: Request) -> Unstorable | None:
     return document_problem(document)
 
 
-async def refuse_unstorable_input(request: Request) -> None:
-    """Answer 400 to a request whose path, query or body holds what no service can store."""
-    for name, value in request.scope.get("path_params", {}).items():
-        if isinstance(value, str) and (problem := unstorable_character(value)):
-            raise _refusal(located(problem, name), detail="parameter")
-    if b"%00" in request.scope.get("query_string", b""):
-        for name, value in request.query_params.multi_items():
-            if problem := unstorable_character(name) or unstorable_character(value):
-                raise _refusal(located(problem, name), detail="parameter")
+async def refuse_unstorable_body(request: Request) -> None:
+    """Answer 400 to a request whose body holds what no service can store."""
     route = request.scope.get("route")
-    # Only a body the route has declared is read here; the tracking routes read theirs themselves.
     if isinstance(route, APIRoute) and route.body_field is not None:
         problem = await _body_problem(request)
         if problem is not None:
-            raise _refusal(problem, detail="field")
+            raise _refusal(problem, field=problem.where)
+
+
+def body_screening(router: APIRouter) -> list[params.Depends]:
+    """Return the dependencies that screen the bodies of a router's routes: none for a router
+    whose routes declare no body (the tracking API reads its own, and answers per event)."""
+    declares_body = any(
+        isinstance(route, APIRoute) and route.body_field is not None for route in router.routes
+    )
+    return [Depends(refuse_unstorable_body)] if declares_body else []

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import exc as sa_exc
@@ -40,7 +40,7 @@ from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_
 from cdp_common.migrations import migrate
 from cdp_common.openapi import ApiDescription, MethodsAllowed, describe_api
 from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
-from cdp_common.screening import refuse_unstorable_input
+from cdp_common.screening import UnstorableInputMiddleware, body_screening
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 from cdp_common.web import install_error_handlers
@@ -307,15 +307,15 @@ def build_app(
         finally:
             await runtime.stop()
 
-    dependencies = [Depends(refuse_unstorable_input), *fastapi_args.pop("dependencies", ())]
-    app = FastAPI(title=title, lifespan=lifespan, dependencies=dependencies, **fastapi_args)
+    app = FastAPI(title=title, lifespan=lifespan, **fastapi_args)
     install_error_handlers(app)
     describe_api(app, description)
     app.add_middleware(MethodsAllowed, routes=lambda: app.router.routes)
+    app.add_middleware(UnstorableInputMiddleware)
     app.add_middleware(HttpMetricsMiddleware, service=runtime.service)
     app.include_router(_operations_router())
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, dependencies=body_screening(router))
     return app
 
 
