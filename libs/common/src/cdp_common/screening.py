@@ -18,11 +18,10 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdp_common.db import has_long_digit_run
-from cdp_common.storable import MAX_BODY_DEPTH, Unstorable, document_problem, located, unstorable_character
+from cdp_common.storable import MAX_BODY_DEPTH, Unstorable, document_problem, unstorable_character
 from cdp_common.web import ApiError, error_response
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def may_hold_unstorable(body: bytes) -> bool:
@@ -70,15 +69,6 @@ class UnstorableInputMiddleware:
 
 
 async def _body_problem(request: Request) -> Unstorable | None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type in _FORM_TYPES:
-        form = await request.form()  # parsed already for the route; this is its cached copy
-        for key, value in form.multi_items():
-            if isinstance(value, str) and (
-                problem := unstorable_character(key) or unstorable_character(value)
-            ):
-                return located(problem, key)
-        return None
     body = await request.body()  # read already for the route; this is its cached copy
     if not body or not needs_document_walk(body):
         return None
