@@ -81,6 +81,36 @@ _TRAIT_SUBSET = sa.func.jsonb_strip_nulls(
 ).label("traits")
 
 
+_CANDIDATE_COLUMNS = ("profile_id", "name", "email", "phone", "address", "company")
+# One statement for a step's candidates, whatever their number: new ones are inserted, changed
+# ones (every one when `full`) updated; both come back as pending.
+_UPSERT_CANDIDATES = sa.text(
+    """
+    INSERT INTO duplicate_candidates (profile_id, name, email, phone, address, company, keys_version, pending)
+    SELECT t.*, :keys_version, true
+      FROM unnest(CAST(:profile_id AS text[]), CAST(:name AS text[]), CAST(:email AS text[]),
+                  CAST(:phone AS text[]), CAST(:address AS text[]), CAST(:company AS text[]))
+           AS t(profile_id, name, email, phone, address, company)
+    ON CONFLICT (profile_id) DO UPDATE
+       SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
+           address = EXCLUDED.address, company = EXCLUDED.company, keys_version = EXCLUDED.keys_version,
+           pending = true, updated_at = now()
+     WHERE CAST(:full AS boolean)
+        OR (duplicate_candidates.name, duplicate_candidates.email, duplicate_candidates.phone,
+            duplicate_candidates.address, duplicate_candidates.company, duplicate_candidates.keys_version)
+           IS DISTINCT FROM
+           (EXCLUDED.name, EXCLUDED.email, EXCLUDED.phone, EXCLUDED.address, EXCLUDED.company,
+            EXCLUDED.keys_version)
+    RETURNING profile_id
+    """
+)
+
+
+def _among(column: sa.ColumnElement[str], ids: Sequence[str]) -> sa.ColumnElement[bool]:
+    """`column = ANY(ids)`: one array parameter, however many ids (an IN list is compiled per id)."""
+    return column == sa.any_(sa.bindparam(None, list(ids), type_=postgresql.ARRAY(sa.Text)))
+
+
 @dataclass(frozen=True)
 class StoredSuspect:
     """A pair of the queue."""
@@ -140,34 +170,14 @@ async def save_candidates(
     """
     changed: list[str] = []
     if found:
-        inserted = postgresql.insert(candidates)
-        compared = ("name", "email", "phone", "address", "company", "keys_version")
-        differs = sa.tuple_(*(candidates.c[n] for n in compared)).is_distinct_from(
-            sa.tuple_(*(inserted.excluded[n] for n in compared))
+        columns = {n: [getattr(c, n) for c in found] for n in _CANDIDATE_COLUMNS}
+        changed = list(
+            (
+                await session.execute(
+                    _UPSERT_CANDIDATES, {**columns, "keys_version": keys_version, "full": full}
+                )
+            ).scalars()
         )
-        upsert = inserted.on_conflict_do_update(
-            index_elements=[candidates.c.profile_id],
-            set_={
-                **{n: inserted.excluded[n] for n in compared},
-                "pending": True,
-                "updated_at": sa.func.now(),
-            },
-            where=sa.true() if full else differs,
-        ).returning(candidates.c.profile_id)
-        rows = [
-            {
-                "profile_id": c.profile_id,
-                "name": c.name,
-                "email": c.email,
-                "phone": c.phone,
-                "address": c.address,
-                "company": c.company,
-                "keys_version": keys_version,
-                "pending": True,
-            }
-            for c in found
-        ]
-        changed = list((await session.execute(upsert, rows)).scalars())
     stretch = candidates.c.profile_id > after
     if last is not None:
         stretch = sa.and_(stretch, candidates.c.profile_id <= last)
@@ -176,7 +186,7 @@ async def save_candidates(
         (
             await session.execute(
                 candidates.delete()
-                .where(stretch, candidates.c.profile_id.not_in(live) if live else sa.true())
+                .where(stretch, sa.not_(_among(candidates.c.profile_id, live)))
                 .returning(candidates.c.profile_id)
             )
         ).scalars()
@@ -186,12 +196,12 @@ async def save_candidates(
         await session.execute(
             suspects.delete().where(
                 suspects.c.state == "open",
-                sa.or_(suspects.c.profile_a.in_(gone), suspects.c.profile_b.in_(gone)),
+                sa.or_(_among(suspects.c.profile_a, gone), _among(suspects.c.profile_b, gone)),
             )
         )
     if changed:
         blocks_of = {c.profile_id: b for c, b in zip(found, blocks, strict=True)}
-        await session.execute(keys.delete().where(keys.c.profile_id.in_(changed)))
+        await session.execute(keys.delete().where(_among(keys.c.profile_id, changed)))
         numbers = [n for pid in changed for n in sorted(set(blocks_of[pid]))]
         owners = [pid for pid in changed for _ in sorted(set(blocks_of[pid]))]
         if numbers:
@@ -239,7 +249,7 @@ async def next_blocks(
     pending: set[str] = set()
     if shared:
         for row in await session.execute(
-            sa.select(candidates).where(candidates.c.profile_id.in_(sorted(shared)))
+            sa.select(candidates).where(_among(candidates.c.profile_id, sorted(shared)))
         ):
             found[row.profile_id] = _candidate_of_row(row)
             if row.pending:
@@ -306,10 +316,12 @@ async def settle_pending(*, session: AsyncSession, job_id: str, limit: int) -> i
         suspects.delete().where(
             suspects.c.state == "open",
             sa.or_(suspects.c.seen_job.is_(None), suspects.c.seen_job != job_id),
-            sa.or_(suspects.c.profile_a.in_(ids), suspects.c.profile_b.in_(ids)),
+            sa.or_(_among(suspects.c.profile_a, ids), _among(suspects.c.profile_b, ids)),
         )
     )
-    await session.execute(candidates.update().where(candidates.c.profile_id.in_(ids)).values(pending=False))
+    await session.execute(
+        candidates.update().where(_among(candidates.c.profile_id, ids)).values(pending=False)
+    )
     return len(ids)
 
 

@@ -6,11 +6,12 @@ import hashlib
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from rapidfuzz import fuzz
+import numpy as np
+from rapidfuzz import fuzz, process
 from rapidfuzz.distance import OSA
 
 LEGAL_FORMS = {
@@ -93,63 +94,112 @@ def find_suspects(candidates: list[Candidate], *, threshold: float = 0.8) -> lis
 def suspects_in_blocks(
     blocks: Iterable[list[Candidate]], *, threshold: float, changed: set[str] | None = None
 ) -> list[Suspect]:
-    """Score the pairs of each block once; with `changed`, only pairs with a changed member."""
+    """Score the pairs of each block (a pair that shares several blocks once); with `changed`, only
+    pairs with a changed member. Each block's pairs are scored together, field by field, in C."""
     seen: set[tuple[str, str]] = set()
     suspects: list[Suspect] = []
     for members in blocks:
-        for left, right in pairs_in_block(members, changed=changed):
-            pair = _ordered(left.profile_id, right.profile_id)
+        ordered, left, right = pairs_in_block(members, changed=changed)
+        if not len(left):
+            continue
+        scores, fields = score_pairs(ordered, left, right)
+        for at in np.flatnonzero(scores >= threshold):
+            pair = _ordered(ordered[left[at]].profile_id, ordered[right[at]].profile_id)
             if pair in seen or pair[0] == pair[1]:
                 continue
             seen.add(pair)
-            score, reasons = score_pair(left, right)
-            if score >= threshold:
-                suspects.append(Suspect(profile_ids=pair, score=round(score, 3), reasons=reasons))
+            reasons = {name: float(sims[at]) for name, (present, sims) in fields.items() if present[at]}
+            suspects.append(Suspect(profile_ids=pair, score=round(float(scores[at]), 3), reasons=reasons))
     return suspects
 
 
 def pairs_in_block(
     members: list[Candidate], *, changed: set[str] | None = None
-) -> Iterator[tuple[Candidate, Candidate]]:
-    """Yield the pairs of a block worth comparing (see MAX_BLOCK); with `changed`, those with a changed member."""
+) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """Return a block's members in the order compared and the positions of the pairs worth comparing
+    (see MAX_BLOCK); with `changed`, only the pairs with a changed member."""
     ordered = sorted(members, key=lambda c: (c.name or "", c.email or "", c.profile_id))
-    everyone = len(ordered) <= MAX_BLOCK
-    for i, left in enumerate(ordered):
-        for right in ordered[i + 1 :] if everyone else ordered[i + 1 : i + 1 + WINDOW]:
-            if changed is None or left.profile_id in changed or right.profile_id in changed:
-                yield left, right
+    size = len(ordered)
+    if size <= MAX_BLOCK:
+        left, right = np.triu_indices(size, 1)
+    else:
+        left = np.repeat(np.arange(size), WINDOW)
+        right = left + np.tile(np.arange(1, WINDOW + 1), size)
+        inside = right < size
+        left, right = left[inside], right[inside]
+    if changed is not None:
+        pending = np.fromiter((c.profile_id in changed for c in ordered), dtype=bool, count=size)
+        keep = pending[left] | pending[right]
+        left, right = left[keep], right[keep]
+    return ordered, left, right
 
 
 def score_pair(left: Candidate, right: Candidate) -> tuple[float, dict[str, float]]:
     """Return how alike two profiles are and the similarity of each compared field."""
-    reasons: dict[str, float] = {}
-    if left.name and right.name:
-        reasons["name"] = fuzz.token_sort_ratio(left.name, right.name) / 100
-    if left.email and right.email:
-        reasons["email"] = _email_similarity(left.email, right.email)
-    if left.phone and right.phone:
-        reasons["phone"] = 1.0 if left.phone == right.phone else 0.0
-    if left.address and right.address:
-        reasons["address"] = fuzz.token_set_ratio(left.address, right.address) / 100
-    if left.company and right.company:
-        reasons["company"] = fuzz.ratio(left.company, right.company) / 100
-    weights = {"name": 0.35, "email": 0.3, "phone": 0.15, "address": 0.2, "company": 0.35}
-    if not reasons:
-        return 0.0, reasons
-    total = sum(weights[k] for k in reasons)
-    score = sum(weights[k] * v for k, v in reasons.items()) / total
-    # One field alone is weak evidence, unless it is a company name and nothing else is known.
-    if len(reasons) == 1 and "company" not in reasons:
-        score *= 0.8
-    return score, reasons
+    scores, fields = score_pairs([left, right], np.array([0]), np.array([1]))
+    reasons = {name: float(sims[0]) for name, (present, sims) in fields.items() if present[0]}
+    return float(scores[0]), reasons
 
 
-def _email_similarity(left: str, right: str) -> float:
-    if left == right:
-        return 1.0
-    distance = OSA.distance(left, right)
-    # A typo or two ("gmial.com", "jane.doe" vs "jane.do") on an address of normal length.
-    return max(0.0, 1.0 - distance / 4) if distance <= 2 else 0.0
+WEIGHTS = {"name": 0.35, "email": 0.3, "phone": 0.15, "address": 0.2, "company": 0.35}
+
+
+def _ratio(scorer: Any) -> Any:
+    def similarity(left: list[str | None], right: list[str | None]) -> np.ndarray:
+        return process.cpdist(left, right, scorer=scorer, dtype=np.float64, workers=1) / 100
+
+    return similarity
+
+
+def _email_similarities(left: list[str | None], right: list[str | None]) -> np.ndarray:
+    # Equal is 1; a typo or two ("gmial.com", "jane.doe" vs "jane.do") on an address of normal length
+    # is 1 - distance / 4; farther apart is 0.
+    distance = process.cpdist(left, right, scorer=OSA.distance, dtype=np.int64, workers=1)
+    return np.where(distance == 0, 1.0, np.where(distance <= 2, np.maximum(0.0, 1.0 - distance / 4), 0.0))
+
+
+def _phone_similarities(left: list[str | None], right: list[str | None]) -> np.ndarray:
+    return np.fromiter((a == b for a, b in zip(left, right, strict=True)), dtype=np.float64, count=len(left))
+
+
+_SIMILARITY = {
+    "name": _ratio(fuzz.token_sort_ratio),
+    "email": _email_similarities,
+    "phone": _phone_similarities,
+    "address": _ratio(fuzz.token_set_ratio),
+    "company": _ratio(fuzz.ratio),
+}
+
+
+def score_pairs(
+    members: list[Candidate], left: np.ndarray, right: np.ndarray
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Score the pairs (members[left[i]], members[right[i]]): return the scores in [0, 1] and, per
+    field, whether both members have it and how alike they are in it.
+
+    The score is the weighted mean of the fields both have; one field alone is weak evidence
+    (times 0.8), unless it is a company name and nothing else is known.
+    """
+    fields: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    weighted = np.zeros(len(left))
+    total = np.zeros(len(left))
+    count = np.zeros(len(left), dtype=np.int64)
+    for name, similarity in _SIMILARITY.items():
+        values = np.array([getattr(c, name) or None for c in members], dtype=object)
+        has = values != None  # noqa: E711 - element-wise against None
+        present = has[left] & has[right]
+        if not present.any():
+            fields[name] = (present, np.zeros(len(left)))
+            continue
+        sims = np.zeros(len(left))
+        sims[present] = similarity(values[left[present]].tolist(), values[right[present]].tolist())
+        fields[name] = (present, sims)
+        weighted = weighted + WEIGHTS[name] * np.where(present, sims, 0.0)
+        total = total + np.where(present, WEIGHTS[name], 0.0)
+        count += present
+    scores = np.divide(weighted, total, out=np.zeros(len(left)), where=total > 0)
+    alone = (count == 1) & ~fields["company"][0]
+    return np.where(alone, scores * 0.8, scores), fields
 
 
 def block_keys(candidate: Candidate) -> list[str]:
