@@ -752,7 +752,8 @@ BUILTIN_SEGMENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 
 async def ensure_builtin_segments(*, session: AsyncSession, new_days: int = 30) -> list[str]:
-    """Create the built-in RFM and lifecycle segments that are missing; return the keys created."""
+    """Create the built-in RFM and lifecycle segments that are missing, and have every segment claim
+    the computed traits it reads (those made before segments claimed them too); return the keys created."""
     await session.execute(
         sa.text("SELECT pg_advisory_xact_lock(hashtextextended('cdp-segment-builtins', 0))")
     )
@@ -779,4 +780,8 @@ async def ensure_builtin_segments(*, session: AsyncSession, new_days: int = 30) 
     for key, _, _ in BUILTIN_SEGMENTS:
         if key.startswith("lifecycle_"):
             await claims.claim_traits(session=session, segment_key=key, keys=specs)
+    for segment in await store.list_live_segments(session=session):
+        if not segment.builtin:
+            keys = {spec.key for spec in parse_rule(segment.rule).computed_traits}
+            await claims.claim_traits(session=session, segment_key=segment.key, keys=keys)
     return created
