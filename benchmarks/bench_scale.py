@@ -22,7 +22,11 @@ grows the same base to the large size. At each size, beside baselines measured i
   own against the same database: `POST /v1/segments` until its status is `ready` ("filled"),
   beside the bare SQL aggregate above (goal: within 3 times); then a full recompute
   (`POST /v1/segments/{key}/recompute`, 202, its job polled on `GET /v1/jobs/{id}`) beside a bare
-  SQL count of the members' predicate over segment's copy of the profiles (goal: within 5 times).
+  SQL count of the members' predicate over segment's copy of the profiles (goal: within 5 times);
+- each model run over the whole base (`POST /v1/models/{name}/run` for RFM, clusters, CLV and
+  lifecycle, 202, polled), beside a bare SQL pass over segment's copy of the profiles;
+- a full duplicate scan (`POST /v1/duplicates/scan` with `full`), beside a bare SQL pass reading
+  the traits it compares; both also as minutes at 1,000,000 people, scaled linearly.
 
 The large size is BENCH_SCALE_PROFILES (0, the default, measures 100,000 only, so a normal
 `make bench` stays short). 10,000,000 people with 10 events take about 145 GB; where the disk
@@ -77,6 +81,16 @@ RESOLUTION_TIMEOUT_S = 1_800
 SEGMENT_TIMEOUT_S = 3_600
 # Jobs and segments are polled this often while they run: fine enough not to add to the times measured.
 POLL_S = 0.05
+# The models run one after another over the whole base, and what a bare SQL pass over segment's
+# copy of the profiles (what they read) and over the traits a duplicate scan compares takes.
+MODELS = ("rfm", "clusters", "clv", "lifecycle")
+COPY_SCAN_SQL = (
+    "SELECT count(*), sum(length(computed::text)) FROM segment.known_profiles WHERE merged_into IS NULL"
+)
+CANDIDATE_SCAN_SQL = (
+    "SELECT count(*), sum(length(jsonb_build_object('name', traits -> 'name', 'email', traits -> 'email',"
+    " 'address', traits -> 'address')::text)) FROM profile.profiles WHERE status = 'active'"
+)
 SEGMENT_RULE = {"event": "Product Viewed", "op": "gte", "value": 1, "within_days": 7}
 AGGREGATE = """
     SELECT profile_id, count(*) FROM profile.events
@@ -363,6 +377,58 @@ async def _segment(
     return report
 
 
+async def _sql_median(database_url: str, query: str) -> float:
+    """Return the median time of SQL_ROUNDS runs of a bare SQL pass."""
+    connection = await asyncpg.connect(plain_url(database_url))
+    try:
+        times = []
+        for _ in range(SQL_ROUNDS):
+            started = time.perf_counter()
+            await connection.fetch(query)
+            times.append(time.perf_counter() - started)
+    finally:
+        await connection.close()
+    return round(statistics.median(times), 3)
+
+
+async def _job_run(client: httpx.AsyncClient, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """Start a job through the API, follow it to its end; return its wall time, rate and result."""
+    started = time.perf_counter()
+    answer = await client.post(path, json=body)
+    if answer.status_code != 202:
+        return {"skipped": f"POST {path} answered {answer.status_code}: {answer.text[:300]}"}
+    job = await _poll_job(client, answer.json()["job"]["id"], started)
+    wall = time.perf_counter() - started
+    if job.get("state") != "succeeded":
+        return {
+            "skipped": f"the job ended {job.get('state')!r}: {job.get('error')}",
+            "wall_s": round(wall, 1),
+        }
+    return {"wall_s": round(wall, 2), "items": job.get("total"), "job_rate_per_s": job.get("rate_per_s")}
+
+
+async def _duplicate_scan(client: httpx.AsyncClient, database_url: str, size: int) -> dict[str, Any]:
+    """A full duplicate scan of the base, beside a bare SQL pass reading what it compares."""
+    baseline = await _sql_median(database_url, CANDIDATE_SCAN_SQL)
+    scan = await _job_run(client, "/v1/duplicates/scan", {"full": True})
+    if "wall_s" in scan and "skipped" not in scan:
+        scan["profiles_per_s"] = round(size / scan["wall_s"])
+        scan["minutes_at_1m_linear"] = round(scan["wall_s"] * 1_000_000 / size / 60, 1)
+    return {**scan, "baseline_sql_pass_s": baseline}
+
+
+async def _model_runs(client: httpx.AsyncClient, database_url: str, size: int) -> dict[str, Any]:
+    """Each model run over the whole base, beside a bare SQL pass over segment's copy."""
+    report: dict[str, Any] = {"baseline_sql_pass_s": await _sql_median(database_url, COPY_SCAN_SQL)}
+    for model in MODELS:
+        run = await _job_run(client, f"/v1/models/{model}/run", None)
+        if "wall_s" in run and "skipped" not in run:
+            run["profiles_per_s"] = round(size / run["wall_s"])
+            run["minutes_at_1m_linear"] = round(run["wall_s"] * 1_000_000 / size / 60, 1)
+        report[model] = run
+    return report
+
+
 async def _measure(
     process: ServiceProcess,
     segment: ServiceProcess,
@@ -386,6 +452,9 @@ async def _measure(
     report["resolution"] = await _resolution(settings, database_url, size, now)
     async with httpx.AsyncClient(base_url=segment.url, headers=headers, timeout=120) as client:
         report["segment"] = await _segment(client, database_url, size, sql["median_s"])
+        report["models"] = await _model_runs(client, database_url, size)
+    async with httpx.AsyncClient(base_url=process.url, headers=headers, timeout=120) as client:
+        report["duplicate_scan"] = await _duplicate_scan(client, database_url, size)
     connection = await asyncpg.connect(plain_url(database_url))
     try:
         sizes = await table_sizes(connection)
