@@ -98,18 +98,18 @@ async def test_a_nul_in_a_path_or_a_query_is_400(stack: Stack, http: httpx.Async
         assert_refused(response, "nul_character", where="cursor")
 
 
-async def test_deep_bodies_and_huge_integers_are_4xx_with_the_error_body(
+async def test_deep_bodies_and_huge_integers_are_400_with_the_error_body(
     stack: Stack, http: httpx.AsyncClient, create_route: tuple[str, dict[str, Any]]
 ) -> None:
     url, _ = create_route
     for levels in (100, 2000, 100_000):
         response = await post_raw(http, stack, url, b'{"extra": ' + b"[" * levels + b"]" * levels + b"}")
         assert response.status_code == 400, (levels, response.text[:300])
-        assert response.json()["error"]["code"] in {"too_deep", "bad_request"}
+        assert response.json()["error"]["code"] == "too_deep"
     for digits in (30, 4301, 100_000):
         response = await post_raw(http, stack, url, b'{"extra": ' + b"9" * digits + b"}")
         assert response.status_code == 400, (digits, response.text[:300])
-        assert response.json()["error"]["code"] in {"number_out_of_range", "bad_request"}
+        assert response.json()["error"]["code"] == "number_out_of_range"
 
 
 async def test_a_valid_body_is_still_taken(stack: Stack, http: httpx.AsyncClient) -> None:

@@ -74,6 +74,23 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _unreadable_body(exc: StarletteHTTPException) -> ApiError | None:
+    """Say why a JSON body could not be read at all, when it nests past the parser's limit or holds
+    an integer past Python's; the error FastAPI raises carries the parser's as its cause."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return ApiError(status=400, code="too_deep", message="objects and arrays nest too deep to be read")
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return ApiError(
+            status=400,
+            code="number_out_of_range",
+            message="integers must fit in 64 bits; send larger ones as strings",
+        )
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error of the app answer with the contract's error body."""
 
@@ -94,6 +111,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        unreadable = _unreadable_body(exc)
+        if unreadable is not None:
+            return error_response(unreadable)
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(
             ApiError(
