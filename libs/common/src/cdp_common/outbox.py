@@ -286,18 +286,6 @@ class OutboxRelay:
         for message in messages:
             OUTBOX_PUBLISHED.labels(self._service, message.topic).inc()
 
-    async def publish_pending(self, conn: AsyncConnection) -> int:
-        """Publish one batch of unpublished rows in id order and mark them; return how many."""
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
-        messages = _messages(await driver.fetch(_MARK_AND_READ, [], 0, self._batch_size))
-        if not messages:
-            return 0
-        await self._publisher.publish_batch(messages)
-        await driver.execute(_MARK_AND_READ, [m.id for m in messages], messages[-1].id, 0)
-        self._count_published(messages)
-        return len(messages)
-
     async def _keep_house(self) -> None:
         """Report the backlog and delete old published rows now and then, while leading."""
         last_cleanup = 0.0

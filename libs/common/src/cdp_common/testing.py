@@ -32,7 +32,6 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from cdp_common.envelope import Envelope
 from cdp_common.events import InvalidEvent, UnknownEventType, decode_envelope
@@ -177,19 +176,6 @@ def platform() -> Iterator[PlatformUnderTest]:
         )
     finally:
         asyncio.run(drop())
-
-
-@asynccontextmanager
-async def rolled_back_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """Yield a session whose work, commits included, is rolled back at the end."""
-    async with engine.connect() as conn:
-        outer = await conn.begin()
-        session = AsyncSession(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
-        try:
-            yield session
-        finally:
-            await session.close()
-            await outer.rollback()
 
 
 async def read_topic(

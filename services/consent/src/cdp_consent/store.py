@@ -617,22 +617,6 @@ async def summarise_open_requests(
     )
 
 
-async def count_overdue(*, session: AsyncSession, now: datetime) -> int:
-    """Count open privacy requests past their deadline."""
-    return int(
-        (
-            await session.execute(
-                sa.select(sa.func.count())
-                .select_from(privacy_requests)
-                .where(
-                    privacy_requests.c.status.in_(["pending", "in_progress"]),
-                    privacy_requests.c.deadline < now,
-                )
-            )
-        ).scalar_one()
-    )
-
-
 async def erase_bundles(*, session: AsyncSession, profile_ids: list[str]) -> int:
     """Drop the access bundles that hold data of these profiles; return how many."""
     result = await session.execute(

@@ -94,16 +94,6 @@ def _source_document(row: Any) -> dict[str, Any]:
     }
 
 
-async def find_source_by_write_key(*, session: AsyncSession, write_key_hash: str) -> str | None:
-    """Return the id of the enabled source that owns a write key."""
-    found = await session.execute(
-        sa.select(sources.c.id).where(
-            sources.c.write_key_hash == write_key_hash, sources.c.disabled_at.is_(None)
-        )
-    )
-    return found.scalar_one_or_none()
-
-
 async def find_enabled_source(*, session: AsyncSession, write_key_hash: str) -> dict[str, Any] | None:
     """Return the enabled source that owns a write key, with its limits and tracking plan."""
     found = (

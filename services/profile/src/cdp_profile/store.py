@@ -139,10 +139,6 @@ DEFINITIONS_LOCK = 0x70726F66696C65
 CONFIGURATION = "profile_configuration"
 
 
-class ConcurrentChange(Exception):
-    """The identity graph kept changing under a resolution; the caller retries the event."""
-
-
 @dataclass
 class StoredProfile:
     """A profile as held: version, status, traits with provenance, computed state and values."""

@@ -67,11 +67,6 @@ class Condition:
     default: Any = None
     label: str = ""
 
-    @property
-    def is_clock(self) -> bool:
-        """Whether the outcome changes with the passing of time alone."""
-        return self.op in CLOCK_OPS
-
 
 @dataclass(frozen=True)
 class Age:
