@@ -36,7 +36,8 @@ _STATUS_OF_CODE = {
     "suppressed": 409,
     "consent_unavailable": 503,
     "composing_unavailable": 503,
-    "smtp_failed": 502,
+    # The mail server is a dependency: when it cannot take a test e-mail, the caller retries.
+    "smtp_failed": 503,
 }
 
 
@@ -49,8 +50,13 @@ ContextDep = Annotated[CampaignContext, Depends(_context)]
 
 
 def _api_error(exc: CampaignError) -> ApiError:
+    status = _STATUS_OF_CODE.get(exc.code, 422)
     return ApiError(
-        status=_STATUS_OF_CODE.get(exc.code, 422), code=exc.code, message=str(exc), details=exc.details
+        status=status,
+        code=exc.code,
+        message=str(exc),
+        details=exc.details,
+        headers={"Retry-After": "5"} if status == 503 else None,
     )
 
 

@@ -1426,7 +1426,11 @@ async def send_test_email(
     subject = composed.subject
     try:
         await ctx.mailer.send(composed.mail)
-    except (Rejected, TemporaryFailure, HandOverUnknown) as exc:
+    except Rejected as exc:
+        raise CampaignError(
+            f"the mail server refused the test e-mail: {exc}", code="address_rejected"
+        ) from exc
+    except (TemporaryFailure, HandOverUnknown) as exc:
         raise CampaignError(f"the test e-mail was not accepted: {exc}", code="smtp_failed") from exc
     return {"sent": True, "reference": reference, "variant": variant.key, "subject": subject}
 

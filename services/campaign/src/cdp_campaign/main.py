@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app, serve
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -108,7 +109,26 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
         on_start=[start_workers],
     )
     holder["runtime"] = runtime
-    app = build_app(runtime=runtime, routers=routers, title="CDP campaign service")
+    app = build_app(
+        runtime=runtime,
+        routers=routers,
+        title="CDP campaign service",
+        description=ApiDescription(
+            error_codes={
+                409: ["invalid_transition", "suppressed"],
+                422: [
+                    "invalid_campaign",
+                    "invalid_template",
+                    "invalid_address",
+                    "address_rejected",
+                    "unknown_variant",
+                    "unsupported_channel",
+                    "webhook_not_allowed",
+                ],
+                503: ["consent_unavailable", "composing_unavailable", "smtp_failed"],
+            }
+        ),
+    )
     app.state.campaign = ctx
     inner = app.router.lifespan_context
 

@@ -513,6 +513,10 @@ async def test_a_test_send_reaches_the_given_address(
     assert (
         await http.post(f"/v1/campaigns/{created['id']}/test-send", json={"address": "not-an-address"})
     ).status_code == 422
+    # An address the mail server refuses is the caller's to fix: a 4xx, never a 5xx.
+    bounced = await http.post(f"/v1/campaigns/{created['id']}/test-send", json={"address": "qa@bounce.test"})
+    assert bounced.status_code == 422, bounced.text
+    assert bounced.json()["error"]["code"] == "address_rejected"
     # Composing workers that cannot start: a 503 that says so, not a 500.
     working = campaign.ctx.composer
     campaign.ctx.composer = NeverStarting(processes=1, timeout_s=5)

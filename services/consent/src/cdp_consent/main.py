@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app, serve
 from cdp_common.topics import TopicName
 from fastapi import FastAPI
@@ -64,7 +65,21 @@ def create_app(settings: Settings) -> FastAPI:
     runtime = ConsentRuntime(
         service=SERVICE, settings=settings, migrations=MIGRATIONS, consumers=consumer_specs(settings)
     )
-    app = build_app(runtime=runtime, routers=routers, title="CDP consent service")
+    app = build_app(
+        runtime=runtime,
+        routers=routers,
+        title="CDP consent service",
+        description=ApiDescription(
+            error_codes={
+                404: ["not_found"],
+                409: ["not_an_access_request", "bundle_not_ready"],
+                410: ["bundle_erased"],
+                413: ["too_many_profile_ids"],
+                422: ["invalid_address", "invalid_subject", "unknown_purpose_or_channel"],
+                503: ["mail_unavailable"],
+            }
+        ),
+    )
     app.state.consent_context = ConsentContext.from_settings(
         settings, consents_topic=settings.topic(TopicName.CONSENTS)
     )

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app, serve
 from cdp_common.topics import TopicName
 from fastapi import FastAPI
@@ -51,7 +52,25 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
             PURGE_JOB: ComputedTraitPurge(),
         },
     )
-    app = build_app(runtime=runtime, routers=routers, title="CDP profile service")
+    app = build_app(
+        runtime=runtime,
+        routers=routers,
+        title="CDP profile service",
+        description=ApiDescription(
+            error_codes={
+                400: ["invalid_reference", "invalid_time"],
+                404: ["profile_not_found", "merge_not_found"],
+                409: [
+                    "computed_trait_exists",
+                    "computed_trait_deleting",
+                    "computed_trait_owned",
+                    "merge_refused",
+                    "same_profile",
+                    "split_refused",
+                ],
+            }
+        ),
+    )
     app.state.profile_context = context
     app.state.duplicates_scan_limit = settings.duplicates_scan_limit
     runtime_lifespan = app.router.lifespan_context

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from cdp_common.envelope import utc_now
+from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app, serve
 from cdp_common.topics import TopicName
 from fastapi import FastAPI
@@ -86,7 +87,12 @@ def create_app(
             clv_horizon_days=settings.clv_horizon_days,
         ),
     )
-    app = build_app(runtime=runtime, routers=routers, title="CDP segment service")
+    app = build_app(
+        runtime=runtime,
+        routers=routers,
+        title="CDP segment service",
+        description=ApiDescription(error_codes={413: ["payload_too_large"], 422: ["invalid_segment"]}),
+    )
     app.state.segment_context = context
     app.state.preview_sample_size = settings.preview_sample_size
     app.state.preview_timeout_s = settings.preview_timeout_s
