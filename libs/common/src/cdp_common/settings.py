@@ -50,9 +50,10 @@ class PlatformSettings(BaseSettings):
     outbox_poll_interval_s: float = Field(default=1.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1)
     migrate_on_start: bool = True
-    # Jobs (backfills, recomputes, model fits): how many run at once in one process, and a
+    # Jobs (backfills, recomputes, model fits): how many run at once in one process (enough that a
+    # short job is not kept waiting behind long ones), and a
     # pause between two steps of one job that leaves the database to the event flow.
-    job_workers: int = Field(default=2, ge=1)
+    job_workers: int = Field(default=4, ge=1)
     job_step_pause_s: float = Field(default=0.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
     log_level: str = "INFO"
