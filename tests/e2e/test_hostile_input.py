@@ -83,6 +83,9 @@ async def test_a_nul_or_a_lone_surrogate_in_a_body_is_400(
     # A lone surrogate travels only as a JSON escape, which json.dumps writes for it.
     response = await post_raw(http, stack, url, json.dumps(with_text(body, "\ud800x")).encode())
     assert_refused(response, "invalid_encoding", where=name)
+    # And encoded as if it were a character, which is not UTF-8.
+    raw = json.dumps(with_text(body, "\udfffx"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert_refused(await post_raw(http, stack, url, raw), "invalid_encoding", where=name)
     nested: dict[str, Any] = {"leaf": "\u0000"}
     response = await http.post(url, json={**body, "extra": {"deep": [nested]}}, headers=stack.admin())
     assert_refused(response, "nul_character", where="extra.deep[0].leaf")

@@ -21,15 +21,18 @@ from cdp_common.db import has_long_digit_run
 from cdp_common.storable import MAX_BODY_DEPTH, Unstorable, document_problem, unstorable_character
 from cdp_common.web import ApiError, error_response
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+# A surrogate as a JSON escape, or encoded as if it were a character (which the standard
+# library's parser reads from bytes rather than refusing).
+_SURROGATE = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]")
 
 
 def may_hold_unstorable(body: bytes) -> bool:
     """Whether a JSON body may hold a character PostgreSQL cannot store or an integer beyond 64 bits.
 
-    JSON carries a NUL or a lone surrogate only as an escape, so a body without one holds neither.
+    JSON carries a NUL only as an escape, and a lone surrogate as an escape or encoded as a
+    character would be, so a body without one holds neither.
     """
-    return b"\\u0000" in body or _SURROGATE_ESCAPE.search(body) is not None or has_long_digit_run(body)
+    return b"\\u0000" in body or _SURROGATE.search(body) is not None or has_long_digit_run(body)
 
 
 def needs_document_walk(body: bytes) -> bool:

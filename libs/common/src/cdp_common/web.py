@@ -75,13 +75,15 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def _unreadable_body(exc: StarletteHTTPException) -> ApiError | None:
-    """Say why a JSON body could not be read at all, when it nests past the parser's limit or holds
-    an integer past Python's; the error FastAPI raises carries the parser's as its cause."""
+    """Say why a JSON body could not be read at all: not UTF-8, nested past the parser's limit, or
+    with an integer past Python's; the error FastAPI raises carries the parser's as its cause."""
     cause = exc.__cause__
     if exc.status_code != 400 or cause is None:
         return None
     if isinstance(cause, RecursionError):
         return ApiError(status=400, code="too_deep", message="objects and arrays nest too deep to be read")
+    if isinstance(cause, UnicodeDecodeError):
+        return ApiError(status=400, code="invalid_encoding", message="the body is not valid UTF-8")
     if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
         return ApiError(
             status=400,

@@ -74,6 +74,22 @@ async def test_refusals_say_what_and_where_and_valid_input_passes() -> None:
             # Past what the parser reads at all: said as precisely.
             (await post(client, "/v1/things", "[" * 100_000 + "]" * 100_000), "too_deep", None),
             (await post(client, "/v1/things", '{"name": ' + "9" * 5000 + "}"), "number_out_of_range", None),
+            (
+                await client.post(
+                    "/v1/things",
+                    content=b'{"name": "\xed\xa0\x80"}',
+                    headers={"Content-Type": "application/json"},
+                ),
+                "invalid_encoding",
+                {"field": "name"},
+            ),
+            (
+                await client.post(
+                    "/v1/things", content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"}
+                ),
+                "invalid_encoding",
+                None,
+            ),
             (await client.get("/v1/things/a%00b"), "nul_character", {"location": "path"}),
             (
                 await client.get("/v1/things/a?cursor=x%00"),
