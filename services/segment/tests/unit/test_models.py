@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cdp_segment.domain.clusters import FEATURES, fit_cluster_model, fit_clusters
-from cdp_segment.domain.clv import BgNbd, fit_bgnbd, fit_gamma_gamma, simulate_customers
+from cdp_segment.domain.clv import BgNbd, Customers, fit_bgnbd, fit_gamma_gamma, simulate_customers
 from cdp_segment.domain.lifecycle import LifecycleThresholds, lifecycle_stage
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle
 from cdp_segment.domain.rfm import named_segment, quintile_positions, quintile_scores, score_by_thresholds
@@ -125,6 +126,67 @@ def test_clv_backtest_on_a_synthetic_shop_beats_the_naive_rate() -> None:
     assert ((alive >= 0) & (alive <= 1)).all()
     value = fit_gamma_gamma(customers).expected_order_value(customers)
     assert (value > 0).all()
+
+
+CDNOW = Path(__file__).parents[1] / "fixtures" / "CDNOW_sample.txt"
+CALIBRATION_END = date(1997, 9, 30)  # 39 weeks after the year began
+HOLDOUT_END = date(1998, 6, 30)  # the next 39 weeks
+PUBLISHED = BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)
+
+
+def cdnow_in_weeks() -> tuple[Customers, np.ndarray]:
+    """The CDNOW sample as the paper summarises it: repeat purchase days, t_x and T in weeks over the
+    calibration period, and each customer's purchase days in the holdout."""
+    days: dict[str, set[date]] = {}
+    for line in CDNOW.read_text().splitlines():
+        customer, _, stamp, _, _ = line.split()
+        days.setdefault(customer, set()).add(date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:])))
+    frequency, recency, age, holdout = [], [], [], []
+    for bought in days.values():
+        calibration = sorted(d for d in bought if d <= CALIBRATION_END)
+        frequency.append(len(calibration) - 1)
+        recency.append((calibration[-1] - calibration[0]).days / 7)
+        age.append((CALIBRATION_END - calibration[0]).days / 7)
+        holdout.append(sum(1 for d in bought if CALIBRATION_END < d <= HOLDOUT_END))
+    customers = Customers(
+        frequency=np.array(frequency, dtype=np.float64),
+        recency=np.array(recency),
+        age=np.array(age),
+        monetary=np.zeros(len(frequency)),
+    )
+    return customers, np.array(holdout, dtype=np.float64)
+
+
+def test_bgnbd_reproduces_the_published_cdnow_fit_and_its_holdout_forecast() -> None:
+    """Fader, Hardie and Lee (2005) on their CDNOW sample: the parameters to two decimals, and a
+    39-week forecast as close to what the customers did as the published parameters'."""
+    customers, holdout = cdnow_in_weeks()
+    assert len(holdout) == 2357
+    model = fit_bgnbd(customers)
+    fitted = (model.r, model.alpha, model.a, model.b)
+    published = (PUBLISHED.r, PUBLISHED.alpha, PUBLISHED.a, PUBLISHED.b)
+    assert [round(v, 2) for v in fitted] == [round(v, 2) for v in published]
+    assert model.a < 1, "a below 1 is the textbook fit; it must not be clamped"
+    forecast = float(model.expected_purchases(customers, 39).sum())
+    by_published = float(PUBLISHED.expected_purchases(customers, 39).sum())
+    actual = float(holdout.sum())
+    assert actual == 1882
+    assert abs(forecast - by_published) / by_published < 0.005
+    assert abs(forecast - actual) <= abs(by_published - actual) * 1.005
+
+
+def test_the_customers_bgnbd_calls_most_likely_gone_buy_least_in_the_holdout() -> None:
+    """Churn checked on the CDNOW holdout (the model card's table): the repeat customers by decile of
+    P(alive) and their purchases in the next 39 weeks. A customer without a repeat purchase has
+    P(alive) = 1 by the model's construction, so they are left out of the ranking."""
+    customers, holdout = cdnow_in_weeks()
+    alive = fit_bgnbd(customers).probability_alive(customers)
+    repeat = np.flatnonzero(customers.frequency > 0)
+    ranked = repeat[np.argsort(alive[repeat], kind="stable")]
+    deciles = [float(holdout[part].mean()) for part in np.array_split(ranked, 10)]
+    assert deciles[-1] == max(deciles)
+    assert np.mean(deciles[:3]) < np.mean(deciles[-3:]) / 3
+    assert np.mean(deciles[:5]) < np.mean(deciles[5:]) / 2
 
 
 def test_a_change_reaches_only_dependent_segments_then_their_dependents() -> None:

@@ -57,6 +57,8 @@ class BgNbd:
         """Return each customer's expected number of purchases in the next `horizon` days."""
         x, t = c.frequency, c.age
         a, b, r, alpha = self.a, self.b, self.r, self.alpha
+        if abs(a - 1) < 1e-9:
+            a = 1 + 1e-9  # the formula's removable singularity: its limit, to nine places
         from scipy import special  # type: ignore[import-untyped]
 
         z = horizon / (alpha + t + horizon)
@@ -90,8 +92,9 @@ def fit_bgnbd(c: Customers) -> BgNbd:
         options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6},
     )
     r, alpha, a, b = np.exp(result.x)
-    # The expected-purchase formula needs a > 1; the likelihood rarely lands below it.
-    return BgNbd(r=float(r), alpha=float(alpha), a=float(max(a, 1.0001)), b=float(b))
+    # Any a > 0 is a valid fit: in the expected-purchase formula (a + b + x - 1) / (a - 1) and the
+    # bracket it multiplies change sign together (a = 1 exactly is its removable singularity).
+    return BgNbd(r=float(r), alpha=float(alpha), a=float(a), b=float(b))
 
 
 @dataclass(frozen=True)
