@@ -57,7 +57,7 @@ from cdp_common.metrics import (
 )
 from cdp_common.outbox import OutboxMessage
 from cdp_common.settings import PlatformSettings
-from cdp_common.topics import TopicName
+from cdp_common.topics import Topic, TopicName
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class KafkaPublisher:
             logger.warning("a replaced producer did not stop cleanly", extra={"service": self._service})
 
 
-def topic_configs(settings: PlatformSettings, name: TopicName) -> dict[str, str]:
+def topic_configs(settings: PlatformSettings, name: Topic) -> dict[str, str]:
     """Return the Kafka configuration of a platform topic."""
     configs = {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
     if name.compacted:
@@ -232,8 +232,8 @@ def topic_configs(settings: PlatformSettings, name: TopicName) -> dict[str, str]
     return configs
 
 
-async def ensure_topics(settings: PlatformSettings, names: Sequence[TopicName]) -> None:
-    """Create the platform topics and their dead-letter topics that do not exist yet."""
+async def ensure_topics(settings: PlatformSettings, names: Sequence[Topic]) -> None:
+    """Create the topics and their dead-letter topics that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -257,13 +257,6 @@ async def ensure_topics(settings: PlatformSettings, names: Sequence[TopicName]) 
         await admin.close()
 
 
-def _topic_name_of(settings: PlatformSettings, topic: str) -> TopicName | None:
-    for name in TopicName:
-        if settings.topic(name) == topic:
-            return name
-    return None
-
-
 def _observe_age(group_id: str, envelope: Envelope[Any]) -> None:
     """Record how long after its envelope time a message was processed."""
     age = (datetime.now(UTC) - envelope.time).total_seconds()
@@ -278,7 +271,7 @@ class ConsumerRunner:
         *,
         settings: PlatformSettings,
         group_id: str,
-        topics: Sequence[TopicName],
+        topics: Sequence[Topic],
         handlers: Mapping[type[Payload], Handler],
         session_factory: async_sessionmaker[AsyncSession],
         publisher: KafkaPublisher,
@@ -289,6 +282,7 @@ class ConsumerRunner:
         self._settings = settings
         self.group_id = group_id
         self._topics = [settings.topic(t) for t in topics]
+        self._topic_of = {settings.topic(t): t for t in topics}
         # By the `type` an envelope names, so a message is routed (or skipped) before it is checked.
         self._handlers = {payload.EVENT_TYPE: handler for payload, handler in handlers.items()}
         self._batch_handlers = dict(batch_handlers or {})
@@ -632,7 +626,7 @@ class ConsumerRunner:
                 await asyncio.sleep(self._settings.consumer_retry_backoff_s * 2 ** (attempts - 1))
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], *, error: str, attempts: int) -> None:
-        name = _topic_name_of(self._settings, record.topic)
+        name = self._topic_of.get(record.topic)
         dlq = self._settings.dlq_topic(name) if name is not None else f"{record.topic}.dlq"
         raw = record.value or b""
         try:

@@ -40,9 +40,9 @@ from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_
 from cdp_common.migrations import migrate
 from cdp_common.openapi import ApiDescription, MethodsAllowed, describe_api
 from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
-from cdp_common.screening import UnstorableInputMiddleware, body_screening
+from cdp_common.screening import BodySizeLimitMiddleware, UnstorableInputMiddleware, body_screening
 from cdp_common.settings import PlatformSettings
-from cdp_common.topics import TopicName
+from cdp_common.topics import ServiceTopic, Topic, TopicName
 from cdp_common.web import install_error_handlers
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class ConsumerSpec:
     """One consumer group of a service: what it reads and which handler takes each type."""
 
     purpose: str
-    topics: Sequence[TopicName]
+    topics: Sequence[Topic]
     handlers: Mapping[type[Payload], Handler]
     batch_handlers: Mapping[type[Payload], BatchHandler] = field(default_factory=dict)
 
@@ -99,6 +99,8 @@ class ServiceRuntime:
     settings: PlatformSettings
     migrations: Path
     consumers: Sequence[ConsumerSpec] = ()
+    # Topics private to the service, created beside the contract's topics every service creates.
+    topics: Sequence[ServiceTopic] = ()
     on_start: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
     jobs: Mapping[str, JobKind] = field(default_factory=dict)
     engine: AsyncEngine = field(init=False)
@@ -120,7 +122,7 @@ class ServiceRuntime:
                 "database",
                 lambda: migrate(engine=self.engine, schema=self.service, script_location=self.migrations),
             )
-        await _retrying("kafka", lambda: ensure_topics(self.settings, list(TopicName)))
+        await _retrying("kafka", lambda: ensure_topics(self.settings, [*TopicName, *self.topics]))
         await _retrying("kafka", self._start_producer)
         self.publisher = KafkaPublisher(
             self.producer,
@@ -312,6 +314,7 @@ def build_app(
     describe_api(app, description)
     app.add_middleware(MethodsAllowed, routes=lambda: app.router.routes)
     app.add_middleware(UnstorableInputMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware, service=runtime.service)
     app.include_router(_operations_router())
     for router in routers:

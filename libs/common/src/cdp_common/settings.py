@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cdp_common.topics import TopicName
+from cdp_common.topics import Topic
 
 
 class PlatformSettings(BaseSettings):
@@ -56,6 +56,9 @@ class PlatformSettings(BaseSettings):
     job_workers: int = Field(default=4, ge=1)
     job_step_pause_s: float = Field(default=0.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
+    # The largest request body any route reads (413 payload_too_large past it); the tracking
+    # routes keep their own, smaller limits.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
     # A warning or error repeated (same logger, message and exception type) is written once per
     # this interval, the next one written saying how many were held back.
@@ -70,11 +73,11 @@ class PlatformSettings(BaseSettings):
                 return "postgresql+asyncpg://" + value[len(prefix) :]
         return value
 
-    def topic(self, name: TopicName) -> str:
+    def topic(self, name: Topic) -> str:
         """Return the environment's name for a platform topic."""
         return f"{self.env}.{name.value}"
 
-    def dlq_topic(self, name: TopicName) -> str:
+    def dlq_topic(self, name: Topic) -> str:
         """Return the environment's dead-letter topic for a platform topic."""
         return f"{self.env}.{name.dlq}"
 

@@ -19,9 +19,9 @@ from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 
 from cdp_campaign import handlers, store
-from cdp_campaign.handlers import SERVICE, CampaignContext
+from cdp_campaign.handlers import SENDS_TOPIC, SERVICE, CampaignContext
 
-__all__ = ["SERVICE", "consumer_specs"]
+__all__ = ["SENDS_TOPIC", "SERVICE", "consumer_specs"]
 
 
 def _bound(handler: Any, ctx: CampaignContext) -> Handler:
@@ -63,7 +63,7 @@ def consumer_specs(settings: PlatformSettings, ctx: CampaignContext | None = Non
         ),
         ConsumerSpec(
             purpose="sends",
-            topics=[TopicName.CAMPAIGN_SENDS],
+            topics=[SENDS_TOPIC],
             handlers={CampaignSendsRequested: _bound(handlers.on_sends_requested, ctx)},
             batch_handlers={
                 CampaignSendsRequested: functools.partial(handlers.on_sends_requested_together, ctx=ctx)

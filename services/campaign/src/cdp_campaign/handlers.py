@@ -30,6 +30,7 @@ from cdp_common.events import (
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.outbox import add_to_outbox
 from cdp_common.replica import apply_profile_versions
+from cdp_common.topics import ServiceTopic
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_campaign import store
@@ -76,6 +77,8 @@ from cdp_campaign.settings import Settings
 logger = logging.getLogger(__name__)
 
 SERVICE = "campaign"
+# Send jobs spread over the service's replicas; no other service reads or writes it.
+SENDS_TOPIC = ServiceTopic("cdp.campaign-sends.v1")
 ORDER_COMPLETED = "Order Completed"
 
 
@@ -96,9 +99,7 @@ class CampaignContext:
     @property
     def sends_topic(self) -> str:
         """The environment's send-job topic."""
-        from cdp_common.topics import TopicName
-
-        return self.settings.topic(TopicName.CAMPAIGN_SENDS)
+        return self.settings.topic(SENDS_TOPIC)
 
     @property
     def hash_key(self) -> str:

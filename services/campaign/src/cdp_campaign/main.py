@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_campaign.api import routers
-from cdp_campaign.consumer import SERVICE, consumer_specs
+from cdp_campaign.consumer import SENDS_TOPIC, SERVICE, consumer_specs
 from cdp_campaign.domain.addresses import parse_allowlist
 from cdp_campaign.gateways import (
     Clock,
@@ -106,6 +106,7 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
         settings=settings,
         migrations=MIGRATIONS,
         consumers=consumer_specs(settings, ctx),
+        topics=[SENDS_TOPIC],
         on_start=[start_workers],
     )
     holder["runtime"] = runtime

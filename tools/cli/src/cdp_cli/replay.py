@@ -9,6 +9,7 @@ which checks its keyed-hash tombstones before it creates anyone.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cdp_common.events import DeadLetter, InvalidEvent, ProfileErased, UnknownEventType, decode_envelope
-from cdp_common.topics import TopicName
+from cdp_common.topics import ServiceTopic, Topic, TopicName
 
 
 @dataclass
@@ -26,13 +27,16 @@ class ReplayReport:
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
-def topic_by_name(name: str) -> TopicName:
-    """Find a platform topic by its contract name (cdp.events.v1) or short name (events)."""
+def topic_by_name(name: str) -> Topic:
+    """Find a topic by its contract name (cdp.events.v1) or short name (events); a full name the
+    contract's shared topics do not hold is a service's own topic (cdp.campaign-sends.v1)."""
     for topic in TopicName:
         if name in (topic.value, topic.name.lower(), topic.dlq):
             return topic
+    if re.fullmatch(r"cdp\.[a-z0-9-]+\.v1", name):
+        return ServiceTopic(name)
     known = ", ".join(topic.name.lower() for topic in TopicName)
-    raise ValueError(f"unknown topic {name!r}; one of {known} or their cdp.*.v1 names")
+    raise ValueError(f"unknown topic {name!r}; one of {known} or a cdp.*.v1 name")
 
 
 async def read_to_end(*, bootstrap: str, topic: str) -> list[bytes | None]:
@@ -92,7 +96,7 @@ async def replay_dead_letters(
     *,
     bootstrap: str,
     env: str,
-    topic: TopicName,
+    topic: Topic,
     dry_run: bool,
     on_total: Callable[[int], Any],
     on_progress: Callable[[str], Any],
