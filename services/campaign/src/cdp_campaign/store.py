@@ -173,18 +173,6 @@ sa.Index(
     "engagements_dedupe", engagements.c.send_id, engagements.c.kind, engagements.c.dedupe_key, unique=True
 )
 
-SERVICE_TABLES = (
-    campaigns,
-    journeys,
-    journey_positions,
-    contacts,
-    memberships,
-    profile_events,
-    purchases,
-    sends,
-    engagements,
-)
-
 # Statuses of a send: queued → handing_over → sent | bounced | failed | unknown;
 # or skipped (with a reason), deferred (quiet hours, until not_before), holdout.
 HANDED_STATUSES = ("handing_over", "sent", "unknown")
