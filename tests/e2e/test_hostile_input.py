@@ -5,10 +5,12 @@ past any sensible depth, integers beyond 64 bits."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from cdp_common.settings import PlatformSettings
 
 from .conftest import Stack
 
@@ -121,3 +123,26 @@ async def test_a_valid_body_is_still_taken(stack: Stack, http: httpx.AsyncClient
     )
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "Café \U0001f600 [{}]"
+
+
+async def test_a_body_past_the_size_limit_is_413_with_the_error_body(
+    stack: Stack, http: httpx.AsyncClient, create_route: tuple[str, dict[str, Any]]
+) -> None:
+    url, body = create_route
+    limit = PlatformSettings.model_fields["max_body_bytes"].default  # the session's services keep it
+    huge = json.dumps(with_text(body, "x" * limit)).encode()
+    declared = await post_raw(http, stack, url, huge)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(huge), 65536):
+            yield huge[start : start + 65536]
+
+    # Sent without a Content-Length (chunked), the body is refused once it passes the limit.
+    streamed = await http.post(
+        url, content=chunks(), headers={**stack.admin(), "Content-Type": "application/json"}
+    )
+    for response in (declared, streamed):
+        assert response.status_code == 413, response.text[:300]
+        error = response.json()["error"]
+        assert error["code"] == "payload_too_large"
+        assert error["details"] == {"max_bytes": limit}

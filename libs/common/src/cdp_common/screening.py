@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request, params
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cdp_common.db import has_long_digit_run
 from cdp_common.storable import MAX_BODY_DEPTH, Unstorable, document_problem, unstorable_character
@@ -98,3 +98,57 @@ def body_screening(router: APIRouter) -> list[params.Depends]:
         isinstance(route, APIRoute) and route.body_field is not None for route in router.routes
     )
     return [Depends(refuse_unstorable_body)] if declares_body else []
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 payload_too_large to a body over `max_bytes`, before any route reads it.
+
+    A declared Content-Length over the limit is refused at once; a body sent without one (chunked)
+    is read up to the limit and handed on whole, or refused once it passes the limit. Routes with
+    their own, smaller limits (the tracking API) keep applying them.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _refusal(self) -> ApiError:
+        return ApiError(
+            status=413,
+            code="payload_too_large",
+            message=f"the body is larger than {self.max_bytes} bytes",
+            details={"max_bytes": self.max_bytes},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None:
+            if declared.strip().isdigit() and int(declared) > self.max_bytes:
+                await error_response(self._refusal())(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await error_response(self._refusal())(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
