@@ -59,9 +59,6 @@ class PlatformSettings(BaseSettings):
     # The largest request body any route reads (413 payload_too_large past it); the tracking
     # routes keep their own, smaller limits.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # The largest request body any route reads (413 payload_too_large past it); the tracking
-    # routes keep their own, smaller limits.
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
     # A warning or error repeated (same logger, message and exception type) is written once per
     # this interval, the next one written saying how many were held back.
