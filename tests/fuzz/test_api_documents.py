@@ -121,7 +121,7 @@ async def test_clients_generated_from_the_documents_call_every_service(
         base_url=stack.url("ingest"), token=basic, prefix="Basic"
     )
     track = module(clients, "ingest", "api.tracking.track")
-    body = module(clients, "ingest", "models").TrackBody.from_dict(
+    body = module(clients, "ingest", "models").TrackCall.from_dict(
         {"userId": "client-1", "event": "Generated"}
     )
     sent = await track.asyncio_detailed(client=tracking, body=body)

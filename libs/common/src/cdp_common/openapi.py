@@ -65,13 +65,26 @@ SECURITY_SCHEMES: dict[str, Any] = {
 INPUT_REFUSALS = ("nul_character", "invalid_encoding", "number_out_of_range", "too_deep")
 
 
+_OTHER_REFUSALS = {
+    404: "Nothing is known under the name given",
+    409: "The change conflicts with the current state",
+    410: "What was asked for is gone for good",
+    413: "The request is larger than the service takes",
+    415: "The body's media type or encoding is not one the operation takes",
+}
+
+
 @dataclass(frozen=True)
 class ApiDescription:
     """What a service adds to what its routes say: the paths that take a write key rather than a
-    token, and the error codes its handlers answer besides the common ones, by status."""
+    token, the error codes its handlers answer besides the common ones (by status), and the
+    bodies of routes that read them themselves."""
 
     write_key_paths: Collection[str] = ()
     error_codes: Mapping[int, Sequence[str]] = field(default_factory=dict)
+    # Request bodies of routes that read their body themselves, by path, and the schemas they name.
+    request_bodies: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    schemas: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[Any]:
@@ -165,8 +178,11 @@ def _error_responses(
         _codes("A dependency is unavailable; retry after `Retry-After`", ["unavailable", *extra.get(503, ())])
     )
     for status, codes in extra.items():
-        if status not in responses and status >= 400:
-            responses[status] = _error(_codes("Refused", codes))
+        # A service's own codes of a status go where that status can arise: a conflict on a
+        # change, a body's size or media type where there is a body, the rest where input is read.
+        applies = {409: method != "GET", 413: has_body, 415: has_body}.get(status, takes_input)
+        if status not in responses and applies:
+            responses[status] = _error(_codes(_OTHER_REFUSALS.get(status, "Refused"), codes))
     return {str(status): response for status, response in sorted(responses.items())}
 
 
@@ -182,6 +198,7 @@ def build_openapi(app: FastAPI, description: ApiDescription) -> dict[str, Any]:
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["ErrorBody"] = ERROR_SCHEMA
+    schemas.update(description.schemas)
     # FastAPI's own validation-error shapes are never answered: validation errors use ErrorBody.
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
@@ -195,15 +212,10 @@ def build_openapi(app: FastAPI, description: ApiDescription) -> dict[str, Any]:
             operation = document["paths"].get(route.path_format, {}).get(method.lower())
             if operation is None:
                 continue
+            if route.path_format in description.request_bodies:
+                operation.setdefault("requestBody", description.request_bodies[route.path_format])
             if write_key:
                 operation["security"] = [{WRITE_KEY: []}, {}]
-                operation.setdefault(
-                    "requestBody",
-                    {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                )
             elif token:
                 operation["security"] = [{BEARER: []}]
                 if scope is not None:

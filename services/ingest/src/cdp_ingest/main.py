@@ -17,6 +17,7 @@ from cdp_ingest import handlers
 from cdp_ingest.api import Intake, routers, tracking
 from cdp_ingest.consumer import SERVICE, consumer_specs
 from cdp_ingest.dispatch import TrackingDispatch, post_endpoints
+from cdp_ingest.domain.call_schemas import tracking_bodies
 from cdp_ingest.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -53,6 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
         title="CDP ingest service",
         description=ApiDescription(
             write_key_paths=set(post_endpoints(tracking)),
+            request_bodies=tracking_bodies()[0],
+            schemas=tracking_bodies()[1],
             error_codes={
                 400: [
                     "invalid_json",
