@@ -39,6 +39,8 @@ processed_events_table = sa.Table(
     sa.Column("event_id", sa.Text, primary_key=True),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
+# For the pruning of records older than the retention window (cdp_common.retention).
+sa.Index("processed_events_age", processed_events_table.c.processed_at, postgresql_using="brin")
 
 api_tokens_table = sa.Table(
     "api_tokens",

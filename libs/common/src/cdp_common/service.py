@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_
 from cdp_common.migrations import migrate
 from cdp_common.openapi import ApiDescription, MethodsAllowed, describe_api
 from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
+from cdp_common.retention import ProcessedEventsPruner
 from cdp_common.screening import BodySizeLimitMiddleware, UnstorableInputMiddleware, body_screening
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import ServiceTopic, Topic, TopicName
@@ -110,6 +112,7 @@ class ServiceRuntime:
     relay: OutboxRelay = field(init=False)
     runners: list[ConsumerRunner] = field(init=False, default_factory=list)
     job_runner: JobRunner = field(init=False)
+    pruner: ProcessedEventsPruner = field(init=False)
 
     async def start(self) -> None:
         """Connect, migrate, create topics, and start the relay and the consumers."""
@@ -166,6 +169,13 @@ class ServiceRuntime:
         for hook in self.on_start:
             await hook(self)
         self.job_runner.start()
+        self.pruner = ProcessedEventsPruner(
+            service=self.service,
+            session_factory=self.session_factory,
+            keep=timedelta(days=self.settings.processed_events_keep_days),
+            interval_s=self.settings.processed_events_prune_interval_s,
+        )
+        self.pruner.start()
         settle_heap()
         logger.info("service started", extra={"env": self.settings.env})
 
@@ -180,6 +190,8 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Stop the jobs and the consumers first, then the relay, the producer and the engine."""
+        if hasattr(self, "pruner"):
+            await self.pruner.stop()
         if hasattr(self, "job_runner"):
             await self.job_runner.stop()
         await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)

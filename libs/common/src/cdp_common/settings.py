@@ -59,6 +59,10 @@ class PlatformSettings(BaseSettings):
     # The largest request body any route reads (413 payload_too_large past it); the tracking
     # routes keep their own, smaller limits.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The record of processed events (consumers' idempotency) is kept this long, never less than
+    # the 7 days the topics keep a message, and pruned every interval.
+    processed_events_keep_days: float = Field(default=8.0, ge=7.0)
+    processed_events_prune_interval_s: float = Field(default=600.0, gt=0)
     log_level: str = "INFO"
     # A warning or error repeated (same logger, message and exception type) is written once per
     # this interval, the next one written saying how many were held back.
