@@ -447,33 +447,42 @@ class Stack:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
 
+def service_processes(environ: dict[str, str], *, logs: Path) -> dict[str, ServiceProcess]:
+    """Return the five services on free ports, each told where the others are; none started yet."""
+    ports = {name: free_port() for name in SERVICES}
+    shared = {
+        **environ,
+        **{f"CDP_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in ports.items()},
+    }
+    return {
+        name: ServiceProcess(name=name, port=ports[name], environ=shared, log_path=logs / f"{name}.log")
+        for name in SERVICES
+    }
+
+
+async def start_services(services: dict[str, ServiceProcess]) -> None:
+    """Start the services and wait until every one is ready."""
+    first, *others = services.values()
+    # The first start creates the platform's topics; starting it alone avoids five racing creators.
+    first.start()
+    await first.wait_ready()
+    for service in others:
+        service.start()
+    await asyncio.gather(*(service.wait_ready() for service in others))
+
+
 @pytest.fixture(scope="session")
 def stack(platform: PlatformUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Start the five services once per session in the session's environment, on free ports."""
-    logs = tmp_path_factory.mktemp("service-logs")
     write_key = "wk_" + secrets.token_hex(12)
-    ports = {name: free_port() for name in SERVICES}
-    shared = {
+    environ = {
         **platform.environ(),
         "CDP_DEFAULT_WRITE_KEY": write_key,
         "CDP_SMTP_URL": os.environ.get("CDP_TEST_SMTP_URL", "smtp://127.0.0.1:1"),
-        **{f"CDP_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in ports.items()},
     }
-    services = {
-        name: ServiceProcess(name=name, port=ports[name], environ=shared, log_path=Path(logs) / f"{name}.log")
-        for name in SERVICES
-    }
+    services = service_processes(environ, logs=tmp_path_factory.mktemp("service-logs"))
     try:
-        # The first start creates the topics; starting it alone avoids five racing creators.
-        services["ingest"].start()
-        asyncio.run(services["ingest"].wait_ready())
-        for name in SERVICES[1:]:
-            services[name].start()
-
-        async def all_ready() -> None:
-            await asyncio.gather(*(services[name].wait_ready() for name in SERVICES[1:]))
-
-        asyncio.run(all_ready())
+        asyncio.run(start_services(services))
         yield Stack(services, platform.admin_token, write_key)
     finally:
         for service in services.values():
