@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -11,10 +12,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from cdp_common.db import create_session_factory
 from cdp_common.envelope import Envelope
 from cdp_common.events import DeadLetter, TokenRevoked, make_envelope
-from cdp_common.kafka import ConsumerRunner, KafkaPublisher
+from cdp_common.kafka import ConsumerRunner, KafkaPublisher, ensure_topics
 from cdp_common.settings import PlatformSettings
 from cdp_common.testing import read_topic, wait_for
-from cdp_common.topics import TopicName
+from cdp_common.topics import ServiceTopic, Topic, TopicName
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ..conftest import effects
@@ -31,12 +32,15 @@ async def record_effect(*, session: AsyncSession, envelope: Envelope[Any]) -> No
 
 
 def make_runner(
-    settings: PlatformSettings, engine: AsyncEngine, producer: AIOKafkaProducer
+    settings: PlatformSettings,
+    engine: AsyncEngine,
+    producer: AIOKafkaProducer,
+    topics: Sequence[Topic] = (TopicName.TOKENS,),
 ) -> ConsumerRunner:
     return ConsumerRunner(
         settings=settings,
         group_id=settings.group_id("test", "tokens"),
-        topics=[TopicName.TOKENS],
+        topics=topics,
         handlers={TokenRevoked: record_effect},
         session_factory=create_session_factory(engine),
         publisher=KafkaPublisher(producer),
@@ -132,6 +136,27 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_carries_on(
     # The unknown type is skipped, not dead-lettered, and nothing else was applied.
     assert len(letters) == 3
     assert await effect_rows(schema_engine) == ["good"]
+
+
+async def test_a_topic_of_one_service_is_created_with_its_own_dead_letter_topic(
+    schema_engine: AsyncEngine, settings: PlatformSettings, producer: AIOKafkaProducer
+) -> None:
+    own = ServiceTopic("cdp.test-jobs.v1")
+    await ensure_topics(settings, [own])
+    await send(producer, settings.topic(own), revoked("poison-own"))
+    await send(producer, settings.topic(own), revoked("good-own"))
+
+    runner = make_runner(settings, schema_engine, producer, topics=[own])
+    await runner.start()
+    try:
+        await wait_for(lambda: _has(schema_engine, "good-own"), what="the good message after the poison one")
+        dead = await read_topic(
+            bootstrap=settings.kafka_bootstrap, topic=settings.dlq_topic(own), until=lambda e: len(e) >= 1
+        )
+    finally:
+        await runner.stop()
+    assert settings.dlq_topic(own) == f"{settings.env}.cdp.test-jobs.dlq.v1"
+    assert [(e.data.topic, "poison-own" in e.data.value) for e in dead] == [(settings.topic(own), True)]
 
 
 async def test_a_redelivered_event_changes_nothing(
