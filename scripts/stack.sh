@@ -329,7 +329,7 @@ start_postgres() {
     as_root install -m 0644 "$ROOT/deploy/local/postgresql.conf" "$settings"
     if pg_online; then
       # Reloadable settings apply now; shared_buffers at the next start.
-      info "PostgreSQL settings changed; shared_buffers applies once PostgreSQL restarts (make down && make up)"
+      info "PostgreSQL settings changed; shared_buffers and max_connections apply once PostgreSQL restarts (make down && make up)"
       as_root pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" "$PG_CLUSTER" reload
     fi
   fi
