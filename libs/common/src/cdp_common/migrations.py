@@ -64,4 +64,6 @@ def create_jobs_table() -> None:
 def index_processed_events_by_age() -> None:
     """Index the processed-event record by age (BRIN: small, and quick to build on a large table),
     for its pruning; a schema made by `create_platform_tables` has it already."""
-    op.execute("CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events USING brin (processed_at)")
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events USING brin (processed_at)"
+    )
