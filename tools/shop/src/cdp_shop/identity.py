@@ -1,9 +1,9 @@
 """The published identity rules, applied to the generated calls in the order they are sent: which
 identifiers a correct platform keeps together, which it blocks, quarantines, or leaves out.
 
-This is the ground truth's own reading of the rules in ARCHITECTURE.md ("Identity") and the
-README ("Profiles and identity"), with their documented defaults, written independently of the
-profile service:
+This is the ground truth's own reading of the rules in ARCHITECTURE.md ("Identity") and
+services/profile/README.md ("Profiles and identity"), with their documented defaults, written
+independently of the profile service:
 
 - blocked values never identify anybody (exact values, case-insensitive, and regular expressions);
 - a profile holds at most `limits[type]` identifiers of a type (`user_id` 1, others 5);
