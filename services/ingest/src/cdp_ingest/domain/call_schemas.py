@@ -15,10 +15,13 @@ _OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 _TEXT: dict[str, Any] = {"type": "string"}
 _TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
 
+# Ids may be numbers, as some libraries send them; they are kept as their text.
+_ID: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "number"}]}
+
 _COMMON: dict[str, Any] = {
-    "userId": {**_TEXT, "description": "the person's id in your system"},
-    "anonymousId": {**_TEXT, "description": "the device's or browser's id, before a userId is known"},
-    "messageId": {**_TEXT, "description": "unique per call: a call sent again with it is taken once"},
+    "userId": {**_ID, "description": "the person's id in your system"},
+    "anonymousId": {**_ID, "description": "the device's or browser's id, before a userId is known"},
+    "messageId": {**_ID, "description": "unique per call: a call sent again with it is taken once"},
     "timestamp": {**_TIME, "description": "when it happened (corrected for the device's clock)"},
     "sentAt": {**_TIME, "description": "when the device sent it"},
     "context": {**_OBJECT, "description": "traits, externalIds, ip, page, device, …"},
