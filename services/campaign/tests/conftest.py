@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
+from cdp_campaign.context import CampaignContext
 from cdp_campaign.gateways import ConsentUnavailable, ConsentVerdicts, Rejected
-from cdp_campaign.handlers import CampaignContext, scheduler_tick
+from cdp_campaign.jobs import scheduler_tick
 from cdp_campaign.main import Gateways, create_app
 from cdp_campaign.settings import Settings
 from cdp_common.envelope import Envelope, Payload

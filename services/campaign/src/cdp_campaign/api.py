@@ -13,12 +13,12 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cdp_campaign import handlers, store
+from cdp_campaign import delivery, handlers, reports, store
+from cdp_campaign.context import SERVICE, CampaignContext, new_id
 from cdp_campaign.domain.campaigns import CampaignError, CampaignPatch, CampaignSpec, Status, apply_patch
 from cdp_campaign.domain.journeys import JourneySpec
 from cdp_campaign.domain.tokens import InvalidToken, read_token
 from cdp_campaign.gateways import ConsentUnavailable
-from cdp_campaign.handlers import SERVICE, CampaignContext
 from cdp_campaign.metrics import TRACKING
 
 Reader = Annotated[Principal, Depends(require_scope("campaigns:read"))]
@@ -181,7 +181,7 @@ async def send_test_email(
 ) -> dict[str, Any]:
     """E-mail one rendering of a variant to an address; not tracked, not counted."""
     try:
-        return await handlers.send_test_email(
+        return await delivery.send_test_email(
             session=session,
             ctx=ctx,
             campaign_id=campaign_id,
@@ -197,7 +197,7 @@ async def send_test_email(
 async def campaign_report(campaign_id: Id, session: SessionDep, _: Reader) -> dict[str, Any]:
     """Return the KPIs per variant and holdout, uplift with its confidence interval, ROI."""
     try:
-        return await handlers.campaign_report(session=session, campaign_id=campaign_id)
+        return await reports.campaign_report(session=session, campaign_id=campaign_id)
     except CampaignError as exc:
         raise _api_error(exc) from exc
 
@@ -257,7 +257,7 @@ async def create_journey(
     row = await store.insert_definition(
         session=session,
         table=store.journeys,
-        id=handlers.new_id("jny"),
+        id=new_id("jny"),
         name=body.name,
         status="draft",
         spec=body.model_dump(mode="json"),
@@ -372,7 +372,7 @@ async def track_open(
 ) -> Response:
     """Record an open and answer a transparent pixel."""
     claims = _claims(ctx, token, "o")
-    await handlers.record_tracking(ctx=ctx, send_id=claims["s"], kind="opened", user_agent=user_agent)
+    await delivery.record_tracking(ctx=ctx, send_id=claims["s"], kind="opened", user_agent=user_agent)
     TRACKING.labels("open").inc()
     return Response(_PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
@@ -384,7 +384,7 @@ async def track_click(token: Token, ctx: ContextDep) -> RedirectResponse:
     url = claims.get("u")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ApiError(status=404, code="not_found", message="unknown link")
-    await handlers.record_tracking(ctx=ctx, send_id=claims["s"], kind="clicked", url=url)
+    await delivery.record_tracking(ctx=ctx, send_id=claims["s"], kind="clicked", url=url)
     TRACKING.labels("click").inc()
     return RedirectResponse(url, status_code=302)
 
@@ -404,7 +404,7 @@ async def unsubscribe(token: Token, ctx: ContextDep) -> HTMLResponse:
     """Unsubscribe in one click (RFC 8058): withdraw the consent and record it."""
     claims = _claims(ctx, token, "u")
     try:
-        await handlers.record_tracking(ctx=ctx, send_id=claims["s"], kind="unsubscribed")
+        await delivery.record_tracking(ctx=ctx, send_id=claims["s"], kind="unsubscribed")
     except ConsentUnavailable as exc:
         raise ApiError(
             status=503,

@@ -18,8 +18,8 @@ from cdp_common.service import ConsumerSpec
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import TopicName
 
-from cdp_campaign import handlers, store
-from cdp_campaign.handlers import SENDS_TOPIC, SERVICE, CampaignContext
+from cdp_campaign import handlers, jobs, store
+from cdp_campaign.context import SENDS_TOPIC, SERVICE, CampaignContext
 
 __all__ = ["SENDS_TOPIC", "SERVICE", "consumer_specs"]
 
@@ -64,9 +64,9 @@ def consumer_specs(settings: PlatformSettings, ctx: CampaignContext | None = Non
         ConsumerSpec(
             purpose="sends",
             topics=[SENDS_TOPIC],
-            handlers={CampaignSendsRequested: _bound(handlers.on_sends_requested, ctx)},
+            handlers={CampaignSendsRequested: _bound(jobs.on_sends_requested, ctx)},
             batch_handlers={
-                CampaignSendsRequested: functools.partial(handlers.on_sends_requested_together, ctx=ctx)
+                CampaignSendsRequested: functools.partial(jobs.on_sends_requested_together, ctx=ctx)
             },
         ),
     ]

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_campaign.api import routers
 from cdp_campaign.consumer import SENDS_TOPIC, SERVICE, consumer_specs
+from cdp_campaign.context import CampaignContext
 from cdp_campaign.domain.addresses import parse_allowlist
 from cdp_campaign.gateways import (
     Clock,
@@ -33,7 +34,7 @@ from cdp_campaign.gateways import (
     WebhookSender,
     composer_for,
 )
-from cdp_campaign.handlers import CampaignContext, scheduler_tick
+from cdp_campaign.jobs import scheduler_tick
 from cdp_campaign.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"

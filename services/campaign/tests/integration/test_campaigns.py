@@ -12,8 +12,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from cdp_campaign import store
+from cdp_campaign.delivery import deliver_sends
 from cdp_campaign.gateways import ProcessComposer
-from cdp_campaign.handlers import deliver_sends
 from cdp_common.events import PrivacyReceipt, ProfileErased, ProfileUpdated, SegmentEntered
 from cdp_common.testing import read_topic, wait_for
 from cdp_common.topics import TopicName

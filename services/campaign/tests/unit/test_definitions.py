@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from cdp_campaign.handlers import parsed_campaign, parsed_journey
+from cdp_campaign.context import parsed_campaign, parsed_journey
 
 CAMPAIGN = {
     "name": "Spring sale",
