@@ -25,6 +25,7 @@ import httpx
 import sqlalchemy as sa
 import uvloop
 from cdp_campaign import store
+from cdp_campaign.context import CampaignContext
 from cdp_campaign.domain.campaigns import CampaignSpec
 from cdp_campaign.domain.messages import TrackingLinks, build_email
 from cdp_campaign.domain.templates import render
@@ -37,7 +38,7 @@ from cdp_campaign.gateways import (
     SystemClock,
     composer_for,
 )
-from cdp_campaign.handlers import CampaignContext, deliver_jobs
+from cdp_campaign.jobs import deliver_jobs
 from cdp_campaign.settings import Settings
 from cdp_common.db import create_engine, create_session_factory, transaction
 from cdp_common.migrations import migrate
