@@ -18,8 +18,8 @@ from cdp_common.events import TrackingEventReceived, decode_envelope, make_envel
 from cdp_common.jobs import JobRunner
 from cdp_common.migrations import migrate
 from cdp_common.testing import PlatformUnderTest
-from cdp_profile import handlers
-from cdp_profile.handlers import BACKFILL_JOB, ProfileContext
+from cdp_profile import resolution
+from cdp_profile.context import BACKFILL_JOB, ProfileContext
 from cdp_profile.jobs import ComputedTraitBackfill
 from cdp_profile.main import MIGRATIONS
 from cdp_profile.resolution import resolve_events
@@ -59,7 +59,7 @@ class ProfileDb:
             if self.batched:
                 return await resolve_events(session=session, envelopes=envelopes, context=self.context)
             return [
-                await handlers.resolve_event(session=session, envelope=envelope, context=self.context)
+                await resolution.resolve_event(session=session, envelope=envelope, context=self.context)
                 for envelope in envelopes
             ]
 

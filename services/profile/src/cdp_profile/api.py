@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import computed_traits, duplicates, handlers, store
 from cdp_profile.computed_traits import OWNER_PATTERN
+from cdp_profile.context import SERVICE, ProfileContext
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits, derive_defined
 from cdp_profile.domain.identity import (
     TYPE_PATTERN,
@@ -27,7 +28,6 @@ from cdp_profile.domain.identity import (
     parse_ref,
 )
 from cdp_profile.domain.traits import common_traits
-from cdp_profile.handlers import ProfileContext
 from cdp_profile.metrics import QUARANTINED_IDENTIFIERS
 
 ProfileReader = Annotated[Principal, Depends(require_scope("profiles:read"))]
@@ -587,5 +587,5 @@ routers = [
     computed_router,
     duplicates_router,
     jobs_router(read_scope="profiles:read", write_scope="profiles:write"),
-    access_router(service=handlers.SERVICE, export=handlers.export_profile),
+    access_router(service=SERVICE, export=handlers.export_profile),
 ]

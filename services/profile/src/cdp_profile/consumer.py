@@ -12,10 +12,8 @@ from cdp_common.topics import TopicName
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import handlers
-from cdp_profile.handlers import ProfileContext
+from cdp_profile.context import ProfileContext
 from cdp_profile.resolution import resolve_events
-
-SERVICE = handlers.SERVICE
 
 
 def consumer_specs(context: ProfileContext) -> list[ConsumerSpec]:

@@ -3,116 +3,46 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from cdp_common.envelope import Envelope, Payload
+from cdp_common.envelope import Envelope
 from cdp_common.events import (
-    Identifier,
     PrivacyReceipt,
     PrivacyRequestOpened,
-    ProfileCreated,
     ProfileErased,
-    ProfileMerged,
     ProfileSplit,
-    ProfileUpdated,
-    TrackingEventReceived,
-    make_envelope,
 )
-from cdp_common.hashing import subject_hash
 from cdp_common.jobs import new_job_id, submit_job
-from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import store
+from cdp_profile.changes import publish, publish_update, survivor_order
+from cdp_profile.context import BACKFILL_JOB, SERVICE, ProfileContext
 from cdp_profile.domain.computed import (
     Definition,
-    StoredEvent,
-    combine_builtin,
-    combine_defined,
+    computed_of,
     derive_builtin,
     derive_defined,
     fold_all,
     fold_builtin,
-    fold_defined,
     next_change_at,
 )
-from cdp_profile.domain.identity import (
-    PROFILE_ID,
-    IdentifierKey,
-    ProfileHolding,
-    identifiers_of,
-    plan_resolution,
-    traits_of,
-)
-from cdp_profile.domain.traits import apply_traits, derive_traits, merge_traits
+from cdp_profile.domain.traits import derive_traits
 from cdp_profile.metrics import (
-    EVENTS_DROPPED,
-    EVENTS_RESOLVED,
-    IDENTIFIERS_BLOCKED,
-    IDENTIFIERS_DROPPED,
-    IDENTIFIERS_QUARANTINED,
-    PROFILES_CREATED,
     PROFILES_ERASED,
-    PROFILES_MERGED,
     PROFILES_SPLIT,
     WINDOWED_TRAITS_EXPIRED,
 )
+from cdp_profile.resolution import merge_into
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "profile"
-RESOLUTION_ATTEMPTS = 5
 BUILTIN_COMPUTED = frozenset(
     derive_builtin({"first_seen": "2000-01-01T00:00:00+00:00"})
     | {"days_since_last_order": None, "rfm_recency_days": None, "days_since_last_seen": None}
 )
-
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    """Return the current UTC time."""
-    return datetime.now(UTC)
-
-
-# The job that brings the events stored before a computed trait was defined into it.
-BACKFILL_JOB = "computed_trait_backfill"
-
-
-@dataclass(frozen=True)
-class ProfileContext:
-    """What the handlers need besides the session: topics, the hash key, the phone region, a clock."""
-
-    profiles_topic: str
-    privacy_topic: str
-    hash_key: str
-    default_region: str = "DE"
-    clock: Clock = field(default=system_clock)
-    # What the last batch read of the rules and definitions, to prepare the next one with.
-    configurations: store.LatestConfiguration = field(
-        default_factory=store.LatestConfiguration, compare=False, repr=False
-    )
-
-    def hash_of(self, key: IdentifierKey) -> str:
-        """Return the keyed hash of an identifier, as a privacy request names it."""
-        return _keyed_hash_of(self.hash_key, key.type, key.value)
-
-
-@lru_cache(maxsize=65_536)
-def _keyed_hash_of(hash_key: str, kind: str, value: str) -> str:
-    """Return an identifier's keyed hash; a person's identifiers come back event after event."""
-    return subject_hash(key=hash_key, subject_type=kind, value=value)
-
-
-def survivor_order(profile: store.StoredProfile, counts: dict[str, int]) -> tuple[int, str, str, str]:
-    """Rank merge candidates: a known customer first, then the earliest first event, then creation."""
-    first_seen = profile.aggregates.get("first_seen") or "9999"
-    return (0 if counts.get("user_id") else 1, first_seen, profile.created_at.isoformat(), profile.id)
 
 
 class ProfileNotFound(Exception):
@@ -121,320 +51,6 @@ class ProfileNotFound(Exception):
 
 class SplitRefused(Exception):
     """The merge cannot be split (unknown, already split, or its profiles moved on)."""
-
-
-def event_name(event: TrackingEventReceived) -> str | None:
-    """Return the name an event is counted under: the track event, or the page/screen name."""
-    if event.type == "track":
-        return event.event
-    if event.type in ("page", "screen"):
-        return event.name
-    return None
-
-
-def stored_event_of(envelope: Envelope[Any]) -> StoredEvent:
-    """Return a tracking event as the event store and the folds see it."""
-    event: TrackingEventReceived = envelope.data
-    return StoredEvent(
-        event_id=envelope.id,
-        type=event.type,
-        name=event_name(event),
-        timestamp=event.timestamp,
-        properties=event.properties,
-    )
-
-
-async def _publish(
-    *, session: AsyncSession, topic: str, payload: Payload, subject: str, event_id: str
-) -> None:
-    await add_to_outbox(
-        session=session,
-        topic=topic,
-        envelope=make_envelope(payload=payload, source=SERVICE, subject=subject, id=event_id),
-    )
-
-
-def computed_of(
-    aggregates: dict[str, Any], states: dict[str, dict[str, Any]], definitions: Sequence[Definition]
-) -> dict[str, Any]:
-    computed = derive_builtin(aggregates)
-    for definition in definitions:
-        computed[definition.key] = derive_defined(states.get(definition.key, {}), definition)
-    return computed
-
-
-def refreshed_builtins(
-    computed: dict[str, Any], aggregates: dict[str, Any], definitions: Sequence[Definition]
-) -> dict[str, Any]:
-    """Return computed traits with the built-ins re-derived and user-defined values kept."""
-    refreshed = {**computed, **derive_builtin(aggregates)}
-    for definition in definitions:
-        if definition.key not in refreshed:
-            refreshed[definition.key] = derive_defined({}, definition)
-    return refreshed
-
-
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    changed = {name: value for name, value in after.items() if before.get(name) != value}
-    changed.update({name: None for name in before if name not in after})
-    return changed, {name: before.get(name) for name in changed}
-
-
-def update_payload(
-    *,
-    profile: store.StoredProfile,
-    traits_before: dict[str, Any],
-    computed_before: dict[str, Any],
-    created: bool = False,
-    envelope: Envelope[Any] | None = None,
-    keys: Sequence[IdentifierKey] = (),
-) -> ProfileCreated | ProfileUpdated:
-    """Return the created/updated change of a profile at its current version, before and after."""
-    changed_traits, previous_traits = _changes(
-        traits_before, {name: trait.value for name, trait in profile.traits.items()}
-    )
-    changed_computed, previous_computed = _changes(computed_before, profile.computed)
-    payload_cls = ProfileCreated if created else ProfileUpdated
-    return payload_cls(
-        profile_id=profile.id,
-        version=profile.version,
-        event_id=envelope.id if envelope is not None else None,
-        event=envelope.data if envelope is not None else None,
-        identifiers=[Identifier(type=k.type, value=k.value) for k in keys],
-        changed_traits=changed_traits,
-        changed_computed_traits=changed_computed,
-        previous_traits=previous_traits,
-        previous_computed_traits=previous_computed,
-    )
-
-
-def profile_change(payload: ProfileCreated | ProfileUpdated) -> Envelope[Any]:
-    """Return the envelope a profile change is published in, with its version in the id."""
-    return make_envelope(
-        payload=payload,
-        source=SERVICE,
-        subject=payload.profile_id,
-        id=f"{payload.profile_id}:v{payload.version}",
-    )
-
-
-async def publish_update(
-    *,
-    session: AsyncSession,
-    context: ProfileContext,
-    profile: store.StoredProfile,
-    traits_before: dict[str, Any],
-    computed_before: dict[str, Any],
-    created: bool = False,
-    envelope: Envelope[Any] | None = None,
-    keys: Sequence[IdentifierKey] = (),
-) -> int:
-    """Save a profile and publish created/updated with before and after of what changed."""
-    version = await store.save_profile(session=session, profile=profile)
-    payload = update_payload(
-        profile=profile,
-        traits_before=traits_before,
-        computed_before=computed_before,
-        created=created,
-        envelope=envelope,
-        keys=keys,
-    )
-    await add_to_outbox(session=session, topic=context.profiles_topic, envelope=profile_change(payload))
-    return version
-
-
-# --- resolution ----------------------------------------------------------------------------
-
-
-async def resolve_event(
-    *, session: AsyncSession, envelope: Envelope[Any], context: ProfileContext
-) -> str | None:
-    """Attach a tracking event to its person's profile, merging and creating as the rules allow."""
-    event: TrackingEventReceived = envelope.data
-    await store.serialise_writers(session=session)
-    configuration = await store.load_configuration(session=session)
-    rules = configuration.rules
-    keys, blocked = identifiers_of(event, rules=rules, default_region=context.default_region)
-    if blocked:
-        IDENTIFIERS_BLOCKED.inc(len(blocked))
-    if not keys:
-        EVENTS_DROPPED.labels("no_identifier").inc()
-        logger.info("event has no usable identifier", extra={"event_id": envelope.id})
-        return None
-    hashes = {key: context.hash_of(key) for key in keys}
-    if await store.tombstoned(session=session, hashes=list(hashes.values())):
-        EVENTS_DROPPED.labels("erased").inc()
-        logger.info("event of an erased person dropped", extra={"event_id": envelope.id})
-        return None
-    # Writers of this service are serialised by the outbox's write lock taken above; the row
-    # locks and the unique (type, value) index guard the graph should that ever change.
-    holders = await store.lock_holders(session=session, keys=keys)
-    owners, locked, counts = holders.owners, holders.profiles, holders.counts
-    holdings = {
-        pid: ProfileHolding(
-            profile_id=pid, created_order=survivor_order(profile, counts[pid]), counts=counts[pid]
-        )
-        for pid, profile in locked.items()
-    }
-    plan = plan_resolution(
-        keys=keys,
-        owners={k: o.profile_id for k, o in owners.items()},
-        holdings=holdings,
-        quarantined=[k for k, o in owners.items() if o.quarantined],
-        rules=rules,
-        apart=await store.apart_among(session=session, profile_ids=list(locked)),
-    )
-    created = False
-    if plan.target is None:
-        if not plan.attach:
-            EVENTS_DROPPED.labels("no_identifier").inc()
-            return None
-        profile_id = str(uuid.uuid4())
-        target = await store.create_profile(
-            session=session,
-            profile_id=profile_id,
-            id_hash=context.hash_of(IdentifierKey(PROFILE_ID, profile_id)),
-        )
-        created = True
-    else:
-        target = locked[plan.target]
-    traits_before = {name: trait.value for name, trait in target.traits.items()}
-    computed_before = dict(target.computed)
-    stored = stored_event_of(envelope)
-    # The user-defined states are read only when this event can change them.
-    needs_states = bool(plan.absorbed) or any(d.selects(stored) for d in configuration.definitions)
-    states = await store.defined_states(session=session, profile_id=target.id) if needs_states else {}
-    now = context.clock()
-    for absorbed_id in plan.absorbed:
-        states = await _merge_into(
-            session=session,
-            context=context,
-            survivor=target,
-            survivor_states=states,
-            absorbed=locked[absorbed_id],
-            rule=f"shared_identifier:{plan.linking[absorbed_id].type}",
-            reason={"identifier_type": plan.linking[absorbed_id].type, "event_type": event.type},
-            event_id=envelope.id,
-            definitions=configuration.definitions,
-            now=now,
-        )
-    await store.attach_identifiers(
-        session=session,
-        profile_id=target.id,
-        keys=[(k, hashes[k]) for k in plan.attach],
-        event_id=envelope.id,
-    )
-    await _note_conflicts(
-        session=session, context=context, plan_dropped=plan.dropped, owners=owners, target=target.id
-    )
-    asserted = traits_of(event)
-    is_new = await store.store_event(
-        session=session,
-        event_id=envelope.id,
-        profile_id=target.id,
-        event=stored,
-        received_at=event.receivedAt,
-        source_id=event.sourceId,
-        traits=asserted,
-        keys=keys,
-    )
-    target.traits.update(
-        apply_traits(
-            target.traits, asserted, source=event.sourceId, event_id=envelope.id, timestamp=event.timestamp
-        )
-    )
-    if is_new:
-        target.aggregates = fold_builtin(target.aggregates, stored)
-        states = await _fold_defined_event(
-            session=session,
-            profile_id=target.id,
-            states=states,
-            event=stored,
-            definitions=configuration.definitions,
-            now=now,
-        )
-    if needs_states:
-        target.computed = computed_of(target.aggregates, states, configuration.definitions)
-    else:
-        target.computed = refreshed_builtins(target.computed, target.aggregates, configuration.definitions)
-    traits_now = {name: trait.value for name, trait in target.traits.items()}
-    if not (created or plan.absorbed or plan.attach or is_new or traits_now != traits_before):
-        # A replay of an event the store already holds changes nothing.
-        return target.id
-    version = await publish_update(
-        session=session,
-        context=context,
-        profile=target,
-        traits_before=traits_before,
-        computed_before=computed_before,
-        created=created,
-        envelope=envelope,
-        keys=keys,
-    )
-    if created:
-        PROFILES_CREATED.inc()
-    EVENTS_RESOLVED.labels(event.type).inc()
-    logger.info(
-        "event resolved", extra={"event_id": envelope.id, "profile_id": target.id, "version": version}
-    )
-    return target.id
-
-
-async def _note_conflicts(
-    *,
-    session: AsyncSession,
-    context: ProfileContext,
-    plan_dropped: Sequence[IdentifierKey],
-    owners: dict[IdentifierKey, store.Owner],
-    target: str,
-) -> None:
-    """Count identifiers that tied two profiles the rules kept apart; quarantine super-nodes."""
-    if not plan_dropped:
-        return
-    configuration = await store.load_configuration(session=session)
-    IDENTIFIERS_DROPPED.inc(len(plan_dropped))
-    for key in plan_dropped:
-        owner = owners.get(key)
-        if owner is None or owner.profile_id == target or key.type == PROFILE_ID:
-            continue
-        tied = await store.record_links(
-            session=session, key=key, value_hash=context.hash_of(key), profile_ids=[owner.profile_id, target]
-        )
-        if tied > configuration.rules.supernode_threshold and await store.quarantine(
-            session=session, key=key
-        ):
-            IDENTIFIERS_QUARANTINED.inc()
-            logger.warning("identifier quarantined", extra={"identifier_type": key.type, "profiles": tied})
-
-
-async def _fold_defined_event(
-    *,
-    session: AsyncSession,
-    profile_id: str,
-    states: dict[str, dict[str, Any]],
-    event: StoredEvent,
-    definitions: Sequence[Definition],
-    now: datetime,
-) -> dict[str, dict[str, Any]]:
-    """Fold a newly stored event into the user-defined traits it counts for."""
-    states = dict(states)
-    changed: dict[str, tuple[dict[str, Any], datetime | None]] = {}
-    for definition in definitions:
-        if not definition.selects(event):
-            continue
-        if definition.window is None:
-            states[definition.key] = fold_defined(states.get(definition.key, {}), event, definition)
-        else:
-            window_events = await store.events_for_fold(
-                session=session,
-                profile_id=profile_id,
-                name=definition.event_name,
-                since=now - definition.window,
-            )
-            states[definition.key] = fold_all(window_events, definition, now=now)
-        changed[definition.key] = (states[definition.key], next_change_at(states[definition.key], definition))
-    await store.save_defined_states(session=session, profile_id=profile_id, states=changed)
-    return states
 
 
 async def _recompute_defined(
@@ -454,94 +70,6 @@ async def _recompute_defined(
             for d in definitions
             for key, state in [(d.key, states[d.key])]
         },
-    )
-    return states
-
-
-# --- merges and splits ----------------------------------------------------------------------
-
-
-async def _merge_into(
-    *,
-    session: AsyncSession,
-    context: ProfileContext,
-    survivor: store.StoredProfile,
-    survivor_states: dict[str, dict[str, Any]],
-    absorbed: store.StoredProfile,
-    rule: str,
-    reason: dict[str, Any],
-    event_id: str | None,
-    definitions: Sequence[Definition],
-    now: datetime,
-) -> dict[str, dict[str, Any]]:
-    """Move one profile into another, combine their traits and aggregates, record and publish it."""
-    moved = await store.move_profile_contents(
-        session=session, absorbed_id=absorbed.id, survivor_id=survivor.id
-    )
-    survivor.traits.update(merge_traits(survivor.traits, absorbed.traits))
-    # Each event belongs to one profile, so the two states cover disjoint events: adding them
-    # never counts an event twice.
-    survivor.aggregates = combine_builtin(survivor.aggregates, absorbed.aggregates)
-    states = dict(survivor_states)
-    if definitions:
-        absorbed_states = await store.defined_states(session=session, profile_id=absorbed.id)
-        await store.delete_defined_states(session=session, profile_id=absorbed.id)
-        changed: dict[str, tuple[dict[str, Any], datetime | None]] = {}
-        for definition in definitions:
-            # While a trait is building, either state may lack the events stored before it was
-            # defined; the survivor's is then recomputed whole, like a windowed one.
-            if definition.window is None and not definition.building:
-                states[definition.key] = combine_defined(
-                    states.get(definition.key, {}), absorbed_states.get(definition.key, {})
-                )
-            else:
-                window_events = await store.events_for_fold(
-                    session=session,
-                    profile_id=survivor.id,
-                    name=definition.event_name,
-                    since=now - definition.window if definition.window else None,
-                )
-                states[definition.key] = fold_all(window_events, definition, now=now)
-            changed[definition.key] = (
-                states[definition.key],
-                next_change_at(states[definition.key], definition),
-            )
-        await store.save_defined_states(session=session, profile_id=survivor.id, states=changed)
-    survivor.computed = computed_of(survivor.aggregates, states, definitions)
-    merge_id = str(uuid.uuid4())
-    await store.append_ledger(
-        session=session,
-        merge_id=merge_id,
-        kind="merge",
-        survivor_id=survivor.id,
-        absorbed_id=absorbed.id,
-        rule=rule,
-        reason=reason,
-        event_id=event_id,
-        moved=moved,
-    )
-    survivor_version = await store.save_profile(session=session, profile=survivor)
-    absorbed_version = await store.save_profile(
-        session=session, profile=absorbed, status="merged", merged_into=survivor.id
-    )
-    for subject, version in ((survivor.id, survivor_version), (absorbed.id, absorbed_version)):
-        await _publish(
-            session=session,
-            topic=context.profiles_topic,
-            payload=ProfileMerged(
-                profile_id=survivor.id,
-                absorbed_profile_id=absorbed.id,
-                version=version,
-                merge_id=merge_id,
-                rule=rule,
-                event_id=event_id,
-            ),
-            subject=subject,
-            event_id=f"{subject}:v{version}",
-        )
-    PROFILES_MERGED.labels(rule.split(":", 1)[0]).inc()
-    logger.info(
-        "profiles merged", extra={"profile_id": survivor.id, "absorbed_profile_id": absorbed.id, "rule": rule}
     )
     return states
 
@@ -579,7 +107,7 @@ async def merge_profiles(
     computed_before = dict(survivor.computed)
     states = await store.defined_states(session=session, profile_id=survivor.id)
     for absorbed_id in ordered[1:]:
-        states = await _merge_into(
+        states = await merge_into(
             session=session,
             context=context,
             survivor=survivor,
@@ -665,7 +193,7 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
         computed_before = dict(profile.computed)
         await _rederive(session=session, profile=profile, definitions=configuration.definitions, now=now)
         version = await store.save_profile(session=session, profile=profile, status=status, merged_into=None)
-        await _publish(
+        await publish(
             session=session,
             topic=context.profiles_topic,
             payload=ProfileSplit(
@@ -788,7 +316,7 @@ async def handle_privacy_request(
                 session=session, profile_ids=profile_ids, request_id=request.request_id
             )
         )
-        await _publish(
+        await publish(
             session=session,
             topic=context.profiles_topic,
             payload=ProfileErased(
@@ -801,7 +329,7 @@ async def handle_privacy_request(
             event_id=f"{root}:v{version}",
         )
         PROFILES_ERASED.inc()
-    await _publish(
+    await publish(
         session=session,
         topic=context.privacy_topic,
         payload=PrivacyReceipt(

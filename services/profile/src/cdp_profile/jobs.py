@@ -9,7 +9,9 @@ from typing import Any
 from cdp_common.jobs import Job, Step
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import computed_store, duplicates_store, handlers, store
+from cdp_profile import computed_store, duplicates_store, store
+from cdp_profile.changes import publish_update
+from cdp_profile.context import ProfileContext
 from cdp_profile.domain.computed import Definition, derive_defined, fold_all, next_change_at
 from cdp_profile.domain.duplicates import (
     KEYS_VERSION,
@@ -18,7 +20,6 @@ from cdp_profile.domain.duplicates import (
     candidate_of,
     suspects_in_blocks,
 )
-from cdp_profile.handlers import ProfileContext
 
 # A step holds the writers' lock, so the event flow may wait for one step: each step takes
 # as many profiles as fit in about this long (a sparse trait's step covers many more
@@ -287,7 +288,7 @@ async def publish_backfilled(
         profile = locked[profile_id]
         computed_before = dict(profile.computed)
         profile.computed = {**profile.computed, key: value}
-        await handlers.publish_update(
+        await publish_update(
             session=session,
             context=context,
             profile=profile,

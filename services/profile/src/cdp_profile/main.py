@@ -13,9 +13,9 @@ from fastapi import FastAPI
 
 from cdp_profile.api import routers
 from cdp_profile.computed_traits import PURGE_JOB
-from cdp_profile.consumer import SERVICE, consumer_specs
+from cdp_profile.consumer import consumer_specs
+from cdp_profile.context import BACKFILL_JOB, SERVICE, Clock, ProfileContext, system_clock
 from cdp_profile.duplicates_store import SCAN_JOB
-from cdp_profile.handlers import BACKFILL_JOB, Clock, ProfileContext, system_clock
 from cdp_profile.jobs import ComputedTraitBackfill, ComputedTraitPurge, DuplicateScan
 from cdp_profile.scheduler import WindowScheduler
 from cdp_profile.settings import Settings

@@ -1,4 +1,6 @@
-"""Batch resolution: a partition batch of tracking events resolved with bulk reads and writes.
+"""Resolution: tracking events attached to their person's profile, merging and creating as the
+identity rules allow. A partition batch is resolved with bulk reads and writes; an event
+the batch cannot decide takes the one-event path below.
 
 The events are applied in order to an in-memory view of the identifiers, profiles and
 computed-trait states (with the events their windows count) they touch, read at once, and
@@ -10,6 +12,7 @@ after it. Every event therefore ends exactly as the one-event path would have le
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,18 +20,25 @@ from datetime import datetime
 from typing import Any
 
 from cdp_common.envelope import Envelope
-from cdp_common.events import TrackingEventReceived
+from cdp_common.events import ProfileMerged, TrackingEventReceived
 from cdp_common.kafka import let_others_run
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import store
+from cdp_profile.changes import profile_change, publish, publish_update, survivor_order, update_payload
+from cdp_profile.context import ProfileContext
 from cdp_profile.domain.computed import (
     Definition,
     StoredEvent,
+    combine_builtin,
+    combine_defined,
+    computed_of,
     fold_all,
     fold_builtin,
     fold_defined,
     next_change_at,
+    refreshed_builtins,
+    stored_event_of,
 )
 from cdp_profile.domain.identity import (
     PROFILE_ID,
@@ -38,18 +48,18 @@ from cdp_profile.domain.identity import (
     plan_resolution,
     traits_of,
 )
-from cdp_profile.domain.traits import apply_traits
-from cdp_profile.handlers import (
-    ProfileContext,
-    computed_of,
-    profile_change,
-    refreshed_builtins,
-    resolve_event,
-    stored_event_of,
-    survivor_order,
-    update_payload,
+from cdp_profile.domain.traits import apply_traits, merge_traits
+from cdp_profile.metrics import (
+    EVENTS_DROPPED,
+    EVENTS_RESOLVED,
+    IDENTIFIERS_BLOCKED,
+    IDENTIFIERS_DROPPED,
+    IDENTIFIERS_QUARANTINED,
+    PROFILES_CREATED,
+    PROFILES_MERGED,
 )
-from cdp_profile.metrics import EVENTS_DROPPED, EVENTS_RESOLVED, IDENTIFIERS_BLOCKED, PROFILES_CREATED
+
+logger = logging.getLogger(__name__)
 
 # How many events one view covers at most; after an event the view could not decide, the
 # next view starts small and doubles, so runs of merges do not reread long stretches.
@@ -351,3 +361,282 @@ async def _flush(*, session: AsyncSession, view: _View) -> None:
             outbox=view.outbox,
         ),
     )
+
+
+# --- one event at a time, and merges ------------------------------------------------------
+
+
+async def resolve_event(
+    *, session: AsyncSession, envelope: Envelope[Any], context: ProfileContext
+) -> str | None:
+    """Attach a tracking event to its person's profile, merging and creating as the rules allow."""
+    event: TrackingEventReceived = envelope.data
+    await store.serialise_writers(session=session)
+    configuration = await store.load_configuration(session=session)
+    rules = configuration.rules
+    keys, blocked = identifiers_of(event, rules=rules, default_region=context.default_region)
+    if blocked:
+        IDENTIFIERS_BLOCKED.inc(len(blocked))
+    if not keys:
+        EVENTS_DROPPED.labels("no_identifier").inc()
+        logger.info("event has no usable identifier", extra={"event_id": envelope.id})
+        return None
+    hashes = {key: context.hash_of(key) for key in keys}
+    if await store.tombstoned(session=session, hashes=list(hashes.values())):
+        EVENTS_DROPPED.labels("erased").inc()
+        logger.info("event of an erased person dropped", extra={"event_id": envelope.id})
+        return None
+    # Writers of this service are serialised by the outbox's write lock taken above; the row
+    # locks and the unique (type, value) index guard the graph should that ever change.
+    holders = await store.lock_holders(session=session, keys=keys)
+    owners, locked, counts = holders.owners, holders.profiles, holders.counts
+    holdings = {
+        pid: ProfileHolding(
+            profile_id=pid, created_order=survivor_order(profile, counts[pid]), counts=counts[pid]
+        )
+        for pid, profile in locked.items()
+    }
+    plan = plan_resolution(
+        keys=keys,
+        owners={k: o.profile_id for k, o in owners.items()},
+        holdings=holdings,
+        quarantined=[k for k, o in owners.items() if o.quarantined],
+        rules=rules,
+        apart=await store.apart_among(session=session, profile_ids=list(locked)),
+    )
+    created = False
+    if plan.target is None:
+        if not plan.attach:
+            EVENTS_DROPPED.labels("no_identifier").inc()
+            return None
+        profile_id = str(uuid.uuid4())
+        target = await store.create_profile(
+            session=session,
+            profile_id=profile_id,
+            id_hash=context.hash_of(IdentifierKey(PROFILE_ID, profile_id)),
+        )
+        created = True
+    else:
+        target = locked[plan.target]
+    traits_before = {name: trait.value for name, trait in target.traits.items()}
+    computed_before = dict(target.computed)
+    stored = stored_event_of(envelope)
+    # The user-defined states are read only when this event can change them.
+    needs_states = bool(plan.absorbed) or any(d.selects(stored) for d in configuration.definitions)
+    states = await store.defined_states(session=session, profile_id=target.id) if needs_states else {}
+    now = context.clock()
+    for absorbed_id in plan.absorbed:
+        states = await merge_into(
+            session=session,
+            context=context,
+            survivor=target,
+            survivor_states=states,
+            absorbed=locked[absorbed_id],
+            rule=f"shared_identifier:{plan.linking[absorbed_id].type}",
+            reason={"identifier_type": plan.linking[absorbed_id].type, "event_type": event.type},
+            event_id=envelope.id,
+            definitions=configuration.definitions,
+            now=now,
+        )
+    await store.attach_identifiers(
+        session=session,
+        profile_id=target.id,
+        keys=[(k, hashes[k]) for k in plan.attach],
+        event_id=envelope.id,
+    )
+    await _note_conflicts(
+        session=session, context=context, plan_dropped=plan.dropped, owners=owners, target=target.id
+    )
+    asserted = traits_of(event)
+    is_new = await store.store_event(
+        session=session,
+        event_id=envelope.id,
+        profile_id=target.id,
+        event=stored,
+        received_at=event.receivedAt,
+        source_id=event.sourceId,
+        traits=asserted,
+        keys=keys,
+    )
+    target.traits.update(
+        apply_traits(
+            target.traits, asserted, source=event.sourceId, event_id=envelope.id, timestamp=event.timestamp
+        )
+    )
+    if is_new:
+        target.aggregates = fold_builtin(target.aggregates, stored)
+        states = await _fold_defined_event(
+            session=session,
+            profile_id=target.id,
+            states=states,
+            event=stored,
+            definitions=configuration.definitions,
+            now=now,
+        )
+    if needs_states:
+        target.computed = computed_of(target.aggregates, states, configuration.definitions)
+    else:
+        target.computed = refreshed_builtins(target.computed, target.aggregates, configuration.definitions)
+    traits_now = {name: trait.value for name, trait in target.traits.items()}
+    if not (created or plan.absorbed or plan.attach or is_new or traits_now != traits_before):
+        # A replay of an event the store already holds changes nothing.
+        return target.id
+    version = await publish_update(
+        session=session,
+        context=context,
+        profile=target,
+        traits_before=traits_before,
+        computed_before=computed_before,
+        created=created,
+        envelope=envelope,
+        keys=keys,
+    )
+    if created:
+        PROFILES_CREATED.inc()
+    EVENTS_RESOLVED.labels(event.type).inc()
+    logger.info(
+        "event resolved", extra={"event_id": envelope.id, "profile_id": target.id, "version": version}
+    )
+    return target.id
+
+
+async def _note_conflicts(
+    *,
+    session: AsyncSession,
+    context: ProfileContext,
+    plan_dropped: Sequence[IdentifierKey],
+    owners: dict[IdentifierKey, store.Owner],
+    target: str,
+) -> None:
+    """Count identifiers that tied two profiles the rules kept apart; quarantine super-nodes."""
+    if not plan_dropped:
+        return
+    configuration = await store.load_configuration(session=session)
+    IDENTIFIERS_DROPPED.inc(len(plan_dropped))
+    for key in plan_dropped:
+        owner = owners.get(key)
+        if owner is None or owner.profile_id == target or key.type == PROFILE_ID:
+            continue
+        tied = await store.record_links(
+            session=session, key=key, value_hash=context.hash_of(key), profile_ids=[owner.profile_id, target]
+        )
+        if tied > configuration.rules.supernode_threshold and await store.quarantine(
+            session=session, key=key
+        ):
+            IDENTIFIERS_QUARANTINED.inc()
+            logger.warning("identifier quarantined", extra={"identifier_type": key.type, "profiles": tied})
+
+
+async def _fold_defined_event(
+    *,
+    session: AsyncSession,
+    profile_id: str,
+    states: dict[str, dict[str, Any]],
+    event: StoredEvent,
+    definitions: Sequence[Definition],
+    now: datetime,
+) -> dict[str, dict[str, Any]]:
+    """Fold a newly stored event into the user-defined traits it counts for."""
+    states = dict(states)
+    changed: dict[str, tuple[dict[str, Any], datetime | None]] = {}
+    for definition in definitions:
+        if not definition.selects(event):
+            continue
+        if definition.window is None:
+            states[definition.key] = fold_defined(states.get(definition.key, {}), event, definition)
+        else:
+            window_events = await store.events_for_fold(
+                session=session,
+                profile_id=profile_id,
+                name=definition.event_name,
+                since=now - definition.window,
+            )
+            states[definition.key] = fold_all(window_events, definition, now=now)
+        changed[definition.key] = (states[definition.key], next_change_at(states[definition.key], definition))
+    await store.save_defined_states(session=session, profile_id=profile_id, states=changed)
+    return states
+
+
+async def merge_into(
+    *,
+    session: AsyncSession,
+    context: ProfileContext,
+    survivor: store.StoredProfile,
+    survivor_states: dict[str, dict[str, Any]],
+    absorbed: store.StoredProfile,
+    rule: str,
+    reason: dict[str, Any],
+    event_id: str | None,
+    definitions: Sequence[Definition],
+    now: datetime,
+) -> dict[str, dict[str, Any]]:
+    """Move one profile into another, combine their traits and aggregates, record and publish it."""
+    moved = await store.move_profile_contents(
+        session=session, absorbed_id=absorbed.id, survivor_id=survivor.id
+    )
+    survivor.traits.update(merge_traits(survivor.traits, absorbed.traits))
+    # Each event belongs to one profile, so the two states cover disjoint events: adding them
+    # never counts an event twice.
+    survivor.aggregates = combine_builtin(survivor.aggregates, absorbed.aggregates)
+    states = dict(survivor_states)
+    if definitions:
+        absorbed_states = await store.defined_states(session=session, profile_id=absorbed.id)
+        await store.delete_defined_states(session=session, profile_id=absorbed.id)
+        changed: dict[str, tuple[dict[str, Any], datetime | None]] = {}
+        for definition in definitions:
+            # While a trait is building, either state may lack the events stored before it was
+            # defined; the survivor's is then recomputed whole, like a windowed one.
+            if definition.window is None and not definition.building:
+                states[definition.key] = combine_defined(
+                    states.get(definition.key, {}), absorbed_states.get(definition.key, {})
+                )
+            else:
+                window_events = await store.events_for_fold(
+                    session=session,
+                    profile_id=survivor.id,
+                    name=definition.event_name,
+                    since=now - definition.window if definition.window else None,
+                )
+                states[definition.key] = fold_all(window_events, definition, now=now)
+            changed[definition.key] = (
+                states[definition.key],
+                next_change_at(states[definition.key], definition),
+            )
+        await store.save_defined_states(session=session, profile_id=survivor.id, states=changed)
+    survivor.computed = computed_of(survivor.aggregates, states, definitions)
+    merge_id = str(uuid.uuid4())
+    await store.append_ledger(
+        session=session,
+        merge_id=merge_id,
+        kind="merge",
+        survivor_id=survivor.id,
+        absorbed_id=absorbed.id,
+        rule=rule,
+        reason=reason,
+        event_id=event_id,
+        moved=moved,
+    )
+    survivor_version = await store.save_profile(session=session, profile=survivor)
+    absorbed_version = await store.save_profile(
+        session=session, profile=absorbed, status="merged", merged_into=survivor.id
+    )
+    for subject, version in ((survivor.id, survivor_version), (absorbed.id, absorbed_version)):
+        await publish(
+            session=session,
+            topic=context.profiles_topic,
+            payload=ProfileMerged(
+                profile_id=survivor.id,
+                absorbed_profile_id=absorbed.id,
+                version=version,
+                merge_id=merge_id,
+                rule=rule,
+                event_id=event_id,
+            ),
+            subject=subject,
+            event_id=f"{subject}:v{version}",
+        )
+    PROFILES_MERGED.labels(rule.split(":", 1)[0]).inc()
+    logger.info(
+        "profiles merged", extra={"profile_id": survivor.id, "absorbed_profile_id": absorbed.id, "rule": rule}
+    )
+    return states

@@ -10,7 +10,7 @@ from cdp_common.db import transaction
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_profile import handlers
-from cdp_profile.handlers import ProfileContext
+from cdp_profile.context import ProfileContext
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from cdp_common.db import transaction
 from cdp_common.events import ProfileCreated, ProfileMerged, ProfileUpdated
-from cdp_profile import handlers, store
+from cdp_profile import resolution, store
 from cdp_profile.domain.identity import IdentifierKey, IdentityRules
 
 from ..conftest import T0, ProfileDb, tracking, uid
@@ -290,7 +290,7 @@ async def test_concurrent_transactions_on_the_same_new_person_converge_on_one_pr
 
     async def one(envelope: Any) -> str | None:
         async with transaction(db.sessions) as session:
-            return await handlers.resolve_event(session=session, envelope=envelope, context=db.context)
+            return await resolution.resolve_event(session=session, envelope=envelope, context=db.context)
 
     results = await asyncio.gather(*(one(tracking(user_id=user, anonymous_id=anon)) for _ in range(6)))
     assert len(set(results)) == 1

@@ -26,8 +26,8 @@ from cdp_common.testing import (
     wait_for,
 )
 from cdp_common.topics import TopicName
+from cdp_profile.context import ProfileContext
 from cdp_profile.domain.identity import PROFILE_ID, IdentifierKey
-from cdp_profile.handlers import ProfileContext
 
 from ..conftest import tracking
 

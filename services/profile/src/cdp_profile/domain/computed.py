@@ -11,11 +11,14 @@ from __future__ import annotations
 import builtins
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
+
+from cdp_common.envelope import Envelope
+from cdp_common.events import TrackingEventReceived
 
 ORDER_COMPLETED = "Order Completed"
 ORDER_REFUNDED = "Order Refunded"
@@ -438,3 +441,45 @@ def _most_frequent(counter: dict[str, int]) -> str | None:
     if not counter:
         return None
     return min(counter, key=lambda name: (-counter[name], name))
+
+
+def event_name(event: TrackingEventReceived) -> str | None:
+    """Return the name an event is counted under: the track event, or the page/screen name."""
+    if event.type == "track":
+        return event.event
+    if event.type in ("page", "screen"):
+        return event.name
+    return None
+
+
+def stored_event_of(envelope: Envelope[Any]) -> StoredEvent:
+    """Return a tracking event as the event store and the folds see it."""
+    event: TrackingEventReceived = envelope.data
+    return StoredEvent(
+        event_id=envelope.id,
+        type=event.type,
+        name=event_name(event),
+        timestamp=event.timestamp,
+        properties=event.properties,
+    )
+
+
+def computed_of(
+    aggregates: dict[str, Any], states: dict[str, dict[str, Any]], definitions: Sequence[Definition]
+) -> dict[str, Any]:
+    """Return the computed traits of built-in aggregates and user-defined states."""
+    computed = derive_builtin(aggregates)
+    for definition in definitions:
+        computed[definition.key] = derive_defined(states.get(definition.key, {}), definition)
+    return computed
+
+
+def refreshed_builtins(
+    computed: dict[str, Any], aggregates: dict[str, Any], definitions: Sequence[Definition]
+) -> dict[str, Any]:
+    """Return computed traits with the built-ins re-derived and user-defined values kept."""
+    refreshed = {**computed, **derive_builtin(aggregates)}
+    for definition in definitions:
+        if definition.key not in refreshed:
+            refreshed[definition.key] = derive_defined({}, definition)
+    return refreshed
