@@ -5,11 +5,15 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdp_common.purposes import PurposeSettings
 from cdp_common.topics import Topic
 
 
-class PlatformSettings(BaseSettings):
-    """Connection and platform-wide settings, read from `CDP_*` environment variables."""
+class PlatformSettings(PurposeSettings, BaseSettings):
+    """Connection and platform-wide settings, read from `CDP_*` environment variables.
+
+    The basis of the gated consent purposes (`CDP_OPT_IN_PURPOSES`) comes from `PurposeSettings`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="CDP_", extra="ignore", frozen=True, populate_by_name=True)
 
@@ -63,6 +67,8 @@ class PlatformSettings(BaseSettings):
     # the 7 days the topics keep a message, and pruned every interval.
     processed_events_keep_days: float = Field(default=8.0, ge=7.0)
     processed_events_prune_interval_s: float = Field(default=600.0, gt=0)
+    # At a stop, how long a periodic job's run in flight may take to finish before it is cancelled.
+    periodic_stop_grace_s: float = Field(default=20.0, ge=0)
     log_level: str = "INFO"
     # A warning or error repeated (same logger, message and exception type) is written once per
     # this interval, the next one written saying how many were held back.
