@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -56,3 +58,16 @@ async def producer(settings: PlatformSettings) -> AsyncIterator[AIOKafkaProducer
     await producer.start()
     yield producer
     await producer.stop()
+
+
+@pytest.fixture
+def process_state() -> Iterator[None]:
+    """Give back the logging set-up and collector thresholds a service's start changes in this process."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    thresholds = gc.get_threshold()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)

@@ -4,8 +4,9 @@ Consumers are idempotent through `processed_events`: an event id is recorded in 
 transaction as the event's effect, so a redelivered event is recognised. A redelivery can only
 come from the events' topics, which keep a message 7 days, so a record older than
 `processed_events_keep_days` (8 by default, never below 7) can never be asked for again. The
-pruner deletes such records in bounded batches, each its own short transaction, touching only
-rows no consumer writes any more: the consumers never wait for it.
+pruning deletes such records in bounded batches, each its own short transaction, touching only
+rows no consumer writes any more: the consumers never wait for it. It is one of the periodic
+jobs the runtime runs in every service (`cdp_common.periodic`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from prometheus_client import Counter
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_common.db import transaction
+from cdp_common.periodic import PeriodicJob
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,12 @@ _PRUNE_BATCH = sa.text(
 )
 
 
-async def prune_processed_events(
-    *, session_factory: async_sessionmaker[AsyncSession], keep: timedelta, batch: int = 5000
-) -> int:
-    """Delete the records older than `keep`, `batch` rows per transaction; return how many."""
+async def prune_processed_events(*, session: AsyncSession, keep: timedelta, batch: int = 5000) -> int:
+    """Delete the records older than `keep`, committing every `batch` rows; return how many."""
     deleted = 0
     while True:
-        async with transaction(session_factory) as session:
-            result = await session.execute(_PRUNE_BATCH, {"keep": keep, "batch": batch})
+        result = await session.execute(_PRUNE_BATCH, {"keep": keep, "batch": batch})
+        await session.commit()
         count = int(getattr(result, "rowcount", 0) or 0)
         deleted += count
         if count < batch:
@@ -55,43 +54,13 @@ async def prune_processed_events(
         await asyncio.sleep(0)  # let the consumers' work in between batches
 
 
-class ProcessedEventsPruner:
-    """Prunes the processed-event record every `interval_s` in the background, until stopped."""
+def pruning_job(*, service: str, keep: timedelta, interval_s: float) -> PeriodicJob:
+    """Return the periodic job that prunes the processed-event record every `interval_s`."""
 
-    def __init__(
-        self,
-        *,
-        service: str,
-        session_factory: async_sessionmaker[AsyncSession],
-        keep: timedelta,
-        interval_s: float,
-    ) -> None:
-        self._service = service
-        self._session_factory = session_factory
-        self._keep = keep
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+    async def prune(*, session: AsyncSession) -> None:
+        deleted = await prune_processed_events(session=session, keep=keep)
+        PRUNED.labels(service).inc(deleted)
+        if deleted:
+            logger.info("pruned processed-event records", extra={"deleted": deleted})
 
-    def start(self) -> None:
-        """Start pruning in the background."""
-        self._task = asyncio.create_task(self._loop(), name=f"{self._service}-processed-events-pruner")
-
-    async def stop(self) -> None:
-        """Stop; a batch in flight rolls back and is deleted by the next round."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                deleted = await prune_processed_events(session_factory=self._session_factory, keep=self._keep)
-                PRUNED.labels(self._service).inc(deleted)
-                if deleted:
-                    logger.info("pruned processed-event records", extra={"deleted": deleted})
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("pruning processed-event records failed; trying again next round")
-            await asyncio.sleep(self._interval_s)
+    return PeriodicJob(name="prune_processed_events", interval_s=interval_s, run=prune)

@@ -1,5 +1,6 @@
-"""What every service process runs: engine, migrations, topics, producer, consumers, relay,
-and the FastAPI app with health, readiness, metrics and the contract's error handling."""
+"""What every service process runs, from start to stop: engine, migrations, topics, producer,
+consumers, relay, jobs, periodic jobs and the service's hooks, and the FastAPI app with health,
+readiness, metrics and the contract's error handling."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from cdp_common.metrics import DB_POOL_CONNECTIONS, HTTP_REQUEST_DURATION, HTTP_
 from cdp_common.migrations import migrate
 from cdp_common.openapi import ApiDescription, MethodsAllowed, describe_api
 from cdp_common.outbox import OutboxRelay, oldest_unpublished_age
-from cdp_common.retention import ProcessedEventsPruner
+from cdp_common.periodic import PeriodicJob, PeriodicJobs
+from cdp_common.retention import pruning_job
 from cdp_common.screening import BodySizeLimitMiddleware, UnstorableInputMiddleware, body_screening
 from cdp_common.settings import PlatformSettings
 from cdp_common.topics import ServiceTopic, Topic, TopicName
@@ -95,7 +97,13 @@ def settle_heap() -> None:
 
 @dataclass
 class ServiceRuntime:
-    """The long-lived resources of one service process, built at start-up."""
+    """The whole life of one service process: what it declares, and the resources built for it.
+
+    A service's main.py declares its consumers, queued-job kinds, periodic jobs (`jobs.py`) and
+    its start and stop hooks; `build_app` puts the runtime in the app's lifespan. The engine and
+    the session factory exist from construction (connections are made on first use), so what
+    main.py builds before start can hold them.
+    """
 
     service: str
     settings: PlatformSettings
@@ -103,8 +111,13 @@ class ServiceRuntime:
     consumers: Sequence[ConsumerSpec] = ()
     # Topics private to the service, created beside the contract's topics every service creates.
     topics: Sequence[ServiceTopic] = ()
-    on_start: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
     jobs: Mapping[str, JobKind] = field(default_factory=dict)
+    periodic: Sequence[PeriodicJob] = ()
+    # Run in order once the platform's parts run, before the jobs and periodic jobs start.
+    on_start: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
+    # Run in order once the periodic jobs, the jobs and the consumers stopped, before the relay,
+    # the producer and the engine stop.
+    on_stop: Sequence[Callable[[ServiceRuntime], Awaitable[None]]] = ()
     engine: AsyncEngine = field(init=False)
     session_factory: async_sessionmaker[AsyncSession] = field(init=False)
     producer: AIOKafkaProducer = field(init=False)
@@ -112,14 +125,35 @@ class ServiceRuntime:
     relay: OutboxRelay = field(init=False)
     runners: list[ConsumerRunner] = field(init=False, default_factory=list)
     job_runner: JobRunner = field(init=False)
-    pruner: ProcessedEventsPruner = field(init=False)
+    periodic_jobs: PeriodicJobs = field(init=False)
 
-    async def start(self) -> None:
-        """Connect, migrate, create topics, and start the relay and the consumers."""
+    def __post_init__(self) -> None:
         self.engine = create_engine(
             database_url=self.settings.database_url, schema=self.service, pool_size=self.settings.db_pool_size
         )
         self.session_factory = create_session_factory(self.engine)
+        self.job_runner = JobRunner(
+            service=self.service,
+            engine=self.engine,
+            session_factory=self.session_factory,
+            kinds=self.jobs,
+            workers=self.settings.job_workers,
+            step_pause_s=self.settings.job_step_pause_s,
+        )
+        pruning = pruning_job(
+            service=self.service,
+            keep=timedelta(days=self.settings.processed_events_keep_days),
+            interval_s=self.settings.processed_events_prune_interval_s,
+        )
+        self.periodic_jobs = PeriodicJobs(
+            service=self.service,
+            session_factory=self.session_factory,
+            jobs=[*self.periodic, pruning],
+            stop_grace_s=self.settings.periodic_stop_grace_s,
+        )
+
+    async def start(self) -> None:
+        """Migrate, create topics, start the relay and the consumers, run the start hooks, then the jobs."""
         if self.settings.migrate_on_start:
             await _retrying(
                 "database",
@@ -158,24 +192,10 @@ class ServiceRuntime:
             )
             await runner.start()
             self.runners.append(runner)
-        self.job_runner = JobRunner(
-            service=self.service,
-            engine=self.engine,
-            session_factory=self.session_factory,
-            kinds=self.jobs,
-            workers=self.settings.job_workers,
-            step_pause_s=self.settings.job_step_pause_s,
-        )
         for hook in self.on_start:
             await hook(self)
         self.job_runner.start()
-        self.pruner = ProcessedEventsPruner(
-            service=self.service,
-            session_factory=self.session_factory,
-            keep=timedelta(days=self.settings.processed_events_keep_days),
-            interval_s=self.settings.processed_events_prune_interval_s,
-        )
-        self.pruner.start()
+        self.periodic_jobs.start()
         settle_heap()
         logger.info("service started", extra={"env": self.settings.env})
 
@@ -189,18 +209,24 @@ class ServiceRuntime:
         self.producer = producer
 
     async def stop(self) -> None:
-        """Stop the jobs and the consumers first, then the relay, the producer and the engine."""
-        if hasattr(self, "pruner"):
-            await self.pruner.stop()
-        if hasattr(self, "job_runner"):
-            await self.job_runner.stop()
+        """Stop the periodic jobs (a run in flight finishes), the jobs and the consumers; run the stop
+        hooks; then stop the relay, the producer and the engine."""
+        await self.periodic_jobs.stop()
+        await self.job_runner.stop()
         await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
-        await self.relay.stop()
-        await self.publisher.stop()
+        for hook in self.on_stop:
+            try:
+                await hook(self)
+            except Exception:
+                logger.exception("a stop hook failed; stopping the rest", extra={"hook": repr(hook)})
+        if hasattr(self, "relay"):
+            await self.relay.stop()
+        if hasattr(self, "publisher"):
+            await self.publisher.stop()
         await self.engine.dispose()
 
     async def readiness(self) -> dict[str, str]:
-        """Check the database, the outbox, Kafka and the consumers; return a problem per failing part."""
+        """Check the database, the outbox, Kafka, the consumers and the periodic jobs; return a problem per failing part."""
         problems: dict[str, str] = {}
         try:
             async with asyncio.timeout(2):
@@ -221,6 +247,8 @@ class ServiceRuntime:
                 problems[f"consumer:{runner.group_id}"] = "stopped"
             elif (idle := runner.since_last_poll()) > self.settings.consumer_stall_s:
                 problems[f"consumer:{runner.group_id}"] = f"no poll completed for {idle:.0f} s"
+        for name in self.periodic_jobs.stopped():
+            problems[f"periodic:{name}"] = "stopped"
         return problems
 
 

@@ -7,12 +7,10 @@ service builds (build_app), and short stall limits so the test waits seconds, no
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 pytestmark = pytest.mark.integration
 
 STALL_S = 2.0
-
-
-@pytest.fixture
-def process_state() -> Iterator[None]:
-    """Give back the logging set-up and collector thresholds a service's start changes in this process."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    thresholds = gc.get_threshold()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    gc.unfreeze()
-    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture

@@ -30,7 +30,8 @@ async def test_records_past_the_window_are_pruned_in_batches_and_newer_ones_kept
         )
         await record_processed_many(session=session, consumer="segment", event_ids=["old-0"])
 
-    deleted = await prune_processed_events(session_factory=sessions, keep=timedelta(days=8), batch=4)
+    async with sessions() as session:
+        deleted = await prune_processed_events(session=session, keep=timedelta(days=8), batch=4)
 
     assert deleted == 23
     async with sessions() as session:
