@@ -34,7 +34,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from cdp_common.testing import free_port
 from cdp_common.topics import TopicName
 from cdp_ingest.domain.calls import Limits, build_event
-from cdp_ingest.handlers import create_tracking_producer, envelope_bytes
+from cdp_ingest.handlers import envelope_bytes
+from cdp_ingest.main import create_tracking_producer
 from cdp_ingest.settings import Settings
 from procstat import process_stat
 

@@ -1,9 +1,9 @@
 """HTTP routes of the ingest service: the tracking API, transactions, and the admin API
-(sources, tracking plans, tokens)."""
+(sources, tracking plans, tokens). The tracking routes read the request (`intake`), hand the
+calls to the pipeline (`pipeline`) and answer with what it accepted and refused."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from cdp_common.auth import SCOPES, Principal, authenticate, guards_scope, require_scope
 from cdp_common.db import transaction
 from cdp_common.deps import SessionDep
@@ -31,29 +30,20 @@ from cdp_common.web import (
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_ingest import handlers, store
-from cdp_ingest.batching import EventBatcher
-from cdp_ingest.domain.calls import CALL_TYPES, Limits, build_event, check_shape, merge_batch_defaults
-from cdp_ingest.domain.errors import CallError
-from cdp_ingest.domain.plans import MODES, InvalidPlan, Violation, new_plan
-from cdp_ingest.domain.ratelimit import RateLimiter, retry_after_header
-from cdp_ingest.domain.transactions import parse_transaction, transaction_call
+from cdp_ingest import handlers, pipeline, store
+from cdp_ingest.domain.plans import MODES, InvalidPlan, new_plan
 from cdp_ingest.intake import (
     client_ip,
-    parse_json,
     parse_object,
     read_body,
     refuse,
     thorough_check_needed,
     write_key_of,
 )
-from cdp_ingest.metrics import EVENTS_REFUSED, RATE_LIMITED, payload_size, request_duration
-from cdp_ingest.settings import Settings
-
-logger = logging.getLogger(__name__)
+from cdp_ingest.metrics import payload_size, request_duration
+from cdp_ingest.pipeline import Intake, Screened
 
 tracking = APIRouter(prefix="/v1", tags=["tracking"])
 admin = APIRouter(prefix="/v1", tags=["admin"])
@@ -76,23 +66,6 @@ class AcceptedResponse(Response):
         self.raw_headers = list(ACCEPTED_HEADERS)
 
 
-class Intake:
-    """The long-lived state of the tracking path: settings, limits, write keys, rate limits, producer."""
-
-    def __init__(
-        self, *, settings: Settings, write_keys: handlers.WriteKeys, producer: AIOKafkaProducer
-    ) -> None:
-        self.settings = settings
-        self.producer = producer
-        self.batcher = EventBatcher(
-            producer=producer, topic=settings.topic(TopicName.EVENTS), timeout_s=settings.produce_timeout_s
-        )
-        self.limits = settings.limits()
-        self.proxies = settings.proxy_networks()
-        self.write_keys = write_keys
-        self.rate_limiter = RateLimiter()
-
-
 def _intake(request: Request) -> Intake:
     intake: Intake = request.app.state.intake
     return intake
@@ -107,6 +80,14 @@ async def _measured(
         response = await work(request, _intake(request))
         status = str(response.status_code)
         return response
+    except handlers.KafkaUnavailable as exc:
+        status = "503"
+        raise ApiError(
+            status=503,
+            code="unavailable",
+            message="events cannot be stored right now; retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
     except ApiError as exc:
         status = str(exc.status)
         raise
@@ -114,142 +95,21 @@ async def _measured(
         request_duration(endpoint, status).observe(time.perf_counter() - started)
 
 
-async def _source_for(
-    request: Request, intake: Intake, body: dict[str, Any], call_type: str
-) -> handlers.SourceConfig:
-    source = await intake.write_keys.source_of(write_key_of(request, body))
-    if source is None:
-        raise refuse(401, "invalid_write_key", "the write key is unknown or disabled", call_type=call_type)
-    rate = source.rate_limit_per_s or intake.settings.rate_limit_per_s
-    burst = source.rate_limit_burst or intake.settings.rate_limit_burst
-    wait = intake.rate_limiter.wait_time(key=source.id, rate_per_s=rate, burst=burst, now=time.monotonic())
-    if wait > 0:
-        RATE_LIMITED.labels(source.id).inc()
-        raise refuse(
-            429,
-            "rate_limited",
-            f"the write key exceeds {rate:g} requests per second; retry later",
-            {"retry_after_s": retry_after_header(wait)},
-            source=source.id,
-            call_type=call_type,
-            headers={"Retry-After": retry_after_header(wait)},
-        )
-    return source
-
-
-class _Screened:
-    """Events that passed validation and the plan, and what was refused or flagged on the way."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.rejected: list[dict[str, Any]] = []
-        self.violations: list[tuple[str, Violation, bool]] = []
-
-
-def _encoded_size(call: dict[str, Any], limits: Limits) -> int:
-    try:
-        return len(orjson.dumps(call))
-    except orjson.JSONEncodeError:
-        check_shape(call, limits)  # says which value cannot be encoded (an integer beyond 64 bits)
-        raise CallError("invalid_item", "the item cannot be encoded as JSON", None) from None
-
-
-def _screen(
-    *,
-    screened: _Screened,
-    index: int,
-    call: Any,
-    call_type: str | None,
-    source: handlers.SourceConfig,
-    intake: Intake,
-    received_at: datetime,
-    ip: str | None,
-    check_size: bool,
-    thorough: bool = True,
-) -> CallError | None:
-    """Validate one call into `screened`; return why it was refused, if it was."""
-    try:
-        if not isinstance(call, dict):
-            raise CallError("invalid_item", "each item must be a JSON object", None)
-        kind = call_type or call.get("type")
-        if not isinstance(kind, str) or kind not in CALL_TYPES:
-            raise CallError("invalid_type", f"type must be one of {sorted(CALL_TYPES)}", "type")
-        if check_size and _encoded_size(call, intake.limits) > intake.limits.max_event_bytes:
-            raise CallError(
-                "event_too_large", f"the event exceeds {intake.limits.max_event_bytes} bytes", None
-            )
-        event = build_event(
-            call=call,
-            call_type=kind,
-            source_id=source.id,
-            received_at=received_at,
-            limits=intake.limits,
-            client_ip=ip,
-            thorough=thorough,
-        )
-        if source.plan is not None:
-            verdict = source.plan.evaluate(event)
-            refused = verdict.event is None
-            screened.violations.extend((event["messageId"], v, refused) for v in verdict.violations)
-            if verdict.refusal is not None:
-                raise verdict.refusal
-            assert verdict.event is not None
-            event = verdict.event
-    except CallError as exc:
-        EVENTS_REFUSED.labels(
-            source.id, call_type or str(call.get("type") if isinstance(call, dict) else None), exc.code
-        ).inc()
-        screened.rejected.append({"index": index, "error": exc.as_body()})
-        return exc
-    screened.events.append(event)
-    return None
-
-
-async def _publish_and_record(request: Request, intake: Intake, screened: _Screened, source_id: str) -> None:
-    if screened.events:
-        try:
-            await handlers.publish_events(batcher=intake.batcher, events=screened.events)
-        except handlers.KafkaUnavailable as exc:
-            raise ApiError(
-                status=503,
-                code="unavailable",
-                message="events cannot be stored right now; retry later",
-                headers={"Retry-After": "5"},
-            ) from exc
-    if not screened.violations:
-        return
-    try:
-        await handlers.record_violations(
-            session_factory=request.app.state.runtime.session_factory,
-            source_id=source_id,
-            found=screened.violations,
-        )
-    except (sa_exc.SQLAlchemyError, OSError):
-        # The events are in Kafka already; a lost violation record must not turn that into an error.
-        logger.exception("tracking-plan violations could not be recorded", extra={"source": source_id})
-
-
 async def _accept_call(request: Request, intake: Intake, call_type: str) -> Response:
     received_at = datetime.now(UTC)
     body_bytes = await read_body(request, limit=intake.limits.max_event_bytes, call_type=call_type)
     payload_size(call_type).observe(len(body_bytes))
     body = parse_object(body_bytes, call_type=call_type, max_depth=intake.limits.max_depth)
-    source = await _source_for(request, intake, body, call_type)
-    screened = _Screened()
-    refusal = _screen(
-        screened=screened,
-        index=0,
-        call=body,
-        call_type=call_type,
-        source=source,
+    refusal = await pipeline.accept_call(
         intake=intake,
+        body=body,
+        call_type=call_type,
+        write_key=write_key_of(request, body),
         received_at=received_at,
         ip=client_ip(request, intake.proxies),
-        check_size=False,
         # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
         thorough=thorough_check_needed(body_bytes),
     )
-    await _publish_and_record(request, intake, screened, source.id)
     if refusal is not None:
         raise ApiError(
             status=refusal.status,
@@ -260,7 +120,7 @@ async def _accept_call(request: Request, intake: Intake, call_type: str) -> Resp
     return AcceptedResponse()
 
 
-def _batch_answer(screened: _Screened) -> Response:
+def _batch_answer(screened: Screened) -> Response:
     if not screened.events:
         raise ApiError(
             status=400,
@@ -276,51 +136,18 @@ def _batch_answer(screened: _Screened) -> Response:
 
 async def _accept_batch(request: Request, intake: Intake) -> Response:
     received_at = datetime.now(UTC)
-    settings = intake.settings
-    body_bytes = await read_body(request, limit=settings.max_batch_bytes, call_type="batch")
+    body_bytes = await read_body(request, limit=intake.settings.max_batch_bytes, call_type="batch")
     payload_size("batch").observe(len(body_bytes))
     body = parse_object(body_bytes, call_type="batch", max_depth=intake.limits.max_depth)
-    source = await _source_for(request, intake, body, "batch")
-    items = body.get("batch")
-    if not isinstance(items, list):
-        raise refuse(
-            400,
-            "invalid_batch",
-            "batch must be an array of calls",
-            {"field": "batch"},
-            source=source.id,
-            call_type="batch",
-        )
-    if len(items) > settings.max_batch_events:
-        raise refuse(
-            413,
-            "too_many_events",
-            f"a batch holds at most {settings.max_batch_events} events",
-            {"limit_events": settings.max_batch_events, "events": len(items)},
-            source=source.id,
-            call_type="batch",
-        )
-    screened = _Screened()
-    ip = client_ip(request, intake.proxies)
-    # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
-    thorough = thorough_check_needed(body_bytes)
-    # Most batches carry no shared context, integrations or sentAt: then nothing is merged.
-    shared = bool(body.get("context") or body.get("integrations")) or body.get("sentAt") is not None
-    for index, item in enumerate(items):
-        call = merge_batch_defaults(item, body) if shared and isinstance(item, dict) else item
-        _screen(
-            screened=screened,
-            index=index,
-            call=call,
-            call_type=None,
-            source=source,
-            intake=intake,
-            received_at=received_at,
-            ip=ip,
-            check_size=True,
-            thorough=thorough,
-        )
-    await _publish_and_record(request, intake, screened, source.id)
+    screened = await pipeline.accept_batch(
+        intake=intake,
+        body=body,
+        write_key=write_key_of(request, body),
+        received_at=received_at,
+        ip=client_ip(request, intake.proxies),
+        # JSON carries a NUL only as an escape; without one in the body, no string needs searching.
+        thorough=thorough_check_needed(body_bytes),
+    )
     return _batch_answer(screened)
 
 
@@ -345,35 +172,14 @@ async def _accept_transactions(request: Request, intake: Intake) -> Response:
             )
     else:
         documents = [(0, body_bytes)]
-    source = await _source_for(request, intake, {}, "transaction")
-    screened = _Screened()
-    ip = client_ip(request, intake.proxies)
-    for index, line in documents:
-        try:
-            document = parse_json(line, call_type="transaction", max_depth=intake.limits.max_depth)
-        except ApiError as exc:
-            screened.rejected.append(
-                {"index": index, "error": {"code": exc.code, "message": exc.message, "details": exc.details}}
-            )
-            continue
-        try:
-            call = transaction_call(parse_transaction(document))
-        except CallError as exc:
-            EVENTS_REFUSED.labels(source.id, "transaction", exc.code).inc()
-            screened.rejected.append({"index": index, "error": exc.as_body()})
-            continue
-        _screen(
-            screened=screened,
-            index=index,
-            call=call,
-            call_type="track",
-            source=source,
-            intake=intake,
-            received_at=received_at,
-            ip=ip,
-            check_size=bulk,
-        )
-    await _publish_and_record(request, intake, screened, source.id)
+    screened = await pipeline.accept_transactions(
+        intake=intake,
+        documents=documents,
+        bulk=bulk,
+        write_key=write_key_of(request, {}),
+        received_at=received_at,
+        ip=client_ip(request, intake.proxies),
+    )
     if not bulk:
         if screened.rejected:
             error = screened.rejected[0]["error"]

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from cdp_common.auth import hash_token, new_token
 from cdp_common.events import TokenCreated, TokenRevoked, TrackingEventReceived, make_envelope
@@ -24,7 +23,6 @@ from cdp_ingest.batching import EventBatcher
 from cdp_ingest.domain.calls import event_ids, partition_key
 from cdp_ingest.domain.plans import TrackingPlan, Violation, plan_from_document
 from cdp_ingest.metrics import KAFKA_UNAVAILABLE, PLAN_VIOLATIONS, PRODUCE_DURATION, events_accepted
-from cdp_ingest.settings import Settings
 
 SERVICE = "ingest"
 
@@ -224,19 +222,6 @@ class EnvelopeWriter:
             )
         )
         return key.encode(), value
-
-
-def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
-    """Create the producer of accepted events: idempotent, acks=all, with room for large batches."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=f"{settings.env}.{SERVICE}.tracking",
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=2,
-        max_batch_size=settings.produce_batch_bytes,
-        request_timeout_ms=15_000,
-    )
 
 
 async def publish_events(*, batcher: EventBatcher, events: Sequence[dict[str, Any]]) -> None:

@@ -1,12 +1,12 @@
-"""Builds the ingest service: the app, its lifespan, the default source, and what uvicorn serves."""
+"""Builds the ingest service: the app and its runtime, the tracking producer and the intake, the
+default source, and what uvicorn serves."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
+from aiokafka import AIOKafkaProducer
 from cdp_common.db import transaction
 from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app
@@ -14,20 +14,35 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cdp_ingest import handlers
-from cdp_ingest.api import Intake, routers, tracking
+from cdp_ingest.api import routers, tracking
 from cdp_ingest.consumer import SERVICE, consumer_specs
 from cdp_ingest.dispatch import TrackingDispatch, post_endpoints
 from cdp_ingest.domain.call_schemas import tracking_bodies
+from cdp_ingest.pipeline import Intake
 from cdp_ingest.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Create the ingest service's app; resources are built in its lifespan."""
+def create_tracking_producer(settings: Settings) -> AIOKafkaProducer:
+    """Create the producer of accepted events: idempotent, acks=all, with room for large batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.env}.{SERVICE}.tracking",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=settings.produce_batch_bytes,
+        request_timeout_ms=15_000,
+    )
 
-    async def prepare(runtime: ServiceRuntime) -> None:
-        producer = handlers.create_tracking_producer(settings)
+
+def create_app(settings: Settings) -> FastAPI:
+    """Create the ingest service's app; the runtime starts and stops it with the app's lifespan."""
+
+    async def start_intake(runtime: ServiceRuntime) -> None:
+        # Built here: a producer belongs to the event loop that runs the service.
+        producer = create_tracking_producer(settings)
         await producer.start()
         app.state.intake = Intake(
             settings=settings,
@@ -35,18 +50,26 @@ def create_app(settings: Settings) -> FastAPI:
                 session_factory=runtime.session_factory, ttl_s=settings.write_key_cache_s
             ),
             producer=producer,
+            session_factory=runtime.session_factory,
         )
         default_key = settings.default_write_key.get_secret_value()
         if default_key:
             async with transaction(runtime.session_factory) as session:
                 await handlers.create_source(session=session, name="default", write_key=default_key)
 
+    async def stop_intake(_: ServiceRuntime) -> None:
+        # The tracking producer sends what it holds before the runtime's engine and producer stop.
+        intake: Intake | None = getattr(app.state, "intake", None)
+        if intake is not None:
+            await intake.close()
+
     runtime = ServiceRuntime(
         service=SERVICE,
         settings=settings,
         migrations=MIGRATIONS,
         consumers=consumer_specs(settings),
-        on_start=[prepare],
+        on_start=[start_intake],
+        on_stop=[stop_intake],
     )
     app = build_app(
         runtime=runtime,
@@ -90,21 +113,6 @@ def create_app(settings: Settings) -> FastAPI:
             },
         ),
     )
-    runtime_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # The tracking producer flushes and stops before the runtime (and its engine) does.
-        async with runtime_lifespan(app):
-            try:
-                yield
-            finally:
-                intake: Intake | None = getattr(app.state, "intake", None)
-                if intake is not None:
-                    await intake.batcher.close()
-                    await intake.producer.stop()
-
-    app.router.lifespan_context = lifespan
     # Browsers call the tracking API from any site (analytics.js, sendBeacon); no cookies are read.
     app.add_middleware(
         CORSMiddleware,
