@@ -5,7 +5,7 @@ finds who enters and who leaves against the stored memberships (PostgreSQL may s
 the profiles in parallel, which it never does for a statement that writes), and one
 statement with data-modifying CTEs applies only that difference: memberships, history
 and the events in the outbox. A recompute of a segment whose membership is current
-writes nothing.
+writes nothing. A member excluded from `profiling_segmentation` leaves with consent as the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from cdp_common.db import outbox_table
 from cdp_common.events import SegmentEntered, SegmentExited
 from cdp_common.outbox import lock_outbox_writes
+from cdp_common.purposes import PROFILING, PurposePolicy
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +26,7 @@ from cdp_segment import store
 from cdp_segment.compiler import members_query
 from cdp_segment.domain.membership import Catalog
 from cdp_segment.domain.rules import parse_rule
+from cdp_segment.store.purposes import withheld
 
 # Each leaver costs one index probe (the lateral subquery, kept apart by its LIMIT, runs once
 # per leaver), whatever the planner guesses of the sizes: a plain join could be planned as a
@@ -51,15 +53,18 @@ async def recompute_segment(
     everyone_leaves: bool = False,
     after: str | None = None,
     until: str | None = None,
+    policy: PurposePolicy | None = None,
 ) -> dict[str, int]:
     """Bring one segment's memberships in line with its rule; return the changes.
 
     With `after` and `until`, only the profiles whose ids lie in (after, until] are looked at
-    (a job's step); without them, every profile.
+    (a job's step); without them, every profile. `policy` says who is excluded from profiling
+    (legitimate interest for every purpose when not given).
     """
+    policy = policy or PurposePolicy()
     rule = parse_rule(segment.rule).root
     members = store.memberships
-    query = members_query(rule, now)
+    query = members_query(rule, now, policy=policy)
     if everyone_leaves:
         query = query.where(sa.false())
     held_query = sa.select(members.c.profile_id).where(members.c.segment_id == segment.id)
@@ -88,19 +93,43 @@ async def recompute_segment(
     if not profile_ids:
         return result
     leavers = [p for p, kind in zip(profile_ids, kinds, strict=True) if kind == "exited"]
+    withdrawn: set[str] = set()
     if leavers:
         await session.execute(_LEAVE, {"segment_id": segment.id, "profile_ids": leavers})
+    if leavers and not everyone_leaves:
+        listed_leavers = sa.cast(sa.literal(leavers, ARRAY(sa.Text)), ARRAY(sa.Text))
+        found = await session.execute(
+            sa.select(store.profiles.c.profile_id).where(
+                store.profiles.c.profile_id == sa.any_(listed_leavers), withheld(policy)
+            )
+        )
+        withdrawn = set(found.scalars())
+    recomputed = {"cause": {"type": "recompute", "trigger": trigger}, "conditions": {}}
+    by_consent = {
+        "cause": {"type": "recompute", "trigger": trigger, "why": "consent"},
+        "conditions": {"type": "consent_withheld", "purpose": PROFILING, "result": False},
+    }
+    consent = [p in withdrawn for p in profile_ids]
     at = sa.literal(now, sa.DateTime(timezone=True))
     event_id = sa.cast(sa.func.gen_random_uuid(), sa.Text)
     listed = (
         sa.func.unnest(
             sa.cast(sa.literal(profile_ids, ARRAY(sa.Text)), ARRAY(sa.Text)),
             sa.cast(sa.literal(kinds, ARRAY(sa.Text)), ARRAY(sa.Text)),
+            sa.cast(sa.literal(consent, ARRAY(sa.Boolean)), ARRAY(sa.Boolean)),
         )
-        .table_valued("profile_id", "change")
+        .table_valued("profile_id", "change", "consent")
         .render_derived(name="listed")
     )
-    changes = sa.select(listed.c.profile_id, listed.c.change, event_id.label("event_id")).cte("changes")
+    changes = sa.select(
+        listed.c.profile_id,
+        listed.c.change,
+        sa.case(
+            (listed.c.consent, sa.cast(sa.literal(json.dumps(by_consent)), JSONB)),
+            else_=sa.cast(sa.literal(json.dumps(recomputed)), JSONB),
+        ).label("reason"),
+        event_id.label("event_id"),
+    ).cte("changes")
     entered = (
         sa.insert(members)
         .from_select(
@@ -108,12 +137,6 @@ async def recompute_segment(
             sa.select(sa.literal(segment.id), changes.c.profile_id, at).where(changes.c.change == "entered"),
         )
         .cte("entered")
-    )
-    reason = sa.cast(
-        sa.literal(
-            json.dumps({"cause": {"type": "recompute", "trigger": trigger}, "conditions": {}}), sa.Text
-        ),
-        JSONB,
     )
     history = (
         sa.insert(store.membership_history)
@@ -126,7 +149,7 @@ async def recompute_segment(
                 sa.literal(segment.version),
                 at,
                 changes.c.event_id,
-                reason,
+                changes.c.reason,
             ),
         )
         .returning(store.membership_history.c.id)
@@ -147,7 +170,7 @@ async def recompute_segment(
             "profile_id", changes.c.profile_id,
             "segment_key", segment.key,
             "segment_version", segment.version,
-            "reason", reason,
+            "reason", changes.c.reason,
             "at", stamp,
         ),
     )  # fmt: skip
@@ -196,7 +219,14 @@ async def recompute_segments(
         if segment is None:
             continue
         changes = await recompute_segment(
-            session=session, segment=segment, now=now, topic=topic, trigger=trigger, after=after, until=until
+            session=session,
+            segment=segment,
+            now=now,
+            topic=topic,
+            trigger=trigger,
+            after=after,
+            until=until,
+            policy=catalog.policy,
         )
         report[definition.key] = changes
         if changes["entered"] or changes["exited"]:

@@ -3,7 +3,8 @@
 It implements exactly the semantics of `cdp_segment.domain.evaluation`: every leaf
 is a strict true/false (never NULL, so `not` means the same in both), a JSON null
 counts as missing, numbers compare numerically, instants are read by the
-`segment_ts` function that accepts the same ISO 8601 strings as the domain.
+`segment_ts` function that accepts the same ISO 8601 strings as the domain. A profile excluded
+from `profiling_segmentation` matches no rule (`cdp_segment.store.purposes`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.purposes import PurposePolicy
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp_segment.domain.rules import Age, BirthdayToday, Condition, Consent, Group, Membership, Rule
 from cdp_segment.store import memberships, profiles, segments
+from cdp_segment.store.purposes import withheld
 
 _FALSE = sa.false()
 
@@ -196,6 +199,11 @@ def _compile(rule: Rule, now: ColumnElement[Any]) -> ColumnElement[bool]:
 LIVE_PROFILES = sa.and_(profiles.c.merged_into.is_(None), profiles.c.version > 0)
 
 
-def members_query(rule: Rule, now: datetime) -> sa.Select[tuple[str]]:
-    """Return the query of the ids of every live profile that matches a rule."""
-    return sa.select(profiles.c.profile_id).where(LIVE_PROFILES, compile_rule(rule, now))
+def segmentable(policy: PurposePolicy | None = None) -> ColumnElement[bool]:
+    """Return the predicate of the profiles that may be in segments: not excluded from profiling."""
+    return sa.not_(withheld(policy or PurposePolicy()))
+
+
+def members_query(rule: Rule, now: datetime, *, policy: PurposePolicy | None = None) -> sa.Select[tuple[str]]:
+    """Return the query of the ids of every live profile that matches a rule and may be in segments."""
+    return sa.select(profiles.c.profile_id).where(LIVE_PROFILES, segmentable(policy), compile_rule(rule, now))

@@ -24,13 +24,14 @@ from cdp_common.events import (
 )
 from cdp_common.jobs import JobFinished, JobNotFound, cancel_job, new_job_id, submit_job
 from cdp_common.kafka import BatchHandler, Handler, let_others_run
+from cdp_common.purposes import PROFILING, PurposePolicy, decisions_for
 from cdp_common.replica import apply_profile_version
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
-from cdp_segment.compiler import compile_rule, members_query
-from cdp_segment.domain.evaluation import ProfileFacts, explain, mark_building
+from cdp_segment.compiler import compile_rule, members_query, segmentable
+from cdp_segment.domain.evaluation import ProfileFacts, explain, mark_building, withheld_explanation
 from cdp_segment.domain.lifecycle import STAGES, LifecycleThresholds, builtin_computed_traits, lifecycle_model
 from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
 from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
@@ -62,6 +63,7 @@ def definition_of(row: store.SegmentRow) -> SegmentDefinition:
 class CatalogCache:
     """The live segments parsed once, reloaded when any definition changed."""
 
+    policy: PurposePolicy = field(default_factory=PurposePolicy)
     _stamp: tuple[str | None, ...] | None = None
     _catalog: Catalog = field(default_factory=lambda: Catalog([]))
 
@@ -80,7 +82,7 @@ class CatalogCache:
                         definitions.append(definition_of(row))
                     except RuleError:
                         logger.exception("stored rule no longer parses", extra={"segment": row.key})
-                self._catalog = Catalog(definitions)
+                self._catalog = Catalog(definitions, self.policy)
                 self._stamp = current_stamp
             return self._catalog
 
@@ -89,15 +91,24 @@ class CatalogCache:
 
 @dataclass
 class SegmentContext:
-    """What the handlers share: where to publish, the clock, the catalog and the model settings."""
+    """What the handlers share: where to publish, the clock, the catalog, the model settings and
+    who is excluded from profiling and analytics (`CDP_OPT_IN_PURPOSES` unless given)."""
 
     segments_topic: str
     clock: Clock
     lifecycle: LifecycleThresholds = field(default_factory=LifecycleThresholds)
-    catalog: CatalogCache = field(default_factory=CatalogCache)
+    purposes: PurposePolicy = field(default_factory=PurposePolicy.from_environment)
+    catalog: CatalogCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = CatalogCache(policy=self.purposes)
+
+    def profiling_withheld(self, consents: dict[str, Any]) -> bool:
+        """Whether a person with these decisions is excluded from profiling (no segments, no models)."""
+        return self.purposes.excluded(PROFILING, consents)
 
 
-def facts_of(row: store.ProfileRow, members: set[str]) -> ProfileFacts:
+def facts_of(row: store.ProfileRow, members: set[str], policy: PurposePolicy) -> ProfileFacts:
     """Return the domain's view of a stored profile."""
     return ProfileFacts(
         traits=row.traits,
@@ -105,6 +116,7 @@ def facts_of(row: store.ProfileRow, members: set[str]) -> ProfileFacts:
         model=row.model,
         consents=row.consents,
         segments=frozenset(members),
+        withheld=frozenset({PROFILING}) if policy.excluded(PROFILING, row.consents) else frozenset(),
     )
 
 
@@ -122,11 +134,15 @@ async def reevaluate_profile(
     A caller that has just written the profile (and so holds its row lock) passes the row.
     """
     catalog = await context.catalog.current(session)
-    if changed is not None and not catalog.affected_by(changed):
-        return 0
     if row is None:
         row = await store.load_profile(session=session, profile_id=profile_id, lock=True)
     if row is None or row.merged_into is not None or row.version == 0:
+        return 0
+    if (
+        changed is not None
+        and not catalog.affected_by(changed)
+        and not context.profiling_withheld(row.consents)
+    ):
         return 0
     members = await store.member_keys(session=session, profile_id=profile_id)
     changes = _membership_changes(
@@ -146,10 +162,14 @@ def _membership_changes(
     now: datetime,
     new_profile: bool = False,
 ) -> list[store.MembershipChange]:
-    """Return the entries and exits of one profile after a change; `members` is brought up to date."""
-    if changed is not None and not catalog.affected_by(changed):
+    """Return the entries and exits of one profile after a change; `members` is brought up to date.
+
+    A profile excluded from profiling leaves every segment it is in, whatever changed.
+    """
+    facts = facts_of(row, members, catalog.policy)
+    if changed is not None and not catalog.affected_by(changed) and not (facts.withheld and members):
         return []
-    decisions = catalog.decide(facts_of(row, members), changed, now, new_profile=new_profile)
+    decisions = catalog.decide(facts, changed, now, new_profile=new_profile)
     for decision in decisions:
         if decision.entered:
             members.add(decision.segment.key)
@@ -161,11 +181,15 @@ def _membership_changes(
             profile_id=row.profile_id,
             entered=decision.entered,
             at=now,
-            reason={"cause": cause, "conditions": public_reason(decision.explanation)},
-            history_reason={"cause": cause, "explanation": decision.explanation},
+            reason={"cause": _why(cause, decision.why), "conditions": public_reason(decision.explanation)},
+            history_reason={"cause": _why(cause, decision.why), "explanation": decision.explanation},
         )
         for decision in decisions
     ]
+
+
+def _why(cause: dict[str, Any], why: str | None) -> dict[str, Any]:
+    return cause if why is None else {**cause, "why": why}
 
 
 def _cause(envelope: Envelope[Any], changed: set[str] | None, **extra: Any) -> dict[str, Any]:
@@ -175,7 +199,12 @@ def _cause(envelope: Envelope[Any], changed: set[str] | None, **extra: Any) -> d
 def _lifecycle_documents(
     context: SegmentContext, row: store.ProfileRow, changed: set[str] | None
 ) -> dict[str, Any] | None:
-    """Return the profile's model documents with a new lifecycle stage, or None when it did not move."""
+    """Return the profile's model documents with a new lifecycle stage, or None when it did not move.
+
+    A profile excluded from profiling keeps no model results at all.
+    """
+    if context.profiling_withheld(row.consents):
+        return {} if row.model else None
     if changed is not None and not changed & context.lifecycle.dependencies:
         return None
     model = lifecycle_model(row.computed, row.model.get("lifecycle"), context.clock(), context.lifecycle)
@@ -390,7 +419,11 @@ def _most_restrictive(one: dict[str, Any], other: dict[str, Any]) -> dict[str, A
 
 
 def consent_handler(context: SegmentContext) -> Handler:
-    """Return the handler of cdp.consents.v1: keep the latest decision per purpose and channel."""
+    """Return the handler of cdp.consents.v1: keep the latest decision per purpose and channel.
+
+    A decision that excludes the person from profiling takes them out of every segment (reason
+    consent) and drops their model results; one that lets them back evaluates every segment again.
+    """
 
     async def on_consent_changed(*, session: AsyncSession, envelope: Envelope[Any]) -> None:
         data: ConsentChanged = envelope.data
@@ -409,13 +442,23 @@ def consent_handler(context: SegmentContext) -> Handler:
             else "denied"
         )
         consents = {**row.consents, key: {"status": status, "at": data.at.isoformat()}}
-        await store.set_profile_documents(session=session, profile_id=data.profile_id, consents=consents)
+        was_withheld = context.profiling_withheld(row.consents)
+        now_withheld = context.profiling_withheld(consents)
+        documents: dict[str, Any] = {"consents": consents}
+        if now_withheld and row.model:
+            documents["model"] = {}
+        await store.set_profile_documents(session=session, profile_id=data.profile_id, **documents)
         changed = {f"consent:{key}"}
+        if was_withheld and not now_withheld:
+            await _refresh_lifecycle(
+                session=session, context=context, profile_id=data.profile_id, changed=None
+            )
         await reevaluate_profile(
             session=session,
             context=context,
             profile_id=data.profile_id,
-            changed=changed,
+            # Every segment, when the person is out of them all or back in.
+            changed=None if was_withheld != now_withheld else changed,
             cause=_cause(envelope, changed),
         )
 
@@ -667,7 +710,7 @@ async def preview_segment(
     parsed = _parse_definition(rule)
     await _check_references(session=session, context=context, key="__preview__", parsed=parsed)
     now = context.clock()
-    query = members_query(parsed.root, now).subquery()
+    query = members_query(parsed.root, now, policy=context.purposes).subquery()
     size: int | None
     try:
         size = int((await _bounded(session, timeout_s, sa.select(sa.func.count()).select_from(query)))[0][0])
@@ -683,7 +726,10 @@ async def preview_segment(
     except _PreviewTimedOut:
         size = None
         estimate, sample = await _estimate(
-            session, compile_rule(parsed.root, now), sample_size, estimate_timeout_s
+            session,
+            sa.and_(segmentable(context.purposes), compile_rule(parsed.root, now)),
+            sample_size,
+            estimate_timeout_s,
         )
     keys = [spec.key for spec in parsed.computed_traits]
     building = sorted(set(keys) - await builds.ready_traits(session=session, keys=keys))
@@ -703,7 +749,11 @@ async def preview_segment(
 async def explain_membership(
     *, session: AsyncSession, context: SegmentContext, ref: str, profile_id: str
 ) -> dict[str, Any] | None:
-    """Return why a profile is in or out of a segment: every condition with its values, and the last change."""
+    """Return why a profile is in or out of a segment: every condition with its values, and the last change.
+
+    A profile excluded from profiling is out of every segment: `excluded` names the purpose, its
+    basis and the person's decisions, and the explanation puts that condition before the rule's.
+    """
     segment = await _live(session, ref)
     row = await store.load_profile(session=session, profile_id=profile_id)
     if row is None:
@@ -715,11 +765,21 @@ async def explain_membership(
     # A value the copy holds came by message and is current; only missing ones are unknown yet.
     unknown = keys - await builds.ready_traits(session=session, keys=keys) - set(row.computed)
     building_segments = await builds.building_keys(session=session, keys=parsed.segment_refs)
+    facts = facts_of(row, members, context.purposes)
     tree = mark_building(
-        explain(parsed.root, facts_of(row, members), now),
+        explain(parsed.root, facts, now),
         computed=frozenset(unknown),
         segments=frozenset(building_segments),
     )
+    excluded = None
+    if PROFILING in facts.withheld:
+        tree = {"type": "all", "result": False, "conditions": [withheld_explanation(facts, PROFILING), tree]}
+        excluded = {
+            "reason": "consent",
+            "purpose": PROFILING,
+            "basis": context.purposes.basis(PROFILING).value,
+            "decisions": decisions_for(PROFILING, row.consents),
+        }
     return {
         "segment_key": segment.key,
         "segment_version": segment.version,
@@ -731,6 +791,7 @@ async def explain_membership(
         "merged_into": row.merged_into,
         "evaluated_at": now.isoformat(),
         "explanation": tree,
+        "excluded": excluded,
         "last_change": await store.last_change(session=session, segment_id=segment.id, profile_id=profile_id),
     }
 

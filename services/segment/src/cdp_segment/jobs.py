@@ -77,6 +77,7 @@ async def _members_step(
         trigger=trigger,
         after=after,
         until=until,
+        policy=catalog.policy,
     )
     held = report.get(key, {"entered": 0, "exited": 0})
     report[key] = {name: held[name] + changes[name] for name in ("entered", "exited")}

@@ -16,6 +16,10 @@ ranges of profile ids, each step one short transaction:
 
 Lifecycle needs no fit: it scores range by range. The run's parameters and summary are kept
 once the last range is scored.
+
+Consent purposes (`cdp_common.purposes`): a customer excluded from `profiling_segmentation` is not
+extracted, fitted on or scored, and loses any result an earlier run gave them; one excluded from
+`analytics` is scored but left out of the run's summary (the counts, sizes and means it reports).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from cdp_common.jobs import Job, Step, submit_job
+from cdp_common.purposes import ANALYTICS
 from numpy.typing import NDArray
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -164,6 +169,7 @@ class ModelRun:
             revenue_key=ORDERS_REVENUE.key,
             last_key=LAST_ORDER_DATE,
             first_key=FIRST_SEEN,
+            policy=self._context.purposes,
         )
         features = [f for f in (order_features(row, at) for row in aggregates) if f is not None]
         await runs.replace_features(session=session, model=name, after=after, until=until, rows=features)
@@ -226,16 +232,20 @@ class ModelRun:
         until, looked_at = await builds.profile_range(session=session, after=after, size=self._batch_size)
         key = result_key(name)
         totals: dict[str, Any] = dict(cursor["totals"])
+        # Scored, but not counted in the run's summary.
+        uncounted = await runs.withheld_in_range(
+            session=session, after=after, until=until, policy=self._context.purposes, purpose=ANALYTICS
+        )
         if name == "lifecycle":
-            results = await self._lifecycle(session, at, after, until, totals)
+            results = await self._lifecycle(session, at, after, until, totals, uncounted)
         else:
             rows = await runs.read_features(session=session, model=name, after=after, until=until)
-            results = self._results(name, cursor["fit"], rows, totals)
-            for profile_id in await runs.profiles_holding(
-                session=session, name=key, after=after, until=until
-            ):
-                results.setdefault(profile_id, None)
+            results = self._results(name, cursor["fit"], rows, totals, uncounted)
             await runs.delete_features(session=session, model=name, after=after, until=until)
+        # Whoever holds a result and was not scored now (no longer a customer, or excluded from
+        # profiling) loses it.
+        for profile_id in await runs.profiles_holding(session=session, name=key, after=after, until=until):
+            results.setdefault(profile_id, None)
         changed = await runs.write_results(session=session, name=key, results=results)
         report: dict[str, dict[str, int]] = dict(cursor["segments"])
         if changed:
@@ -294,6 +304,7 @@ class ModelRun:
         after: str | None,
         until: str | None,
         totals: dict[str, Any],
+        uncounted: set[str],
     ) -> dict[str, Any]:
         thresholds = self._context.lifecycle
         # Only someone who ordered has a stage, and only someone with a stage can lose it.
@@ -303,17 +314,24 @@ class ModelRun:
             until=until,
             keys=(ORDERS_COUNT.key, recent_orders_spec(thresholds.new_days).key, LAST_ORDER_DATE),
             last_key=LAST_ORDER_DATE,
+            policy=self._context.purposes,
         )
         results = {r.profile_id: lifecycle_model(r.computed, r.previous, at, thresholds) for r in rows}
         stages = Counter(totals.get("stages", {}))
-        stages.update(v["stage"] for v in results.values() if v)
+        stages.update(v["stage"] for p, v in results.items() if v and p not in uncounted)
         totals["stages"] = dict(stages)
         return results
 
     def _results(
-        self, name: str, fit: dict[str, Any], rows: list[Features], totals: dict[str, Any]
+        self,
+        name: str,
+        fit: dict[str, Any],
+        rows: list[Features],
+        totals: dict[str, Any],
+        uncounted: set[str],
     ) -> dict[str, Any]:
-        """Score a range's customers from the fit; add to the run's totals."""
+        """Score a range's customers from the fit; add those not in `uncounted` to the run's totals."""
+        counted = np.array([c.profile_id not in uncounted for c in rows], dtype=bool)
         results: dict[str, Any] = {}
         if name == "rfm":
             thresholds = fit["thresholds"]
@@ -324,7 +342,8 @@ class ModelRun:
                 m = score_by_thresholds(c.revenue, thresholds["monetary"])
                 segment = named_segment(r, f, m)
                 results[c.profile_id] = {"r": r, "f": f, "m": m, "score": f"{r}{f}{m}", "segment": segment}
-                named[segment] += 1
+                if c.profile_id not in uncounted:
+                    named[segment] += 1
             totals["segments"] = dict(named)
             return results
         if name == "clusters":
@@ -337,10 +356,10 @@ class ModelRun:
             for c, label in zip(rows, labels, strict=True):
                 results[c.profile_id] = {"id": int(label), "description": model.descriptions[int(label)]}
             sums = np.zeros((k, matrix.shape[1]))
-            np.add.at(sums, labels, matrix)
+            np.add.at(sums, labels[counted], matrix[counted])
             held_sizes = np.asarray(totals.get("sizes") or [0] * k, dtype=np.int64)
             held_sums = np.asarray(totals.get("sums") or np.zeros((k, matrix.shape[1])), dtype=np.float64)
-            totals["sizes"] = [int(v) for v in held_sizes + np.bincount(labels, minlength=k)]
+            totals["sizes"] = [int(v) for v in held_sizes + np.bincount(labels[counted], minlength=k)]
             totals["sums"] = (held_sums + sums).tolist()
             return results
         if fit["bgnbd"] is None or not rows:
@@ -357,9 +376,9 @@ class ModelRun:
                 "expected_orders": round(float(n), 3),
                 "churn_probability": round(float(1 - p_alive), 4),
             }
-        totals["customers"] = totals.get("customers", 0) + len(rows)
-        totals["value"] = totals.get("value", 0.0) + float(value.sum())
-        totals["alive"] = totals.get("alive", 0.0) + float(alive.sum())
+        totals["customers"] = totals.get("customers", 0) + int(counted.sum())
+        totals["value"] = totals.get("value", 0.0) + float(value[counted].sum())
+        totals["alive"] = totals.get("alive", 0.0) + float(alive[counted].sum())
         return results
 
     def _summary(self, name: str, fit: dict[str, Any], totals: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import re2  # type: ignore[import-untyped]
+from cdp_common.purposes import decisions_for
 
 from cdp_segment.domain.rules import (
     Age,
@@ -35,6 +36,8 @@ class ProfileFacts:
     model: Mapping[str, Any] = field(default_factory=dict)
     consents: Mapping[str, Any] = field(default_factory=dict)
     segments: frozenset[str] = frozenset()
+    # The gated consent purposes the person is excluded from (`cdp_common.purposes`).
+    withheld: frozenset[str] = frozenset()
 
 
 def lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -169,6 +172,16 @@ def _leaf(rule: Rule, facts: ProfileFacts, now: datetime) -> tuple[bool, Any]:
     if isinstance(rule, Membership):
         return rule.segment_key in facts.segments, rule.segment_key in facts.segments
     raise TypeError(f"not a rule: {rule!r}")
+
+
+def withheld_explanation(facts: ProfileFacts, purpose: str) -> dict[str, Any]:
+    """Return why a person is out of every segment: the purpose they are excluded from, and their decisions."""
+    return {
+        "type": "consent_withheld",
+        "purpose": purpose,
+        "actual": decisions_for(purpose, facts.consents),
+        "result": False,
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,7 +4,8 @@ The catalog orders segments so that a segment comes after every segment it refer
 to; a change is described by dependency names (`trait:plan`, `computed:<key>`,
 `consent:marketing:email`, `model:rfm`, `segment:<key>`), and only the segments that
 depend on one of them are evaluated, plus those that refer to a segment whose
-membership just changed.
+membership just changed. A person excluded from `profiling_segmentation` is in no segment: they
+leave every one they are in, with consent as the reason, and enter none.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cdp_segment.domain.evaluation import ProfileFacts, evaluate, explain
+from cdp_common.purposes import PROFILING, PurposePolicy
+
+from cdp_segment.domain.evaluation import ProfileFacts, evaluate, explain, withheld_explanation
 from cdp_segment.domain.rules import ParsedRule
 
 _ANY_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
@@ -39,12 +42,16 @@ class MembershipDecision:
     segment: SegmentDefinition
     entered: bool
     explanation: dict[str, Any]
+    # What decided it beside the rule: "consent" when the person is excluded from profiling.
+    why: str | None = None
 
 
 class Catalog:
     """The live segments in dependency order, indexed by what they depend on."""
 
-    def __init__(self, definitions: list[SegmentDefinition]) -> None:
+    def __init__(self, definitions: list[SegmentDefinition], policy: PurposePolicy | None = None) -> None:
+        # Who is excluded from profiling, for the evaluations over many profiles at once.
+        self.policy = policy or PurposePolicy()
         self.by_key = {d.key: d for d in definitions}
         self.by_id = {d.id: d for d in definitions}
         self.ordered = _dependency_order(definitions)
@@ -87,8 +94,15 @@ class Catalog:
         """Evaluate the segments a change can affect (all when changed is None) for one profile.
 
         For a new profile (changed None) only the segments it can be in are evaluated:
-        every other one would not match it.
+        every other one would not match it. A person excluded from profiling leaves every segment.
         """
+        if PROFILING in facts.withheld:
+            explanation = withheld_explanation(facts, PROFILING)
+            return [
+                MembershipDecision(definition, False, explanation, why="consent")
+                for definition in self.ordered
+                if definition.key in facts.segments
+            ]
         if changed is not None:
             pending = self.affected_by(changed)
         elif new_profile:

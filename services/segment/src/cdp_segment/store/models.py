@@ -3,7 +3,8 @@ the features a run keeps between its fit and its scoring, the fit's set-based ag
 results into the model documents, and the jobs that run the models.
 
 Every read and write here is bounded by a range of profile ids (a job's step), except the fit's
-aggregates, which are one read-only statement over the features of one run.
+aggregates, which are one read-only statement over the features of one run. Profiles excluded
+from `profiling_segmentation` are never read as model inputs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from cdp_common.jobs import job_body, jobs_table
+from cdp_common.purposes import PurposePolicy
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment.store import metadata, profiles
+from cdp_segment.store.purposes import withheld
 
 model_features = sa.Table(
     "model_features",
@@ -70,8 +73,10 @@ async def read_order_aggregates(
     revenue_key: str,
     last_key: str,
     first_key: str,
+    policy: PurposePolicy,
 ) -> list[OrderAggregates]:
-    """Return the order aggregates of the live profiles in (after, until] that may have ordered."""
+    """Return the order aggregates of the live profiles in (after, until] that may have ordered and
+    may be profiled."""
     query = (
         sa.select(
             profiles.c.profile_id,
@@ -83,6 +88,7 @@ async def read_order_aggregates(
         .where(
             _LIVE,
             _in_range(profiles.c.profile_id, after, until),
+            sa.not_(withheld(policy)),
             sa.func.jsonb_typeof(profiles.c.computed[count_key]) == "number",
             sa.func.jsonb_typeof(profiles.c.computed[last_key]) == "string",
         )
@@ -101,15 +107,23 @@ class LifecycleInputs:
 
 
 async def read_lifecycle_inputs(
-    *, session: AsyncSession, after: str | None, until: str | None, keys: Sequence[str], last_key: str
+    *,
+    session: AsyncSession,
+    after: str | None,
+    until: str | None,
+    keys: Sequence[str],
+    last_key: str,
+    policy: PurposePolicy,
 ) -> list[LifecycleInputs]:
-    """Return the inputs of the live profiles in (after, until] that ordered or have a stage."""
+    """Return the inputs of the live profiles in (after, until] that ordered or have a stage and may
+    be profiled."""
     values = [profiles.c.computed[key].label(f"k{n}") for n, key in enumerate(keys)]
     query = (
         sa.select(profiles.c.profile_id, profiles.c.model["lifecycle"], *values)
         .where(
             _LIVE,
             _in_range(profiles.c.profile_id, after, until),
+            sa.not_(withheld(policy)),
             sa.or_(profiles.c.computed.has_key(last_key), profiles.c.model.has_key("lifecycle")),
         )
         .order_by(profiles.c.profile_id)
@@ -248,6 +262,18 @@ async def profiles_holding(
         )
     )
     return list(rows.scalars())
+
+
+async def withheld_in_range(
+    *, session: AsyncSession, after: str | None, until: str | None, policy: PurposePolicy, purpose: str
+) -> set[str]:
+    """Return the live profiles in (after, until] excluded from a purpose."""
+    rows = await session.execute(
+        sa.select(profiles.c.profile_id).where(
+            _LIVE, _in_range(profiles.c.profile_id, after, until), withheld(policy, purpose)
+        )
+    )
+    return set(rows.scalars())
 
 
 # Rows are locked in profile-id order first, as the consumer's writes lock them, so the two never
