@@ -14,6 +14,7 @@ from cdp_common.auth import Principal, require_scope
 from cdp_common.deps import SessionDep
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.privacy import access_router
+from cdp_common.purposes import GATES
 from cdp_common.topics import TopicName
 from cdp_common.web import ApiError, Page, PageParams, cursor_position, next_cursor, page_params
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -95,11 +96,16 @@ def _unknown(exc: UnknownPurpose) -> ApiError:
 
 @consents.get("/consents/catalogue")
 async def catalogue(_: Reader, context: ContextDep) -> dict[str, Any]:
-    """List the configured purposes, channels and the mapping of Segment categories."""
+    """List the configured purposes, channels, the mapping of Segment categories, and what each gated
+    purpose gates and rests on."""
     return {
         "purposes": list(context.catalogue.purposes),
         "channels": list(context.catalogue.channels),
         "category_purposes": context.category_purposes,
+        "gated_purposes": {
+            purpose: {"gates": gates, "basis": context.purposes.basis(purpose).value}
+            for purpose, gates in GATES.items()
+        },
     }
 
 
@@ -185,6 +191,47 @@ async def check_consents(
     answer = {"purpose": body.purpose, "channel": body.channel, "allowed": allowed, "refused": refused}
     # Plain strings only: serialised directly, without FastAPI's per-item encoder (hot path).
     return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+
+
+class ExclusionRequest(StrictModel):
+    """Which of these profiles are excluded from a gated purpose?"""
+
+    purpose: Name
+    profile_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1)
+
+
+@consents.post("/consents/exclusions")
+async def purpose_exclusions(
+    body: ExclusionRequest, request: Request, session: SessionDep, _: Reader, context: ContextDep
+) -> dict[str, Any]:
+    """Answer which profiles are excluded from a gated purpose (profiling, personalisation, analytics)."""
+    limit: int = request.app.state.runtime.settings.max_check_ids
+    if len(body.profile_ids) > limit:
+        raise ApiError(
+            status=413,
+            code="too_many_profile_ids",
+            message=f"ask about at most {limit} profile ids at once",
+            details={"limit": limit, "given": len(body.profile_ids)},
+        )
+    if body.purpose not in GATES:
+        raise ApiError(
+            status=422,
+            code="unknown_purpose_or_channel",
+            message=f"{body.purpose!r} is not a gated purpose; they are {sorted(GATES)}",
+        )
+    decisions = await store.purpose_decisions(
+        session=session, profile_ids=body.profile_ids, purpose=body.purpose
+    )
+    excluded = [
+        pid
+        for pid in dict.fromkeys(body.profile_ids)
+        if context.purposes.excluded(body.purpose, decisions.get(pid, {}))
+    ]
+    return {
+        "purpose": body.purpose,
+        "basis": context.purposes.basis(body.purpose).value,
+        "excluded": excluded,
+    }
 
 
 class Address(StrictModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -27,6 +27,7 @@ from cdp_common.events import (
 from cdp_common.hashing import subject_hash
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
 from cdp_common.outbox import add_to_outbox
+from cdp_common.purposes import PurposePolicy
 from cdp_common.replica import apply_profile_version, apply_profile_versions
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -71,13 +72,15 @@ _PAYLOADS: dict[ConsentStatus, type[ConsentChanged]] = {
 
 @dataclass(frozen=True)
 class ConsentContext:
-    """What the handlers need from the settings: the catalogue, the rules, the topics, the key."""
+    """What the handlers need from the settings: the catalogue, the rules, the topics, the key, and
+    the basis of the gated purposes."""
 
     catalogue: Catalogue
     category_purposes: dict[str, list[str]]
     opt_in_only: frozenset[tuple[str, str]]
     consents_topic: str
     hash_key: str
+    purposes: PurposePolicy = field(default_factory=PurposePolicy)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, consents_topic: str) -> ConsentContext:
@@ -89,6 +92,7 @@ class ConsentContext:
             opt_in_only=frozenset(p for pair in settings.opt_in_only_grants for p in catalogue.expand(pair)),
             consents_topic=consents_topic,
             hash_key=settings.hash_key.get_secret_value(),
+            purposes=PurposePolicy.of(settings),
         )
 
     def contact_hash(self, kind: str, value: str) -> str:

@@ -314,6 +314,36 @@ CHECK_QUERY = sa.text(
 )
 
 
+# The decisions in force on one purpose, every channel, of profiles (merged-away ids answer for
+# their survivor); a profile with none has one row of nulls.
+DECISIONS_QUERY = sa.text(
+    """
+    WITH requested AS (
+        SELECT DISTINCT unnest(CAST(:profile_ids AS text[])) AS profile_id
+    ), resolved AS (
+        SELECT r.profile_id, COALESCE(k.merged_into, r.profile_id) AS effective_id
+        FROM requested r LEFT JOIN known_profiles k ON k.profile_id = r.profile_id
+    )
+    SELECT res.profile_id, s.channel, s.status
+    FROM resolved res
+    LEFT JOIN consent_state s ON s.profile_id = res.effective_id AND s.purpose = :purpose
+    """
+)
+
+
+async def purpose_decisions(
+    *, session: AsyncSession, profile_ids: Sequence[str], purpose: str
+) -> dict[str, dict[str, str]]:
+    """Return each profile's decisions in force on a purpose, keyed `purpose:channel`."""
+    rows = await session.execute(DECISIONS_QUERY, {"profile_ids": list(profile_ids), "purpose": purpose})
+    decisions: dict[str, dict[str, str]] = {}
+    for row in rows:
+        held = decisions.setdefault(row.profile_id, {})
+        if row.status is not None:
+            held[f"{purpose}:{row.channel}"] = row.status
+    return decisions
+
+
 async def check_contactable(
     *, session: AsyncSession, profile_ids: Sequence[str], purpose: str, channel: str
 ) -> dict[str, RefusalReason | None]:
