@@ -201,7 +201,7 @@ async def _measure(env: dict[str, str]) -> dict[str, Any]:
     mailer = SmtpMailer(url=settings.smtp_url, connections=CONNECTIONS, timeout_s=30)
     ctx = CampaignContext(
         settings=settings,
-        session_factory=lambda: factory,
+        session_factory=factory,
         consent=HttpConsentGate(client=client, base_url=settings.consent_url, token=env["CDP_ADMIN_TOKEN"]),
         tracker=IngestTracker(client=client, base_url=env["CDP_INGEST_URL"], write_key=""),
         mailer=mailer,

@@ -19,6 +19,7 @@ from cdp_campaign.gateways import ConsentUnavailable, ConsentVerdicts, Rejected
 from cdp_campaign.jobs import scheduler_tick
 from cdp_campaign.main import Gateways, create_app
 from cdp_campaign.settings import Settings
+from cdp_common.db import transaction
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ProfileUpdated, SegmentEntered, TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
@@ -200,7 +201,8 @@ class CampaignUnderTest:
 
     async def tick(self) -> None:
         """Run the scheduler once at the clock's time."""
-        assert await scheduler_tick(ctx=self.ctx, now=self.clock.now())
+        async with transaction(self.ctx.session_factory) as session:
+            assert await scheduler_tick(session=session, ctx=self.ctx, now=self.clock.now())
 
     async def sends(self, http: httpx.AsyncClient, campaign_id: str, profile_id: str) -> list[dict[str, Any]]:
         """Return one recipient's timeline in a campaign."""

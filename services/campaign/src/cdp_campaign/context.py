@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,7 @@ class CampaignContext:
     """What the handlers need besides a session: settings, the database and the ways out."""
 
     settings: Settings
-    session_factory: Callable[[], async_sessionmaker[AsyncSession]]
+    session_factory: async_sessionmaker[AsyncSession]
     consent: ConsentGate
     tracker: EngagementTracker
     mailer: MailSender

@@ -209,7 +209,7 @@ async def prepare_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> Pre
     Nothing is claimed yet, so preparing ahead of the hand-over risks nothing.
     """
     now = ctx.clock.now()
-    factory = ctx.session_factory()
+    factory = ctx.session_factory
     skipped: dict[str, str] = {}
     deferred: dict[str, datetime] = {}
     outgoing: list[Outgoing] = []
@@ -332,7 +332,7 @@ async def prepare_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> Pre
 async def hand_over_sends(*, ctx: CampaignContext, prepared: PreparedSends) -> dict[str, int]:
     """Record the skipped and deferred, claim the rest within the frequency caps, hand them over,
     and record how each hand-over went."""
-    factory = ctx.session_factory()
+    factory = ctx.session_factory
     now, skipped, deferred = prepared.now, dict(prepared.skipped), prepared.deferred
     async with transaction(factory) as session:
         outgoing = await _within_caps(
@@ -550,7 +550,7 @@ async def record_tracking(
 ) -> bool:
     """Record an open, click or unsubscribe of a send and send it back through ingest; False if unknown."""
     now = ctx.clock.now()
-    async with transaction(ctx.session_factory()) as session:
+    async with transaction(ctx.session_factory) as session:
         send = await store.get_send(session=session, send_id=send_id)
         if send is None:
             return False
@@ -571,7 +571,7 @@ async def record_tracking(
             raise
     stored_kind = "opened_privacy_proxy" if kind == "opened" and is_privacy_proxy_open(user_agent) else kind
     dedupe = "once" if kind == "unsubscribed" else None
-    async with transaction(ctx.session_factory()) as session:
+    async with transaction(ctx.session_factory) as session:
         fresh = await store.record_engagement(
             session=session, send_id=send_id, kind=stored_kind, at=now, url=url, dedupe_key=dedupe
         )

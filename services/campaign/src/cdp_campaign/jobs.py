@@ -1,4 +1,5 @@
-"""Periodic and batch work of the campaign service: the scheduler tick and the send worker."""
+"""Periodic and batch work of the campaign service: the scheduler tick (a periodic job the runtime
+runs every `CDP_CAMPAIGN_SCHEDULER_INTERVAL_S`) and the send worker."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from cdp_common.db import transaction
 from cdp_common.envelope import Envelope
 from cdp_common.events import CampaignSendsRequested
+from cdp_common.periodic import PeriodicJob
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_campaign import store
@@ -26,24 +27,33 @@ _SCHEDULER_LOCK = sa.text(
 )
 
 
-async def scheduler_tick(*, ctx: CampaignContext, now: datetime) -> bool:
-    """Do what is due at `now`: start campaigns, release quiet-hour sends, advance journeys, finish broadcasts."""
-    async with transaction(ctx.session_factory()) as session:
-        if not (await session.execute(_SCHEDULER_LOCK)).scalar_one():
-            return False
-        await run_due_campaigns(session=session, ctx=ctx, now=now)
-        released = await store.release_deferred(session=session, now=now)
-        await enqueue_sends(session=session, ctx=ctx, send_ids=released, key="released")
-        await advance_due_positions(session=session, ctx=ctx, now=now)
-        for row in await store.running_campaigns(session=session):
-            spec = parsed_campaign(row["spec"])
-            one_off = spec.is_broadcast and spec.schedule.type != "recurring" and row["runs"] >= 1
-            if one_off and not await store.pending_count(
-                session=session, source="campaign", source_id=row["id"]
-            ):
-                await store.update_definition(
-                    session=session, table=store.campaigns, id=row["id"], status=Status.COMPLETED.value
-                )
+def periodic_jobs(*, ctx: CampaignContext) -> list[PeriodicJob]:
+    """Return the service's periodic jobs: the scheduler tick at the clock's time."""
+
+    async def tick(*, session: AsyncSession) -> None:
+        await scheduler_tick(session=session, ctx=ctx, now=ctx.clock.now())
+
+    return [
+        PeriodicJob(name="scheduler_tick", interval_s=ctx.settings.campaign_scheduler_interval_s, run=tick)
+    ]
+
+
+async def scheduler_tick(*, session: AsyncSession, ctx: CampaignContext, now: datetime) -> bool:
+    """Do what is due at `now`: start campaigns, release quiet-hour sends, advance journeys, finish
+    broadcasts; False when another replica's tick holds the lock."""
+    if not (await session.execute(_SCHEDULER_LOCK)).scalar_one():
+        return False
+    await run_due_campaigns(session=session, ctx=ctx, now=now)
+    released = await store.release_deferred(session=session, now=now)
+    await enqueue_sends(session=session, ctx=ctx, send_ids=released, key="released")
+    await advance_due_positions(session=session, ctx=ctx, now=now)
+    for row in await store.running_campaigns(session=session):
+        spec = parsed_campaign(row["spec"])
+        one_off = spec.is_broadcast and spec.schedule.type != "recurring" and row["runs"] >= 1
+        if one_off and not await store.pending_count(session=session, source="campaign", source_id=row["id"]):
+            await store.update_definition(
+                session=session, table=store.campaigns, id=row["id"], status=Status.COMPLETED.value
+            )
     return True
 
 

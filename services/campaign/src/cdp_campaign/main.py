@@ -1,11 +1,7 @@
-"""Builds the campaign service: the app, its lifespan, its consumers, its ways out and the scheduler."""
+"""Builds the campaign service: the app and its runtime, its consumers, its ways out and its periodic jobs."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +9,6 @@ import httpx
 from cdp_common.openapi import ApiDescription
 from cdp_common.service import ServiceRuntime, build_app, serve
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cdp_campaign.api import routers
 from cdp_campaign.consumer import SENDS_TOPIC, SERVICE, consumer_specs
@@ -34,11 +29,10 @@ from cdp_campaign.gateways import (
     WebhookSender,
     composer_for,
 )
-from cdp_campaign.jobs import scheduler_tick
+from cdp_campaign.jobs import periodic_jobs
 from cdp_campaign.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,14 +49,10 @@ class Gateways:
 
 
 def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
-    """Create the campaign service's app; resources are built in its lifespan."""
+    """Create the campaign service's app; the runtime starts and stops it with the app's lifespan."""
     ways = gateways or Gateways()
     client = httpx.AsyncClient(timeout=settings.campaign_http_timeout_s, trust_env=False)
-    holder: dict[str, ServiceRuntime] = {}
-
-    def session_factory() -> async_sessionmaker[AsyncSession]:
-        return holder["runtime"].session_factory
-
+    runtime = ServiceRuntime(service=SERVICE, settings=settings, migrations=MIGRATIONS, topics=[SENDS_TOPIC])
     mailer = ways.mailer or SmtpMailer(
         url=settings.smtp_url,
         connections=settings.campaign_smtp_connections,
@@ -70,7 +60,7 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
     )
     ctx = CampaignContext(
         settings=settings,
-        session_factory=session_factory,
+        session_factory=runtime.session_factory,
         consent=ways.consent
         or HttpConsentGate(
             client=client, base_url=settings.consent_url, token=settings.admin_token.get_secret_value()
@@ -95,22 +85,21 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
         clock=ways.clock,
         composer=composer_for(settings=settings),
     )
-    scheduler: dict[str, asyncio.Task[None]] = {}
 
-    async def start_workers(runtime: ServiceRuntime) -> None:
+    async def start_composer(_: ServiceRuntime) -> None:
         await ctx.composer.start()
-        if ways.run_scheduler:
-            scheduler["task"] = asyncio.create_task(run_scheduler(ctx), name="campaign-scheduler")
 
-    runtime = ServiceRuntime(
-        service=SERVICE,
-        settings=settings,
-        migrations=MIGRATIONS,
-        consumers=consumer_specs(settings, ctx),
-        topics=[SENDS_TOPIC],
-        on_start=[start_workers],
-    )
-    holder["runtime"] = runtime
+    async def close_ways_out(_: ServiceRuntime) -> None:
+        if isinstance(mailer, SmtpMailer):
+            await mailer.close()
+        await ctx.composer.close()
+        await client.aclose()
+
+    # The consumers and jobs hold the context, which holds the runtime's session factory.
+    runtime.consumers = consumer_specs(settings, ctx)
+    runtime.periodic = periodic_jobs(ctx=ctx) if ways.run_scheduler else []
+    runtime.on_start = [start_composer]
+    runtime.on_stop = [close_ways_out]
     app = build_app(
         runtime=runtime,
         routers=routers,
@@ -132,37 +121,7 @@ def create_app(settings: Settings, gateways: Gateways | None = None) -> FastAPI:
         ),
     )
     app.state.campaign = ctx
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with inner(app):
-            try:
-                yield
-            finally:
-                task = scheduler.pop("task", None)
-                if task is not None:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-        if isinstance(mailer, SmtpMailer):
-            await mailer.close()
-        await ctx.composer.close()
-        await client.aclose()
-
-    app.router.lifespan_context = lifespan
     return app
-
-
-async def run_scheduler(ctx: CampaignContext) -> None:
-    """Run the scheduler's tick at the configured interval until cancelled."""
-    while True:
-        try:
-            await scheduler_tick(ctx=ctx, now=ctx.clock.now())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("scheduler tick failed")
-        await asyncio.sleep(ctx.settings.campaign_scheduler_interval_s)
 
 
 def main() -> None:

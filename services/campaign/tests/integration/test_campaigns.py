@@ -52,7 +52,7 @@ async def people(campaign: CampaignUnderTest, segment: str, traits: dict[str, di
 
 
 async def _all_members(campaign: CampaignUnderTest, segment: str, profile_ids: list[str]) -> bool:
-    async with campaign.ctx.session_factory()() as session:
+    async with campaign.ctx.session_factory() as session:
         members = set(await store.segment_members(session=session, segment_key=segment))
         known = await store.contacts_of(session=session, profile_ids=profile_ids)
     return members >= set(profile_ids) and len(known) == len(profile_ids)
@@ -224,7 +224,7 @@ async def test_entering_a_segment_triggers_a_send_within_seconds(
 
 
 async def _known(campaign: CampaignUnderTest, profile_id: str) -> bool:
-    async with campaign.ctx.session_factory()() as session:
+    async with campaign.ctx.session_factory() as session:
         return bool(await store.contacts_of(session=session, profile_ids=[profile_id]))
 
 
@@ -278,7 +278,7 @@ async def test_two_jobs_at_once_for_one_person_never_pass_the_frequency_cap_toge
         created = await create(http, email_campaign())  # an empty audience: nothing is queued
         assert (await http.post(f"/v1/campaigns/{created['id']}/schedule")).json()["status"] == "running"
         campaign_ids.append(created["id"])
-    async with campaign.ctx.session_factory()() as session, session.begin():
+    async with campaign.ctx.session_factory() as session, session.begin():
         send_ids = [
             (
                 await store.insert_sends(
@@ -311,7 +311,7 @@ async def test_two_jobs_at_once_for_one_person_never_pass_the_frequency_cap_toge
         [("skipped", 1)],
     ]
     assert len(campaign.mailbox.to(f"{person}@example.com")) == 1
-    async with campaign.ctx.session_factory()() as session:
+    async with campaign.ctx.session_factory() as session:
         statuses = await session.execute(
             sa.select(store.sends.c.status, store.sends.c.reason).where(store.sends.c.id.in_(send_ids))
         )
@@ -446,7 +446,7 @@ async def _all_decided(
     report = (await http.get(f"/v1/campaigns/{campaign_id}/report")).json()
     if not report["variants"] or sum(v["queued"] + v["in_flight"] for v in report["variants"].values()):
         return None
-    async with campaign.ctx.session_factory()() as session:
+    async with campaign.ctx.session_factory() as session:
         rows = await session.execute(sa.select(store.sends).where(store.sends.c.source_id == campaign_id))
         return {r["profile_id"]: dict(r) for r in rows.mappings()}
 
@@ -638,7 +638,7 @@ async def test_a_birthday_campaign_speaks_the_locale_and_recommends_from_purchas
     campaign.consent.granted |= {ada, bob}
 
     async def purchases_known() -> bool:
-        async with campaign.ctx.session_factory()() as session:
+        async with campaign.ctx.session_factory() as session:
             return len(await store.purchase_history(session=session, profile_id=carl)) == 4
 
     await wait_for(purchases_known, what="the purchases")

@@ -48,7 +48,7 @@ def _changes(profile_id: str) -> list[Envelope[Any]]:
 
 
 async def _contact(campaign: CampaignUnderTest, profile_id: str) -> dict[str, Any]:
-    async with transaction(campaign.ctx.session_factory()) as session:
+    async with transaction(campaign.ctx.session_factory) as session:
         contact = (await store.contacts_of(session=session, profile_ids=[profile_id]))[profile_id]
         version = (
             await session.execute(
@@ -65,7 +65,7 @@ async def _contact(campaign: CampaignUnderTest, profile_id: str) -> dict[str, An
 
 async def test_a_poll_of_profile_changes_ends_as_one_change_at_a_time(campaign: CampaignUnderTest) -> None:
     together, alone = f"bulk-{secrets.token_hex(4)}", f"single-{secrets.token_hex(4)}"
-    async with transaction(campaign.ctx.session_factory()) as session:
+    async with transaction(campaign.ctx.session_factory) as session:
         # The poll's changes of both people interleaved, as a partition delivers them.
         await handlers.on_profiles_changed(
             session=session,
@@ -75,7 +75,7 @@ async def test_a_poll_of_profile_changes_ends_as_one_change_at_a_time(campaign: 
             ctx=campaign.ctx,
         )
     for envelope in _changes(alone):
-        async with transaction(campaign.ctx.session_factory()) as session:
+        async with transaction(campaign.ctx.session_factory) as session:
             await handlers.on_profile_changed(session=session, envelope=envelope, ctx=campaign.ctx)
 
     expected = {
@@ -116,7 +116,7 @@ async def test_a_poll_of_segment_events_keeps_memberships_as_one_at_a_time(
         source="segment",
         subject=person,
     )
-    async with transaction(campaign.ctx.session_factory()) as session:
+    async with transaction(campaign.ctx.session_factory) as session:
         # Entered twice (a redelivery under another id) and into two segments, then left one.
         await handlers.on_segments_entered(
             session=session, envelopes=[entered("vip"), entered("new"), entered("vip")], ctx=campaign.ctx

@@ -149,7 +149,7 @@ async def test_a_welcome_journey_follows_the_clock_and_the_persons_behaviour(
 async def _known(campaign: CampaignUnderTest, profile_id: str) -> bool:
     from cdp_campaign import store
 
-    async with campaign.ctx.session_factory()() as session:
+    async with campaign.ctx.session_factory() as session:
         return bool(await store.contacts_of(session=session, profile_ids=[profile_id]))
 
 

@@ -133,7 +133,7 @@ async def test_a_test_send_that_cannot_render_answers_422_not_500(
     assert sent.json()["error"]["code"] == "invalid_template"
     # A campaign saved before templates were checked when saved still fails only its sends.
     spec = CampaignSpec.model_validate(email_campaign(variants=[variant(body=RECURSIVE)]))
-    async with campaign.ctx.session_factory()() as session, session.begin():
+    async with campaign.ctx.session_factory() as session, session.begin():
         stored = await store.insert_definition(
             session=session,
             table=store.campaigns,
