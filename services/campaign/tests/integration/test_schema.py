@@ -1,4 +1,4 @@
-"""The campaign schema as the migrations build it is the one store.py reads and writes."""
+"""The campaign schema as the migrations build it is the one the store package reads and writes."""
 
 from __future__ import annotations
 
