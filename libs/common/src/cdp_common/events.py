@@ -126,6 +126,45 @@ class ProfileErased(Payload):
     merged_profile_ids: list[str] = Field(default_factory=list)
 
 
+class OrderLine(Payload):
+    """One line of an order as sent, with how many of it were returned."""
+
+    sku: str | None = None
+    product_id: str | None = None
+    name: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int = 1
+    returned: int = 0
+
+
+class OrderRecorded(Payload):
+    """An order (one per `order_id`, whatever sent it) as recorded or amended, on its owner's key.
+
+    `state` is `completed`, `partially_refunded`, `refunded`, `cancelled` or `pending` (known
+    only from a refund or cancellation so far); `net` is the total less refunds (0 when
+    cancelled or pending), `value` the net in `reporting_currency` at the rate of the order's
+    day (null when its currency has no rate: left out of money figures).
+    """
+
+    EVENT_TYPE: ClassVar[str] = "cdp.profile.order_recorded.v1"
+
+    profile_id: str
+    version: int = Field(ge=1)
+    order_id: str
+    event_id: str | None = None
+    state: str
+    time: datetime
+    currency: str
+    total: float | None = None
+    refunded: float = 0.0
+    net: float
+    value: float | None = None
+    reporting_currency: str
+    coupon: str | None = None
+    lines: list[OrderLine] = Field(default_factory=list)
+
+
 # --- cdp.segments.v1 (published by segment) ------------------------------------------
 
 
@@ -281,6 +320,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         ProfileMerged,
         ProfileSplit,
         ProfileErased,
+        OrderRecorded,
         SegmentEntered,
         SegmentExited,
         ConsentGranted,
