@@ -206,4 +206,4 @@ def segmentable(policy: PurposePolicy | None = None) -> ColumnElement[bool]:
 
 def members_query(rule: Rule, now: datetime, *, policy: PurposePolicy | None = None) -> sa.Select[tuple[str]]:
     """Return the query of the ids of every live profile that matches a rule and may be in segments."""
-    return sa.select(profiles.c.profile_id).where(LIVE_PROFILES, segmentable(policy), compile_rule(rule, now))
+    return sa.select(profiles.c.profile_id).where(LIVE_PROFILES, compile_rule(rule, now), segmentable(policy))

@@ -37,6 +37,7 @@ from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle
 from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
 from cdp_segment.domain.rules import ParsedRule, RuleError, is_segment_key, parse_rule
 from cdp_segment.store import builds, claims
+from cdp_segment.store import purposes as purpose_store
 
 logger = logging.getLogger(__name__)
 
@@ -812,9 +813,13 @@ BUILTIN_SEGMENTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-async def ensure_builtin_segments(*, session: AsyncSession, new_days: int = 30) -> list[str]:
-    """Create the built-in RFM and lifecycle segments that are missing, and have every segment claim
-    the computed traits it reads (those made before segments claimed them too); return the keys created."""
+async def ensure_builtin_segments(
+    *, session: AsyncSession, new_days: int = 30, purposes: PurposePolicy | None = None
+) -> list[str]:
+    """Create the built-in RFM and lifecycle segments that are missing, have every segment claim
+    the computed traits it reads (those made before segments claimed them too), and rebuild every
+    segment when the consent purposes rest on other bases than at the last start (`CDP_OPT_IN_PURPOSES`
+    unless given); return the keys created."""
     await session.execute(
         sa.text("SELECT pg_advisory_xact_lock(hashtextextended('cdp-segment-builtins', 0))")
     )
@@ -845,4 +850,11 @@ async def ensure_builtin_segments(*, session: AsyncSession, new_days: int = 30) 
         if not segment.builtin:
             keys = {spec.key for spec in parse_rule(segment.rule).computed_traits}
             await claims.claim_traits(session=session, segment_key=segment.key, keys=keys)
+    # Members who are excluded under the new bases leave, with consent as the reason.
+    bases = (purposes or PurposePolicy.from_environment()).bases()
+    if await purpose_store.record_bases(session=session, bases=bases):
+        for segment in await store.list_live_segments(session=session):
+            await _build(
+                session=session, segment=segment, parsed=parse_rule(segment.rule), trigger="consent purposes"
+            )
     return created

@@ -222,25 +222,36 @@ async def test_opt_in_set_in_the_environment_excludes_a_person_until_they_grant(
     assert await db.members("pro_users") == {"granted", "newcomer"}
 
 
-async def test_switching_to_opt_in_takes_members_without_a_grant_out_at_the_next_recompute(
+async def test_a_restart_with_a_purpose_switched_to_opt_in_takes_members_without_a_grant_out(
     db: SegmentDb,
 ) -> None:
+    legitimate, opt_in = PurposePolicy(), PurposePolicy(opt_in=frozenset({PROFILING}))
+    async with db.sessions() as session, session.begin():
+        await handlers.ensure_builtin_segments(session=session, purposes=legitimate)
     await define(db, "pro_users", PRO)
     await db.jobs_done(FakeProfile())
     await db.apply(ProfileCreated(profile_id="silent", version=1, changed_traits={"plan": "pro"}))
-    assert await db.members("pro_users") == {"silent"}
-    db.context = SegmentContext(
-        segments_topic=db.context.segments_topic,
-        clock=db.clock,
-        purposes=PurposePolicy(opt_in=frozenset({PROFILING})),
-    )
+    await db.apply(ProfileCreated(profile_id="granted", version=1, changed_traits={"plan": "pro"}))
+    await db.apply(decision(ConsentGranted, "granted"))
+    assert await db.members("pro_users") == {"silent", "granted"}
+
+    # The service starts again with the same bases: nothing to rebuild.
     async with db.sessions() as session, session.begin():
-        await handlers.rebuild_segment(session=session, ref="pro_users")
+        await handlers.ensure_builtin_segments(session=session, purposes=legitimate)
+        segment = await store.get_segment(session=session, ref="pro_users")
+    assert segment is not None
+    assert segment.status == "ready"
+
+    # It starts with profiling on opt-in: every segment is built again under the new basis.
+    db.context = SegmentContext(segments_topic=db.context.segments_topic, clock=db.clock, purposes=opt_in)
+    async with db.sessions() as session, session.begin():
+        await handlers.ensure_builtin_segments(session=session, purposes=opt_in)
     await db.jobs_done(FakeProfile())
-    assert await db.members("pro_users") == set()
+    assert await db.members("pro_users") == {"granted"}
     exited = [e.data for e in await db.published() if isinstance(e.data, SegmentExited)]
+    assert exited[-1].profile_id == "silent"
     assert exited[-1].reason == {
-        "cause": {"type": "recompute", "trigger": "requested", "why": "consent"},
+        "cause": {"type": "recompute", "trigger": "consent purposes", "why": "consent"},
         "conditions": {"type": "consent_withheld", "purpose": PROFILING, "result": False},
     }
 
