@@ -100,9 +100,10 @@ class ServiceRuntime:
     """The whole life of one service process: what it declares, and the resources built for it.
 
     A service's main.py declares its consumers, queued-job kinds, periodic jobs (`jobs.py`) and
-    its start and stop hooks; `build_app` puts the runtime in the app's lifespan. The engine and
-    the session factory exist from construction (connections are made on first use), so what
-    main.py builds before start can hold them.
+    its start and stop hooks (at construction, or by setting them before start); `build_app`
+    puts the runtime in the app's lifespan. The engine and the session factory exist from
+    construction (connections are made on first use), so what main.py builds before start can
+    hold them.
     """
 
     service: str
@@ -132,6 +133,9 @@ class ServiceRuntime:
             database_url=self.settings.database_url, schema=self.service, pool_size=self.settings.db_pool_size
         )
         self.session_factory = create_session_factory(self.engine)
+
+    async def start(self) -> None:
+        """Migrate, create topics, start the relay and the consumers, run the start hooks, then the jobs."""
         self.job_runner = JobRunner(
             service=self.service,
             engine=self.engine,
@@ -151,9 +155,6 @@ class ServiceRuntime:
             jobs=[*self.periodic, pruning],
             stop_grace_s=self.settings.periodic_stop_grace_s,
         )
-
-    async def start(self) -> None:
-        """Migrate, create topics, start the relay and the consumers, run the start hooks, then the jobs."""
         if self.settings.migrate_on_start:
             await _retrying(
                 "database",
@@ -211,8 +212,10 @@ class ServiceRuntime:
     async def stop(self) -> None:
         """Stop the periodic jobs (a run in flight finishes), the jobs and the consumers; run the stop
         hooks; then stop the relay, the producer and the engine."""
-        await self.periodic_jobs.stop()
-        await self.job_runner.stop()
+        if hasattr(self, "periodic_jobs"):
+            await self.periodic_jobs.stop()
+        if hasattr(self, "job_runner"):
+            await self.job_runner.stop()
         await asyncio.gather(*(runner.stop() for runner in self.runners), return_exceptions=True)
         for hook in self.on_stop:
             try:
@@ -247,7 +250,7 @@ class ServiceRuntime:
                 problems[f"consumer:{runner.group_id}"] = "stopped"
             elif (idle := runner.since_last_poll()) > self.settings.consumer_stall_s:
                 problems[f"consumer:{runner.group_id}"] = f"no poll completed for {idle:.0f} s"
-        for name in self.periodic_jobs.stopped():
+        for name in self.periodic_jobs.stopped() if hasattr(self, "periodic_jobs") else []:
             problems[f"periodic:{name}"] = "stopped"
         return problems
 
