@@ -23,6 +23,7 @@ from cdp_common.db import transaction
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ProfileUpdated, SegmentEntered, TrackingEventReceived, make_envelope
 from cdp_common.kafka import create_producer
+from cdp_common.purposes import excluded_from
 from cdp_common.testing import (
     Mailbox,
     PlatformUnderTest,
@@ -52,9 +53,12 @@ class FakeClock:
 
 @dataclass
 class FakeConsent:
-    """The consent service as the tests want it: who has consent, whether it answers at all."""
+    """The consent service as the tests want it: who has consent, the decisions on gated purposes
+    (`purpose:channel` → status, per profile, judged by the platform's rule), whether it answers at all."""
 
     granted: set[str] = field(default_factory=set)
+    decisions: dict[str, dict[str, str]] = field(default_factory=dict)
+    opt_in: frozenset[str] = frozenset()
     suppressed_profiles: set[str] = field(default_factory=set)
     suppressed_addresses: set[str] = field(default_factory=set)
     down: bool = False
@@ -72,6 +76,13 @@ class FakeConsent:
             if p not in allowed
         }
         return ConsentVerdicts(allowed=allowed, refused=refused)
+
+    async def excluded(self, *, profile_ids: Sequence[str], purpose: str) -> set[str]:
+        if self.down:
+            raise ConsentUnavailable("consent service unreachable: ConnectError")
+        return {
+            p for p in profile_ids if excluded_from(purpose, self.decisions.get(p, {}), opt_in=self.opt_in)
+        }
 
     async def is_suppressed(self, *, kind: str, value: str) -> bool:
         if self.down:

@@ -1,7 +1,9 @@
 """Composing and delivery: the checks and hand-over of each send, test sends and engagement.
 
 A send passes consent, address, cap and quiet-hour rules, is rendered and handed to the mail,
-SMS or webhook gateway; opens, clicks and unsubscribes come back to the send they belong to.
+SMS or webhook gateway; opens, clicks and unsubscribes come back to the send they belong to. A
+person the consent service says is excluded from personalisation is sent the same message with
+nothing personal in it: their templates see no traits, segments or recommendations.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from cdp_common.db import transaction
 from cdp_common.identifiers import InvalidIdentifier, normalise_identifier
+from cdp_common.purposes import PERSONALISATION
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_campaign import store
@@ -33,7 +36,7 @@ from cdp_campaign.domain.journeys import SendStep
 from cdp_campaign.domain.messages import OutgoingMail
 from cdp_campaign.domain.recommendations import Purchase, recommend
 from cdp_campaign.domain.rules import SkipReason, over_cap
-from cdp_campaign.domain.templates import uses_name
+from cdp_campaign.domain.templates import reads_the_person, uses_name, without_the_person
 from cdp_campaign.domain.tokens import is_privacy_proxy_open
 from cdp_campaign.gateways import (
     ComposerUnavailable,
@@ -123,8 +126,9 @@ async def render_values(
     segments: list[str],
     sources: Sequence[str],
     name: str,
+    personal: bool,
 ) -> dict[str, Any]:
-    """Return what a template sees about a person."""
+    """Return what a template sees about a person (nothing personal when `personal` is false)."""
     values: dict[str, Any] = {
         "profile": dict(contact["traits"]) if contact else {},
         "computed": dict(contact["computed"]) if contact else {},
@@ -132,6 +136,8 @@ async def render_values(
         "locale": (contact or {}).get("locale") or "en",
         "campaign": {"name": name},
     }
+    if not personal:
+        return without_the_person({**values, "recommendations": []})
     if profile_id is not None and any(uses_name(s, "recommendations") for s in sources):
         history = [
             Purchase(r["order_id"], r["product_id"], r["name"], r["category"], r["price"], r["quantity"])
@@ -145,6 +151,16 @@ async def render_values(
     else:
         values["recommendations"] = []
     return values
+
+
+async def excluded_from_personalisation(*, ctx: CampaignContext, profile_ids: Sequence[str]) -> set[str]:
+    """Return who of these people may get nothing personal: those excluded from personalisation, or
+    all of them when the consent service cannot say."""
+    try:
+        return await ctx.consent.excluded(profile_ids=sorted(set(profile_ids)), purpose=PERSONALISATION)
+    except ConsentUnavailable as exc:
+        logger.warning("personalisation check failed (%s); content without personal data", exc)
+        return set(profile_ids)
 
 
 async def _within_caps(
@@ -241,6 +257,7 @@ async def prepare_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> Pre
         since = now - timedelta(hours=ctx.settings.campaign_frequency_window_hours)
 
         waiting: list[tuple[dict[str, Any], Definition]] = []
+        passed: list[tuple[dict[str, Any], Definition, dict[str, Any] | None, str, Any, list[str]]] = []
         for send in queued:
             definition = definitions[(send["source"], send["source_id"], send["step"])]
             if definition is None or definition.status in (Status.COMPLETED, "archived"):
@@ -290,6 +307,13 @@ async def prepare_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> Pre
             assert definition.content is not None
             content = definition.content.for_locale((contact or {}).get("locale"))
             sources = [s for s in (content.subject, content.body, content.text) if s is not None]
+            passed.append((send, definition, contact, address, content, sources))
+
+        # One question for the job: who of those whose templates read the person is excluded.
+        readers = [send["profile_id"] for send, *_, sources in passed if any(map(reads_the_person, sources))]
+        impersonal = await excluded_from_personalisation(ctx=ctx, profile_ids=readers) if readers else set()
+        for send, definition, contact, address, content, sources in passed:
+            pid = send["profile_id"]
             values = await render_values(
                 session=session,
                 profile_id=pid,
@@ -297,6 +321,7 @@ async def prepare_sends(*, ctx: CampaignContext, send_ids: Sequence[str]) -> Pre
                 segments=segments.get(pid, []),
                 sources=sources,
                 name=definition.name,
+                personal=pid not in impersonal,
             )
             drafts.append(
                 Draft(
@@ -493,6 +518,11 @@ async def send_test_email(
     )
     content = variant.for_locale((contact or {}).get("locale"))
     sources = [s for s in (content.subject, content.body, content.text) if s is not None]
+    impersonal = (
+        await excluded_from_personalisation(ctx=ctx, profile_ids=[profile_id])
+        if profile_id and any(map(reads_the_person, sources))
+        else set()
+    )
     values = await render_values(
         session=session,
         profile_id=profile_id,
@@ -500,6 +530,7 @@ async def send_test_email(
         segments=segments,
         sources=sources,
         name=spec.name,
+        personal=profile_id not in impersonal,
     )
     reference = new_id("test")
     draft = Draft(

@@ -228,9 +228,11 @@ class ConsentVerdicts:
 
 
 class ConsentGate(Protocol):
-    """The consent service's check, suppression lookup and withdrawal."""
+    """The consent service's check, exclusions from a gated purpose, suppression lookup and withdrawal."""
 
     async def check(self, *, profile_ids: Sequence[str], purpose: str, channel: str) -> ConsentVerdicts: ...
+
+    async def excluded(self, *, profile_ids: Sequence[str], purpose: str) -> set[str]: ...
 
     async def is_suppressed(self, *, kind: str, value: str) -> bool: ...
 
@@ -284,6 +286,15 @@ class HttpConsentGate:
         allowed = set(document.get("allowed") or []) & set(profile_ids)
         refused = {str(k): str(v) for k, v in (document.get("refused") or {}).items()}
         return ConsentVerdicts(allowed=allowed, refused=refused)
+
+    async def excluded(self, *, profile_ids: Sequence[str], purpose: str) -> set[str]:
+        """Ask which profiles are excluded from a gated purpose (such as personalisation)."""
+        if not profile_ids:
+            return set()
+        document = await self._post(
+            "/v1/consents/exclusions", {"purpose": purpose, "profile_ids": list(profile_ids)}, question=True
+        )
+        return set(document.get("excluded") or []) & set(profile_ids)
 
     async def is_suppressed(self, *, kind: str, value: str) -> bool:
         """Ask whether an address is on the suppression list."""

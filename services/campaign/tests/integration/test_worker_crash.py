@@ -72,12 +72,16 @@ def sink() -> Iterator[tuple[HoldingSink, int]]:
 
 @pytest.fixture
 async def consent_url() -> AsyncIterator[str]:
-    """A stand-in for the consent service's check API that allows everyone."""
+    """A stand-in for the consent service's check and exclusions APIs that allows everyone."""
     app = FastAPI()
 
     @app.post("/v1/consents/check")
     async def check(body: dict[str, Any]) -> dict[str, Any]:
         return {"allowed": body["profile_ids"], "refused": {}}
+
+    @app.post("/v1/consents/exclusions")
+    async def exclusions(body: dict[str, Any]) -> dict[str, Any]:
+        return {"purpose": body["purpose"], "basis": "legitimate_interest", "excluded": []}
 
     port = free_port()
     async with serving(app, port):

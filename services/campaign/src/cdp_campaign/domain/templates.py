@@ -3,7 +3,8 @@
 Templates see `profile` (traits), `computed` (computed traits), `segments` (keys of the
 segments the person is in), `locale`, `recommendations` (products) and `campaign`.
 Missing values render as empty unless the template gives a fallback
-(`{{ profile.first_name | default("there") }}`).
+(`{{ profile.first_name | default("there") }}`). For a person excluded from personalisation
+every value but `locale` and `campaign` is empty, so each fallback applies.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateError, TemplateSyntaxError, Undefined, UndefinedError, nodes
+from jinja2 import TemplateError, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -108,6 +109,35 @@ def uses_name(source: str, name: str) -> bool:
     except TemplateError:
         return False
     return any(node.name == name for node in tree.find_all(nodes.Name))
+
+
+# What a template sees that says nothing about the person.
+NON_PERSONAL_VALUES = frozenset({"locale", "campaign"})
+
+
+@lru_cache(maxsize=1024)
+def reads_the_person(source: str) -> bool:
+    """Whether a template reads anything about the person beyond the locale and the campaign."""
+    try:
+        tree = _environment.parse(source)
+    except TemplateError:
+        return False
+    names = meta.find_undeclared_variables(tree)
+    return bool(names - NON_PERSONAL_VALUES - set(_environment.globals))
+
+
+def _empty(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {}
+    if isinstance(value, list | tuple):
+        return []
+    return "" if isinstance(value, str) else None
+
+
+def without_the_person(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return what a template sees about a person excluded from personalisation: the locale and the
+    campaign as they are, every other value empty (so a greeting takes its template's default)."""
+    return {name: value if name in NON_PERSONAL_VALUES else _empty(value) for name, value in values.items()}
 
 
 def _template_line(exc: BaseException) -> int | None:
