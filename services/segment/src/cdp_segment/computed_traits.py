@@ -1,8 +1,8 @@
 """The computed traits segment asks profile for (event conditions), and how they come into the copy.
 
 main.py passes a `ComputedTraitsClient`; tests pass their own fake through the same seam.
-A request is recorded in the segment's transaction (`pending`), and the scheduler's watch
-(every `computed_trait_poll_s`) pushes it: profile accepts it (`defined`, building it as a job of its
+A request is recorded in the segment's transaction (`pending`), and the watch (a periodic job,
+`cdp_segment.jobs`, every `computed_trait_poll_s`) pushes it: profile accepts it (`defined`, building it as a job of its
 own), says when it is `ready`, and serves its values page by page. Profile publishes no
 message for the values its backfill wrote, so segment copies them (`computed_trait_fill`
 job, in `cdp_segment.jobs`); once they are in the copy the trait is `ready` here too, and the
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 from cdp_common.jobs import FINISHED, get_job, new_job_id, submit_job
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
 from cdp_segment.domain.rules import parse_rule
@@ -316,13 +316,12 @@ async def settle_claims(*, session: AsyncSession, client: ComputedTraitsClient) 
 
 
 async def watch_computed_traits(
-    *, session_factory: async_sessionmaker[AsyncSession], client: ComputedTraitsClient
+    *, session: AsyncSession, client: ComputedTraitsClient
 ) -> dict[str, TraitProgress]:
     """Move every computed-trait request that is not ready on, settle the segments' claims on them
-    and release the segments that waited for them, in a transaction of its own; return the
+    and release the segments that waited for them, in the session's transaction; return the
     requests' progress."""
-    async with session_factory() as session, session.begin():
-        progress = await advance_traits(session=session, client=client)
-        await settle_claims(session=session, client=client)
-        await release_ready_builds(session=session, progress=progress)
+    progress = await advance_traits(session=session, client=client)
+    await settle_claims(session=session, client=client)
+    await release_ready_builds(session=session, progress=progress)
     return progress

@@ -11,30 +11,51 @@ that came by message is as new or newer); then the trait is ready and the live s
 that read it are evaluated again, range by range.
 
 `clock_recompute` evaluates the segments that depend on the clock alone (relative dates, age,
-birthdays) at the scheduler's instant, range by range; `segment_delete` takes a deleted segment's
+birthdays) at the clock round's instant, range by range; `segment_delete` takes a deleted segment's
 members out of it, a range of members at a time; `model_run` runs a model (`cdp_segment.models`).
 
 Each step records its cursor with its effect, so a job that is run again carries on where it was.
+
+Two periodic jobs, run by the runtime (`periodic_jobs`): the clock round and the watch of
+computed traits. Event windows are profile's to expire; what segment re-evaluates with time is
+what depends on the clock itself (relative dates on traits, age, birthdays) and the lifecycle
+stages. A clock round (`clock_round`, every `scheduler_interval_s`) queues at the clock's time a
+lifecycle run, the evaluation of the segments on the clock (when there are any) and, when due,
+the other models' runs, each a job (never two of one kind, or of one model, queued or running at
+once), so the round is a few short statements whatever the size of the base; then it sets the
+segment-size gauge. The watch (`ComputedTraitsWatch`, every `computed_trait_poll_s`, at once when a
+job is submitted) moves on the computed traits segments wait for.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from cdp_common.jobs import Job, JobKind, Step, submit_job
+from cdp_common.periodic import PeriodicJob
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_segment import store
 from cdp_segment.batch import recompute_segment, recompute_segments
-from cdp_segment.computed_traits import FILL_JOB, ComputedTraitsClient, release_ready_builds
+from cdp_segment.computed_traits import (
+    FILL_JOB,
+    ComputedTraitsClient,
+    release_ready_builds,
+    watch_computed_traits,
+)
 from cdp_segment.domain.rules import parse_rule
 from cdp_segment.handlers import BUILD_JOB, DELETE_JOB, SegmentContext
-from cdp_segment.models import MODEL_JOB, ModelRun
+from cdp_segment.metrics import SEGMENT_MEMBERS
+from cdp_segment.models import MODEL_JOB, ModelRun, submit_model_run
 from cdp_segment.store import builds
 from cdp_segment.store import models as runs
 
 CLOCK_JOB = "clock_recompute"
+WATCH_JOB = "watch_computed_traits"
+PERIODIC_MODELS = ("rfm", "clusters", "clv")
+BUSY_WATCH_INTERVAL_S = 0.1
 
 
 class ComputedTraitUnavailable(Exception):
@@ -341,3 +362,99 @@ def job_kinds(
             sample_size=model_sample_size,
         ),
     }
+
+
+def periodic_jobs(
+    *,
+    context: SegmentContext,
+    client: ComputedTraitsClient,
+    interval_s: float = 60.0,
+    models_interval_s: float = 3600.0,
+    watch_interval_s: float = 1.0,
+    clock_rounds: bool = True,
+) -> list[PeriodicJob]:
+    """Return the service's periodic jobs, for the runtime: the watch, and the clock round unless turned off."""
+    watch = ComputedTraitsWatch(client=client, interval_s=watch_interval_s)
+    jobs = [PeriodicJob(name=WATCH_JOB, interval_s=watch.interval, run=watch)]
+    if clock_rounds:
+        every = timedelta(seconds=models_interval_s)
+        jobs.append(
+            PeriodicJob(
+                name="clock_round",
+                interval_s=interval_s,
+                run=partial(clock_round, context=context, models_every=every),
+            )
+        )
+    return jobs
+
+
+async def clock_round(*, session: AsyncSession, context: SegmentContext, models_every: timedelta) -> None:
+    """Queue the clock-driven work at the clock's time, then set the segment-size gauge."""
+    await queue_clock_work(session=session, context=context, models_every=models_every)
+    await session.commit()
+    await report_sizes(session=session)
+
+
+async def queue_clock_work(
+    *,
+    session: AsyncSession,
+    context: SegmentContext,
+    models_every: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Queue lifecycle, the clock segments, and the models when due, at an instant (the clock's by
+    default); return the jobs queued by name."""
+    at = now or context.clock()
+    report: dict[str, Any] = {}
+    job, new = await submit_model_run(session=session, name="lifecycle", at=at)
+    if new:
+        report["lifecycle"] = job
+    catalog = await context.catalog.current(session)
+    if catalog.affected_by({"clock"}):
+        clock = await submit_clock_recompute(session=session, at=at)
+        if clock is not None:
+            report["clock_segments"] = clock
+    for name in PERIODIC_MODELS:
+        if await _model_due(session=session, name=name, at=at, every=models_every):
+            job, new = await submit_model_run(session=session, name=name, at=at)
+            if new:
+                report[name] = job
+    return report
+
+
+async def _model_due(*, session: AsyncSession, name: str, at: datetime, every: timedelta) -> bool:
+    """Whether a model's last run (by any replica, or asked for) started `every` before `at`."""
+    latest = await runs.latest_model_job(session=session, kind=MODEL_JOB, model=name)
+    if latest is None:
+        return True
+    return at - runs.parse_at(latest["params"]["at"]) >= every
+
+
+async def report_sizes(*, session: AsyncSession) -> None:
+    """Set the segment-size gauge from the memberships held now."""
+    for key, members in (await store.count_members(session=session)).items():
+        SEGMENT_MEMBERS.labels(key).set(members)
+
+
+class ComputedTraitsWatch:
+    """The watch of the computed traits segments wait for, as a periodic job's run.
+
+    Cheap when nothing waits: one query of the requests that are not ready. While profile builds
+    a trait a segment waits for, it runs every BUSY_WATCH_INTERVAL_S, so the fill starts within a
+    fraction of a second of profile's job ending.
+    """
+
+    def __init__(self, *, client: ComputedTraitsClient, interval_s: float) -> None:
+        self._client = client
+        self._interval_s = interval_s
+        self._busy = False
+
+    async def __call__(self, *, session: AsyncSession) -> None:
+        """Move the computed traits on once, in the session's transaction."""
+        self._busy = False
+        progress = await watch_computed_traits(session=session, client=self._client)
+        self._busy = any(p.state in ("waiting", "building") for p in progress.values())
+
+    def interval(self) -> float:
+        """Return the seconds until the next watch: shorter while profile builds a trait."""
+        return min(self._interval_s, BUSY_WATCH_INTERVAL_S) if self._busy else self._interval_s

@@ -1,9 +1,7 @@
-"""Builds the segment service: the app, its lifespan, its consumers, jobs and scheduler."""
+"""Builds the segment service: the app and its runtime, with its consumers, jobs and periodic jobs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from cdp_common.envelope import utc_now
@@ -13,16 +11,11 @@ from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
 from cdp_segment.api import routers
-from cdp_segment.computed_traits import (
-    ComputedTraitsClient,
-    HttpComputedTraitsClient,
-    watch_computed_traits,
-)
+from cdp_segment.computed_traits import ComputedTraitsClient, HttpComputedTraitsClient
 from cdp_segment.consumer import SERVICE, consumer_specs
 from cdp_segment.domain.lifecycle import LifecycleThresholds
 from cdp_segment.handlers import Clock, SegmentContext, ensure_builtin_segments
-from cdp_segment.jobs import job_kinds
-from cdp_segment.scheduler import Scheduler
+from cdp_segment.jobs import WATCH_JOB, job_kinds, periodic_jobs
 from cdp_segment.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -35,7 +28,7 @@ def create_app(
     clock: Clock = utc_now,
     run_scheduler: bool = True,
 ) -> FastAPI:
-    """Create the segment service's app; resources are built in its lifespan."""
+    """Create the segment service's app; the runtime starts and stops it with the app's lifespan."""
     context = SegmentContext(
         segments_topic=settings.topic(TopicName.SEGMENTS),
         clock=clock,
@@ -52,23 +45,8 @@ def create_app(
     async def start_segments(runtime: ServiceRuntime) -> None:
         async with runtime.session_factory() as session, session.begin():
             await ensure_builtin_segments(session=session, new_days=settings.lifecycle_new_days)
-        app.state.scheduler = Scheduler(
-            session_factory=runtime.session_factory,
-            context=context,
-            computed_traits=client,
-            interval_s=settings.scheduler_interval_s,
-            models_interval_s=settings.models_interval_s,
-            watch_interval_s=settings.computed_trait_poll_s,
-        )
-        app.state.watch_computed_traits = lambda: watch_computed_traits(
-            session_factory=runtime.session_factory, client=client
-        )
-        # Segments wait for their computed traits whether or not the clock-driven rounds run; a
-        # segment's build job, once submitted, has the watch look at once.
-        runtime.job_runner.on_notify(app.state.scheduler.kick_watch)
-        app.state.scheduler.start_watching()
-        if run_scheduler:
-            app.state.scheduler.start()
+        # A segment's build job, once submitted, has the watch of computed traits look at once.
+        runtime.job_runner.on_notify(lambda _kind: runtime.periodic_jobs.wake(WATCH_JOB))
 
     runtime = ServiceRuntime(
         service=SERVICE,
@@ -76,6 +54,15 @@ def create_app(
         migrations=MIGRATIONS,
         consumers=consumer_specs(settings, context),
         on_start=[start_segments],
+        # Segments wait for their computed traits whether or not the clock rounds run.
+        periodic=periodic_jobs(
+            context=context,
+            client=client,
+            interval_s=settings.scheduler_interval_s,
+            models_interval_s=settings.models_interval_s,
+            watch_interval_s=settings.computed_trait_poll_s,
+            clock_rounds=run_scheduler,
+        ),
         jobs=job_kinds(
             context=context,
             client=client,
@@ -96,19 +83,6 @@ def create_app(
     app.state.segment_context = context
     app.state.preview_sample_size = settings.preview_sample_size
     app.state.preview_timeout_s = settings.preview_timeout_s
-    runtime_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime_lifespan(app):
-            try:
-                yield
-            finally:
-                scheduler = getattr(app.state, "scheduler", None)
-                if scheduler is not None:
-                    await scheduler.stop()
-
-    app.router.lifespan_context = lifespan
     return app
 
 

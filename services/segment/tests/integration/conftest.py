@@ -13,19 +13,19 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cdp_common.db import create_engine, create_session_factory, outbox_table
+from cdp_common.db import create_engine, create_session_factory, outbox_table, transaction
 from cdp_common.envelope import Envelope, Payload
 from cdp_common.events import ConsentDenied, ConsentGranted, ConsentWithdrawn, decode_envelope, make_envelope
 from cdp_common.jobs import JobKind, JobRunner, get_job, jobs_table
 from cdp_common.kafka import Handler
 from cdp_common.migrations import migrate
+from cdp_common.periodic import PeriodicJobs
 from cdp_common.testing import PlatformUnderTest, wait_for
 from cdp_segment import handlers
 from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.handlers import SegmentContext
-from cdp_segment.jobs import job_kinds
+from cdp_segment.jobs import job_kinds, periodic_jobs, queue_clock_work
 from cdp_segment.models import submit_model_run
-from cdp_segment.scheduler import Scheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -117,6 +117,11 @@ class SegmentDb:
             rows = await session.execute(sa.select(outbox_table.c.payload).order_by(outbox_table.c.id))
             return [decode_envelope(bytes(r)) for r in rows.scalars()]
 
+    async def tick(self) -> dict[str, Any]:
+        """Queue the clock-driven work at the clock's time, as a clock round does; return the jobs queued."""
+        async with transaction(self.sessions) as session:
+            return await queue_clock_work(session=session, context=self.context)
+
     def kinds(
         self,
         profile: FakeProfile | None = None,
@@ -147,13 +152,14 @@ class SegmentDb:
         page_size: int = 5_000,
         **model_settings: int,
     ) -> AsyncIterator[JobRunner]:
-        """Run the service's job kinds with the real runner, and the scheduler's watch of computed
-        traits, against this schema while inside."""
-        watch = Scheduler(
+        """Run the service's job kinds with the real runner, and the watch of computed traits,
+        against this schema while inside."""
+        watch = PeriodicJobs(
+            service="segment",
             session_factory=self.sessions,
-            context=self.context,
-            computed_traits=profile,
-            watch_interval_s=0.02,
+            jobs=periodic_jobs(
+                context=self.context, client=profile, watch_interval_s=0.02, clock_rounds=False
+            ),
         )
         runner = JobRunner(
             service="segment",
@@ -163,7 +169,7 @@ class SegmentDb:
             poll_interval_s=0.02,
         )
         runner.start()
-        watch.start_watching()
+        watch.start()
         try:
             yield runner
         finally:

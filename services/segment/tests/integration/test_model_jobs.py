@@ -15,11 +15,10 @@ from cdp_common.events import ProfileCreated, SegmentExited
 from cdp_segment import handlers
 from cdp_segment.domain.rfm import named_segment, quintile_scores
 from cdp_segment.models import MODEL_JOB, order_features, submit_model_run
-from cdp_segment.scheduler import Scheduler
 from cdp_segment.store.models import OrderAggregates
 
 from .conftest import SegmentDb
-from .test_models import NoProfile, orders, with_builtins
+from .test_models import orders, with_builtins
 
 pytestmark = pytest.mark.integration
 
@@ -154,20 +153,19 @@ async def test_clusters_and_value_fitted_on_a_sample_score_every_customer(db: Se
 
 async def test_the_scheduler_never_queues_two_runs_of_one_model(db: SegmentDb) -> None:
     await with_builtins(db)
-    scheduler = Scheduler(session_factory=db.sessions, context=db.context, computed_traits=NoProfile())
-    first = await scheduler.tick()
+    first = await db.tick()
     assert set(first) == {"lifecycle", "rfm", "clusters", "clv"}
     db.clock.advance(hours=2)
-    assert await scheduler.tick() == {}, "the runs queued before are still queued"
+    assert await db.tick() == {}, "the runs queued before are still queued"
     async with db.sessions() as session, session.begin():
         asked, new = await submit_model_run(session=session, name="rfm", at=db.clock())
     assert not new
     assert asked["id"] == first["rfm"]["id"]
     await db.jobs_done()
-    assert set(await scheduler.tick()) == {"lifecycle", "rfm", "clusters", "clv"}, "due: they ran at 0h"
+    assert set(await db.tick()) == {"lifecycle", "rfm", "clusters", "clv"}, "due: they ran at 0h"
     await db.jobs_done()
     db.clock.advance(minutes=10)
-    assert set(await scheduler.tick()) == {"lifecycle"}, "the other models ran 10 minutes ago"
+    assert set(await db.tick()) == {"lifecycle"}, "the other models ran 10 minutes ago"
 
 
 async def test_a_deleted_segment_is_gone_at_once_and_its_members_leave_through_its_job(db: SegmentDb) -> None:

@@ -14,7 +14,6 @@ from cdp_common.outbox import lock_outbox_writes
 from cdp_segment import handlers, store
 from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.domain.clv import BgNbd, simulate_customers
-from cdp_segment.scheduler import Scheduler
 
 from .conftest import SegmentDb
 
@@ -149,8 +148,7 @@ async def test_lifecycle_stages_in_real_time_and_as_time_passes(db: SegmentDb) -
                 profile_id=name, version=version, changed_computed_traits={"seg_orders_last_30d": 0}
             )
         )
-    scheduler = Scheduler(session_factory=db.sessions, context=db.context, computed_traits=NoProfile())
-    queued = await scheduler.tick()
+    queued = await db.tick()
     assert set(queued) == {"lifecycle", "rfm", "clusters", "clv"}
     await db.jobs_done()
     assert await db.members("lifecycle_at_risk") == {"fresh", "regular", "gone"}
@@ -182,13 +180,12 @@ async def test_clock_conditions_are_re_evaluated_by_the_scheduler(db: SegmentDb)
     await db.apply(ProfileCreated(profile_id="p1", version=1, changed_traits={"signed_up_at": signed_up}))
     assert await db.members("recent_signups") == {"p1"}
     await db.jobs_done()
-    scheduler = Scheduler(session_factory=db.sessions, context=db.context, computed_traits=NoProfile())
     db.clock.advance(days=4)
-    assert "clock_segments" in await scheduler.tick()
+    assert "clock_segments" in await db.tick()
     await db.jobs_done()
     assert await db.members("recent_signups") == {"p1"}
     db.clock.advance(days=2)
-    assert "clock_segments" in await scheduler.tick()
+    assert "clock_segments" in await db.tick()
     await db.jobs_done()
     assert await db.members("recent_signups") == set()
     exited = [e.data for e in await db.published() if e.data.segment_key == "recent_signups"][-1]

@@ -4,6 +4,7 @@ seam main.py uses (a fake profile stands in for profile's API), on the real Post
 from __future__ import annotations
 
 import sqlalchemy as sa
+from cdp_common.db import transaction
 from cdp_segment import handlers
 from cdp_segment.computed_traits import watch_computed_traits
 from cdp_segment.domain.rules import parse_rule
@@ -20,7 +21,8 @@ async def test_claims_follow_a_segments_versions_and_its_deletion(db: SegmentDb)
     profile = FakeProfile()
 
     async def watch() -> None:
-        await watch_computed_traits(session_factory=db.sessions, client=profile)
+        async with transaction(db.sessions) as session:
+            await watch_computed_traits(session=session, client=profile)
 
     async with db.sessions() as session, session.begin():
         for key in ("viewers", "browsers"):
@@ -49,7 +51,8 @@ async def test_segments_made_before_claims_existed_claim_their_traits_at_start(d
         await session.execute(sa.text("DELETE FROM computed_trait_claims"))
     async with db.sessions() as session, session.begin():
         await handlers.ensure_builtin_segments(session=session)
-    await watch_computed_traits(session_factory=db.sessions, client=profile)
+    async with transaction(db.sessions) as session:
+        await watch_computed_traits(session=session, client=profile)
     assert profile.owners[VIEWED_KEY] == {"segment:viewers"}
     lifecycle_owners = {owner for owners in profile.owners.values() for owner in owners} - {"segment:viewers"}
     assert lifecycle_owners
