@@ -164,19 +164,24 @@ class CheckRequest(StrictModel):
     profile_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1)
 
 
+def _within_check_limit(request: Request, profile_ids: list[str]) -> None:
+    """Refuse a question about more profiles than `CDP_MAX_CHECK_IDS` at once."""
+    limit: int = request.app.state.runtime.settings.max_check_ids
+    if len(profile_ids) > limit:
+        raise ApiError(
+            status=413,
+            code="too_many_profile_ids",
+            message=f"ask about at most {limit} profile ids at once",
+            details={"limit": limit, "given": len(profile_ids)},
+        )
+
+
 @consents.post("/consents/check")
 async def check_consents(
     body: CheckRequest, request: Request, session: SessionDep, _: Reader, context: ContextDep
 ) -> Response:
     """Answer which profiles may be contacted; no record, or any doubt, means no."""
-    limit: int = request.app.state.runtime.settings.max_check_ids
-    if len(body.profile_ids) > limit:
-        raise ApiError(
-            status=413,
-            code="too_many_profile_ids",
-            message=f"ask about at most {limit} profile ids at once",
-            details={"limit": limit, "given": len(body.profile_ids)},
-        )
+    _within_check_limit(request, body.profile_ids)
     try:
         context.catalogue.require(purpose=body.purpose, channel=body.channel)
     except UnknownPurpose as exc:
@@ -205,14 +210,7 @@ async def purpose_exclusions(
     body: ExclusionRequest, request: Request, session: SessionDep, _: Reader, context: ContextDep
 ) -> dict[str, Any]:
     """Answer which profiles are excluded from a gated purpose (profiling, personalisation, analytics)."""
-    limit: int = request.app.state.runtime.settings.max_check_ids
-    if len(body.profile_ids) > limit:
-        raise ApiError(
-            status=413,
-            code="too_many_profile_ids",
-            message=f"ask about at most {limit} profile ids at once",
-            details={"limit": limit, "given": len(body.profile_ids)},
-        )
+    _within_check_limit(request, body.profile_ids)
     if body.purpose not in GATES:
         raise ApiError(
             status=422,

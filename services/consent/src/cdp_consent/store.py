@@ -292,16 +292,20 @@ async def survivor_of(*, session: AsyncSession, profile_id: str) -> str:
     return merged_into or profile_id
 
 
-# The whole check as one statement: resolve merged-away ids, take the state in force,
-# and refuse any profile one of whose addresses for this channel is suppressed.
-CHECK_QUERY = sa.text(
-    """
+# The profiles asked about, each with the id that answers for it (a merged-away id's survivor).
+_RESOLVED = """
     WITH requested AS (
         SELECT DISTINCT unnest(CAST(:profile_ids AS text[])) AS profile_id
     ), resolved AS (
         SELECT r.profile_id, COALESCE(k.merged_into, r.profile_id) AS effective_id
         FROM requested r LEFT JOIN known_profiles k ON k.profile_id = r.profile_id
     )
+"""
+# The whole check as one statement: resolve merged-away ids, take the state in force,
+# and refuse any profile one of whose addresses for this channel is suppressed.
+CHECK_QUERY = sa.text(
+    _RESOLVED  # noqa: S608 - both parts are constant SQL of this module
+    + """
     SELECT res.profile_id, s.status,
            EXISTS (
                SELECT 1 FROM profile_contacts c JOIN suppressions x ON x.hash = c.hash
@@ -317,13 +321,8 @@ CHECK_QUERY = sa.text(
 # The decisions in force on one purpose, every channel, of profiles (merged-away ids answer for
 # their survivor); a profile with none has one row of nulls.
 DECISIONS_QUERY = sa.text(
-    """
-    WITH requested AS (
-        SELECT DISTINCT unnest(CAST(:profile_ids AS text[])) AS profile_id
-    ), resolved AS (
-        SELECT r.profile_id, COALESCE(k.merged_into, r.profile_id) AS effective_id
-        FROM requested r LEFT JOIN known_profiles k ON k.profile_id = r.profile_id
-    )
+    _RESOLVED  # noqa: S608 - both parts are constant SQL of this module
+    + """
     SELECT res.profile_id, s.channel, s.status
     FROM resolved res
     LEFT JOIN consent_state s ON s.profile_id = res.effective_id AND s.purpose = :purpose

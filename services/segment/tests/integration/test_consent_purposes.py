@@ -19,12 +19,12 @@ from cdp_common.events import (
 from cdp_common.purposes import PROFILING, PurposePolicy
 from cdp_segment import handlers, store
 from cdp_segment.compiler import members_query
-from cdp_segment.domain.clv import BgNbd, simulate_customers
 from cdp_segment.domain.rules import parse_rule
 from cdp_segment.handlers import SegmentContext
 
 from .conftest import FakeProfile, SegmentDb
 from .test_models import orders, with_builtins
+from .test_realtime import define
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,6 @@ def decision(
         at=datetime(2025, 6, day, tzinfo=UTC),
         source="preference-centre",
     )
-
-
-async def define(db: SegmentDb, key: str, rule: dict[str, Any]) -> None:
-    async with db.sessions() as session, session.begin():
-        await handlers.create_segment(
-            session=session, context=db.context, key=key, name=key, description="", rule=rule
-        )
 
 
 async def explain(db: SegmentDb, key: str, profile_id: str) -> dict[str, Any]:
@@ -153,18 +146,10 @@ async def test_a_person_without_profiling_gets_no_rfm_or_clv_score_and_one_witho
 ) -> None:
     await with_builtins(db)
     now = db.clock()
-    simulated, _ = simulate_customers(
-        count=30, calibration_days=365, holdout_days=1, params=BgNbd(r=0.6, alpha=30.0, a=0.8, b=3.0), seed=5
-    )
     for i in range(30):
-        repeat = int(simulated.frequency[i])
-        age = float(simulated.age[i])
+        count = 1 + i % 6
         computed = orders(
-            now,
-            first_days=age,
-            last_days=age - float(simulated.recency[i]),
-            count=repeat + 1,
-            revenue=round(float(simulated.monetary[i] or 30.0) * (repeat + 1), 2),
+            now, first_days=300 + 5 * i, last_days=(37 * i) % 280, count=count, revenue=40.0 * count + i
         )
         await db.apply(ProfileCreated(profile_id=f"s{i:02d}", version=1, changed_computed_traits=computed))
     first = (await db.run_model("rfm"))["result"]
