@@ -1,15 +1,18 @@
 """Profile's long work, as jobs in short steps: backfilling a computed trait from the event store,
-and scanning the whole base for duplicate suspects."""
+and scanning the whole base for duplicate suspects; and its periodic job, run by the runtime every
+`CDP_PROFILE_WINDOW_CHECK_INTERVAL_S`: recomputing windowed computed traits as their events age out."""
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from cdp_common.jobs import Job, Step
+from cdp_common.periodic import PeriodicJob
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import computed_store, duplicates_store, store
+from cdp_profile import computed_store, duplicates_store, handlers, store
 from cdp_profile.changes import publish_update
 from cdp_profile.context import ProfileContext
 from cdp_profile.domain.computed import Definition, derive_defined, fold_all, next_change_at
@@ -25,6 +28,31 @@ from cdp_profile.domain.duplicates import (
 # as many profiles as fit in about this long (a sparse trait's step covers many more
 # profiles than a dense one's), between the configured smallest and largest batch.
 STEP_TARGET_S = 0.25
+# Profiles whose windowed traits are expired in one transaction.
+WINDOW_BATCH = 500
+
+
+def periodic_jobs(*, context: ProfileContext, window_check_interval_s: float) -> list[PeriodicJob]:
+    """Return the service's periodic jobs: the expiry of windowed computed traits."""
+    return [
+        PeriodicJob(
+            name="expire_windowed_traits",
+            interval_s=window_check_interval_s,
+            run=partial(expire_windows, context=context),
+        )
+    ]
+
+
+async def expire_windows(*, session: AsyncSession, context: ProfileContext) -> int:
+    """Expire the windowed traits due at the context's clock, a committed batch at a time; return
+    the profiles changed."""
+    total = 0
+    while True:
+        outcome = await handlers.expire_windowed_traits(session=session, context=context, limit=WINDOW_BATCH)
+        await session.commit()
+        total += outcome["changed"]
+        if outcome["due"] < WINDOW_BATCH:
+            return total
 
 
 class ComputedTraitBackfill:

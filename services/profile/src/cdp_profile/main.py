@@ -1,9 +1,7 @@
-"""Builds the profile service: the app, its lifespan, its consumers and the window scheduler."""
+"""Builds the profile service: the app and its runtime, with its consumers, jobs and periodic jobs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from cdp_common.openapi import ApiDescription
@@ -16,8 +14,7 @@ from cdp_profile.computed_traits import PURGE_JOB
 from cdp_profile.consumer import consumer_specs
 from cdp_profile.context import BACKFILL_JOB, SERVICE, Clock, ProfileContext, system_clock
 from cdp_profile.duplicates_store import SCAN_JOB
-from cdp_profile.jobs import ComputedTraitBackfill, ComputedTraitPurge, DuplicateScan
-from cdp_profile.scheduler import WindowScheduler
+from cdp_profile.jobs import ComputedTraitBackfill, ComputedTraitPurge, DuplicateScan, periodic_jobs
 from cdp_profile.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -35,13 +32,14 @@ def profile_context(settings: Settings, *, clock: Clock = system_clock) -> Profi
 
 
 def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
-    """Create the profile service's app; resources are built in its lifespan."""
+    """Create the profile service's app; the runtime starts and stops it with the app's lifespan."""
     context = profile_context(settings, clock=clock)
     runtime = ServiceRuntime(
         service=SERVICE,
         settings=settings,
         migrations=MIGRATIONS,
         consumers=consumer_specs(context),
+        periodic=periodic_jobs(context=context, window_check_interval_s=settings.window_check_interval_s),
         jobs={
             BACKFILL_JOB: ComputedTraitBackfill(
                 context=context,
@@ -73,23 +71,6 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
     )
     app.state.profile_context = context
     app.state.duplicates_scan_limit = settings.duplicates_scan_limit
-    runtime_lifespan = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime_lifespan(app):
-            scheduler = WindowScheduler(
-                session_factory=runtime.session_factory,
-                context=context,
-                interval_s=settings.window_check_interval_s,
-            )
-            scheduler.start()
-            try:
-                yield
-            finally:
-                await scheduler.stop()
-
-    app.router.lifespan_context = lifespan
     return app
 
 

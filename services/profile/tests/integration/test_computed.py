@@ -11,7 +11,7 @@ from cdp_common.events import ProfileSplit, ProfileUpdated
 from cdp_profile import handlers, store
 from cdp_profile.domain.computed import Definition, PropertyFilter, fold_all
 from cdp_profile.domain.identity import IdentifierKey
-from cdp_profile.scheduler import WindowScheduler
+from cdp_profile.jobs import expire_windows
 
 from ..conftest import T0, ProfileDb, tracking, uid
 
@@ -134,18 +134,22 @@ async def test_windowed_trait_changes_as_events_age_out_with_no_new_event(db: Pr
     )
     await db.resolve(order(user, 10, days_ago=6, db=db), order(user, 10, days_ago=2, db=db))
     assert (await computed_of(db, user))["orders_7d"] == 2
-    scheduler = WindowScheduler(session_factory=db.sessions, context=db.context, interval_s=60)
-    assert await scheduler.run_once() == 0
+
+    async def expire() -> int:
+        async with db.sessions() as session:
+            return await expire_windows(session=session, context=db.context)
+
+    assert await expire() == 0
     db.clock.advance(days=1, hours=1)
-    assert await scheduler.run_once() == 1
+    assert await expire() == 1
     assert (await computed_of(db, user))["orders_7d"] == 1
     update = [e for e in await db.published() if isinstance(e.data, ProfileUpdated)][-1]
     assert update.data.event_id is None
     assert update.data.changed_computed_traits == {"orders_7d": 1}
     db.clock.advance(days=5)
-    assert await scheduler.run_once() == 1
+    assert await expire() == 1
     assert (await computed_of(db, user))["orders_7d"] == 0
-    assert await scheduler.run_once() == 0
+    assert await expire() == 0
 
 
 async def test_merge_then_split_rederives_both_profiles_from_their_own_events(db: ProfileDb) -> None:
