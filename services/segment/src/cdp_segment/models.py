@@ -43,8 +43,9 @@ from cdp_segment.domain import clv as value_model
 from cdp_segment.domain.lifecycle import (
     FIRST_SEEN,
     LAST_ORDER_DATE,
+    NET_REVENUE,
+    ORDERS,
     ORDERS_COUNT,
-    ORDERS_REVENUE,
     lifecycle_model,
     recent_orders_spec,
 )
@@ -165,8 +166,8 @@ class ModelRun:
             session=session,
             after=after,
             until=until,
-            count_key=ORDERS_COUNT.key,
-            revenue_key=ORDERS_REVENUE.key,
+            count_key=ORDERS,
+            revenue_key=NET_REVENUE,
             last_key=LAST_ORDER_DATE,
             first_key=FIRST_SEEN,
             policy=self._context.purposes,

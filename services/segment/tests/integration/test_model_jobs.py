@@ -59,8 +59,8 @@ def _expected_rfm(db: SegmentDb, customers: dict[str, dict[str, Any]]) -> dict[s
             order_features(
                 OrderAggregates(
                     profile_id=name,
-                    orders=c.get("seg_orders_count"),
-                    revenue=c.get("seg_orders_revenue"),
+                    orders=c.get("orders"),
+                    revenue=c.get("net_revenue"),
                     last_order=c.get("last_order_date"),
                     first_seen=c.get("first_seen"),
                 ),

@@ -58,6 +58,8 @@ def orders(
 ) -> dict[str, Any]:
     """Computed traits as profile publishes them: its built-ins and the counts segment defined."""
     return {
+        "orders": count,
+        "net_revenue": revenue,
         "seg_orders_count": count,
         "seg_orders_revenue": revenue,
         "seg_orders_last_30d": recent,
@@ -93,6 +95,31 @@ async def test_rfm_scores_and_named_segments(db: SegmentDb) -> None:
     assert champion.model["rfm"] == {"r": 5, "f": 5, "m": 5, "score": "555", "segment": "champions"}
     assert browser is not None
     assert "rfm" not in browser.model
+
+
+async def test_rfm_monetary_is_the_net_revenue_in_the_reporting_currency(db: SegmentDb) -> None:
+    """Not the sum of order totals: those add kronor to euros and ignore refunds and cancellations."""
+    await with_builtins(db)
+    now = db.clock()
+    # name: (net revenue in EUR, sum of order totals as sent, in whatever currency)
+    spent = {
+        "m1": (20.0, 9000.0),
+        "m2": (40.0, 700.0),
+        "m3": (60.0, 500.0),
+        "m4": (80.0, 300.0),
+        "m5": (99.0, 99.0),
+    }
+    for name, (net, totals) in spent.items():
+        computed = {**orders(now, first_days=90, last_days=3, count=1, revenue=totals), "net_revenue": net}
+        await db.apply(ProfileCreated(profile_id=name, version=1, changed_computed_traits=computed))
+    await db.run_model("rfm")
+    scores = {}
+    async with db.sessions() as session:
+        for name in spent:
+            profile = await store.load_profile(session=session, profile_id=name)
+            assert profile is not None
+            scores[name] = profile.model["rfm"]["m"]
+    assert [scores[name] for name in sorted(spent)] == [1, 2, 3, 4, 5]
 
 
 async def test_a_model_round_that_changes_no_profile_leaves_the_outbox_writers_alone(db: SegmentDb) -> None:

@@ -26,6 +26,11 @@ ORDERS_REVENUE = ComputedTraitSpec(
 # Profile's own computed traits, published with every change of a profile.
 LAST_ORDER_DATE = "last_order_date"
 FIRST_SEEN = "first_seen"
+# Orders as profile records them (one per order id, whatever sent it, amended by refunds and
+# cancellations) and their worth net of refunds in the reporting currency: the inputs of RFM,
+# clusters and CLV, never the sum of order totals across currencies.
+ORDERS = "orders"
+NET_REVENUE = "net_revenue"
 STAGES = ("new", "active", "at_risk", "churned", "reactivated")
 
 
