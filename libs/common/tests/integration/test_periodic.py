@@ -120,54 +120,54 @@ async def test_a_run_longer_than_its_interval_is_never_run_twice_at_once(schema_
     assert runs_of("periodic-test-overrun", "slow", "failed") == 0
 
 
-async def test_a_clean_stop_waits_for_the_run_in_flight_and_commits_it(schema_engine: AsyncEngine) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-    order: list[str] = []
+class HeldRun:
+    """A periodic run that writes a row, then waits until the test releases it."""
 
-    async def held(*, session: AsyncSession) -> None:
-        await session.execute(effects.insert().values(event_id="held", token_id="held"))
-        started.set()
-        await release.wait()
-        order.append("run ended")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.order: list[str] = []
 
+    async def __call__(self, *, session: AsyncSession) -> None:
+        await session.execute(effects.insert().values(event_id=self.name, token_id=self.name))
+        self.started.set()
+        await self.release.wait()
+        self.order.append("run ended")
+
+
+async def started_and_held(engine: AsyncEngine, run: HeldRun, *, stop_grace_s: float) -> PeriodicJobs:
     jobs = PeriodicJobs(
-        service="periodic-test-stop",
-        session_factory=create_session_factory(schema_engine),
-        jobs=[PeriodicJob(name="held", interval_s=60, run=held)],
-        stop_grace_s=60,
+        service=f"periodic-test-{run.name}",
+        session_factory=create_session_factory(engine),
+        jobs=[PeriodicJob(name=run.name, interval_s=60, run=run)],
+        stop_grace_s=stop_grace_s,
     )
     jobs.start()
-    await asyncio.wait_for(started.wait(), timeout=30)
+    await asyncio.wait_for(run.started.wait(), timeout=30)
+    return jobs
+
+
+async def test_a_clean_stop_waits_for_the_run_in_flight_and_commits_it(schema_engine: AsyncEngine) -> None:
+    run = HeldRun("held")
+    jobs = await started_and_held(schema_engine, run, stop_grace_s=60)
     stopping = asyncio.create_task(jobs.stop())
     done, _ = await asyncio.wait({stopping}, timeout=0.2)
     assert not done, "the stop waits while a run is in flight"
-    release.set()
+    run.release.set()
     await asyncio.wait_for(stopping, timeout=30)
-    order.append("stopped")
+    run.order.append("stopped")
 
-    assert order == ["run ended", "stopped"]
+    assert run.order == ["run ended", "stopped"]
     assert await rows(schema_engine) == ["held"], "the run in flight was committed"
 
 
 async def test_a_run_past_the_grace_period_is_cancelled_and_rolled_back(schema_engine: AsyncEngine) -> None:
-    started = asyncio.Event()
-
-    async def endless(*, session: AsyncSession) -> None:
-        await session.execute(effects.insert().values(event_id="endless", token_id="endless"))
-        started.set()
-        await asyncio.Event().wait()
-
-    jobs = PeriodicJobs(
-        service="periodic-test-grace",
-        session_factory=create_session_factory(schema_engine),
-        jobs=[PeriodicJob(name="endless", interval_s=60, run=endless)],
-        stop_grace_s=0.1,
-    )
-    jobs.start()
-    await asyncio.wait_for(started.wait(), timeout=30)
+    run = HeldRun("endless")
+    jobs = await started_and_held(schema_engine, run, stop_grace_s=0.1)
     await asyncio.wait_for(jobs.stop(), timeout=30)
 
+    assert run.order == [], "the run was cancelled"
     assert await rows(schema_engine) == []
 
 
