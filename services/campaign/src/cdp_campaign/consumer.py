@@ -7,6 +7,7 @@ from typing import Any
 
 from cdp_common.events import (
     CampaignSendsRequested,
+    OrderRecorded,
     ProfileCreated,
     ProfileUpdated,
     SegmentEntered,
@@ -41,7 +42,13 @@ def consumer_specs(settings: PlatformSettings, ctx: CampaignContext | None = Non
         return [ConsumerSpec(purpose="profiles", topics=[TopicName.PROFILES], handlers=profile_handlers)]
     on_changed = _bound(handlers.on_profile_changed, ctx)
     on_changed_together: BatchHandler = functools.partial(handlers.on_profiles_changed, ctx=ctx)
-    profile_handlers.update({ProfileCreated: on_changed, ProfileUpdated: on_changed})
+    profile_handlers.update(
+        {
+            ProfileCreated: on_changed,
+            ProfileUpdated: on_changed,
+            OrderRecorded: _bound(handlers.on_order_recorded, ctx),
+        }
+    )
     return [
         ConsumerSpec(
             purpose="profiles",

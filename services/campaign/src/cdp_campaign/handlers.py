@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from cdp_common.envelope import Envelope
 from cdp_common.events import (
     CampaignSendsRequested,
+    OrderRecorded,
     ProfileChanged,
     SegmentEntered,
     TrackingEventReceived,
@@ -430,6 +431,24 @@ def _revenue_of(properties: dict[str, Any]) -> float | None:
     return None
 
 
+def _conversion_key(event: TrackingEventReceived) -> str:
+    """Return what a conversion is recorded under: its order (the same order sent by the web tag and
+    by the POS converts once), else the event."""
+    order_id = event.properties.get("order_id")
+    if event.event == ORDER_COMPLETED and isinstance(order_id, str | int) and not isinstance(order_id, bool):
+        return f"order:{order_id}"
+    return event.messageId
+
+
+async def on_order_recorded(*, session: AsyncSession, envelope: Envelope[Any], ctx: CampaignContext) -> None:
+    """Value the conversions an order brought at what profile says the order is worth now: net of
+    refunds and cancellations, in the reporting currency (none when its currency has no rate)."""
+    data: OrderRecorded = envelope.data
+    await store.revalue_conversions(
+        session=session, profile_id=data.profile_id, dedupe_key=f"order:{data.order_id}", revenue=data.value
+    )
+
+
 def _contact_change(data: ProfileChanged) -> dict[str, Any] | None:
     if not (data.changed_traits or data.changed_computed_traits):
         return None
@@ -506,7 +525,7 @@ async def _act_on_tracked_event(
                 kind="converted",
                 at=event.timestamp,
                 revenue=revenue,
-                dedupe_key=event.messageId,
+                dedupe_key=_conversion_key(event),
             )
         await _journeys_on_event(session=session, ctx=ctx, profile_id=profile_id, event=name)
     await trigger_campaigns(

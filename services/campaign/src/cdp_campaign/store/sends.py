@@ -208,6 +208,24 @@ async def record_engagement(
     return (await session.execute(statement)).first() is not None
 
 
+async def revalue_conversions(
+    *, session: AsyncSession, profile_id: str, dedupe_key: str, revenue: float | None
+) -> int:
+    """Set the revenue of a profile's conversions recorded under a key (an order's); return how many."""
+    statement = (
+        engagements.update()
+        .where(
+            engagements.c.send_id == sends.c.id,
+            sends.c.profile_id == profile_id,
+            engagements.c.kind == "converted",
+            engagements.c.dedupe_key == dedupe_key,
+        )
+        .values(revenue=revenue)
+    )
+    result = await session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def engaged(
     *, session: AsyncSession, source: str, source_id: str, profile_id: str, kinds: Sequence[str]
 ) -> bool:
