@@ -12,7 +12,6 @@ import pytest
 from cdp_common.events import ProfileCreated, ProfileUpdated
 from cdp_common.outbox import lock_outbox_writes
 from cdp_segment import handlers, store
-from cdp_segment.computed_traits import TraitStatus, ValuesPage
 from cdp_segment.domain.clv import BgNbd, simulate_customers
 
 from .conftest import SegmentDb
@@ -32,25 +31,6 @@ RFM_CUSTOMERS = {
     "c8": (300, 10, "cant_lose"),
     "c9": (400, 4, "lost"),
 }
-
-
-class NoProfile:
-    """Profile's computed-trait API, unreachable in these tests."""
-
-    async def define(self, spec: dict[str, Any]) -> str | None:
-        raise OSError("profile is not running in this test")
-
-    async def status(self, key: str) -> TraitStatus | None:
-        raise OSError("profile is not running in this test")
-
-    async def values(self, key: str, *, after: str | None, limit: int) -> ValuesPage:
-        raise OSError("profile is not running in this test")
-
-    async def claim(self, spec: dict[str, Any], owner: str) -> None:
-        raise OSError("profile is not running in this test")
-
-    async def release(self, key: str, owner: str) -> None:
-        raise OSError("profile is not running in this test")
 
 
 def orders(
