@@ -35,6 +35,7 @@ class ProfileContext:
     privacy_topic: str
     hash_key: str
     default_region: str = "DE"
+    reporting_currency: str = "EUR"
     clock: Clock = field(default=system_clock)
     # What the last batch read of the rules and definitions, to prepare the next one with.
     configurations: store.LatestConfiguration = field(

@@ -27,6 +27,7 @@ def profile_context(settings: Settings, *, clock: Clock = system_clock) -> Profi
         privacy_topic=settings.topic(TopicName.PRIVACY),
         hash_key=settings.hash_key.get_secret_value(),
         default_region=settings.phone_default_region,
+        reporting_currency=settings.reporting_currency,
         clock=clock,
     )
 

@@ -92,6 +92,7 @@ from cdp_profile.store.merges import (
     move_back,
     move_profile_contents,
 )
+from cdp_profile.store.rates import exchange_rates, rate_in_effect, save_rates, value_in_reporting
 from cdp_profile.store.search import (
     erase_profiles,
     find_by_hash,
@@ -166,6 +167,7 @@ __all__ = [
     "events",
     "events_for_fold",
     "events_of_profiles",
+    "exchange_rates",
     "family_of",
     "find_by_hash",
     "forget_apart",
@@ -203,6 +205,7 @@ __all__ = [
     "profiles",
     "published_values",
     "quarantine",
+    "rate_in_effect",
     "read_profile",
     "read_view",
     "recent_profiles",
@@ -211,6 +214,7 @@ __all__ = [
     "resolve_profile_id",
     "save_defined_states",
     "save_profile",
+    "save_rates",
     "save_rules",
     "save_states_of_key",
     "search_profiles",
@@ -220,5 +224,6 @@ __all__ = [
     "tombstoned",
     "tombstones",
     "trait_states",
+    "value_in_reporting",
     "write_view",
 ]

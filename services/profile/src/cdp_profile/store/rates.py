@@ -1,0 +1,93 @@
+"""The profile store: daily reference exchange rates and the value of an amount in the reporting
+currency on a day (the latest earlier day with rates when that day has none)."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_profile.domain.money import DayRates, conversion_factor, in_reporting
+from cdp_profile.store.tables import metadata
+
+exchange_rates = sa.Table(
+    "exchange_rates",
+    metadata,
+    sa.Column("currency", sa.Text, primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("base", sa.Text, primary_key=True),
+    sa.Column("rate", sa.Numeric, nullable=False),
+    sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# (currency, reporting currency, day) -> (factor, the day whose rates gave it); a process holds
+# few currencies and days, and loading rates empties it.
+_FACTORS: dict[tuple[str, str, date], tuple[Decimal | None, date | None]] = {}
+_FACTORS_LIMIT = 100_000
+
+
+async def save_rates(*, session: AsyncSession, day: date, base: str, rates: dict[str, Decimal]) -> int:
+    """Store one day's rates against a base (the base itself at 1); return how many were stored."""
+    rows = [{"currency": base, "day": day, "base": base, "rate": Decimal(1)}]
+    rows += [{"currency": c, "day": day, "base": base, "rate": r} for c, r in rates.items() if c != base]
+    statement = insert(exchange_rates).values(rows)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["currency", "day", "base"],
+            set_={"rate": statement.excluded.rate, "loaded_at": sa.func.now()},
+        )
+    )
+    _FACTORS.clear()
+    return len(rows)
+
+
+async def rate_in_effect(
+    *, session: AsyncSession, currency: str, day: date, reporting_currency: str
+) -> tuple[Decimal | None, date | None]:
+    """Return what one unit of a currency is worth in the reporting currency on a day, and the day
+    whose rates say so; (None, None) when no day up to then has both rates."""
+    if currency == reporting_currency:
+        return Decimal(1), day
+    key = (currency, reporting_currency, day)
+    if key in _FACTORS:
+        return _FACTORS[key]
+    source, target = exchange_rates.alias("source"), exchange_rates.alias("target")
+    row = (
+        await session.execute(
+            sa.select(source.c.day, source.c.base, source.c.rate, target.c.rate.label("target_rate"))
+            .join(
+                target,
+                sa.and_(
+                    target.c.currency == reporting_currency,
+                    target.c.day == source.c.day,
+                    target.c.base == source.c.base,
+                ),
+            )
+            .where(source.c.currency == currency, source.c.day <= day)
+            .order_by(source.c.day.desc())
+            .limit(1)
+        )
+    ).first()
+    found: tuple[Decimal | None, date | None] = (None, None)
+    if row is not None:
+        rates = DayRates(
+            day=row.day, base=row.base, rates={currency: row.rate, reporting_currency: row.target_rate}
+        )
+        found = (conversion_factor(rates, currency=currency, reporting_currency=reporting_currency), row.day)
+    if len(_FACTORS) >= _FACTORS_LIMIT:
+        _FACTORS.clear()
+    _FACTORS[key] = found
+    return found
+
+
+async def value_in_reporting(
+    *, session: AsyncSession, amount: Decimal, currency: str, day: date, reporting_currency: str
+) -> Decimal | None:
+    """Return an amount in the reporting currency at its day's rate; None when there is no rate."""
+    factor, _ = await rate_in_effect(
+        session=session, currency=currency, day=day, reporting_currency=reporting_currency
+    )
+    return in_reporting(amount, factor)
