@@ -13,6 +13,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from cdp_cli.main import app
+from cdp_cli.rates import read_ecb_rates
 from cdp_common.events import DeadLetter, ProfileErased, make_envelope
 from cdp_common.testing import PlatformUnderTest, Stack, free_port, wait_for
 from typer.testing import CliRunner
@@ -258,3 +259,55 @@ def test_jobs_are_listed_watched_to_their_end_and_refused_a_cancel_once_finished
     unknown = cdp(stack, platform, "jobs", "watch", "job_" + "0" * 32)
     assert unknown.exit_code == 1
     assert "no service knows the job" in unknown.output
+
+
+def test_the_ecb_reference_rate_file_is_read_day_by_day_without_missing_rates() -> None:
+    days = list(read_ecb_rates(ROOT / "tests/ops/fixtures/ecb-reference-rates-sample.csv"))
+    assert [day["date"] for day in days] == ["2024-01-05", "2024-01-04", "2024-01-03"]
+    assert days[0] == {
+        "date": "2024-01-05",
+        "base": "EUR",
+        "rates": {"USD": "1.0921", "JPY": "158.08", "GBP": "0.8597", "CHF": "0.9298"},
+    }
+    assert days[1]["rates"]["ISK"] == "150.10"
+
+
+def test_exchange_rates_are_imported_and_orders_valued_at_the_latest_earlier_day(
+    stack: Stack, platform: PlatformUnderTest, tmp_path: Path
+) -> None:
+    # XTS and XBA are ISO 4217's codes for testing and a bond unit: no other test values orders in them.
+    rates_file = tmp_path / "eurofxref-hist.csv"
+    rates_file.write_text("Date,XTS,XBA,\n1999-01-05,2.0,N/A,\n1999-01-04,4.0,0.5,\n")
+    result = cdp(stack, platform, "import", "exchange-rates", str(rates_file))
+    assert result.exit_code == 0, result.output
+    assert "2 days of exchange rates loaded" in result.output
+
+    def rate(currency: str, day: str) -> httpx.Response:
+        return httpx.get(
+            f"{stack.url('profile')}/v1/exchange-rates",
+            params={"currency": currency, "date": day},
+            headers=stack.admin(),
+            timeout=10,
+        )
+
+    on_the_day = rate("XTS", "1999-01-05").json()
+    assert on_the_day["value_of_one"] == 0.5
+    assert on_the_day["rates_date"] == "1999-01-05"
+    # A weekend without rates takes the last published day.
+    assert rate("XTS", "1999-01-09").json()["rates_date"] == "1999-01-05"
+    # XBA had no rate on the 5th: the 4th's stands.
+    later = rate("XBA", "1999-01-06").json()
+    assert (later["value_of_one"], later["rates_date"]) == (2.0, "1999-01-04")
+    missing = rate("XTS", "1999-01-01")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "rate_not_found"
+
+
+def test_a_file_that_is_not_a_reference_rate_csv_is_refused(
+    stack: Stack, platform: PlatformUnderTest, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "rates.csv"
+    wrong.write_text("Day,USD\n2024-01-05,1.09\n")
+    result = cdp(stack, platform, "import", "exchange-rates", str(wrong))
+    assert result.exit_code == 1
+    assert "the first column must be Date" in result.output

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from datetime import date as date_type
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from cdp_common.auth import Principal, require_scope
@@ -17,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import computed_traits, duplicates, handlers, store
+from cdp_profile import computed_traits, duplicates, handlers, rates, store
 from cdp_profile.computed_traits import OWNER_PATTERN
 from cdp_profile.context import SERVICE, ProfileContext
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits, derive_defined
@@ -581,11 +583,66 @@ async def merge_duplicates(
     return merged
 
 
+# --- exchange rates ----------------------------------------------------------------------
+
+rates_router = APIRouter(prefix="/v1/exchange-rates", tags=["exchange rates"])
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
+class DayRatesBody(BaseModel):
+    """One day's reference rates: units of each currency for one unit of the base."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    date: date_type
+    base: CurrencyCode = "EUR"
+    rates: dict[CurrencyCode, Annotated[Decimal, Field(gt=0, le=Decimal("1e12"), allow_inf_nan=False)]] = (
+        Field(min_length=1, max_length=400)
+    )
+
+
+@rates_router.put("")
+async def put_exchange_rates(
+    body: DayRatesBody | Annotated[list[DayRatesBody], Field(min_length=1, max_length=1000)],
+    session: SessionDep,
+    context: ContextDep,
+    _: ProfileWriter,
+) -> dict[str, Any]:
+    """Load one day's reference rates, or a list of days (a day loaded again is replaced)."""
+    days = body if isinstance(body, list) else [body]
+    return await rates.load_rates(
+        session=session,
+        context=context,
+        days=[rates.DayOfRates(day=d.date, base=d.base, rates=d.rates) for d in days],
+    )
+
+
+@rates_router.get("")
+async def get_exchange_rate(
+    currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")],
+    session: ReadSessionDep,
+    context: ContextDep,
+    _: ProfileReader,
+    on: Annotated[date_type | None, Query(alias="date")] = None,
+) -> dict[str, Any]:
+    """Return the rate in effect for a currency on a day (today by default), in the reporting currency."""
+    day = on or datetime.now(UTC).date()
+    found = await rates.rate_on(session=session, context=context, currency=currency, day=day)
+    if found is None:
+        raise ApiError(
+            status=404,
+            code="rate_not_found",
+            message=f"no rates for {currency} and {context.reporting_currency} on or before {day.isoformat()}",
+        )
+    return found
+
+
 routers = [
     profiles_router,
     identity_router,
     computed_router,
     duplicates_router,
+    rates_router,
     jobs_router(read_scope="profiles:read", write_scope="profiles:write"),
     access_router(service=SERVICE, export=handlers.export_profile),
 ]

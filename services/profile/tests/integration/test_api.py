@@ -488,3 +488,37 @@ async def test_a_computed_trait_is_deleted_once_no_owner_relies_on_it(
     again = await http.post(url, json=spec, headers=service.admin)
     assert again.status_code == 202, again.text
     assert again.json()["computed_trait"]["owners"] == []
+
+
+async def test_exchange_rates_are_loaded_read_back_and_bad_ones_refused(
+    service: Running, http: httpx.AsyncClient
+) -> None:
+    url = f"{service.url}/v1/exchange-rates"
+    one_day = {"date": "1998-06-01", "base": "EUR", "rates": {"XTS": 1.25, "XBA": 0.8}}
+    loaded = await http.put(url, json=one_day, headers=service.admin)
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json() == {"days": 1, "rates": 3, "reporting_currency": "EUR"}
+    # A list of days, one of them loaded again: the later load replaces its rates.
+    days = [{**one_day, "rates": {"XTS": 2.5}}, {"date": "1998-06-02", "rates": {"XTS": 5}}]
+    assert (await http.put(url, json=days, headers=service.admin)).json()["days"] == 2
+    read = await get(http, service, "/v1/exchange-rates", currency="XTS", date="1998-06-01")
+    assert read.json()["value_of_one"] == 0.4
+    # Cross rates: no XBA rate on the 2nd, so the 1st's stands.
+    assert (await get(http, service, "/v1/exchange-rates", currency="XBA", date="1998-06-03")).json()[
+        "value_of_one"
+    ] == 1.25
+    for bad in (
+        {**one_day, "rates": {"xts": 1.2}},
+        {**one_day, "rates": {"XTS": -1}},
+        {**one_day, "rates": {"XTS": "NaN"}},
+        {**one_day, "rates": {}},
+        {**one_day, "date": "1998-02-30"},
+        {**one_day, "base": "euro"},
+        [],
+    ):
+        refused = await http.put(url, json=bad, headers=service.admin)
+        assert refused.status_code == 422, (bad, refused.text)
+        assert refused.json()["error"]["code"]
+    unknown = await get(http, service, "/v1/exchange-rates", currency="XTS", date="1990-01-01")
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "rate_not_found")
+    assert (await get(http, service, "/v1/exchange-rates", currency="usd")).status_code == 422

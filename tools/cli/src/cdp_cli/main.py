@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cdp_cli import load, replay, transactions
+from cdp_cli import load, rates, replay, transactions
 from cdp_cli.api import PlatformClient, PlatformError
 from cdp_cli.config import SERVICE_NAMES, PlatformConfig, load_config
 from cdp_cli.jobs import jobs_app, watch
@@ -295,3 +295,29 @@ def import_transactions(
         errors.print(message)
     if rejected:
         raise typer.Exit(1)
+
+
+@import_app.command("exchange-rates")
+def import_exchange_rates(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    days_per_call: Annotated[int, typer.Option(min=1, max=1000)] = 500,
+) -> None:
+    """Load the ECB's reference-rate CSV (euro-based, a row per day) into profile's exchange rates."""
+    try:
+        days = list(rates.read_ecb_rates(file))
+    except rates.RatesFileError as exc:
+        raise _fail(exc) from exc
+    client = _client(ctx)
+    stored = 0
+    try:
+        for start in range(0, len(days), days_per_call):
+            answer = client.call(
+                "PUT", "profile", "/v1/exchange-rates", json=days[start : start + days_per_call]
+            )
+            stored += answer["rates"]
+    except PlatformError as exc:
+        raise _fail(exc) from exc
+    finally:
+        client.close()
+    console.print(f"{len(days)} days of exchange rates loaded ({stored} rates)")

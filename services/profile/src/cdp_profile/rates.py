@@ -1,0 +1,52 @@
+"""Exchange rates as operators load them: one day's reference rates (or many days at once), and
+the orders that had no rate valued once their currency's rates arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cdp_profile import store
+from cdp_profile.context import ProfileContext
+
+
+@dataclass(frozen=True)
+class DayOfRates:
+    """One day's rates as loaded: units of each currency for one unit of the base."""
+
+    day: date
+    base: str
+    rates: dict[str, Decimal]
+
+
+async def load_rates(
+    *, session: AsyncSession, context: ProfileContext, days: Sequence[DayOfRates]
+) -> dict[str, Any]:
+    """Store days of rates; return how many days and rates were stored."""
+    stored = 0
+    for day in days:
+        stored += await store.save_rates(session=session, day=day.day, base=day.base, rates=day.rates)
+    return {"days": len(days), "rates": stored, "reporting_currency": context.reporting_currency}
+
+
+async def rate_on(
+    *, session: AsyncSession, context: ProfileContext, currency: str, day: date
+) -> dict[str, Any] | None:
+    """Return the rate in effect for a currency on a day, in the reporting currency, or None."""
+    factor, rates_day = await store.rate_in_effect(
+        session=session, currency=currency, day=day, reporting_currency=context.reporting_currency
+    )
+    if factor is None or rates_day is None:
+        return None
+    return {
+        "currency": currency,
+        "reporting_currency": context.reporting_currency,
+        "date": day.isoformat(),
+        "rates_date": rates_day.isoformat(),
+        "value_of_one": float(factor),
+    }
