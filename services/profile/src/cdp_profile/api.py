@@ -493,20 +493,17 @@ def _queue_position(cursor: str | None) -> tuple[float, str, str] | None:
 async def list_duplicates(
     session: SessionDep,
     _: ProfileReader,
-    request: Request,
     page: PageDep,
-    min_score: Annotated[float, Query(ge=0.5, le=1.0)] = 0.8,
+    min_score: Annotated[float, Query(ge=0.7, le=1.0)] = 0.8,
 ) -> dict[str, Any]:
-    """List open pairs of live profiles that look like one person or company, best first; never merges.
+    """Page through the review queue: open pairs of live profiles that look like one person or
+    company, best score first; never merges.
 
-    `scan` says when the last scan of the whole base finished (null before the first).
+    `scan` says when the last scan of the whole base finished (null before the first);
+    `changes_waiting`, how many profile changes the queue has yet to compare.
     """
     answer = await duplicates.list_duplicates(
-        session=session,
-        min_score=min_score,
-        after=_queue_position(page.cursor),
-        limit=page.limit,
-        recent_limit=request.app.state.duplicates_scan_limit,
+        session=session, min_score=min_score, after=_queue_position(page.cursor), limit=page.limit
     )
     return {**answer, "next": encode_cursor(answer["next"]) if answer["next"] else None}
 

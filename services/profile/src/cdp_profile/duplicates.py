@@ -1,9 +1,11 @@
-"""The duplicate review queue as operators use it: the open pairs (the scan's, and those the most
-recently updated profiles show before a scan sees them), dismissing a pair, recording a merge,
-and starting a scan of the whole base."""
+"""The duplicate review queue as operators use it: the open pairs by score, dismissing a pair,
+recording a merge, starting a scan of the whole base; and keeping the queue current as profiles
+change, a periodic job that compares each changed profile with the members of its blocks."""
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -11,9 +13,19 @@ from cdp_common.jobs import get_job, submit_job
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import duplicates_store, store
-from cdp_profile.domain.duplicates import Suspect, candidate_of, find_suspects, score_pair
-from cdp_profile.domain.traits import common_traits
+from cdp_profile.domain.duplicates import (
+    KEYS_VERSION,
+    STORED_SCORE,
+    block_keys,
+    block_number,
+    candidate_of,
+    score_pair,
+    suspects_in_blocks,
+)
 from cdp_profile.duplicates_store import SCAN_JOB
+
+# Notes of changed profiles compared in one transaction of the changes' job.
+CHANGES_BATCH = 2000
 
 
 class ProfileNotLive(Exception):
@@ -27,75 +39,98 @@ class SameProfile(Exception):
 Position = tuple[float, str, str]
 
 
-def _order(score: float, pair: tuple[str, str]) -> tuple[float, str, str]:
-    return (-score, pair[0], pair[1])
-
-
 async def list_duplicates(
-    *,
-    session: AsyncSession,
-    min_score: float,
-    after: Position | None,
-    limit: int,
-    recent_limit: int,
+    *, session: AsyncSession, min_score: float, after: Position | None, limit: int
 ) -> dict[str, Any]:
-    """Return a page of open pairs, best score first, and when the last scan finished.
-
-    The queue holds what scans found; the most recently updated profiles are also scored now,
-    so a duplicate made since the last scan shows at once. A pair in both shows once, with the
-    better score; a dismissed or merged pair never shows.
-    """
-    recent = await store.recent_profiles(session=session, limit=recent_limit)
-    fresh = find_suspects([candidate_of(p.id, common_traits(p.traits)) for p in recent], threshold=min_score)
-    held = await duplicates_store.states_of(session=session, pairs=[s.profile_ids for s in fresh])
-    shown_fresh: dict[tuple[str, str], Suspect] = {}
-    for suspect in fresh:
-        state = held.get(suspect.profile_ids)
-        if state is not None and (state[0] != "open" or state[1] >= suspect.score):
-            continue
-        shown_fresh[suspect.profile_ids] = suspect
-    start = None if after is None else (-after[0], after[1], after[2])
-    items: list[tuple[tuple[float, str, str], dict[str, Any]]] = [
-        (
-            _order(s.score, s.profile_ids),
-            {"profile_ids": list(s.profile_ids), "score": s.score, "reasons": s.reasons, "found_at": None},
-        )
-        for s in shown_fresh.values()
-        if start is None or _order(s.score, s.profile_ids) > start
-    ]
-    position = after
-    while True:
-        rows = await duplicates_store.open_suspects(
-            session=session, min_score=min_score, after=position, limit=limit + 1
-        )
-        for row in rows:
-            if row.profile_ids not in shown_fresh:
-                items.append(
-                    (
-                        _order(row.score, row.profile_ids),
-                        {
-                            "profile_ids": list(row.profile_ids),
-                            "score": row.score,
-                            "reasons": row.reasons,
-                            "found_at": row.found_at.isoformat(),
-                        },
-                    )
-                )
-        stored = sum(1 for key, item in items if item["found_at"] is not None)
-        if len(rows) <= limit or stored > limit:
-            break
-        last = rows[-1]
-        position = (last.score, *last.profile_ids)
-    items.sort(key=lambda entry: entry[0])
-    page = items[: limit + 1]
-    more = len(page) > limit
-    page = page[:limit]
+    """Return a page of open pairs of live profiles, best score first, after a (score, a, b)
+    position; when the last scan finished; and how many profile changes wait to be compared."""
+    rows = await duplicates_store.open_suspects(
+        session=session, min_score=min_score, after=after, limit=limit + 1
+    )
+    page = rows[:limit]
     last_scan, _ = await duplicates_store.scan_jobs(session=session)
     return {
-        "items": [item for _, item in page],
-        "next": {"s": -page[-1][0][0], "a": page[-1][0][1], "b": page[-1][0][2]} if more else None,
+        "items": [
+            {
+                "profile_ids": list(row.profile_ids),
+                "score": row.score,
+                "reasons": row.reasons,
+                "found_at": row.found_at.isoformat(),
+            }
+            for row in page
+        ],
+        "next": {"s": page[-1].score, "a": page[-1].profile_ids[0], "b": page[-1].profile_ids[1]}
+        if len(rows) > limit
+        else None,
         "scan": last_scan,
+        "changes_waiting": await duplicates_store.count_changes(session=session),
     }
+
+
+@dataclass(frozen=True)
+class ChangesCompared:
+    """What one batch of the changes' job did."""
+
+    notes: int
+    compared: int
+    found: int
+
+
+async def compare_changes(
+    *, session: AsyncSession, limit: int = CHANGES_BATCH, threshold: float = STORED_SCORE
+) -> ChangesCompared | None:
+    """Compare the profiles of the oldest notes of changes with the members of their blocks; None
+    while a scan is queued or running, or another replica holds the queue.
+
+    A profile no longer live leaves the queue's tables. One whose candidate changed gets its
+    blocks again and is compared with every member of each (however long ago they changed):
+    its pairs at or above the threshold are added or refreshed (a dismissed or merged pair
+    keeps its state) and its open pairs not found again leave the queue. One whose candidate
+    did not change (another trait changed) costs a read.
+    """
+    if not await duplicates_store.hold_queue(session=session, wait=False):
+        return None
+    _, scan = await duplicates_store.scan_jobs(session=session)
+    if scan is not None:
+        return None
+    notes = await duplicates_store.next_changes(session=session, limit=limit)
+    if not notes:
+        return ChangesCompared(notes=0, compared=0, found=0)
+    noted = sorted({profile_id for _, profile_id in notes})
+    commons = await duplicates_store.active_candidates(session=session, profile_ids=noted)
+    await duplicates_store.drop_candidates(
+        session=session, profile_ids=[p for p in noted if p not in commons]
+    )
+    found = [candidate_of(profile_id, commons[profile_id]) for profile_id in noted if profile_id in commons]
+    blocks = [[block_number(key) for key in block_keys(c)] for c in found]
+    changed = await duplicates_store.upsert_candidates(
+        session=session, found=found, blocks=blocks, keys_version=KEYS_VERSION, full=False, pending=False
+    )
+    suspects = []
+    if changed:
+        numbers = {n for c, b in zip(found, blocks, strict=True) if c.profile_id in set(changed) for n in b}
+        members = await duplicates_store.blocks_with(session=session, blocks=sorted(numbers))
+        suspects = suspects_in_blocks(members, threshold=threshold, changed=set(changed))
+        seen = "changes-" + secrets.token_hex(8)
+        await duplicates_store.record_suspects(
+            session=session, found=[(s.profile_ids, s.score, s.reasons) for s in suspects], job_id=seen
+        )
+        await duplicates_store.drop_unseen(session=session, profile_ids=changed, seen=seen)
+    await duplicates_store.forget_changes(session=session, notes=[seq for seq, _ in notes])
+    return ChangesCompared(notes=len(notes), compared=len(changed), found=len(suspects))
+
+
+async def keep_queue_current(*, session: AsyncSession, batch: int = CHANGES_BATCH) -> int:
+    """Compare every profile noted as changed, a committed batch at a time; return how many were compared."""
+    compared = 0
+    while True:
+        outcome = await compare_changes(session=session, limit=batch)
+        await session.commit()
+        if outcome is None:
+            return compared
+        compared += outcome.compared
+        if outcome.notes < batch:
+            return compared
 
 
 async def _live_pair(session: AsyncSession, profile_ids: list[str]) -> list[str]:

@@ -1,9 +1,13 @@
-"""Tables and queries of the duplicate review queue: what the scan knows of each live profile
-(its candidate and blocks), the suspected pairs with their state, and the operators' decisions.
+"""Tables and queries of the duplicate review queue: what the queue knows of each live profile
+(its candidate and blocks), the suspected pairs with their state, the operators' decisions, and
+the profiles noted as changed since they were last compared.
 
 Candidates and blocks belong to profiles and suspects name two: deleting a profile (erasure)
-deletes them with it. A candidate is `pending` from the moment the scan sees it new or changed
-until a scan has compared it with its blocks' members.
+deletes them with it. A candidate is `pending` from the moment a scan sees it new or changed
+until that scan has compared it with its blocks' members. A trigger on `profiles` (migration
+0010) notes in `duplicate_changes` each profile created or changed in a trait listed in
+`_CANDIDATE_TRAITS` or in its status; the queue's periodic job compares them and removes the
+notes. Scans and that job take turns on the queue's lock (`hold_queue`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ candidates = sa.Table(
     sa.Column("phone", sa.Text),
     sa.Column("address", sa.Text),
     sa.Column("company", sa.Text),
+    sa.Column("postal_code", sa.Text),
+    sa.Column("birthday", sa.Text),
     sa.Column("keys_version", sa.Integer, nullable=False),
     sa.Column("pending", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
@@ -62,7 +68,15 @@ suspects = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-# The traits a candidate is made of, read from the stored profile without the rest of it.
+changes = sa.Table(
+    "duplicate_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("profile_id", sa.Text, nullable=False),
+)
+
+# The traits a candidate is made of, read from the stored profile without the rest of it; the
+# trigger of migration 0010 notes a profile whose value of one of them changed.
 _CANDIDATE_TRAITS = (
     "first_name",
     "firstName",
@@ -73,6 +87,7 @@ _CANDIDATE_TRAITS = (
     "phone",
     "address",
     "company",
+    "birthday",
 )
 _TRAIT_SUBSET = sa.func.jsonb_strip_nulls(
     sa.func.jsonb_build_object(
@@ -81,34 +96,48 @@ _TRAIT_SUBSET = sa.func.jsonb_strip_nulls(
 ).label("traits")
 
 
-_CANDIDATE_COLUMNS = ("profile_id", "name", "email", "phone", "address", "company")
-# One statement for a step's candidates, whatever their number: new ones are inserted, changed
-# ones (every one when `full`) updated; both come back as pending.
+_CANDIDATE_COLUMNS = (
+    "profile_id",
+    "name",
+    "email",
+    "phone",
+    "address",
+    "company",
+    "postal_code",
+    "birthday",
+)
+# One statement for a batch of candidates, whatever their number: new ones are inserted, changed
+# ones (every one when `full`) updated; both come back, pending or not as asked.
 _UPSERT_CANDIDATES = sa.text(
     """
-    INSERT INTO duplicate_candidates (profile_id, name, email, phone, address, company, keys_version, pending)
-    SELECT t.*, :keys_version, true
+    INSERT INTO duplicate_candidates (profile_id, name, email, phone, address, company, postal_code,
+                                      birthday, keys_version, pending)
+    SELECT t.*, :keys_version, :pending
       FROM unnest(CAST(:profile_id AS text[]), CAST(:name AS text[]), CAST(:email AS text[]),
-                  CAST(:phone AS text[]), CAST(:address AS text[]), CAST(:company AS text[]))
-           AS t(profile_id, name, email, phone, address, company)
+                  CAST(:phone AS text[]), CAST(:address AS text[]), CAST(:company AS text[]),
+                  CAST(:postal_code AS text[]), CAST(:birthday AS text[]))
+           AS t(profile_id, name, email, phone, address, company, postal_code, birthday)
     ON CONFLICT (profile_id) DO UPDATE
        SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
-           address = EXCLUDED.address, company = EXCLUDED.company, keys_version = EXCLUDED.keys_version,
-           pending = true, updated_at = now()
+           address = EXCLUDED.address, company = EXCLUDED.company, postal_code = EXCLUDED.postal_code,
+           birthday = EXCLUDED.birthday, keys_version = EXCLUDED.keys_version,
+           pending = EXCLUDED.pending, updated_at = now()
      WHERE CAST(:full AS boolean)
         OR (duplicate_candidates.name, duplicate_candidates.email, duplicate_candidates.phone,
-            duplicate_candidates.address, duplicate_candidates.company, duplicate_candidates.keys_version)
+            duplicate_candidates.address, duplicate_candidates.company, duplicate_candidates.postal_code,
+            duplicate_candidates.birthday, duplicate_candidates.keys_version)
            IS DISTINCT FROM
            (EXCLUDED.name, EXCLUDED.email, EXCLUDED.phone, EXCLUDED.address, EXCLUDED.company,
-            EXCLUDED.keys_version)
+            EXCLUDED.postal_code, EXCLUDED.birthday, EXCLUDED.keys_version)
     RETURNING profile_id
     """
 )
 
 
-def _among(column: sa.ColumnElement[str], ids: Sequence[str]) -> sa.ColumnElement[bool]:
+def _among(column: sa.ColumnElement[Any], ids: Sequence[str] | Sequence[int]) -> sa.ColumnElement[bool]:
     """`column = ANY(ids)`: one array parameter, however many ids (an IN list is compiled per id)."""
-    return column == sa.any_(sa.bindparam(None, list(ids), type_=postgresql.ARRAY(sa.Text)))
+    kind = sa.BigInteger if isinstance(column.type, sa.BigInteger) else sa.Text
+    return column == sa.any_(sa.bindparam(None, list(ids), type_=postgresql.ARRAY(kind)))
 
 
 @dataclass(frozen=True)
@@ -130,26 +159,56 @@ def _candidate_of_row(row: Any) -> Candidate:
         phone=row.phone,
         address=row.address,
         company=row.company,
+        postal_code=row.postal_code,
+        birthday=row.birthday,
     )
 
 
-# --- the scan ---------------------------------------------------------------------------------
+# --- the scan and the changes -------------------------------------------------------------------
+
+
+def _traits_of(row: Any) -> dict[str, Any]:
+    return common_traits({name: TraitValue.from_json(raw) for name, raw in row.traits.items()})
+
+
+async def hold_queue(*, session: AsyncSession, wait: bool = True) -> bool:
+    """Take, until the transaction ends, the lock scans and the changes' job take turns on; without
+    `wait`, return at once whether it was free."""
+    if wait:
+        await session.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended('duplicate_queue', 0))"))
+        return True
+    return bool(
+        await session.scalar(
+            sa.text("SELECT pg_try_advisory_xact_lock(hashtextextended('duplicate_queue', 0))")
+        )
+    )
 
 
 async def active_profile_traits(
     *, session: AsyncSession, after: str, limit: int
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Return the next live profiles in id order with their typed common traits; no row is locked."""
-    rows = await session.execute(
+    """Return the next live profiles in id order with their typed common traits; no row is locked.
+
+    The notes of changes to the profiles of this stretch (every id after the last one returned
+    when fewer than `limit` come back) are removed in the same statement, so exactly the changes
+    read here are forgotten: the scan compares these profiles as they are now.
+    """
+    batch = (
         sa.select(profiles.c.id, _TRAIT_SUBSET)
         .where(profiles.c.id > after, profiles.c.status == "active")
         .order_by(profiles.c.id)
         .limit(limit)
+        .cte("batch")
     )
-    return [
-        (row.id, common_traits({name: TraitValue.from_json(raw) for name, raw in row.traits.items()}))
-        for row in rows
-    ]
+    short = sa.select(sa.func.count()).select_from(batch).scalar_subquery() < limit
+    last = sa.select(sa.func.max(batch.c.id)).scalar_subquery()
+    cleared = (
+        changes.delete()
+        .where(changes.c.profile_id > after, sa.or_(short, changes.c.profile_id <= last))
+        .cte("cleared")
+    )
+    rows = await session.execute(sa.select(batch.c.id, batch.c.traits).add_cte(cleared).order_by(batch.c.id))
+    return [(row.id, _traits_of(row)) for row in rows]
 
 
 async def save_candidates(
@@ -168,16 +227,9 @@ async def save_candidates(
     again; a profile of the stretch that is no longer live loses its candidate, its blocks and
     its open suspects. Returns how many candidates changed.
     """
-    changed: list[str] = []
-    if found:
-        columns = {n: [getattr(c, n) for c in found] for n in _CANDIDATE_COLUMNS}
-        changed = list(
-            (
-                await session.execute(
-                    _UPSERT_CANDIDATES, {**columns, "keys_version": keys_version, "full": full}
-                )
-            ).scalars()
-        )
+    changed = await upsert_candidates(
+        session=session, found=found, blocks=blocks, keys_version=keys_version, full=full, pending=True
+    )
     stretch = candidates.c.profile_id > after
     if last is not None:
         stretch = sa.and_(stretch, candidates.c.profile_id <= last)
@@ -185,20 +237,38 @@ async def save_candidates(
     gone = list(
         (
             await session.execute(
-                candidates.delete()
-                .where(stretch, sa.not_(_among(candidates.c.profile_id, live)))
-                .returning(candidates.c.profile_id)
+                sa.select(candidates.c.profile_id).where(
+                    stretch, sa.not_(_among(candidates.c.profile_id, live))
+                )
             )
         ).scalars()
     )
-    if gone:
-        # Their blocks go with the candidates (the foreign key cascades).
-        await session.execute(
-            suspects.delete().where(
-                suspects.c.state == "open",
-                sa.or_(_among(suspects.c.profile_a, gone), _among(suspects.c.profile_b, gone)),
+    await drop_candidates(session=session, profile_ids=gone)
+    return len(changed)
+
+
+async def upsert_candidates(
+    *,
+    session: AsyncSession,
+    found: Sequence[Candidate],
+    blocks: Sequence[list[int]],
+    keys_version: int,
+    full: bool,
+    pending: bool,
+) -> list[str]:
+    """Store candidates; the new and the changed ones (every one with `full`) get their blocks
+    again. Return the ids of those."""
+    if not found:
+        return []
+    columns = {n: [getattr(c, n) for c in found] for n in _CANDIDATE_COLUMNS}
+    changed = list(
+        (
+            await session.execute(
+                _UPSERT_CANDIDATES,
+                {**columns, "keys_version": keys_version, "full": full, "pending": pending},
             )
-        )
+        ).scalars()
+    )
     if changed:
         blocks_of = {c.profile_id: b for c, b in zip(found, blocks, strict=True)}
         await session.execute(keys.delete().where(_among(keys.c.profile_id, changed)))
@@ -213,7 +283,67 @@ async def save_candidates(
                 ),
                 {"blocks": numbers, "owners": owners},
             )
-    return len(changed)
+    return changed
+
+
+async def drop_candidates(*, session: AsyncSession, profile_ids: Sequence[str]) -> None:
+    """Forget profiles that are no longer live: their candidates, blocks and open suspects."""
+    if not profile_ids:
+        return
+    # Their blocks go with the candidates (the foreign key cascades).
+    await session.execute(candidates.delete().where(_among(candidates.c.profile_id, profile_ids)))
+    await session.execute(
+        suspects.delete().where(
+            suspects.c.state == "open",
+            sa.or_(_among(suspects.c.profile_a, profile_ids), _among(suspects.c.profile_b, profile_ids)),
+        )
+    )
+
+
+async def next_changes(*, session: AsyncSession, limit: int) -> list[tuple[int, str]]:
+    """Return the oldest notes of changed profiles (note, profile id)."""
+    rows = await session.execute(
+        sa.select(changes.c.seq, changes.c.profile_id).order_by(changes.c.seq).limit(limit)
+    )
+    return [(row.seq, row.profile_id) for row in rows]
+
+
+async def forget_changes(*, session: AsyncSession, notes: Sequence[int]) -> None:
+    """Remove notes of changes once their profiles were compared."""
+    await session.execute(changes.delete().where(_among(changes.c.seq, notes)))
+
+
+async def count_changes(*, session: AsyncSession) -> int:
+    """Return how many notes of changed profiles wait to be compared."""
+    return int(await session.scalar(sa.select(sa.func.count()).select_from(changes)) or 0)
+
+
+async def blocks_with(*, session: AsyncSession, blocks: Sequence[int]) -> list[list[Candidate]]:
+    """Return the members of these blocks, whole, each block with more than one member."""
+    if not blocks:
+        return []
+    rows = await session.execute(
+        sa.select(keys.c.block, candidates)
+        .join(candidates, candidates.c.profile_id == keys.c.profile_id)
+        .where(_among(keys.c.block, blocks))
+    )
+    members: dict[int, list[Candidate]] = {}
+    for row in rows:
+        members.setdefault(row.block, []).append(_candidate_of_row(row))
+    return [found for found in members.values() if len(found) > 1]
+
+
+async def drop_unseen(*, session: AsyncSession, profile_ids: Sequence[str], seen: str) -> None:
+    """Remove the open suspects of these profiles that the comparison `seen` did not find again."""
+    if not profile_ids:
+        return
+    await session.execute(
+        suspects.delete().where(
+            suspects.c.state == "open",
+            sa.or_(suspects.c.seen_job.is_(None), suspects.c.seen_job != seen),
+            sa.or_(_among(suspects.c.profile_a, profile_ids), _among(suspects.c.profile_b, profile_ids)),
+        )
+    )
 
 
 async def next_blocks(
@@ -312,13 +442,7 @@ async def settle_pending(*, session: AsyncSession, job_id: str, limit: int) -> i
     )
     if not ids:
         return 0
-    await session.execute(
-        suspects.delete().where(
-            suspects.c.state == "open",
-            sa.or_(suspects.c.seen_job.is_(None), suspects.c.seen_job != job_id),
-            sa.or_(_among(suspects.c.profile_a, ids), _among(suspects.c.profile_b, ids)),
-        )
-    )
+    await drop_unseen(session=session, profile_ids=ids, seen=job_id)
     await session.execute(
         candidates.update().where(_among(candidates.c.profile_id, ids)).values(pending=False)
     )
@@ -441,10 +565,7 @@ async def active_candidates(
             profiles.c.id.in_(list(profile_ids)), profiles.c.status == "active"
         )
     )
-    return {
-        row.id: common_traits({name: TraitValue.from_json(raw) for name, raw in row.traits.items()})
-        for row in rows
-    }
+    return {row.id: _traits_of(row) for row in rows}
 
 
 async def scan_jobs(*, session: AsyncSession) -> tuple[dict[str, Any] | None, str | None]:

@@ -1,6 +1,8 @@
 """Profile's long work, as jobs in short steps: backfilling a computed trait from the event store,
-and scanning the whole base for duplicate suspects; and its periodic job, run by the runtime every
-`CDP_PROFILE_WINDOW_CHECK_INTERVAL_S`: recomputing windowed computed traits as their events age out."""
+and scanning the whole base for duplicate suspects; and its periodic jobs, run by the runtime:
+recomputing windowed computed traits as their events age out (every
+`CDP_PROFILE_WINDOW_CHECK_INTERVAL_S`) and comparing changed profiles for the duplicate queue
+(every `CDP_PROFILE_DUPLICATES_INTERVAL_S`)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from cdp_common.jobs import Job, Step
 from cdp_common.periodic import PeriodicJob
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import computed_store, duplicates_store, handlers, store
+from cdp_profile import computed_store, duplicates, duplicates_store, handlers, store
 from cdp_profile.changes import publish_update
 from cdp_profile.context import ProfileContext
 from cdp_profile.domain.computed import Definition, derive_defined, fold_all, next_change_at
 from cdp_profile.domain.duplicates import (
     KEYS_VERSION,
+    STORED_SCORE,
     block_keys,
     block_number,
     candidate_of,
@@ -32,14 +35,22 @@ STEP_TARGET_S = 0.25
 WINDOW_BATCH = 500
 
 
-def periodic_jobs(*, context: ProfileContext, window_check_interval_s: float) -> list[PeriodicJob]:
-    """Return the service's periodic jobs: the expiry of windowed computed traits."""
+def periodic_jobs(
+    *, context: ProfileContext, window_check_interval_s: float, duplicates_interval_s: float
+) -> list[PeriodicJob]:
+    """Return the service's periodic jobs: the expiry of windowed computed traits, the duplicate
+    queue kept current."""
     return [
         PeriodicJob(
             name="expire_windowed_traits",
             interval_s=window_check_interval_s,
             run=partial(expire_windows, context=context),
-        )
+        ),
+        PeriodicJob(
+            name="compare_changed_profiles",
+            interval_s=duplicates_interval_s,
+            run=duplicates.keep_queue_current,
+        ),
     ]
 
 
@@ -138,12 +149,6 @@ class ComputedTraitPurge:
         return Step(cursor={}, advanced=0, finished=True, total=job.done, result={"states_removed": job.done})
 
 
-# The queue keeps pairs scoring this or more: two namesakes with different e-mails score about
-# 0.54, and at 0.5 they filled the queue (244,377 pairs for 101,057 profiles) and most of a
-# scan's time; below it, GET /v1/duplicates still shows what the recent profiles give.
-STORED_SCORE = 0.7
-
-
 class DuplicateScan:
     """Fills the duplicate review queue from the whole base, in three phases of short steps.
 
@@ -157,7 +162,8 @@ class DuplicateScan:
 
     Progress counts profiles, then block memberships (the total is set when phase 2 starts).
     Profiles are read without a lock and no lock of the event flow is taken; the cursor commits
-    with each step's writes, so a restarted scan carries on and stores nothing twice.
+    with each step's writes, so a restarted scan carries on and stores nothing twice. The changes'
+    job waits while a scan is queued or running; phase 1 removes the notes of the changes it read.
     """
 
     def __init__(self, *, batch_size: int = 5000, threshold: float = STORED_SCORE) -> None:
@@ -178,6 +184,7 @@ class DuplicateScan:
             "changed": 0,
             "found": 0,
         }
+        await duplicates_store.hold_queue(session=session)
         if cursor["phase"] == "candidates":
             return await self._candidates(session=session, job=job, cursor=cursor)
         if cursor["phase"] == "blocks":

@@ -40,7 +40,11 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
         settings=settings,
         migrations=MIGRATIONS,
         consumers=consumer_specs(context),
-        periodic=periodic_jobs(context=context, window_check_interval_s=settings.window_check_interval_s),
+        periodic=periodic_jobs(
+            context=context,
+            window_check_interval_s=settings.window_check_interval_s,
+            duplicates_interval_s=settings.duplicates_interval_s,
+        ),
         jobs={
             BACKFILL_JOB: ComputedTraitBackfill(
                 context=context,
@@ -71,7 +75,6 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
         ),
     )
     app.state.profile_context = context
-    app.state.duplicates_scan_limit = settings.duplicates_scan_limit
     return app
 
 

@@ -1,6 +1,8 @@
 """The duplicate review queue on the real PostgreSQL: a scan of the whole base as a job finds
 near-duplicates however long ago they were updated, resumes after a kill without storing
-anything twice, keeps dismissed pairs out, follows changed profiles and forgets erased ones."""
+anything twice; the changes' job keeps the queue current as profiles change, comparing only
+the changed ones with the members of their blocks however old; dismissed pairs stay out through
+changes and rescans; merged and erased profiles leave the queue."""
 
 from __future__ import annotations
 
@@ -14,18 +16,17 @@ import pytest
 import sqlalchemy as sa
 from cdp_common.db import transaction
 from cdp_common.jobs import Job, JobRunner, Step, get_job, submit_job
-from cdp_profile import duplicates, store
+from cdp_profile import duplicates, handlers, store
 from cdp_profile.domain.identity import PROFILE_ID, IdentifierKey
 from cdp_profile.duplicates_store import SCAN_JOB
 from cdp_profile.jobs import DuplicateScan
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..conftest import ProfileDb
+from ..conftest import ProfileDb, tracking, uid
 
 pytestmark = pytest.mark.integration
 
-FILLER = 6000  # more than the 5,000 most recently updated profiles GET scores on the fly
-RECENT = 5000
+FILLER = 6000
 FIRST = [
     "anna", "lukas", "maria", "jonas", "sophie", "felix", "laura", "paul", "emma", "leon", "mia", "noah",
     "hannah", "elias", "lea", "ben", "lina", "finn", "clara", "max", "julia", "tim", "nina", "jan",
@@ -125,7 +126,7 @@ async def listed(db: ProfileDb, *, min_score: float = 0.8, limit: int = 1000) ->
     while True:
         async with transaction(db.sessions) as session:
             page = await duplicates.list_duplicates(
-                session=session, min_score=min_score, after=after, limit=limit, recent_limit=RECENT
+                session=session, min_score=min_score, after=after, limit=limit
             )
         for item in page["items"]:
             pair = (item["profile_ids"][0], item["profile_ids"][1])
@@ -134,6 +135,21 @@ async def listed(db: ProfileDb, *, min_score: float = 0.8, limit: int = 1000) ->
         if page["next"] is None:
             return found
         after = (page["next"]["s"], page["next"]["a"], page["next"]["b"])
+
+
+async def compare_changes(db: ProfileDb) -> int:
+    """Run the changes' job once, as the service does every CDP_PROFILE_DUPLICATES_INTERVAL_S."""
+    async with db.sessions() as session:
+        return await duplicates.keep_queue_current(session=session)
+
+
+async def waiting(db: ProfileDb) -> int:
+    async with db.sessions() as session:
+        return int(
+            (await duplicates.list_duplicates(session=session, min_score=0.8, after=None, limit=1))[
+                "changes_waiting"
+            ]
+        )
 
 
 async def queue_rows(db: ProfileDb) -> list[tuple[Any, ...]]:
@@ -166,14 +182,10 @@ class KilledAfter:
 
 async def test_a_scan_finds_old_near_duplicates_and_reports_progress(db: ProfileDb) -> None:
     await load_base(db)
-    before = await listed(db)
-    assert not set(PLANTED) & set(before), "older than the most recent profiles: GET alone misses them"
     async with transaction(db.sessions) as session:
-        assert (
-            await duplicates.list_duplicates(
-                session=session, min_score=0.8, after=None, limit=10, recent_limit=RECENT
-            )
-        )["scan"] is None
+        first = await duplicates.list_duplicates(session=session, min_score=0.8, after=None, limit=10)
+    assert first["scan"] is None
+    assert first["changes_waiting"] == FILLER + 2 * len(PLANTED), "every loaded person is noted"
 
     job = await scan(db)
 
@@ -181,19 +193,20 @@ async def test_a_scan_finds_old_near_duplicates_and_reports_progress(db: Profile
     assert job["done"] == job["total"]
     assert job["total"] > FILLER + 2 * len(PLANTED), "profiles, then their blocks"
     assert job["result"]["profiles"] == FILLER + 2 * len(PLANTED)
+    assert await waiting(db) == 0, "the scan compared every noted change"
     after = await listed(db)
     for pair in PLANTED:
         assert pair in after, pair
         assert after[pair]["score"] >= 0.8
         assert after[pair]["found_at"] is not None
+    scores = [item["score"] for item in after.values()]
+    assert scores == sorted(scores, reverse=True), "best score first"
     strict = await listed(db, min_score=0.9)
     assert all(item["score"] >= 0.9 for item in strict.values())
     small_pages = await listed(db, limit=7)
-    assert small_pages.keys() == after.keys(), "pages of 7 give the same pairs"
+    assert list(small_pages) == list(after), "pages of 7 give the same pairs in the same order"
     async with transaction(db.sessions) as session:
-        page = await duplicates.list_duplicates(
-            session=session, min_score=0.8, after=None, limit=10, recent_limit=RECENT
-        )
+        page = await duplicates.list_duplicates(session=session, min_score=0.8, after=None, limit=10)
     assert page["scan"] == {"job_id": job["id"], "finished_at": job["finished_at"]}
 
 
@@ -207,6 +220,7 @@ async def test_a_killed_scan_resumes_and_stores_nothing_twice(db: ProfileDb) -> 
     killed = await job_of(db, job["id"])
     assert killed["state"] == "running"
     assert 0 < killed["done"] < killed["total"]
+    assert await compare_changes(db) == 0, "the changes' job waits while a scan is under way"
     assert await runner(db, DuplicateScan(batch_size=500)).run_job(job["id"])
     finished = await job_of(db, job["id"])
     assert finished["state"] == "succeeded"
@@ -224,7 +238,118 @@ async def test_a_killed_scan_resumes_and_stores_nothing_twice(db: ProfileDb) -> 
     assert await db.scalar("SELECT count(*) FROM duplicate_candidates WHERE pending") == 0
 
 
-async def test_a_dismissed_pair_stays_gone_from_the_queue_and_from_recent_profiles(db: ProfileDb) -> None:
+def pair_of(first: str, second: str) -> tuple[str, str]:
+    return (first, second) if first <= second else (second, first)
+
+
+def identify(user_id: str, traits: dict[str, Any], *, kind: str = "user_id") -> Any:
+    """An identify call by a customer (user id) or a visitor (anonymous id)."""
+    if kind == "anonymous_id":
+        return tracking(anonymous_id=user_id, type="identify", event=None, traits=traits)
+    return tracking(user_id=user_id, type="identify", event=None, traits=traits)
+
+
+async def profile_of(db: ProfileDb, user_id: str, *, kind: str = "user_id") -> str:
+    async with db.sessions() as session:
+        found = await store.resolve_identifier(session=session, key=IdentifierKey(kind, user_id))
+    assert found is not None
+    return found
+
+
+async def test_changed_profiles_are_compared_with_the_oldest_as_they_change(db: ProfileDb) -> None:
+    await load_base(db)
+    await scan(db)
+    assert await compare_changes(db) == 0, "nothing changed since the scan"
+    before = await listed(db)
+
+    # A new customer arrives through the event flow, looking like a profile 400 days old.
+    newcomer = uid("kunz")
+    await db.resolve(
+        identify(
+            newcomer, {"first_name": "Margarethe", "last_name": "Kunzmann", "email": "marga.kunzman@gmail.com"}
+        )
+    )
+    # An old profile changes into someone else; a trait the scoring does not read changes on another.
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE profiles SET traits = CAST(:t AS jsonb) WHERE id = 'old-b2'"),
+            {
+                "t": _traits(
+                    {"first_name": "Zoe", "last_name": "Abernathy", "phone": "+4917099999999"}, LONG_AGO
+                )
+            },
+        )
+        await conn.execute(
+            sa.text(
+                "UPDATE profiles SET traits = traits || CAST(:t AS jsonb), updated_at = now() "
+                "WHERE id = 'fill-00001'"
+            ),
+            {"t": _traits({"favourite_colour": "teal"}, LONG_AGO)},
+        )
+    assert await waiting(db) == 2, "a changed trait the scoring does not read is not noted"
+
+    assert await compare_changes(db) == 2, "only the changed profiles are compared"
+
+    newcomer_id = await profile_of(db, newcomer)
+    after = await listed(db)
+    assert pair_of("old-a1", newcomer_id) in after
+    assert ("old-b1", "old-b2") not in after, "a pair that no longer matches leaves the queue"
+    untouched = {pair: item for pair, item in before.items() if "old-b2" not in pair}
+    assert {pair: after[pair] for pair in untouched} == untouched
+    assert await waiting(db) == 0
+
+    # The newcomer corrects a typo: compared again, the pairs stay, refreshed, never twice.
+    await db.resolve(identify(newcomer, {"email": "marga.kunzmann@gmail.com"}))
+    assert await compare_changes(db) == 1
+    again = await listed(db)
+    assert again[pair_of("old-a1", newcomer_id)]["score"] > after[pair_of("old-a1", newcomer_id)]["score"]
+
+
+async def test_ibm_and_i_b_m_become_a_suspect_pair_from_their_events(db: ProfileDb) -> None:
+    first, second, other = uid("ibm"), uid("ibm"), uid("acme")
+    await db.resolve(
+        identify(first, {"company": "IBM"}),
+        identify(second, {"company": {"name": "I.B.M."}}),
+        identify(other, {"company": "Acme Widgets"}),
+    )
+    assert await compare_changes(db) == 3
+    found = await listed(db)
+    pair = pair_of(await profile_of(db, first), await profile_of(db, second))
+    assert list(found) == [pair]
+    assert found[pair]["score"] == 1.0
+    assert found[pair]["reasons"] == {"company": 1.0}
+
+
+async def test_merged_profiles_leave_the_queue_and_the_survivor_is_compared_again(db: ProfileDb) -> None:
+    people = {
+        uid("a"): {"first_name": "Theodor", "last_name": "Quellmalz", "email": "theo.quellmalz@gmail.com"},
+        uid("b"): {"first_name": "Theodor", "last_name": "Quellmalz", "email": "theo.quellmalz@gmial.com"},
+        uid("c"): {"first_name": "Theodor", "last_name": "Quellmalz"},
+    }
+    # Visitors known by anonymous ids: an operator may merge them.
+    await db.resolve(*(identify(user, traits, kind="anonymous_id") for user, traits in people.items()))
+    await compare_changes(db)
+    a, b, c = [await profile_of(db, user, kind="anonymous_id") for user in people]
+    assert {pair_of(a, b), pair_of(a, c), pair_of(b, c)} <= set(await listed(db, min_score=0.7))
+
+    async with transaction(db.sessions) as session:
+        scored = await duplicates.scores_before_merge(session=session, profile_ids=[a, b])
+        merged = await handlers.merge_profiles(
+            session=session, context=db.context, profile_ids=[a, b], rule="operator", reason={"via": "test"}
+        )
+        await duplicates.record_merged(session=session, scored=scored, decided_by="t")
+    survivor = merged["profile_id"]
+    absorbed = b if survivor == a else a
+    await compare_changes(db)
+
+    remaining = await listed(db, min_score=0.7)
+    assert all(absorbed not in pair for pair in remaining), "a merged-away profile leaves the queue"
+    assert pair_of(survivor, c) in remaining
+    states = {(x, y): state for x, y, _, state, _ in await queue_rows(db)}
+    assert states[pair_of(a, b)] == "merged"
+
+
+async def test_a_dismissed_pair_never_returns_after_changes_or_rescans(db: ProfileDb) -> None:
     await load_base(db)
     await scan(db)
     pair = ("old-a1", "old-a2")
@@ -238,43 +363,44 @@ async def test_a_dismissed_pair_stays_gone_from_the_queue_and_from_recent_profil
     assert pair not in await listed(db)
     assert ("old-b1", "old-b2") in await listed(db)
 
-    # Two new profiles: GET shows them before any scan, and a dismissal holds for both paths.
-    now = datetime.now(UTC) + timedelta(minutes=1)
+    # Both change again, still alike (now exactly alike): compared again, still not proposed.
+    same = {"first_name": "Margarethe", "last_name": "Kunzmann", "email": "marga.k@gmail.com"}
     async with db.engine.begin() as conn:
-        for pid, values in (
-            (
-                "new-1",
-                {"first_name": "Theodor", "last_name": "Quellmalz", "email": "theo.quellmalz@gmail.com"},
-            ),
-            (
-                "new-2",
-                {"first_name": "Theodor", "last_name": "Quellmalz", "email": "theo.quellmalz@gmial.com"},
-            ),
-        ):
+        for pid in pair:
             await conn.execute(
-                sa.text(
-                    "INSERT INTO profiles (id, id_hash, version, status, traits, aggregates, computed, "
-                    "updated_at) VALUES (:id, :h, 1, 'active', CAST(:t AS jsonb), '{}', '{}', :at)"
-                ),
-                {"id": pid, "h": pid, "t": _traits(values, now), "at": now},
+                sa.text("UPDATE profiles SET traits = CAST(:t AS jsonb), updated_at = now() WHERE id = :id"),
+                {"id": pid, "t": _traits(same, datetime.now(UTC))},
             )
-    fresh = await listed(db)
-    assert ("new-1", "new-2") in fresh
-    assert fresh[("new-1", "new-2")]["found_at"] is None, "scored now, not yet by a scan"
-    async with transaction(db.sessions) as session:
-        await duplicates.dismiss_pair(session=session, profile_ids=["new-1", "new-2"], decided_by="t")
-    assert ("new-1", "new-2") not in await listed(db)
+    assert await compare_changes(db) == 2
+    assert pair not in await listed(db, min_score=0.7)
     await scan(db)
-    assert ("new-1", "new-2") not in await listed(db)
-    states = {(a, b): state for a, b, _, state, _ in await queue_rows(db)}
-    assert states[("new-1", "new-2")] == "dismissed"
-    assert states[pair] == "dismissed"
+    await scan(db, full=True)
+    assert pair not in await listed(db, min_score=0.7)
+    states = {(a, b): (state, score) for a, b, score, state, _ in await queue_rows(db)}
+    assert states[pair][0] == "dismissed"
+
+    # A pair dismissed as soon as the changes' job found it stays out as well.
+    new = [uid("new"), uid("new")]
+    await db.resolve(
+        identify(new[0], {"first_name": "Theodor", "last_name": "Quellmalz", "email": "theo.q@gmail.com"}),
+        identify(new[1], {"first_name": "Theodor", "last_name": "Quellmalz", "email": "theo.q@gmial.com"}),
+    )
+    await compare_changes(db)
+    fresh = pair_of(await profile_of(db, new[0]), await profile_of(db, new[1]))
+    assert fresh in await listed(db)
+    async with transaction(db.sessions) as session:
+        await duplicates.dismiss_pair(session=session, profile_ids=list(fresh), decided_by="t")
+    await db.resolve(identify(new[1], {"email": "theo.q@gmail.com"}))
+    await compare_changes(db)
+    await scan(db, full=True)
+    assert fresh not in await listed(db, min_score=0.7)
 
 
 async def test_a_rescan_follows_changed_and_erased_profiles(db: ProfileDb) -> None:
     await load_base(db)
     await scan(db)
-    # One of a pair becomes someone else; a new old look-alike of another appears.
+    # One of a pair becomes someone else; a new old look-alike of another appears (the changes'
+    # job does not run: the scan alone compares them).
     async with db.engine.begin() as conn:
         await conn.execute(
             sa.text("UPDATE profiles SET traits = CAST(:t AS jsonb) WHERE id = 'old-b2'"),
@@ -299,6 +425,7 @@ async def test_a_rescan_follows_changed_and_erased_profiles(db: ProfileDb) -> No
         )
     job = await scan(db)
     assert job["result"]["changed"] == 2, "only the changed and the new profile are compared again"
+    assert await waiting(db) == 0
     found = await listed(db)
     assert ("old-b1", "old-b2") not in found
     assert ("old-a1", "old-a3") in found
@@ -312,3 +439,4 @@ async def test_a_rescan_follows_changed_and_erased_profiles(db: ProfileDb) -> No
     )
     assert await db.scalar("SELECT count(*) FROM duplicate_keys WHERE profile_id = 'old-a1'") == 0
     assert ("old-a2", "old-a3") in await listed(db)
+    assert await compare_changes(db) == 0
