@@ -31,6 +31,7 @@ from cdp_profile.domain.identity import (
 )
 from cdp_profile.domain.traits import common_traits
 from cdp_profile.metrics import QUARANTINED_IDENTIFIERS
+from cdp_profile.orders import order_document
 
 ProfileReader = Annotated[Principal, Depends(require_scope("profiles:read"))]
 ProfileWriter = Annotated[Principal, Depends(require_scope("profiles:write"))]
@@ -205,6 +206,30 @@ async def get_events(
         else None
     )
     return {"items": [{**r, "timestamp": r["timestamp"].isoformat()} for r in rows], "next": next_cursor}
+
+
+@profiles_router.get("/{ref}/orders")
+async def get_orders(
+    ref: ProfileRef, session: SessionDep, _: ProfileReader, context: ContextDep, page: PageDep
+) -> dict[str, Any]:
+    """Return a person's orders, newest first: state, money (and its value in the reporting currency) and lines."""
+    after = None
+    if page.cursor is not None:
+        try:
+            after = (
+                datetime.fromisoformat(_cursor_field(page.cursor, "t")),
+                str(_cursor_field(page.cursor, "o")),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid") from exc
+    profile_id = await _resolve(session, context, ref)
+    found = await store.list_orders(session=session, profile_id=profile_id, after=after, limit=page.limit)
+    next_cursor = (
+        encode_cursor({"t": found[-1].order.ordered_at.isoformat(), "o": found[-1].order.order_id})
+        if len(found) == page.limit
+        else None
+    )
+    return {"profile_id": profile_id, "items": [order_document(o) for o in found], "next": next_cursor}
 
 
 class SplitRequest(BaseModel):

@@ -35,6 +35,7 @@ from cdp_profile.metrics import (
     PROFILES_SPLIT,
     WINDOWED_TRAITS_EXPIRED,
 )
+from cdp_profile.orders import announce_orders, booked, order_document
 from cdp_profile.resolution import merge_into
 
 logger = logging.getLogger(__name__)
@@ -138,11 +139,11 @@ async def _rederive(
     aggregates: dict[str, Any] = {}
     for event in await store.events_for_fold(session=session, profile_id=profile.id):
         aggregates = fold_builtin(aggregates, event)
-    profile.aggregates = aggregates
+    profile.aggregates = await booked(session=session, profile_id=profile.id, aggregates=aggregates)
     states = await _recompute_defined(
         session=session, profile_id=profile.id, definitions=definitions, now=now
     )
-    profile.computed = computed_of(aggregates, states, definitions)
+    profile.computed = computed_of(profile.aggregates, states, definitions)
 
 
 async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_id: str) -> dict[str, Any]:
@@ -169,6 +170,8 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
         family=family,
         keys=entry["identifiers"],
     )
+    # Each order goes back to the profile that holds its first event.
+    moved_orders = await store.follow_first_events(session=session, profile_ids=[survivor_id, restored_id])
     # Events that carry identifiers of both profiles no longer merge them again.
     await store.keep_apart_pairs(session=session, pairs=[(survivor_id, restored_id, merge_id)])
     await store.append_ledger(
@@ -209,6 +212,13 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
             traits_before=traits_before,
             computed_before=computed_before,
         )
+    await announce_orders(
+        session=session,
+        context=context,
+        order_ids=moved_orders,
+        versions={survivor.id: survivor.version, restored.id: restored.version},
+        cause=f"split:{merge_id}",
+    )
     PROFILES_SPLIT.inc()
     return result
 
@@ -382,6 +392,9 @@ async def export_profile(*, session: AsyncSession, profile_id: str) -> dict[str,
         "identifiers": await store.identifiers_of_profile(session=session, profile_id=live),
         "traits": {name: trait.to_json() for name, trait in profile.traits.items()},
         "computed_traits": profile.computed,
+        "orders": [
+            order_document(o) for o in await store.orders_of_profile(session=session, profile_id=live)
+        ],
         "events": events,
         "merges": await store.ledger_of(session=session, profile_ids=family),
     }

@@ -25,6 +25,11 @@ IDENTIFIERS_DROPPED = Counter(
 )
 PROFILES_MERGED = Counter("cdp_profile_merges_total", "Profiles merged into another, by rule.", ["rule"])
 PROFILES_SPLIT = Counter("cdp_profile_splits_total", "Merges undone.")
+ORDERS_RECORDED = Counter(
+    "cdp_profile_orders_recorded_total",
+    "Orders recorded or amended in a way consumers see, by the state they reached.",
+    ["state"],
+)
 PROFILES_ERASED = Counter("cdp_profile_erasures_total", "Profiles erased on a privacy request.")
 WINDOWED_TRAITS_EXPIRED = Counter(
     "cdp_profile_windowed_trait_changes_total", "Profiles whose windowed traits changed as events aged out."

@@ -58,6 +58,17 @@ from cdp_profile.metrics import (
     PROFILES_CREATED,
     PROFILES_MERGED,
 )
+from cdp_profile.orders import (
+    OrderChange,
+    OrderValues,
+    order_elsewhere,
+    order_ids_of,
+    order_message,
+    publish_order,
+    record_in_view,
+    record_order,
+    value_ahead,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +107,11 @@ class _View:
     event_rows: list[dict[str, Any]] = field(default_factory=list)
     changed_states: dict[tuple[str, str], tuple[dict[str, Any], Any]] = field(default_factory=dict)
     outbox: list[tuple[str, Envelope[Any]]] = field(default_factory=list)
+    # The orders the stretch's order events name (read at its start, then as amended), the
+    # values in the reporting currency looked up ahead of them, and the orders to write.
+    orders: dict[str, store.StoredOrder] = field(default_factory=dict)
+    order_values: OrderValues = field(default_factory=dict)
+    order_writes: dict[str, store.StoredOrder] = field(default_factory=dict)
 
 
 async def resolve_events(
@@ -127,6 +143,15 @@ async def resolve_events(
         applied = 0
         for done, item in enumerate(stretch):
             await let_others_run(done)
+            if item.envelope.id not in view.stored_events:
+                await value_ahead(
+                    session=session,
+                    context=context,
+                    known=view.orders,
+                    values=view.order_values,
+                    event=item.stored,
+                    source_id=item.envelope.data.sourceId,
+                )
             decided, profile_id = _apply(view=view, item=item, configuration=configuration, context=context)
             if not decided:
                 break
@@ -200,6 +225,9 @@ async def _read_view(
         maybe_erased=read.maybe_erased,
         now=now,
         windowed_events=windowed_events,
+        orders=await store.orders_by_id(
+            session=session, order_ids=order_ids_of([item.stored for item in stretch])
+        ),
     )
     return view, read
 
@@ -234,6 +262,9 @@ def _apply(
         rules=configuration.rules,
     )
     if plan.absorbed or plan.dropped:
+        return False, None
+    if envelope.id not in view.stored_events and order_elsewhere(view.orders, item.stored, plan.target):
+        # The event's order counts on another profile: the one-event path amends it there.
         return False, None
     stored, selected = item.stored, item.selected
     if item.blocked:
@@ -274,8 +305,19 @@ def _apply(
         )
     )
     states = view.states.setdefault(target.id, {})
+    order_change: OrderChange | None = None
     if is_new:
         target.aggregates = fold_builtin(target.aggregates, stored)
+        order_change = record_in_view(
+            known=view.orders,
+            values=view.order_values,
+            event=stored,
+            source_id=event.sourceId,
+            profile=target,
+            reporting_currency=context.reporting_currency,
+        )
+        if order_change is not None:
+            view.order_writes[order_change.after.order.order_id] = order_change.after
         if view.windowed_events is not None:
             view.windowed_events.setdefault(target.id, []).append(stored)
         for definition in selected:
@@ -306,6 +348,8 @@ def _apply(
         keys=item.keys,
     )
     view.outbox.append((context.profiles_topic, profile_change(payload)))
+    if order_change is not None and order_change.seen:
+        view.outbox.append((context.profiles_topic, order_message(order_change, version=target.version)))
     if created:
         PROFILES_CREATED.inc()
     EVENTS_RESOLVED.labels(event.type).inc()
@@ -361,6 +405,7 @@ async def _flush(*, session: AsyncSession, view: _View) -> None:
             outbox=view.outbox,
         ),
     )
+    await store.save_orders(session=session, saved=list(view.order_writes.values()))
 
 
 # --- one event at a time, and merges ------------------------------------------------------
@@ -463,6 +508,18 @@ async def resolve_event(
             target.traits, asserted, source=event.sourceId, event_id=envelope.id, timestamp=event.timestamp
         )
     )
+    order_change = (
+        await record_order(
+            session=session,
+            context=context,
+            profile=target,
+            event=stored,
+            source_id=event.sourceId,
+            definitions=configuration.definitions,
+        )
+        if is_new
+        else None
+    )
     if is_new:
         target.aggregates = fold_builtin(target.aggregates, stored)
         states = await _fold_defined_event(
@@ -491,6 +548,8 @@ async def resolve_event(
         envelope=envelope,
         keys=keys,
     )
+    if order_change is not None and order_change.after.profile_id == target.id:
+        await publish_order(session=session, context=context, change=order_change, version=version)
     if created:
         PROFILES_CREATED.inc()
     EVENTS_RESOLVED.labels(event.type).inc()

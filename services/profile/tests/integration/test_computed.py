@@ -50,11 +50,43 @@ async def define(db: ProfileDb, definition: Definition) -> dict[str, Any] | None
 async def test_builtin_commerce_traits_net_of_refunds_per_currency(db: ProfileDb) -> None:
     user = uid()
     await db.resolve(
-        order(user, 100, days_ago=10, db=db, payment_method="card", products=[{"category": "Games"}]),
-        order(user, 50, days_ago=5, db=db, payment_method="paypal", products=[{"category": "Books"}]),
-        order(user, 30, days_ago=2, db=db, payment_method="card", products=[{"category": "Games"}]),
-        tracking(user_id=user, event="Order Completed", properties={"total": 20, "currency": "usd"}),
-        tracking(user_id=user, event="Order Refunded", properties={"total": 40, "currency": "EUR"}),
+        order(
+            user,
+            100,
+            days_ago=10,
+            db=db,
+            order_id="o1",
+            payment_method="card",
+            products=[{"category": "Games"}],
+        ),
+        order(
+            user,
+            50,
+            days_ago=5,
+            db=db,
+            order_id="o2",
+            payment_method="paypal",
+            products=[{"category": "Books"}],
+        ),
+        order(
+            user,
+            30,
+            days_ago=2,
+            db=db,
+            order_id="o3",
+            payment_method="card",
+            products=[{"category": "Games"}],
+        ),
+        tracking(
+            user_id=user,
+            event="Order Completed",
+            properties={"order_id": "o4", "total": 20, "currency": "usd"},
+        ),
+        tracking(
+            user_id=user,
+            event="Order Refunded",
+            properties={"order_id": "o1", "total": 40, "currency": "EUR"},
+        ),
         tracking(user_id=user, type="page", name="Home"),
     )
     computed = await computed_of(db, user)
@@ -65,6 +97,7 @@ async def test_builtin_commerce_traits_net_of_refunds_per_currency(db: ProfileDb
     assert computed["preferred_payment_method"] == "card"
     assert computed["page_views"] == 1
     assert computed["rfm_frequency"] == 4
+    assert computed["refunded_orders"] == 1
     assert computed["event_counts"]["Order Completed"] == 4
 
 

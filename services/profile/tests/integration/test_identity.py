@@ -246,8 +246,14 @@ async def test_replaying_every_event_changes_no_profile_and_no_computed_trait(db
     events = [
         tracking(anonymous_id=anon, type="page", name="Home"),
         tracking(user_id=user, anonymous_id=anon, context_traits={"email": email}),
-        tracking(user_id=user, event="Order Completed", properties={"total": 30, "currency": "EUR"}),
-        tracking(user_id=user, event="Order Refunded", properties={"total": 5, "currency": "EUR"}),
+        tracking(
+            user_id=user,
+            event="Order Completed",
+            properties={"order_id": "o1", "total": 30, "currency": "EUR"},
+        ),
+        tracking(
+            user_id=user, event="Order Refunded", properties={"order_id": "o1", "total": 5, "currency": "EUR"}
+        ),
     ]
     for envelope in events:
         await db.resolve(envelope)

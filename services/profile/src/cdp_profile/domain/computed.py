@@ -22,6 +22,10 @@ from cdp_common.events import TrackingEventReceived
 
 ORDER_COMPLETED = "Order Completed"
 ORDER_REFUNDED = "Order Refunded"
+# The built-in state's orders: per order id, what it counts for (domain.orders.entry_of).
+ORDER_BOOK = "order_book"
+COUNTED_STATES = frozenset({"completed", "partially_refunded", "refunded"})
+REFUNDED_STATES = frozenset({"partially_refunded", "refunded"})
 DEFAULT_CURRENCY = "USD"
 MAX_UNIQUE_VALUES = 100
 KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -45,7 +49,7 @@ class StoredEvent:
 
 
 def fold_builtin(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
-    """Return the built-in state with one more event folded in."""
+    """Return the built-in state with one more event folded in (orders are booked apart: `book_order`)."""
     state = {name: dict(value) if isinstance(value, dict) else value for name, value in state.items()}
     at = event.timestamp.isoformat()
     _bump(state.setdefault("type_counts", {}), event.type)
@@ -53,65 +57,40 @@ def fold_builtin(state: dict[str, Any], event: StoredEvent) -> dict[str, Any]:
         _bump(state.setdefault("event_counts", {}), event.name)
     state["first_seen"] = min(filter(None, [state.get("first_seen"), at]), key=_as_time)
     state["last_seen"] = max(filter(None, [state.get("last_seen"), at]), key=_as_time)
-    if event.type == "track" and event.name == ORDER_COMPLETED:
-        currency = _currency(event.properties)
-        amount = _amount(event.properties)
-        state["orders"] = state.get("orders", 0) + 1
-        _bump(state.setdefault("orders_by_currency", {}), currency)
-        _add_money(state.setdefault("gross", {}), currency, amount)
-        state["last_order_at"] = max(filter(None, [state.get("last_order_at"), at]), key=_as_time)
-        bought: dict[str, int] = {}
-        for category, quantity in _categories(event.properties):
-            bought[category] = bought.get(category, 0) + quantity
-        order_id = event.properties.get("order_id")
-        key = (
-            str(order_id)
-            if isinstance(order_id, str | int) and not isinstance(order_id, bool)
-            else event.event_id
-        )
-        state.setdefault("order_categories", {})[key] = bought
-        method = event.properties.get("payment_method")
-        if isinstance(method, str) and method:
-            _bump(state.setdefault("payments", {}), method)
-    if event.type == "track" and event.name == ORDER_REFUNDED:
-        _add_money(
-            state.setdefault("refunds", {}), _currency(event.properties), abs(_amount(event.properties))
-        )
-        order_id = event.properties.get("order_id")
-        if isinstance(order_id, str | int) and not isinstance(order_id, bool):
-            state.setdefault("refunded_orders", {})[str(order_id)] = 1
     return state
 
 
+def book_order(state: dict[str, Any], order_id: str, entry: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the built-in state with what one order counts for replaced (None: the order left)."""
+    book = dict(state.get(ORDER_BOOK, {}))
+    if entry is None:
+        book.pop(order_id, None)
+    else:
+        book[order_id] = entry
+    return {**state, ORDER_BOOK: book}
+
+
 def combine_builtin(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
-    """Return the state of two disjoint sets of events taken together."""
+    """Return the state of two disjoint sets of events (and orders) taken together."""
     if not left:
         return dict(right)
     if not right:
         return dict(left)
     combined: dict[str, Any] = {}
-    for counter in ("type_counts", "event_counts", "orders_by_currency", "payments"):
+    for counter in ("type_counts", "event_counts"):
         merged = dict(left.get(counter, {}))
         for name, count in right.get(counter, {}).items():
             merged[name] = merged.get(name, 0) + count
         if merged:
             combined[counter] = merged
-    for keyed in ("order_categories", "refunded_orders"):
-        union = {**left.get(keyed, {}), **right.get(keyed, {})}
-        if union:
-            combined[keyed] = union
-    for money in ("gross", "refunds"):
-        merged = dict(left.get(money, {}))
-        for currency, amount in right.get(money, {}).items():
-            _add_money(merged, currency, Decimal(amount))
-        if merged:
-            combined[money] = merged
-    for name, pick in (("first_seen", min), ("last_seen", max), ("last_order_at", max)):
+    # An order belongs to one profile, so the two books hold different orders.
+    book = {**left.get(ORDER_BOOK, {}), **right.get(ORDER_BOOK, {})}
+    if book:
+        combined[ORDER_BOOK] = book
+    for name, pick in (("first_seen", min), ("last_seen", max)):
         values = [v for v in (left.get(name), right.get(name)) if v]
         if values:
             combined[name] = pick(values, key=_as_time)
-    if left.get("orders") or right.get("orders"):
-        combined["orders"] = left.get("orders", 0) + right.get("orders", 0)
     return combined
 
 
@@ -119,38 +98,44 @@ def derive_builtin(state: dict[str, Any]) -> dict[str, Any]:
     """Return the built-in computed traits a state stands for (clock-free values only)."""
     if not state:
         return {}
-    gross = state.get("gross", {})
-    refunds = state.get("refunds", {})
+    counted = _counted_orders(state)
     net: dict[str, Decimal] = {}
-    aov: dict[str, float] = {}
-    if gross or refunds:
-        for c in sorted({*gross, *refunds}):
-            net[c] = Decimal(gross.get(c, "0")) - Decimal(refunds.get(c, "0"))
-        orders_by_currency = state.get("orders_by_currency", {})
-        aov = {c: _money(net[c] / orders_by_currency[c]) for c in net if orders_by_currency.get(c)}
-    revenue = {c: _money(v) for c, v in net.items()}
-    last_order = state.get("last_order_at")
+    per_currency: dict[str, int] = {}
+    bought: dict[str, int] = {}
+    payments: dict[str, int] = {}
+    for entry in counted:
+        currency = entry["currency"]
+        net[currency] = net.get(currency, Decimal(0)) + Decimal(entry["net"])
+        per_currency[currency] = per_currency.get(currency, 0) + 1
+        for category, quantity in entry["categories"].items():
+            bought[category] = bought.get(category, 0) + quantity
+        if entry.get("payment"):
+            _bump(payments, entry["payment"])
+    revenue = {c: _money(net[c]) for c in sorted(net)}
+    net_revenue = _money(sum((Decimal(e["value"]) for e in counted if e["value"] is not None), Decimal(0)))
+    last_order = _last_order_at(counted)
     return {
         "event_counts": dict(sorted(state.get("event_counts", {}).items())),
         "first_seen": state.get("first_seen"),
         "last_seen": state.get("last_seen"),
         "page_views": state.get("type_counts", {}).get("page", 0),
-        "orders": state.get("orders", 0),
+        "orders": len(counted),
         "revenue": revenue,
-        "average_order_value": aov,
+        "average_order_value": {c: _money(net[c] / per_currency[c]) for c in sorted(net)},
+        "net_revenue": net_revenue,
         # An ISO time starts with its own date, which is what the date of the parsed time is.
-        "last_order_date": last_order[:10] if last_order else None,
-        "refunded_orders": len(state.get("refunded_orders", {})),
-        "favourite_category": _favourite_category(state),
-        "preferred_payment_method": _most_frequent(state.get("payments", {})),
-        "rfm_frequency": state.get("orders", 0),
-        "rfm_monetary": dict(revenue),
+        "last_order_date": _as_time(last_order).astimezone(UTC).date().isoformat() if last_order else None,
+        "refunded_orders": sum(1 for e in counted if e["state"] in REFUNDED_STATES),
+        "favourite_category": _most_frequent(bought),
+        "preferred_payment_method": _most_frequent(payments),
+        "rfm_frequency": len(counted),
+        "rfm_monetary": net_revenue,
     }
 
 
 def clock_traits(state: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     """Return the values that only depend on the clock, derived when read."""
-    last_order = state.get("last_order_at")
+    last_order = _last_order_at(_counted_orders(state))
     last_seen = state.get("last_seen")
     days_since_order = (now - _as_time(last_order)).days if last_order else None
     return {
@@ -158,6 +143,15 @@ def clock_traits(state: dict[str, Any], *, now: datetime) -> dict[str, Any]:
         "rfm_recency_days": days_since_order,
         "days_since_last_seen": (now - _as_time(last_seen)).days if last_seen else None,
     }
+
+
+def _counted_orders(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the entries of the orders that count: placed, not cancelled."""
+    return [e for e in state.get(ORDER_BOOK, {}).values() if e["state"] in COUNTED_STATES]
+
+
+def _last_order_at(counted: list[dict[str, Any]]) -> str | None:
+    return max((e["at"] for e in counted), key=_as_time, default=None)
 
 
 # --- user-defined computed traits --------------------------------------------------------
@@ -186,7 +180,7 @@ class PropertyFilter:
             return isinstance(self.value, list) and actual in self.value
         if self.op == "contains":
             return isinstance(actual, str) and isinstance(self.value, str) and self.value in actual
-        number, bound = _number(actual), _number(self.value)
+        number, bound = number_of(actual), number_of(self.value)
         if number is None or bound is None:
             return False
         return {
@@ -259,7 +253,7 @@ def fold_defined(state: dict[str, Any], event: StoredEvent, definition: Definiti
     state = dict(state)
     value = property_at(event.properties, definition.property)[1] if definition.property else None
     state["count"] = state.get("count", 0) + 1
-    number = _number(value)
+    number = number_of(value)
     if number is not None:
         state["sum"] = str(Decimal(state.get("sum", "0")) + number)
         state["numbers"] = state.get("numbers", 0) + 1
@@ -377,20 +371,8 @@ def _stamp_key(stamp: list[Any]) -> tuple[datetime, str]:
     return _as_time(stamp[0]), str(stamp[1])
 
 
-def _currency(properties: dict[str, Any]) -> str:
-    currency = properties.get("currency")
-    return currency.upper()[:3] if isinstance(currency, str) and currency.strip() else DEFAULT_CURRENCY
-
-
-def _amount(properties: dict[str, Any]) -> Decimal:
-    for name in ("revenue", "total", "value"):
-        number = _number(properties.get(name))
-        if number is not None:
-            return number
-    return Decimal(0)
-
-
-def _number(value: Any) -> Decimal | None:
+def number_of(value: Any) -> Decimal | None:
+    """Return a finite number as a Decimal, or None for anything else."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     try:
@@ -400,41 +382,11 @@ def _number(value: Any) -> Decimal | None:
     return number if number.is_finite() else None
 
 
-def _add_money(totals: dict[str, str], currency: str, amount: Decimal) -> None:
-    totals[currency] = str(Decimal(totals.get(currency, "0")) + amount)
-
-
 _CENT = Decimal("0.01")
 
 
 def _money(value: Decimal) -> float:
     return float(value.quantize(_CENT))
-
-
-def _categories(properties: dict[str, Any]) -> list[tuple[str, int]]:
-    found: list[tuple[str, int]] = []
-    products = properties.get("products")
-    if isinstance(products, list):
-        for product in products:
-            if isinstance(product, dict) and isinstance(product.get("category"), str):
-                quantity = product.get("quantity", 1)
-                valid = isinstance(quantity, int) and not isinstance(quantity, bool) and quantity > 0
-                found.append((product["category"], quantity if valid else 1))
-    elif isinstance(properties.get("category"), str):
-        found.append((properties["category"], 1))
-    return found
-
-
-def _favourite_category(state: dict[str, Any]) -> str | None:
-    """Return the category bought most (by quantity) over orders not refunded; ties by name."""
-    refunded = state.get("refunded_orders", {})
-    totals: dict[str, int] = {}
-    for order_id, bought in state.get("order_categories", {}).items():
-        if order_id in refunded:
-            continue
-        for category, quantity in bought.items():
-            totals[category] = totals.get(category, 0) + quantity
-    return _most_frequent(totals)
 
 
 def _most_frequent(counter: dict[str, int]) -> str | None:

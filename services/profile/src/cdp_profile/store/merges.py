@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile.domain.identity import IdentifierKey
+from cdp_profile.store.orders import move_orders
 from cdp_profile.store.tables import events, identifiers, kept_apart, merges, profiles
 
 # --- merges --------------------------------------------------------------------------------------
@@ -33,6 +34,7 @@ async def move_profile_contents(
         profiles.update().where(profiles.c.merged_into == absorbed_id).values(merged_into=survivor_id)
     )
     await _carry_apart(session=session, absorbed_id=absorbed_id, survivor_id=survivor_id)
+    await move_orders(session=session, absorbed_id=absorbed_id, survivor_id=survivor_id)
     return keys
 
 
