@@ -7,6 +7,7 @@ import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -24,8 +25,10 @@ from cdp_common.migrations import migrate
 from cdp_common.settings import PlatformSettings
 from cdp_common.testing import PlatformUnderTest, private_database
 from cdp_profile import store as profile_store
-from cdp_profile.domain.computed import StoredEvent, derive_builtin, fold_builtin
+from cdp_profile.domain.computed import StoredEvent, book_order, derive_builtin, fold_builtin
 from cdp_profile.domain.identity import IdentifierKey
+from cdp_profile.domain.money import in_reporting
+from cdp_profile.domain.orders import amend, entry_of
 
 # The services' migrations, found without importing the services' apps.
 PROFILE_MIGRATIONS, SEGMENT_MIGRATIONS = (
@@ -37,14 +40,25 @@ SEED = 7
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
 
+def as_profile_keeps(events: list[StoredEvent]) -> dict[str, object]:
+    """Return the built-in state profile makes of a loaded person's events, each order recorded once
+    (valued in the reporting currency, EUR, and kept without a rate in any other)."""
+    state: dict[str, object] = {}
+    for event in events:
+        state = fold_builtin(state, event)
+        order = amend(None, event, source_id="src_load")
+        if order is not None:
+            value = in_reporting(order.net, Decimal(1)) if order.currency_code == "EUR" else None
+            state = book_order(state, order.order_id, entry_of(order, value))
+    return state
+
+
 def test_a_generated_person_s_aggregates_are_what_profile_s_folds_make_of_their_events() -> None:
     for index in range(400):
         someone = person(seed=SEED, index=index, events_per_profile=10, years=2, now=NOW)
-        state: dict[str, object] = {}
-        for event in someone.events:
-            state = fold_builtin(
-                state, StoredEvent(event.event_id, event.type, event.name, event.timestamp, event.properties)
-            )
+        state = as_profile_keeps(
+            [StoredEvent(e.event_id, e.type, e.name, e.timestamp, e.properties) for e in someone.events]
+        )
         assert someone.aggregates == state, index
         assert someone.computed == derive_builtin(state), index
         assert len(someone.events) == 10
@@ -166,14 +180,26 @@ async def test_profile_finds_a_loaded_person_by_e_mail_with_their_traits_compute
                 " WHERE profile_id = $1 ORDER BY timestamp, seq",
                 row["id"],
             )
-            state: dict[str, object] = {}
-            for r in rows:
-                event = StoredEvent(
-                    r["event_id"], r["type"], r["name"], r["timestamp"], json_value(r["properties"])
-                )
-                state = fold_builtin(state, event)
+            state = as_profile_keeps(
+                [
+                    StoredEvent(
+                        r["event_id"], r["type"], r["name"], r["timestamp"], json_value(r["properties"])
+                    )
+                    for r in rows
+                ]
+            )
             assert json_value(row["aggregates"]) == state
             assert json_value(row["computed"]) == derive_builtin(state)
+            orders = await connection.fetch(
+                "SELECT order_id, state, net::text AS net, value::text AS value FROM profile.orders"
+                " WHERE profile_id = $1",
+                row["id"],
+            )
+            book = state.get("order_book", {})
+            assert isinstance(book, dict)
+            assert {o["order_id"]: (o["state"], o["net"], o["value"]) for o in orders} == {
+                order_id: (entry["state"], entry["net"], entry["value"]) for order_id, entry in book.items()
+            }
     finally:
         await connection.close()
 

@@ -6,7 +6,8 @@ years, some of them recent), is written with PostgreSQL's COPY into what the ser
 have built from those events:
 
 - profile's `profiles` (traits with provenance, the built-in aggregates' state and the computed
-  traits derived from it, the version the events would have given), `identifiers` and `events`;
+  traits derived from it, the version the events would have given), `identifiers`, `events`
+  and `orders` (each Order Completed one order, valued when it is in the reporting currency);
 - segment's copy of each profile (`known_profiles`: traits, computed traits and version), so
   segments evaluate over the base as if segment had read every profile message.
 

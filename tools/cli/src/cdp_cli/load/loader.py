@@ -164,6 +164,7 @@ BASE_TABLES = (
     ("profile", "profiles"),
     ("profile", "identifiers"),
     ("profile", "events"),
+    ("profile", "orders"),
     ("segment", "known_profiles"),
 )
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from cdp_common.hashing import subject_hash
 
-from cdp_cli.load.aggregates import _aggregates, _iso, computed_of
+from cdp_cli.load.aggregates import _aggregates, _iso, _orders, computed_of, reporting_currency
 from cdp_cli.load.drawing import (
     ORDER,
     PAGE,
@@ -52,11 +52,31 @@ EVENT_COLUMNS = (
     "traits",
     "identifiers",
 )
+ORDER_COLUMNS = (
+    "order_id",
+    "profile_id",
+    "state",
+    "currency",
+    "total",
+    "refunded",
+    "net",
+    "value",
+    "reporting_currency",
+    "coupon",
+    "payment_method",
+    "lines",
+    "detail",
+    "sources",
+    "first_event_id",
+    "ordered_at",
+    "updated_at",
+)
 KNOWN_PROFILE_COLUMNS = ("profile_id", "version", "first_seen_at", "updated_at", "traits", "computed")
 COLUMNS = {
     "profiles": PROFILE_COLUMNS,
     "identifiers": IDENTIFIER_COLUMNS,
     "events": EVENT_COLUMNS,
+    "orders": ORDER_COLUMNS,
     "known_profiles": KNOWN_PROFILE_COLUMNS,
 }
 
@@ -99,7 +119,9 @@ def render_piece(
     profiles: list[str] = []
     identifiers: list[str] = []
     events: list[str] = []
+    orders: list[str] = []
     known: list[str] = []
+    reporting = reporting_currency()
     anchor = int(now.timestamp())
     written = 0
     for index in indexes:
@@ -150,11 +172,27 @@ def render_piece(
             events.append(
                 f"{event_id}{head}{kind_name}\t{stamp}\t{stamp}\t{SOURCE_ID}\t{properties}\t{{}}\t{seen}\n"
             )
+        for order in _orders(drawn, seed):
+            stamp = _iso(order.at, " ", "+00")
+            detail = {
+                "placed": True,
+                "cancelled": False,
+                "refunded_whole": False,
+                "returned": {},
+                "refunds": [],
+                "currency": order.currency,
+            }
+            orders.append(
+                f"{order.order_id}\t{pid}\tcompleted\t{order.currency}\t{order.net}\t0\t{order.net}\t"
+                f"{NULL if order.value is None else order.value}\t{reporting}\t{NULL}\t{order.payment}\t"
+                f"{_json(order.lines)}\t{_json(detail)}\t{{{SOURCE_ID}}}\t{order.event_id}\t{stamp}\t{stamp}\n"
+            )
         written += len(drawn.events) + 1
     rows = {
         "profiles": "".join(profiles).encode(),
         "identifiers": "".join(identifiers).encode(),
         "events": "".join(events).encode(),
+        "orders": "".join(orders).encode(),
         "known_profiles": "".join(known).encode(),
     }
     return len(profiles), written, rows
