@@ -140,3 +140,38 @@ async def test_one_order_from_the_web_and_the_pos_counts_once_and_a_return_amend
         70.0,
         "EUR",
     )
+
+
+async def test_the_orders_route_pages_and_refuses_what_it_cannot_answer(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    user_id = "pager-" + secrets.token_hex(4)
+    for n in range(3):
+        call = {
+            "userId": user_id,
+            "event": "Order Completed",
+            "properties": {"order_id": f"{user_id}-{n}", "total": 10.0 * (n + 1), "currency": "EUR"},
+        }
+        assert (await track(http, stack, call)).status_code == 200
+    ref = f"user_id:{user_id}"
+    await wait_for(lambda: computed_when(http, stack, ref, orders=3), what="three orders")
+    url = f"{stack.url('profile')}/v1/profiles/{ref}/orders"
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await http.get(
+            url, params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=stack.admin()
+        )
+        assert page.status_code == 200, page.text
+        seen += [item["order_id"] for item in page.json()["items"]]
+        cursor = page.json()["next"]
+        if cursor is None:
+            break
+    assert sorted(seen) == [f"{user_id}-{n}" for n in range(3)]
+    bad = await http.get(url, params={"cursor": "not-a-cursor"}, headers=stack.admin())
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
+    nobody = await http.get(
+        f"{stack.url('profile')}/v1/profiles/user_id:nobody-{user_id}/orders", headers=stack.admin()
+    )
+    assert (nobody.status_code, nobody.json()["error"]["code"]) == (404, "profile_not_found")
+    assert (await http.get(url)).status_code == 401
