@@ -108,9 +108,10 @@ async def compare_changes(
     )
     suspects = []
     if changed:
-        numbers = {n for c, b in zip(found, blocks, strict=True) if c.profile_id in set(changed) for n in b}
+        compared = set(changed)
+        numbers = {n for c, b in zip(found, blocks, strict=True) if c.profile_id in compared for n in b}
         members = await duplicates_store.blocks_with(session=session, blocks=sorted(numbers))
-        suspects = suspects_in_blocks(members, threshold=threshold, changed=set(changed))
+        suspects = suspects_in_blocks(members, threshold=threshold, changed=compared)
         seen = "changes-" + secrets.token_hex(8)
         await duplicates_store.record_suspects(
             session=session, found=[(s.profile_ids, s.score, s.reasons) for s in suspects], job_id=seen

@@ -103,22 +103,39 @@ def find_suspects(candidates: list[Candidate], *, threshold: float = 0.8) -> lis
 def suspects_in_blocks(
     blocks: Iterable[list[Candidate]], *, threshold: float, changed: set[str] | None = None
 ) -> list[Suspect]:
-    """Score the pairs of each block (a pair that shares several blocks once); with `changed`, only
-    pairs with a changed member. Each block's pairs are scored together, field by field, in C."""
-    seen: set[tuple[str, str]] = set()
-    suspects: list[Suspect] = []
-    for members in blocks:
-        ordered, left, right = pairs_in_block(members, changed=changed)
+    """Score the pairs of every block (a pair that shares several blocks once); with `changed`,
+    only pairs with a changed member. The pairs of all blocks are scored together, field by
+    field, in C."""
+    position: dict[str, int] = {}
+    members: list[Candidate] = []
+    lefts: list[np.ndarray] = []
+    rights: list[np.ndarray] = []
+    for block in blocks:
+        ordered, left, right = pairs_in_block(block, changed=changed)
         if not len(left):
             continue
-        scores, fields = score_pairs(ordered, left, right)
-        for at in np.flatnonzero(scores >= threshold):
-            pair = _ordered(ordered[left[at]].profile_id, ordered[right[at]].profile_id)
-            if pair in seen or pair[0] == pair[1]:
-                continue
-            seen.add(pair)
-            reasons = {name: float(sims[at]) for name, (present, sims) in fields.items() if present[at]}
-            suspects.append(Suspect(profile_ids=pair, score=round(float(scores[at]), 3), reasons=reasons))
+        at = np.empty(len(ordered), dtype=np.int64)
+        for i, candidate in enumerate(ordered):
+            known = position.get(candidate.profile_id)
+            if known is None:
+                known = position[candidate.profile_id] = len(members)
+                members.append(candidate)
+            at[i] = known
+        lefts.append(np.minimum(at[left], at[right]))
+        rights.append(np.maximum(at[left], at[right]))
+    if not lefts:
+        return []
+    # One key per pair of members, so a pair found in several blocks is scored once.
+    keys = np.unique(np.concatenate(lefts) * len(members) + np.concatenate(rights))
+    left, right = keys // len(members), keys % len(members)
+    apart = left != right
+    left, right = left[apart], right[apart]
+    scores, fields = score_pairs(members, left, right)
+    suspects = []
+    for hit in np.flatnonzero(scores >= threshold):
+        pair = _ordered(members[left[hit]].profile_id, members[right[hit]].profile_id)
+        reasons = {name: float(sims[hit]) for name, (present, sims) in fields.items() if present[hit]}
+        suspects.append(Suspect(profile_ids=pair, score=round(float(scores[hit]), 3), reasons=reasons))
     return suspects
 
 
