@@ -12,8 +12,8 @@ puts each back on the profile that holds its first event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, date
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -249,6 +249,42 @@ def record_in_view(
     known[order_id] = after
     profile.aggregates = book_order(profile.aggregates, order_id, entry_of(order, value))
     return OrderChange(before=before, after=after, event_id=event.event_id)
+
+
+# --- rates that came after their orders ------------------------------------------------------
+
+
+async def value_orders_without_rate(
+    *,
+    session: AsyncSession,
+    context: ProfileContext,
+    currencies: Sequence[str],
+    after: tuple[str, datetime, str] | None,
+    limit: int,
+) -> tuple[int, tuple[str, datetime, str] | None]:
+    """Value up to `limit` orders kept without a rate in these currencies, now that rates may have
+    come; each one valued counts on its profile again and is published. Return how many were
+    valued and where to carry on (None when none is left)."""
+    await store.serialise_writers(session=session)
+    found = await store.orders_without_rate(session=session, currencies=currencies, after=after, limit=limit)
+    definitions = (await store.load_configuration(session=session)).definitions
+    valued = 0
+    for stored in found:
+        value = await _value_of(session=session, context=context, order=stored.order)
+        if value is None:
+            continue
+        now = replace(stored, value=value, reporting_currency=context.reporting_currency)
+        await store.save_orders(session=session, saved=[now])
+        version = await _rebook(session=session, context=context, stored=now, definitions=definitions)
+        envelope = _order_envelope(
+            now, version=version, event_id=None, message_id=f"order:{stored.order.order_id}:valued"
+        )
+        await add_to_outbox(session=session, topic=context.profiles_topic, envelope=envelope)
+        valued += 1
+    if len(found) < limit:
+        return valued, None
+    last = found[-1]
+    return valued, (last.order.currency_code, last.order.ordered_at, last.order.order_id)
 
 
 # --- splits, reads -----------------------------------------------------------------------------

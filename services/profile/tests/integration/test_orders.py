@@ -5,6 +5,8 @@ published as `OrderRecorded` after the profile's own change."""
 
 from __future__ import annotations
 
+import secrets
+import string
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,7 +19,7 @@ from cdp_common.events import OrderRecorded, ProfileUpdated, make_envelope
 from cdp_common.jobs import JobRunner, submit_job
 from cdp_profile import handlers, store
 from cdp_profile.domain.identity import IdentifierKey
-from cdp_profile.orders import ORDERS_JOB, OrdersFromEvents, order_document
+from cdp_profile.orders import ORDERS_JOB, OrdersFromEvents, order_document, value_orders_without_rate
 from cdp_profile.resolution import resolve_event, resolve_events
 
 from ..conftest import T0, ProfileDb, tracking, uid
@@ -187,15 +189,33 @@ async def test_a_cancelled_order_counts_for_nothing(db: ProfileDb) -> None:
 
 async def test_an_order_in_a_currency_without_any_rate_is_kept_flagged_and_left_out(db: ProfileDb) -> None:
     user = uid()
+    # A currency of this test alone: the rates a process looked up are kept for it.
+    kronor = "X" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(2))
     await db.resolve(
-        web_order(user, "o-400", total=40.0), web_order(user, "o-401", total=500.0, currency="SEK")
+        web_order(user, "o-400", total=40.0), web_order(user, "o-401", total=500.0, currency=kronor)
     )
     profile = await profile_of(db, user)
     assert profile.computed["orders"] == 2
-    assert profile.computed["revenue"] == {"EUR": 40.0, "SEK": 500.0}
+    assert profile.computed["revenue"] == {"EUR": 40.0, kronor: 500.0}
     assert profile.computed["net_revenue"] == 40.0
     flagged = {o["order_id"]: (o["value"], o["rate_missing"]) for o in await orders_of(db, profile.id)}
     assert flagged == {"o-400": (40.0, False), "o-401": (None, True)}
+    # The kronor's rates arrive later: the order kept without a rate is valued, and counts.
+    async with transaction(db.sessions) as session:
+        await store.save_rates(session=session, day=T0.date(), base="EUR", rates={kronor: Decimal("10")})
+    published = len(await db.published())
+    async with transaction(db.sessions) as session:
+        valued, more = await value_orders_without_rate(
+            session=session, context=db.context, currencies=[kronor], after=None, limit=10
+        )
+    assert (valued, more) == (1, None)
+    profile = await profile_of(db, user)
+    assert profile.computed["net_revenue"] == 40.0 + 50.0
+    flagged = {o["order_id"]: (o["value"], o["rate_missing"]) for o in await orders_of(db, profile.id)}
+    assert flagged == {"o-400": (40.0, False), "o-401": (50.0, False)}
+    told = [e.data for e in (await db.published())[published:]]
+    assert [type(m).__name__ for m in told] == ["ProfileUpdated", "OrderRecorded"]
+    assert (told[1].order_id, told[1].value) == ("o-401", 50.0)
 
 
 async def test_an_order_in_another_currency_is_valued_at_the_rate_of_its_day(db: ProfileDb) -> None:

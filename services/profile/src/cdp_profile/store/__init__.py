@@ -101,6 +101,7 @@ from cdp_profile.store.orders import (
     orders,
     orders_by_id,
     orders_of_profile,
+    orders_without_rate,
     profiles_counting_events,
     save_orders,
 )
@@ -221,6 +222,7 @@ __all__ = [
     "orders",
     "orders_by_id",
     "orders_of_profile",
+    "orders_without_rate",
     "profile_document",
     "profiles",
     "profiles_counting_events",

@@ -137,6 +137,18 @@ async def list_orders(
     return [_stored(row) for row in rows]
 
 
+async def orders_without_rate(
+    *, session: AsyncSession, currencies: Sequence[str], after: tuple[str, datetime, str] | None, limit: int
+) -> list[StoredOrder]:
+    """Return the next orders kept without a rate in these currencies, by currency, time and id."""
+    key = sa.tuple_(orders.c.currency, orders.c.ordered_at, orders.c.order_id)
+    query = sa.select(orders).where(orders.c.value.is_(None), orders.c.currency.in_(list(currencies)))
+    if after is not None:
+        query = query.where(key > sa.tuple_(*after))
+    rows = await session.execute(query.order_by(*key.clauses).limit(limit))
+    return [_stored(row) for row in rows]
+
+
 async def move_orders(*, session: AsyncSession, absorbed_id: str, survivor_id: str) -> None:
     """Move a merged-away profile's orders to its survivor."""
     await session.execute(
