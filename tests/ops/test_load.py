@@ -27,7 +27,6 @@ from cdp_common.testing import PlatformUnderTest, private_database
 from cdp_profile import store as profile_store
 from cdp_profile.domain.computed import StoredEvent, book_order, derive_builtin, fold_builtin
 from cdp_profile.domain.identity import IdentifierKey
-from cdp_profile.domain.money import in_reporting
 from cdp_profile.domain.orders import amend, entry_of
 
 # The services' migrations, found without importing the services' apps.
@@ -48,7 +47,7 @@ def as_profile_keeps(events: list[StoredEvent]) -> dict[str, object]:
         state = fold_builtin(state, event)
         order = amend(None, event, source_id="src_load")
         if order is not None:
-            value = in_reporting(order.net, Decimal(1)) if order.currency_code == "EUR" else None
+            value = order.net.quantize(Decimal("0.01")) if order.currency_code == "EUR" else None
             state = book_order(state, order.order_id, entry_of(order, value))
     return state
 

@@ -67,7 +67,7 @@ def test_a_refund_by_line_leaves_the_rest_and_counts_once_whoever_sends_it() -> 
 
 
 def test_a_line_is_never_returned_more_often_than_bought() -> None:
-    one_cup = {"products": [{"sku": "CUP", "quantity": 1}]}
+    one_cup: dict[str, Any] = {"products": [{"sku": "CUP", "quantity": 1}]}
     order = fold(
         ("pos", completed()),
         ("pos", order_event("Order Refunded", refund_id="r1", **one_cup)),
