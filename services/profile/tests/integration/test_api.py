@@ -377,6 +377,91 @@ async def test_computed_traits_rules_quarantine_and_duplicates_routes(
     assert [m["rule"] for m in ledger] == ["operator"]
 
 
+async def test_ibm_and_i_b_m_reach_the_queue_and_a_dismissal_holds_through_changes_and_scans(
+    service: Running, http: httpx.AsyncClient
+) -> None:
+    suffix = secrets.token_hex(3)
+    await service.send(user_id=f"ibm-{suffix}", type="identify", traits={"company": f"IBM {suffix}"})
+    await service.send(
+        user_id=f"ibm-dotted-{suffix}", type="identify", traits={"company": {"name": f"I.B.M. {suffix}"}}
+    )
+    one = await profile_when(http, service, f"user_id:ibm-{suffix}")
+    two = await profile_when(http, service, f"user_id:ibm-dotted-{suffix}")
+    pair = sorted((one["id"], two["id"]))
+
+    async def listed() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 50} | ({"cursor": cursor} if cursor else {})
+            page = (await get(http, service, "/v1/duplicates", **params)).json()
+            items += page["items"]
+            cursor = page["next"]
+            if cursor is None:
+                return items
+
+    async def suspected() -> dict[str, Any] | None:
+        return next((item for item in await listed() if item["profile_ids"] == pair), None)
+
+    suspect = await wait_for(suspected, what="the IBM pair in the queue")
+    assert suspect["score"] == 1.0
+    assert suspect["reasons"] == {"company": 1.0}
+    scores = [item["score"] for item in await listed()]
+    assert scores == sorted(scores, reverse=True)
+
+    dismissed = await http.post(
+        f"{service.url}/v1/duplicates/dismiss", json={"profile_ids": pair[::-1]}, headers=service.admin
+    )
+    assert dismissed.status_code == 200, dismissed.text
+    assert dismissed.json()["state"] == "dismissed"
+    # One of them changes (still IBM), and a full scan runs: the pair stays out.
+    await service.send(
+        user_id=f"ibm-{suffix}", type="identify", traits={"company": f"IBM {suffix} Corp", "plan": "pro"}
+    )
+    await profile_when(
+        http, service, f"user_id:ibm-{suffix}", check=lambda p: p["traits"].get("plan") == "pro"
+    )
+
+    async def settled() -> bool:
+        return bool((await get(http, service, "/v1/duplicates")).json()["changes_waiting"] == 0)
+
+    await wait_for(settled, what="the change compared")
+    scan = await http.post(f"{service.url}/v1/duplicates/scan", json={"full": True}, headers=service.admin)
+    assert scan.status_code == 202
+
+    async def scanned() -> bool:
+        job = (await get(http, service, f"/v1/jobs/{scan.json()['job']['id']}")).json()
+        return bool(job["state"] == "succeeded")
+
+    await wait_for(scanned, timeout=120, what="the full scan")
+    assert pair not in [item["profile_ids"] for item in await listed()]
+
+    bad = [
+        (await get(http, service, "/v1/duplicates", min_score=0.5), 422, "invalid_request"),
+        (
+            await http.post(
+                f"{service.url}/v1/duplicates/dismiss",
+                json={"profile_ids": [one["id"], "no-such-profile"]},
+                headers=service.admin,
+            ),
+            404,
+            "profile_not_found",
+        ),
+        (
+            await http.post(
+                f"{service.url}/v1/duplicates/dismiss",
+                json={"profile_ids": [one["id"], one["id"]]},
+                headers=service.admin,
+            ),
+            409,
+            "same_profile",
+        ),
+    ]
+    for response, status, code in bad:
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+
+
 async def test_privacy_request_on_the_topic_erases_and_answers(
     service: Running, http: httpx.AsyncClient, platform: PlatformUnderTest
 ) -> None:
