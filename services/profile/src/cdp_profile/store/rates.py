@@ -7,6 +7,7 @@ from datetime import date
 from decimal import Decimal
 
 import sqlalchemy as sa
+from cdp_common.db import forget_for_transaction, once_per_transaction
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,10 +24,17 @@ exchange_rates = sa.Table(
     sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-# (currency, reporting currency, day) -> (factor, the day whose rates gave it); a process holds
-# few currencies and days, and loading rates empties it.
-_FACTORS: dict[tuple[str, str, date], tuple[Decimal | None, date | None]] = {}
-_FACTORS_LIMIT = 100_000
+# What a transaction looked up: (currency, reporting currency, day) -> (factor, the day whose rates
+# gave it). Kept per transaction, not per process, so a load on one replica is seen by all at once.
+FACTORS = "exchange_rate_factors"
+Factors = dict[tuple[str, str, date], tuple[Decimal | None, date | None]]
+
+
+async def _factors(session: AsyncSession) -> Factors:
+    async def empty() -> Factors:
+        return {}
+
+    return await once_per_transaction(session, FACTORS, empty)
 
 
 async def save_rates(*, session: AsyncSession, day: date, base: str, rates: dict[str, Decimal]) -> int:
@@ -40,20 +48,19 @@ async def save_rates(*, session: AsyncSession, day: date, base: str, rates: dict
             set_={"rate": statement.excluded.rate, "loaded_at": sa.func.now()},
         )
     )
-    _FACTORS.clear()
+    forget_for_transaction(session, FACTORS)
     return len(rows)
 
 
 async def rate_in_effect(
     *, session: AsyncSession, currency: str, day: date, reporting_currency: str
 ) -> tuple[Decimal | None, date | None]:
-    """Return what one unit of a currency is worth in the reporting currency on a day, and the day
-    whose rates say so; (None, None) when no day up to then has both rates."""
+    """Return one unit's worth in the reporting currency on a day and the day of its rates, or (None, None)."""
     if currency == reporting_currency:
         return Decimal(1), day
-    key = (currency, reporting_currency, day)
-    if key in _FACTORS:
-        return _FACTORS[key]
+    known, key = await _factors(session), (currency, reporting_currency, day)
+    if key in known:
+        return known[key]
     source, target = exchange_rates.alias("source"), exchange_rates.alias("target")
     row = (
         await session.execute(
@@ -77,9 +84,7 @@ async def rate_in_effect(
             day=row.day, base=row.base, rates={currency: row.rate, reporting_currency: row.target_rate}
         )
         found = (conversion_factor(rates, currency=currency, reporting_currency=reporting_currency), row.day)
-    if len(_FACTORS) >= _FACTORS_LIMIT:
-        _FACTORS.clear()
-    _FACTORS[key] = found
+    known[key] = found
     return found
 
 
@@ -90,4 +95,4 @@ async def value_in_reporting(
     factor, _ = await rate_in_effect(
         session=session, currency=currency, day=day, reporting_currency=reporting_currency
     )
-    return in_reporting(amount, factor)
+    return in_reporting(amount, factor, reporting_currency=reporting_currency)
