@@ -37,16 +37,18 @@ async def load_rates(
 async def rate_on(
     *, session: AsyncSession, context: ProfileContext, currency: str, day: date
 ) -> dict[str, Any] | None:
-    """Return the rate in effect for a currency on a day, in the reporting currency, or None."""
-    factor, rates_day = await store.rate_in_effect(
+    """Return the rate in effect for a currency on a day, as loaded and in the reporting currency, or None."""
+    found = await store.rate_in_effect(
         session=session, currency=currency, day=day, reporting_currency=context.reporting_currency
     )
-    if factor is None or rates_day is None:
+    if found is None:
         return None
     return {
         "currency": currency,
-        "reporting_currency": context.reporting_currency,
         "date": day.isoformat(),
-        "rates_date": rates_day.isoformat(),
-        "value_of_one": float(factor),
+        "rates_date": found.day.isoformat(),
+        "base": found.base,
+        "rate": float(found.rate),
+        "reporting_currency": context.reporting_currency,
+        "value_of_one": float(found.value_of_one),
     }

@@ -56,10 +56,16 @@ async def test_a_reporting_currency_other_than_the_base_goes_through_the_base(db
         )
         # 100 GBP = 100 / 0.8597 EUR = that times 1.0921 USD.
         assert usd == Decimal("127.03")
-        factor, rates_day = await store.rate_in_effect(
+        found = await store.rate_in_effect(
             session=session, currency="EUR", day=date(2024, 1, 9), reporting_currency="USD"
         )
-        assert (factor, rates_day) == (Decimal("1.0946"), MONDAY)
+        assert found is not None
+        assert (found.value_of_one, found.day, found.base, found.rate) == (
+            Decimal("1.0946"),
+            MONDAY,
+            "EUR",
+            1,
+        )
 
 
 async def test_rates_loaded_later_are_seen_by_the_transaction_that_found_none(db: ProfileDb) -> None:

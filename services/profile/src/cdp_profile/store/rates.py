@@ -3,6 +3,7 @@ currency on a day (the latest earlier day with rates when that day has none)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
@@ -24,17 +25,28 @@ exchange_rates = sa.Table(
     sa.Column("loaded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-# What a transaction looked up: (currency, reporting currency, day) -> (factor, the day whose rates
-# gave it). Kept per transaction, not per process, so a load on one replica is seen by all at once.
-FACTORS = "exchange_rate_factors"
-Factors = dict[tuple[str, str, date], tuple[Decimal | None, date | None]]
+
+@dataclass(frozen=True)
+class RateInEffect:
+    """A currency's rate on its latest day with rates: against the day's base, and in the reporting currency."""
+
+    day: date
+    base: str
+    rate: Decimal
+    value_of_one: Decimal
 
 
-async def _factors(session: AsyncSession) -> Factors:
-    async def empty() -> Factors:
+# What a transaction looked up, by (currency, reporting currency, day). Kept per transaction, not
+# per process, so rates loaded on one replica count on every replica at once.
+LOOKED_UP = "exchange_rates_looked_up"
+LookedUp = dict[tuple[str, str, date], RateInEffect | None]
+
+
+async def _looked_up(session: AsyncSession) -> LookedUp:
+    async def empty() -> LookedUp:
         return {}
 
-    return await once_per_transaction(session, FACTORS, empty)
+    return await once_per_transaction(session, LOOKED_UP, empty)
 
 
 async def save_rates(*, session: AsyncSession, day: date, base: str, rates: dict[str, Decimal]) -> int:
@@ -48,17 +60,15 @@ async def save_rates(*, session: AsyncSession, day: date, base: str, rates: dict
             set_={"rate": statement.excluded.rate, "loaded_at": sa.func.now()},
         )
     )
-    forget_for_transaction(session, FACTORS)
+    forget_for_transaction(session, LOOKED_UP)
     return len(rows)
 
 
 async def rate_in_effect(
     *, session: AsyncSession, currency: str, day: date, reporting_currency: str
-) -> tuple[Decimal | None, date | None]:
-    """Return one unit's worth in the reporting currency on a day and the day of its rates, or (None, None)."""
-    if currency == reporting_currency:
-        return Decimal(1), day
-    known, key = await _factors(session), (currency, reporting_currency, day)
+) -> RateInEffect | None:
+    """Return a currency's rate in effect on a day (its latest day up to then with both rates), or None."""
+    known, key = await _looked_up(session), (currency, reporting_currency, day)
     if key in known:
         return known[key]
     source, target = exchange_rates.alias("source"), exchange_rates.alias("target")
@@ -74,16 +84,18 @@ async def rate_in_effect(
                 ),
             )
             .where(source.c.currency == currency, source.c.day <= day)
-            .order_by(source.c.day.desc())
+            .order_by(source.c.day.desc(), source.c.base)
             .limit(1)
         )
     ).first()
-    found: tuple[Decimal | None, date | None] = (None, None)
+    found = None
     if row is not None:
         rates = DayRates(
             day=row.day, base=row.base, rates={currency: row.rate, reporting_currency: row.target_rate}
         )
-        found = (conversion_factor(rates, currency=currency, reporting_currency=reporting_currency), row.day)
+        factor = conversion_factor(rates, currency=currency, reporting_currency=reporting_currency)
+        if factor is not None:
+            found = RateInEffect(day=row.day, base=row.base, rate=row.rate, value_of_one=factor)
     known[key] = found
     return found
 
@@ -92,7 +104,11 @@ async def value_in_reporting(
     *, session: AsyncSession, amount: Decimal, currency: str, day: date, reporting_currency: str
 ) -> Decimal | None:
     """Return an amount in the reporting currency at its day's rate; None when there is no rate."""
-    factor, _ = await rate_in_effect(
+    if currency == reporting_currency:
+        return in_reporting(amount, Decimal(1), reporting_currency=reporting_currency)
+    found = await rate_in_effect(
         session=session, currency=currency, day=day, reporting_currency=reporting_currency
     )
-    return in_reporting(amount, factor, reporting_currency=reporting_currency)
+    return in_reporting(
+        amount, None if found is None else found.value_of_one, reporting_currency=reporting_currency
+    )
