@@ -23,6 +23,8 @@ from .dashboards import ROOT
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 SAMPLES = ROOT / "libs/common/samples"
+# Three days of the ECB's euro reference rates as it publishes them (eurofxref-hist.csv).
+ECB_SAMPLE = ROOT / "tests/ops/fixtures/ecb-reference-rates-sample.csv"
 
 
 def cli_env(stack: Stack, platform: PlatformUnderTest, **overrides: str) -> dict[str, str]:
@@ -262,7 +264,7 @@ def test_jobs_are_listed_watched_to_their_end_and_refused_a_cancel_once_finished
 
 
 def test_the_ecb_reference_rate_file_is_read_day_by_day_without_missing_rates() -> None:
-    days = list(read_ecb_rates(ROOT / "tests/ops/fixtures/ecb-reference-rates-sample.csv"))
+    days = list(read_ecb_rates(ECB_SAMPLE))
     assert [day["date"] for day in days] == ["2024-01-05", "2024-01-04", "2024-01-03"]
     assert days[0] == {
         "date": "2024-01-05",
@@ -272,15 +274,12 @@ def test_the_ecb_reference_rate_file_is_read_day_by_day_without_missing_rates() 
     assert days[1]["rates"]["ISK"] == "150.10"
 
 
-def test_exchange_rates_are_imported_and_orders_valued_at_the_latest_earlier_day(
-    stack: Stack, platform: PlatformUnderTest, tmp_path: Path
+def test_the_ecb_reference_rates_are_imported_and_read_back_for_any_day(
+    stack: Stack, platform: PlatformUnderTest
 ) -> None:
-    # XTS and XBA are ISO 4217's codes for testing and a bond unit: no other test values orders in them.
-    rates_file = tmp_path / "eurofxref-hist.csv"
-    rates_file.write_text("Date,XTS,XBA,\n1999-01-05,2.0,N/A,\n1999-01-04,4.0,0.5,\n")
-    result = cdp(stack, platform, "import", "exchange-rates", str(rates_file))
+    result = cdp(stack, platform, "import", "exchange-rates", str(ECB_SAMPLE))
     assert result.exit_code == 0, result.output
-    assert "2 days of exchange rates loaded" in result.output
+    assert "3 days of exchange rates loaded (17 rates)" in result.output
 
     def rate(currency: str, day: str) -> httpx.Response:
         return httpx.get(
@@ -290,15 +289,15 @@ def test_exchange_rates_are_imported_and_orders_valued_at_the_latest_earlier_day
             timeout=10,
         )
 
-    on_the_day = rate("XTS", "1999-01-05").json()
-    assert on_the_day["value_of_one"] == 0.5
-    assert on_the_day["rates_date"] == "1999-01-05"
-    # A weekend without rates takes the last published day.
-    assert rate("XTS", "1999-01-09").json()["rates_date"] == "1999-01-05"
-    # XBA had no rate on the 5th: the 4th's stands.
-    later = rate("XBA", "1999-01-06").json()
-    assert (later["value_of_one"], later["rates_date"]) == (2.0, "1999-01-04")
-    missing = rate("XTS", "1999-01-01")
+    # Saturday 6 January 2024 has no rates: Friday's stand, as the ECB published them.
+    dollar = rate("USD", "2024-01-06").json()
+    assert (dollar["rates_date"], dollar["base"], dollar["rate"]) == ("2024-01-05", "EUR", 1.0921)
+    assert dollar["reporting_currency"] == "EUR"
+    assert dollar["value_of_one"] == pytest.approx(1 / 1.0921)
+    # The krona was N/A on the 5th: the 4th's rate stands.
+    krona = rate("ISK", "2024-01-05").json()
+    assert (krona["rates_date"], krona["rate"]) == ("2024-01-04", 150.10)
+    missing = rate("USD", "2024-01-02")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "rate_not_found"
 
