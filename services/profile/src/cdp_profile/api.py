@@ -16,7 +16,7 @@ from cdp_common.web import ApiError, PageParams, decode_cursor, encode_cursor, p
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import computed_traits, duplicates, handlers, rates, store
@@ -622,6 +622,13 @@ class DayRatesBody(BaseModel):
         Field(min_length=1, max_length=400)
     )
 
+    @model_validator(mode="after")
+    def base_at_one(self) -> DayRatesBody:
+        """Refuse a rate for the base other than 1: the base is what the others are counted in."""
+        if self.rates.get(self.base, 1) != 1:
+            raise ValueError(f"the base {self.base} is 1 unit of itself, not {self.rates[self.base]}")
+        return self
+
 
 @rates_router.put("")
 async def put_exchange_rates(
@@ -630,7 +637,7 @@ async def put_exchange_rates(
     context: ContextDep,
     _: ProfileWriter,
 ) -> dict[str, Any]:
-    """Load one day's reference rates, or a list of days (a day loaded again is replaced)."""
+    """Load one day's reference rates, or a list of days (a rate loaded again replaces the one before)."""
     days = body if isinstance(body, list) else [body]
     return await rates.load_rates(
         session=session,

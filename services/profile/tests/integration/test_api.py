@@ -6,6 +6,7 @@ profile.erased, and re-sent events of the erased person create nobody."""
 from __future__ import annotations
 
 import secrets
+import string
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -586,8 +587,13 @@ async def test_exchange_rates_are_loaded_read_back_and_bad_ones_refused(
     # A list of days, one of them loaded again: the later load replaces its rates.
     days = [{**one_day, "rates": {"XTS": 2.5}}, {"date": "1998-06-02", "rates": {"XTS": 5}}]
     assert (await http.put(url, json=days, headers=service.admin)).json()["days"] == 2
-    read = await get(http, service, "/v1/exchange-rates", currency="XTS", date="1998-06-01")
-    assert read.json()["value_of_one"] == 0.4
+    read = (await get(http, service, "/v1/exchange-rates", currency="XTS", date="1998-06-01")).json()
+    assert (read["rates_date"], read["base"], read["rate"], read["value_of_one"]) == (
+        "1998-06-01",
+        "EUR",
+        2.5,
+        0.4,
+    )
     # Cross rates: no XBA rate on the 2nd, so the 1st's stands.
     assert (await get(http, service, "/v1/exchange-rates", currency="XBA", date="1998-06-03")).json()[
         "value_of_one"
@@ -596,7 +602,15 @@ async def test_exchange_rates_are_loaded_read_back_and_bad_ones_refused(
         {**one_day, "rates": {"xts": 1.2}},
         {**one_day, "rates": {"XTS": -1}},
         {**one_day, "rates": {"XTS": "NaN"}},
+        {**one_day, "rates": {"XTS": "Infinity"}},
+        {**one_day, "rates": {"XTS": 0}},
         {**one_day, "rates": {}},
+        # The base is 1 unit of itself; and no more than 400 currencies a day.
+        {**one_day, "rates": {"EUR": 2, "XTS": 1.25}},
+        {
+            **one_day,
+            "rates": {f"Q{a}{b}": 1 for a in string.ascii_uppercase for b in string.ascii_uppercase[:16]},
+        },
         {**one_day, "date": "1998-02-30"},
         {**one_day, "base": "euro"},
         [],
