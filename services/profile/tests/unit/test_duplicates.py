@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-from cdp_profile.domain.duplicates import block_keys, candidate_of, find_suspects
+from cdp_profile.domain.duplicates import (
+    MAX_BLOCK,
+    block_keys,
+    candidate_of,
+    find_suspects,
+    suspects_in_blocks,
+)
 
 
 def person(profile_id: str, **common: Any) -> Any:
@@ -81,3 +88,31 @@ def test_a_different_birthday_tells_namesakes_apart() -> None:
     suspects = {s.profile_ids: s.score for s in find_suspects([one, typo, namesake], threshold=0.5)}
 
     assert suspects == {("a", "b"): 1.0}
+
+
+def test_comparing_only_changed_profiles_finds_what_comparing_everyone_finds_for_them() -> None:
+    rng = random.Random(3)
+    # One name for all and e-mails a digit or two apart: every block they share is past
+    # MAX_BLOCK, so each is compared with its neighbours only.
+    people = [
+        person(
+            f"p{i:03d}",
+            first_name="Jonas",
+            last_name="Berger",
+            email=f"jonas.berger{i}@{rng.choice(['web.de', 'gmx.de'])}",
+        )
+        for i in range(600)
+    ]
+    blocks: dict[str, list[Any]] = {}
+    for candidate in people:
+        for key in block_keys(candidate):
+            blocks.setdefault(key, []).append(candidate)
+    assert max(len(members) for members in blocks.values()) > MAX_BLOCK
+    changed = {f"p{i:03d}" for i in rng.sample(range(600), 40)}
+
+    everyone = suspects_in_blocks(list(blocks.values()), threshold=0.7)
+    incremental = suspects_in_blocks(list(blocks.values()), threshold=0.7, changed=changed)
+
+    expected = {s.profile_ids: s for s in everyone if set(s.profile_ids) & changed}
+    assert expected, "the changed people have look-alikes"
+    assert {s.profile_ids: s for s in incremental} == expected

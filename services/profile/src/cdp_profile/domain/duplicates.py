@@ -143,21 +143,28 @@ def pairs_in_block(
     members: list[Candidate], *, changed: set[str] | None = None
 ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
     """Return a block's members in the order compared and the positions of the pairs worth comparing
-    (see MAX_BLOCK); with `changed`, only the pairs with a changed member."""
+    (see MAX_BLOCK); with `changed`, only the pairs with a changed member (a pair of two changed
+    members may come twice)."""
     ordered = sorted(members, key=lambda c: (c.name or "", c.email or "", c.profile_id))
     size = len(ordered)
-    if size <= MAX_BLOCK:
-        left, right = np.triu_indices(size, 1)
-    else:
+    if changed is None:
+        if size <= MAX_BLOCK:
+            left, right = np.triu_indices(size, 1)
+            return ordered, left, right
         left = np.repeat(np.arange(size), WINDOW)
         right = left + np.tile(np.arange(1, WINDOW + 1), size)
         inside = right < size
-        left, right = left[inside], right[inside]
-    if changed is not None:
-        pending = np.fromiter((c.profile_id in changed for c in ordered), dtype=bool, count=size)
-        keep = pending[left] | pending[right]
-        left, right = left[keep], right[keep]
-    return ordered, left, right
+        return ordered, left[inside], right[inside]
+    # Each changed member with everyone (or its neighbours within the window): the work grows
+    # with the changed members, not with the block's square.
+    pending = np.flatnonzero(np.fromiter((c.profile_id in changed for c in ordered), dtype=bool, count=size))
+    small = size <= MAX_BLOCK
+    others = np.arange(size) if small else np.arange(-WINDOW, WINDOW + 1)
+    left = np.repeat(pending, len(others))
+    right = np.tile(others, len(pending)) if small else left + np.tile(others, len(pending))
+    keep = (right >= 0) & (right < size) & (right != left)
+    left, right = left[keep], right[keep]
+    return ordered, np.minimum(left, right), np.maximum(left, right)
 
 
 def score_pair(left: Candidate, right: Candidate) -> tuple[float, dict[str, float]]:
