@@ -13,7 +13,13 @@ independently of the profile service:
 - an identifier dropped that way, which belonged to another profile than the event's, tried to
   tie those profiles together; once it has tried to tie more than `supernode_threshold`
   profiles it is quarantined: it stays where it is but no longer matches anything;
-- everything else the event names is merged into one profile, and its new identifiers join it.
+- everything else the event names is merged into one profile, and its new identifiers join it;
+- an alias's `previousId` (read as a user id and as an anonymous id) takes part as the event's
+  least trusted identifier, after all of its own: the readings that name a profile, or when none
+  does (the alias came first) the anonymous id, which then joins the profile. So an alias merges
+  only where an event carrying both identifiers would, and a profile it names that the rules
+  keep apart is a refusal, with the reason the merge ledger gives (`quarantined`, or
+  `limit:<type>`, the most trusted type that merging would take past its limit).
 
 Which profile survives a merge does not matter here: the truth is the grouping.
 """
@@ -84,6 +90,10 @@ class Resolution:
     dropped_events: list[int]
     blocked: set[Key]
     quarantined: set[Key]
+    # Per alias that merged profiles, the event, once per profile it merged; per alias refused,
+    # the event, the previous identifier and the reason.
+    alias_merges: list[int]
+    refused_aliases: list[tuple[int, Key, str]]
 
 
 class IdentityGraph:
@@ -98,17 +108,20 @@ class IdentityGraph:
         self.blocked: set[Key] = set()
         self.quarantined: set[Key] = set()
         self.tried_to_tie: dict[Key, set[int]] = {}
+        self.alias_merges: list[int] = []
+        self.refused_aliases: list[tuple[int, Key, str]] = []
         self._next_group = 0
 
-    def resolve(self, *, event: int, keys: Iterable[Key]) -> int | None:
-        """Take one event naming `keys`; return the group it belongs to (None: no usable identifier)."""
-        usable: list[Key] = []
-        for key in dict.fromkeys(keys):
-            if self.rules.is_blocked(key):
-                self.blocked.add(key)
-            else:
-                usable.append(key)
-        active = sorted(usable, key=self.rules.rank_of)
+    def resolve(self, *, event: int, keys: Iterable[Key], aliased: Iterable[Key] = ()) -> int | None:
+        """Take one event naming `keys` (and, for an alias, the readings of its previousId);
+        return the group it belongs to (None: no usable identifier of its own)."""
+        usable = self._usable(keys)
+        previous = [k for k in self._usable(aliased) if k not in usable]
+        if not usable:
+            self.dropped_events.append(event)
+            return None
+        chosen = [k for k in previous if k in self.owner] or [k for k in previous if k.type == "anonymous_id"]
+        active = sorted(usable, key=self.rules.rank_of) + chosen
         dropped: list[Key] = []
         while True:
             matched = [k for k in active if k in self.owner and k not in self.quarantined]
@@ -117,18 +130,26 @@ class IdentityGraph:
             if self._within_limits(groups, new):
                 break
             dropped.append(active.pop())
-        if groups:
-            target = min(groups)
+        target = min(groups) if groups else None
+        if target is None and not new:
+            self.dropped_events.append(event)
+            return None
+        for key in chosen:
+            holder = self.owner.get(key)
+            if holder is not None and holder not in groups:
+                self.refused_aliases.append((event, key, self._refusal(key, holder, target, new)))
+        if target is not None:
+            # The ledger names each merged profile by the last of the event's identifiers it held.
+            linking = {self.owner[k]: k for k in matched}
             for absorbed in groups[1:]:
+                if linking[absorbed] in chosen:
+                    self.alias_merges.append(event)
                 self._merge(into=target, absorbed=absorbed)
-        elif new:
+        else:
             target = self._next_group
             self._next_group += 1
             self.groups[target] = set()
             self.events[target] = []
-        else:
-            self.dropped_events.append(event)
-            return None
         for key in new:
             self.owner[key] = target
             self.groups[target].add(key)
@@ -151,7 +172,30 @@ class IdentityGraph:
             dropped_events=list(self.dropped_events),
             blocked=set(self.blocked),
             quarantined=set(self.quarantined),
+            alias_merges=list(self.alias_merges),
+            refused_aliases=list(self.refused_aliases),
         )
+
+    def _usable(self, keys: Iterable[Key]) -> list[Key]:
+        """Return the keys the rules do not block, noting those they do."""
+        usable: list[Key] = []
+        for key in dict.fromkeys(keys):
+            if self.rules.is_blocked(key):
+                self.blocked.add(key)
+            else:
+                usable.append(key)
+        return usable
+
+    def _refusal(self, key: Key, holder: int, target: int | None, new: Sequence[Key]) -> str:
+        """Return why an alias left apart the group its previous identifier names."""
+        if key in self.quarantined:
+            return "quarantined"
+        totals: Counter[str] = Counter(k.type for k in self.groups[holder])
+        if target is not None:
+            totals.update(k.type for k in self.groups[target])
+        totals.update(k.type for k in new)
+        over = [kind for kind, count in totals.items() if count > self.rules.limit_of(kind)]
+        return f"limit:{min(over, key=lambda kind: self.rules.rank_of(Key(kind, '')))}" if over else "rules"
 
     def _within_limits(self, groups: Sequence[int], new: Sequence[Key]) -> bool:
         totals: Counter[str] = Counter(k.type for g in groups for k in self.groups[g])
