@@ -15,7 +15,7 @@ from cdp_profile.consumer import consumer_specs
 from cdp_profile.context import BACKFILL_JOB, SERVICE, Clock, ProfileContext, system_clock
 from cdp_profile.duplicates_store import SCAN_JOB
 from cdp_profile.jobs import ComputedTraitBackfill, ComputedTraitPurge, DuplicateScan, periodic_jobs
-from cdp_profile.orders import ORDERS_JOB, OrdersFromEvents
+from cdp_profile.orders import ORDERS_JOB, VALUATION_JOB, OrdersFromEvents, OrdersValuation
 from cdp_profile.settings import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -55,6 +55,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
             SCAN_JOB: DuplicateScan(),
             PURGE_JOB: ComputedTraitPurge(),
             ORDERS_JOB: OrdersFromEvents(context=context),
+            VALUATION_JOB: OrdersValuation(context=context),
         },
     )
     app = build_app(

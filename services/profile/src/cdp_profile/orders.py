@@ -19,7 +19,7 @@ from typing import Any
 
 from cdp_common.envelope import Envelope
 from cdp_common.events import OrderLine, OrderRecorded, make_envelope
-from cdp_common.jobs import Job, Step
+from cdp_common.jobs import Job, Step, submit_job
 from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -258,13 +258,13 @@ async def value_orders_without_rate(
     *,
     session: AsyncSession,
     context: ProfileContext,
-    currencies: Sequence[str],
+    currencies: Sequence[str] | None,
     after: tuple[str, datetime, str] | None,
     limit: int,
 ) -> tuple[int, tuple[str, datetime, str] | None]:
-    """Value up to `limit` orders kept without a rate in these currencies, now that rates may have
-    come; each one valued counts on its profile again and is published. Return how many were
-    valued and where to carry on (None when none is left)."""
+    """Value up to `limit` orders kept without a rate in these currencies (None: in any), now that
+    rates may have come; each one valued counts on its profile again and is published. Return how
+    many were valued and where to carry on (None when none is left)."""
     await store.serialise_writers(session=session)
     found = await store.orders_without_rate(session=session, currencies=currencies, after=after, limit=limit)
     definitions = (await store.load_configuration(session=session)).definitions
@@ -285,6 +285,67 @@ async def value_orders_without_rate(
         return valued, None
     last = found[-1]
     return valued, (last.order.currency_code, last.order.ordered_at, last.order.order_id)
+
+
+# The job that values the orders kept without a rate once rates of their currencies are loaded.
+VALUATION_JOB = "orders_valuation"
+
+
+async def value_after_rates(
+    *, session: AsyncSession, context: ProfileContext, loaded: Sequence[tuple[str, Sequence[str]]]
+) -> dict[str, Any]:
+    """Queue the valuation of the orders kept without a rate that rates just loaded may value; return
+    the job (one already queued for the same currencies does).
+
+    `loaded` holds each day's base and the currencies it gave rates for: rates against the reporting
+    currency value those currencies; rates against another base that include the reporting
+    currency may value any currency.
+    """
+    reporting = context.reporting_currency
+    named: set[str] | None = set()
+    for base, currencies in loaded:
+        if base == reporting:
+            named = None if named is None else named | set(currencies)
+        elif reporting in currencies:
+            named = None
+        if named is None:
+            break
+    params = {"currencies": None if named is None else sorted(named)}
+    queued = await store.queued_job(session=session, kind=VALUATION_JOB, params=params)
+    return queued or await submit_job(session=session, kind=VALUATION_JOB, params=params)
+
+
+class OrdersValuation:
+    """Values the orders kept without a rate, a batch per step, in currency, time and id order."""
+
+    def __init__(self, *, context: ProfileContext, batch_size: int = 500) -> None:
+        self._context = context
+        self._batch_size = batch_size
+
+    async def plan(self, *, session: AsyncSession, job: Job) -> int | None:
+        """Return nothing: how many orders a rate values is known once they are looked at."""
+        return None
+
+    async def step(self, *, session: AsyncSession, job: Job) -> Step:
+        """Value the next batch, or finish when none is left."""
+        cursor: dict[str, Any] = job.cursor or {"after": None, "valued": 0}
+        after = cursor["after"]
+        valued, last = await value_orders_without_rate(
+            session=session,
+            context=self._context,
+            currencies=job.params.get("currencies"),
+            after=None if after is None else (after[0], datetime.fromisoformat(after[1]), after[2]),
+            limit=self._batch_size,
+        )
+        moved = {
+            "after": None if last is None else [last[0], last[1].isoformat(), last[2]],
+            "valued": cursor["valued"] + valued,
+        }
+        if last is None:
+            return Step(
+                cursor=moved, advanced=valued, finished=True, result={"orders_valued": moved["valued"]}
+            )
+        return Step(cursor=moved, advanced=valued)
 
 
 # --- splits, reads -----------------------------------------------------------------------------

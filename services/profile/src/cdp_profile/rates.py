@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile import store
 from cdp_profile.context import ProfileContext
+from cdp_profile.orders import value_after_rates
 
 
 @dataclass(frozen=True)
@@ -31,24 +32,24 @@ async def load_rates(
     stored = 0
     for day in days:
         stored += await store.save_rates(session=session, day=day.day, base=day.base, rates=day.rates)
+    # Orders kept without a rate may have one now: a job values them.
+    await value_after_rates(session=session, context=context, loaded=[(d.base, list(d.rates)) for d in days])
     return {"days": len(days), "rates": stored, "reporting_currency": context.reporting_currency}
 
 
 async def rate_on(
     *, session: AsyncSession, context: ProfileContext, currency: str, day: date
 ) -> dict[str, Any] | None:
-    """Return the rate in effect for a currency on a day, as loaded and in the reporting currency, or None."""
-    found = await store.rate_in_effect(
+    """Return the rate in effect for a currency on a day, in the reporting currency, or None."""
+    factor, rates_day = await store.rate_in_effect(
         session=session, currency=currency, day=day, reporting_currency=context.reporting_currency
     )
-    if found is None:
+    if factor is None or rates_day is None:
         return None
     return {
         "currency": currency,
-        "date": day.isoformat(),
-        "rates_date": found.day.isoformat(),
-        "base": found.base,
-        "rate": float(found.rate),
         "reporting_currency": context.reporting_currency,
-        "value_of_one": float(found.value_of_one),
+        "date": day.isoformat(),
+        "rates_date": rates_day.isoformat(),
+        "value_of_one": float(factor),
     }

@@ -17,9 +17,15 @@ from cdp_common.db import transaction
 from cdp_common.envelope import Envelope
 from cdp_common.events import OrderRecorded, ProfileUpdated, make_envelope
 from cdp_common.jobs import JobRunner, submit_job
-from cdp_profile import handlers, store
+from cdp_profile import handlers, rates, store
 from cdp_profile.domain.identity import IdentifierKey
-from cdp_profile.orders import ORDERS_JOB, OrdersFromEvents, order_document, value_orders_without_rate
+from cdp_profile.orders import (
+    ORDERS_JOB,
+    VALUATION_JOB,
+    OrdersFromEvents,
+    OrdersValuation,
+    order_document,
+)
 from cdp_profile.resolution import resolve_event, resolve_events
 
 from ..conftest import T0, ProfileDb, tracking, uid
@@ -200,15 +206,22 @@ async def test_an_order_in_a_currency_without_any_rate_is_kept_flagged_and_left_
     assert profile.computed["net_revenue"] == 40.0
     flagged = {o["order_id"]: (o["value"], o["rate_missing"]) for o in await orders_of(db, profile.id)}
     assert flagged == {"o-400": (40.0, False), "o-401": (None, True)}
-    # The kronor's rates arrive later: the order kept without a rate is valued, and counts.
+    # The kronor's rates arrive later: loading them queues the job that values the order, which counts.
     async with transaction(db.sessions) as session:
-        await store.save_rates(session=session, day=T0.date(), base="EUR", rates={kronor: Decimal("10")})
+        day = rates.DayOfRates(day=T0.date(), base="EUR", rates={kronor: Decimal("10")})
+        await rates.load_rates(session=session, context=db.context, days=[day])
+    job_id = await db.scalar(
+        "SELECT id FROM jobs WHERE kind = :kind AND state = 'queued'", kind=VALUATION_JOB
+    )
+    assert await db.scalar("SELECT params FROM jobs WHERE id = :id", id=job_id) == {"currencies": [kronor]}
     published = len(await db.published())
-    async with transaction(db.sessions) as session:
-        valued, more = await value_orders_without_rate(
-            session=session, context=db.context, currencies=[kronor], after=None, limit=10
-        )
-    assert (valued, more) == (1, None)
+    runner = JobRunner(
+        service="profile",
+        engine=db.engine,
+        session_factory=db.sessions,
+        kinds={VALUATION_JOB: OrdersValuation(context=db.context, batch_size=1)},
+    )
+    assert await runner.run_job(job_id)
     profile = await profile_of(db, user)
     assert profile.computed["net_revenue"] == 40.0 + 50.0
     flagged = {o["order_id"]: (o["value"], o["rate_missing"]) for o in await orders_of(db, profile.id)}

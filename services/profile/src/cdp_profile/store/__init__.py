@@ -103,6 +103,7 @@ from cdp_profile.store.orders import (
     orders_of_profile,
     orders_without_rate,
     profiles_counting_events,
+    queued_job,
     save_orders,
 )
 from cdp_profile.store.rates import exchange_rates, rate_in_effect, save_rates, value_in_reporting
@@ -228,6 +229,7 @@ __all__ = [
     "profiles_counting_events",
     "published_values",
     "quarantine",
+    "queued_job",
     "rate_in_effect",
     "read_profile",
     "read_view",

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from cdp_common.jobs import job_body, jobs_table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -138,15 +139,38 @@ async def list_orders(
 
 
 async def orders_without_rate(
-    *, session: AsyncSession, currencies: Sequence[str], after: tuple[str, datetime, str] | None, limit: int
+    *,
+    session: AsyncSession,
+    currencies: Sequence[str] | None,
+    after: tuple[str, datetime, str] | None,
+    limit: int,
 ) -> list[StoredOrder]:
-    """Return the next orders kept without a rate in these currencies, by currency, time and id."""
+    """Return the next orders kept without a rate in these currencies (None: any), by currency, time
+    and id."""
     key = sa.tuple_(orders.c.currency, orders.c.ordered_at, orders.c.order_id)
-    query = sa.select(orders).where(orders.c.value.is_(None), orders.c.currency.in_(list(currencies)))
+    query = sa.select(orders).where(orders.c.value.is_(None))
+    if currencies is not None:
+        query = query.where(orders.c.currency.in_(list(currencies)))
     if after is not None:
         query = query.where(key > sa.tuple_(*after))
     rows = await session.execute(query.order_by(*key.clauses).limit(limit))
     return [_stored(row) for row in rows]
+
+
+async def queued_job(*, session: AsyncSession, kind: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Return a job of this kind and these params that has not started yet, if any."""
+    row = (
+        await session.execute(
+            sa.select(jobs_table)
+            .where(
+                jobs_table.c.kind == kind,
+                jobs_table.c.state == "queued",
+                jobs_table.c.params == sa.cast(params, postgresql.JSONB),
+            )
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else job_body(row)
 
 
 async def move_orders(*, session: AsyncSession, absorbed_id: str, survivor_id: str) -> None:
