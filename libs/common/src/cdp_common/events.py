@@ -63,6 +63,13 @@ class TrackingEventReceived(Payload):
 # --- cdp.profiles.v1 (published by profile) ------------------------------------------
 
 
+class AccountOfProfile(Payload):
+    """An account (a company, from `group` calls) a person belongs to, with its traits."""
+
+    group_id: str
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+
 class ProfileChanged(Payload):
     """Fields shared by profile created and updated."""
 
@@ -77,6 +84,9 @@ class ProfileChanged(Payload):
     # (absent or null when there was none).
     previous_traits: dict[str, Any] = Field(default_factory=dict)
     previous_computed_traits: dict[str, Any] = Field(default_factory=dict)
+    # Every account of the person (most recently linked first) with its traits now, when they or
+    # those traits changed (a group call, a merge, a split, an account's traits); absent otherwise.
+    accounts: list[AccountOfProfile] | None = None
 
 
 class ProfileCreated(ProfileChanged):

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import computed_traits, duplicates, handlers, rates, store
+from cdp_profile import accounts, computed_traits, duplicates, handlers, rates, store
 from cdp_profile.computed_traits import OWNER_PATTERN
 from cdp_profile.context import SERVICE, ProfileContext
 from cdp_profile.domain.computed import KEY_PATTERN, Definition, PropertyFilter, clock_traits, derive_defined
@@ -111,8 +111,10 @@ async def search_profiles(
 async def get_profile(
     ref: ProfileRef, session: ReadSessionDep, _: ProfileReader, context: ContextDep
 ) -> dict[str, Any]:
-    """Return a profile by id (merged-away ids included) or by `type:value`."""
-    return store.profile_document(await _load(session, context, ref))
+    """Return a profile by id (merged-away ids included) or by `type:value`, with its accounts."""
+    profile = await _load(session, context, ref)
+    served = await accounts.served_accounts_of(session=session, profile_id=profile.id)
+    return {**store.profile_document(profile), "accounts": served}
 
 
 @profiles_router.get("/{ref}/traits")
@@ -496,6 +498,35 @@ async def computed_trait_values(
     }
 
 
+accounts_router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+GroupId = Annotated[str, Path(min_length=1, max_length=1000, description="the groupId of `group` calls")]
+
+
+@accounts_router.get("/{group_id}")
+async def get_account(group_id: GroupId, session: ReadSessionDep, _: ProfileReader) -> dict[str, Any]:
+    """Return an account (a company from `group` calls): its traits and members (the first 1000 by id;
+    `member_count` counts them all)."""
+    found = await accounts.account_document(session=session, group_id=group_id)
+    if found is None:
+        raise ApiError(status=404, code="account_not_found", message="no group call named this account")
+    return found
+
+
+@accounts_router.get("/{group_id}/members")
+async def list_account_members(
+    group_id: GroupId, session: ReadSessionDep, _: ProfileReader, page: PageDep
+) -> dict[str, Any]:
+    """Page through the profile ids of an account's members, in id order."""
+    if await store.get_account(session=session, group_id=group_id) is None:
+        raise ApiError(status=404, code="account_not_found", message="no group call named this account")
+    after = _cursor_field(page.cursor, "id") or ""
+    if not isinstance(after, str):
+        raise ApiError(status=400, code="invalid_cursor", message="the cursor is not valid")
+    members = await store.members_of(session=session, group_id=group_id, after=after, limit=page.limit)
+    next_cursor = encode_cursor({"id": members[-1]}) if len(members) == page.limit else None
+    return {"items": members, "next": next_cursor}
+
+
 duplicates_router = APIRouter(prefix="/v1/duplicates", tags=["duplicates"])
 
 
@@ -670,6 +701,7 @@ routers = [
     profiles_router,
     identity_router,
     computed_router,
+    accounts_router,
     duplicates_router,
     rates_router,
     jobs_router(read_scope="profiles:read", write_scope="profiles:write"),

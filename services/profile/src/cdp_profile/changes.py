@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cdp_common.envelope import Envelope, Payload
-from cdp_common.events import Identifier, ProfileCreated, ProfileUpdated, make_envelope
+from cdp_common.events import AccountOfProfile, Identifier, ProfileCreated, ProfileUpdated, make_envelope
 from cdp_common.outbox import add_to_outbox
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -47,8 +47,10 @@ def update_payload(
     created: bool = False,
     envelope: Envelope[Any] | None = None,
     keys: Sequence[IdentifierKey] = (),
+    accounts: Sequence[AccountOfProfile] | None = None,
 ) -> ProfileCreated | ProfileUpdated:
-    """Return the created/updated change of a profile at its current version, before and after."""
+    """Return the created/updated change of a profile at its current version, before and after
+    (with the person's accounts when they changed)."""
     changed_traits, previous_traits = _changes(
         traits_before, {name: trait.value for name, trait in profile.traits.items()}
     )
@@ -64,6 +66,7 @@ def update_payload(
         changed_computed_traits=changed_computed,
         previous_traits=previous_traits,
         previous_computed_traits=previous_computed,
+        accounts=None if accounts is None else list(accounts),
     )
 
 
@@ -87,6 +90,7 @@ async def publish_update(
     created: bool = False,
     envelope: Envelope[Any] | None = None,
     keys: Sequence[IdentifierKey] = (),
+    accounts: Sequence[AccountOfProfile] | None = None,
 ) -> int:
     """Save a profile and publish created/updated with before and after of what changed."""
     version = await store.save_profile(session=session, profile=profile)
@@ -97,6 +101,7 @@ async def publish_update(
         created=created,
         envelope=envelope,
         keys=keys,
+        accounts=accounts,
     )
     await add_to_outbox(session=session, topic=context.profiles_topic, envelope=profile_change(payload))
     return version

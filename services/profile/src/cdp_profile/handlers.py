@@ -17,7 +17,7 @@ from cdp_common.events import (
 from cdp_common.jobs import new_job_id, submit_job
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import store
+from cdp_profile import accounts, store
 from cdp_profile.changes import publish, publish_update, survivor_order
 from cdp_profile.context import BACKFILL_JOB, SERVICE, ProfileContext
 from cdp_profile.domain.computed import (
@@ -120,12 +120,14 @@ async def merge_profiles(
             definitions=configuration.definitions,
             now=context.clock(),
         )
+    held = await accounts.accounts_of(session=session, profile_ids=[survivor.id])
     await publish_update(
         session=session,
         context=context,
         profile=survivor,
         traits_before=traits_before,
         computed_before=computed_before,
+        accounts=held[survivor.id] or None,
     )
     return {"profile_id": survivor.id, "absorbed_profile_ids": ordered[1:]}
 
@@ -191,6 +193,7 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
         "profile_id": survivor_id,
         "restored_profile_id": restored_id,
     }
+    held = await accounts.accounts_of(session=session, profile_ids=[survivor_id, restored_id])
     for profile, status in ((survivor, "active"), (restored, "active")):
         traits_before = {name: trait.value for name, trait in profile.traits.items()}
         computed_before = dict(profile.computed)
@@ -211,6 +214,7 @@ async def split_merge(*, session: AsyncSession, context: ProfileContext, merge_i
             profile=profile,
             traits_before=traits_before,
             computed_before=computed_before,
+            accounts=held[profile.id],
         )
     await announce_orders(
         session=session,
@@ -395,6 +399,7 @@ async def export_profile(*, session: AsyncSession, profile_id: str) -> dict[str,
         "orders": [
             order_document(o) for o in await store.orders_of_profile(session=session, profile_id=live)
         ],
+        "accounts": await accounts.served_accounts_of(session=session, profile_id=live),
         "events": events,
         "merges": await store.ledger_of(session=session, profile_ids=family),
     }

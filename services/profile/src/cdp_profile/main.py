@@ -9,6 +9,7 @@ from cdp_common.service import ServiceRuntime, build_app, serve
 from cdp_common.topics import TopicName
 from fastapi import FastAPI
 
+from cdp_profile.accounts import MEMBERS_JOB, AccountMembersUpdate
 from cdp_profile.api import routers
 from cdp_profile.computed_traits import PURGE_JOB
 from cdp_profile.consumer import consumer_specs
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
             PURGE_JOB: ComputedTraitPurge(),
             ORDERS_JOB: OrdersFromEvents(context=context),
             VALUATION_JOB: OrdersValuation(context=context),
+            MEMBERS_JOB: AccountMembersUpdate(context=context),
         },
     )
     app = build_app(
@@ -65,7 +67,7 @@ def create_app(settings: Settings, *, clock: Clock = system_clock) -> FastAPI:
         description=ApiDescription(
             error_codes={
                 400: ["invalid_reference", "invalid_time"],
-                404: ["profile_not_found", "merge_not_found"],
+                404: ["profile_not_found", "merge_not_found", "account_not_found"],
                 409: [
                     "computed_trait_exists",
                     "computed_trait_deleting",

@@ -37,3 +37,12 @@ WINDOWED_TRAITS_EXPIRED = Counter(
 QUARANTINED_IDENTIFIERS = Gauge(
     "cdp_profile_quarantined_identifiers", "Identifiers currently quarantined, as last listed."
 )
+ALIASES_REFUSED = Counter(
+    "cdp_profile_aliases_refused_total",
+    "Aliases whose two profiles the identity rules kept apart, by reason (limit, quarantine, split).",
+    ["reason"],
+)
+ACCOUNT_MEMBERS_UPDATED = Counter(
+    "cdp_profile_account_members_updated_total",
+    "Members told of their account's changed traits by the job that follows such a change.",
+)

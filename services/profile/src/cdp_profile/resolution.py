@@ -24,7 +24,7 @@ from cdp_common.events import ProfileMerged, TrackingEventReceived
 from cdp_common.kafka import let_others_run
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cdp_profile import store
+from cdp_profile import accounts, store
 from cdp_profile.changes import profile_change, publish, publish_update, survivor_order, update_payload
 from cdp_profile.context import ProfileContext
 from cdp_profile.domain.computed import (
@@ -43,13 +43,19 @@ from cdp_profile.domain.computed import (
 from cdp_profile.domain.identity import (
     PROFILE_ID,
     IdentifierKey,
+    IdentityRules,
+    MergePlan,
     ProfileHolding,
+    alias_keys,
     identifiers_of,
     plan_resolution,
+    previous_identifiers,
+    refusal_reason,
     traits_of,
 )
 from cdp_profile.domain.traits import apply_traits, merge_traits
 from cdp_profile.metrics import (
+    ALIASES_REFUSED,
     EVENTS_DROPPED,
     EVENTS_RESOLVED,
     IDENTIFIERS_BLOCKED,
@@ -72,6 +78,8 @@ from cdp_profile.orders import (
 
 logger = logging.getLogger(__name__)
 
+# Aliases tie two profiles together, group calls write accounts: both take the one-event path.
+ONE_EVENT_TYPES = frozenset({"alias", "group"})
 # How many events one view covers at most; after an event the view could not decide, the
 # next view starts small and doubles, so runs of merges do not reread long stretches.
 LARGEST_VIEW = 500
@@ -239,7 +247,7 @@ def _apply(
     path can decide it."""
     envelope = item.envelope
     event: TrackingEventReceived = envelope.data
-    if view.maybe_erased or any(k.type == PROFILE_ID for k in item.keys):
+    if view.maybe_erased or event.type in ONE_EVENT_TYPES or any(k.type == PROFILE_ID for k in item.keys):
         return False, None
     if not item.keys:
         IDENTIFIERS_BLOCKED.inc(len(item.blocked))
@@ -420,34 +428,42 @@ async def resolve_event(
     configuration = await store.load_configuration(session=session)
     rules = configuration.rules
     keys, blocked = identifiers_of(event, rules=rules, default_region=context.default_region)
-    if blocked:
-        IDENTIFIERS_BLOCKED.inc(len(blocked))
+    previous, previous_blocked = previous_identifiers(
+        event, rules=rules, default_region=context.default_region
+    )
+    if blocked or previous_blocked:
+        IDENTIFIERS_BLOCKED.inc(len(blocked) + len(previous_blocked))
     if not keys:
         EVENTS_DROPPED.labels("no_identifier").inc()
         logger.info("event has no usable identifier", extra={"event_id": envelope.id})
         return None
-    hashes = {key: context.hash_of(key) for key in keys}
+    hashes = {key: context.hash_of(key) for key in [*keys, *previous]}
     if await store.tombstoned(session=session, hashes=list(hashes.values())):
         EVENTS_DROPPED.labels("erased").inc()
         logger.info("event of an erased person dropped", extra={"event_id": envelope.id})
         return None
     # Writers of this service are serialised by the outbox's write lock taken above; the row
     # locks and the unique (type, value) index guard the graph should that ever change.
-    holders = await store.lock_holders(session=session, keys=keys)
+    holders = await store.lock_holders(session=session, keys=[*keys, *previous])
     owners, locked, counts = holders.owners, holders.profiles, holders.counts
+    # An alias's previous id takes part as the event's least trusted identifier: the rules drop it
+    # first, so the alias merges only where any event carrying both identifiers would.
+    aliased = alias_keys(previous, owned=owners, own=keys)
+    keys = [*keys, *aliased]
     holdings = {
         pid: ProfileHolding(
             profile_id=pid, created_order=survivor_order(profile, counts[pid]), counts=counts[pid]
         )
         for pid, profile in locked.items()
     }
+    apart = await store.apart_among(session=session, profile_ids=list(locked))
     plan = plan_resolution(
         keys=keys,
         owners={k: o.profile_id for k, o in owners.items()},
         holdings=holdings,
         quarantined=[k for k, o in owners.items() if o.quarantined],
         rules=rules,
-        apart=await store.apart_among(session=session, profile_ids=list(locked)),
+        apart=apart,
     )
     created = False
     if plan.target is None:
@@ -471,14 +487,15 @@ async def resolve_event(
     states = await store.defined_states(session=session, profile_id=target.id) if needs_states else {}
     now = context.clock()
     for absorbed_id in plan.absorbed:
+        linking = plan.linking[absorbed_id]
         states = await merge_into(
             session=session,
             context=context,
             survivor=target,
             survivor_states=states,
             absorbed=locked[absorbed_id],
-            rule=f"shared_identifier:{plan.linking[absorbed_id].type}",
-            reason={"identifier_type": plan.linking[absorbed_id].type, "event_type": event.type},
+            rule="alias" if linking in aliased else f"shared_identifier:{linking.type}",
+            reason={"identifier_type": linking.type, "event_type": event.type},
             event_id=envelope.id,
             definitions=configuration.definitions,
             now=now,
@@ -520,7 +537,23 @@ async def resolve_event(
         if is_new
         else None
     )
+    accounts_changed = bool(plan.absorbed)
     if is_new:
+        accounts_changed |= await accounts.record_group_call(
+            session=session, envelope=envelope, profile_id=target.id
+        )
+        if aliased:
+            await _record_refusals(
+                session=session,
+                envelope=envelope,
+                aliased=aliased,
+                owners=owners,
+                plan=plan,
+                holdings=holdings,
+                rules=rules,
+                apart=apart,
+                target=target.id,
+            )
         target.aggregates = fold_builtin(target.aggregates, stored)
         states = await _fold_defined_event(
             session=session,
@@ -538,6 +571,9 @@ async def resolve_event(
     if not (created or plan.absorbed or plan.attach or is_new or traits_now != traits_before):
         # A replay of an event the store already holds changes nothing.
         return target.id
+    held_accounts = None
+    if accounts_changed:
+        held_accounts = (await accounts.accounts_of(session=session, profile_ids=[target.id]))[target.id]
     version = await publish_update(
         session=session,
         context=context,
@@ -547,6 +583,8 @@ async def resolve_event(
         created=created,
         envelope=envelope,
         keys=keys,
+        # A merge of profiles that belong to no account changes no one's accounts.
+        accounts=held_accounts or None,
     )
     if order_change is not None and order_change.after.profile_id == target.id:
         await publish_order(session=session, context=context, change=order_change, version=version)
@@ -584,6 +622,53 @@ async def _note_conflicts(
         ):
             IDENTIFIERS_QUARANTINED.inc()
             logger.warning("identifier quarantined", extra={"identifier_type": key.type, "profiles": tied})
+
+
+async def _record_refusals(
+    *,
+    session: AsyncSession,
+    envelope: Envelope[Any],
+    aliased: Sequence[IdentifierKey],
+    owners: dict[IdentifierKey, store.Owner],
+    plan: MergePlan,
+    holdings: dict[str, ProfileHolding],
+    rules: IdentityRules,
+    apart: set[frozenset[str]],
+    target: str,
+) -> None:
+    """Record in the ledger each profile an alias named that the identity rules kept apart, with why."""
+    quarantined = [k for k, o in owners.items() if o.quarantined]
+    refused: dict[str, IdentifierKey] = {}
+    for key in aliased:
+        owner = owners.get(key)
+        if owner is not None and owner.profile_id != target and owner.profile_id not in plan.absorbed:
+            refused.setdefault(owner.profile_id, key)
+    for other, key in refused.items():
+        why = refusal_reason(
+            key=key,
+            other=other,
+            plan=plan,
+            holdings=holdings,
+            quarantined=quarantined,
+            rules=rules,
+            apart=apart,
+        )
+        reason: dict[str, Any] = {"refused": why, "identifier_type": key.type, "event_type": "alias"}
+        if why == "limit:user_id":
+            reason["message"] = "two known customers (different user ids) are never merged"
+        await store.append_ledger(
+            session=session,
+            merge_id=str(uuid.uuid4()),
+            kind="refused",
+            survivor_id=target,
+            absorbed_id=other,
+            rule="alias",
+            reason=reason,
+            event_id=envelope.id,
+            moved=[],
+        )
+        ALIASES_REFUSED.labels(why.split(":", 1)[0]).inc()
+        logger.info("alias refused", extra={"event_id": envelope.id, "profile_id": target, "reason": why})
 
 
 async def _fold_defined_event(

@@ -284,3 +284,70 @@ def _within_limits(
     for key in new_keys:
         totals[key.type] = totals.get(key.type, 0) + 1
     return all(count <= rules.limit_of(kind) for kind, count in totals.items() if kind != PROFILE_ID)
+
+
+# --- alias ------------------------------------------------------------------------------------
+
+# The kinds an alias's previousId may be: a person's earlier user id or an anonymous id.
+ALIAS_KINDS = ("user_id", "anonymous_id")
+
+
+def previous_identifiers(
+    event: TrackingEventReceived, *, rules: IdentityRules, default_region: str = "DE"
+) -> tuple[list[IdentifierKey], list[IdentifierKey]]:
+    """Return what an alias's previousId may name (a user id or an anonymous id) and those the rules block."""
+    value = event.previousId
+    if event.type != "alias" or not value or len(value) > MAX_VALUE_LENGTH:
+        return [], []
+    usable: list[IdentifierKey] = []
+    blocked: list[IdentifierKey] = []
+    for kind in ALIAS_KINDS:
+        try:
+            key = IdentifierKey(kind, normalise(kind, value, default_region=default_region))
+        except InvalidIdentifier:
+            continue
+        (blocked if rules.is_blocked(key) else usable).append(key)
+    return usable, blocked
+
+
+def alias_keys(
+    previous: Iterable[IdentifierKey], *, owned: Collection[IdentifierKey], own: Collection[IdentifierKey]
+) -> list[IdentifierKey]:
+    """Return the previous identifiers an alias resolves with, least trusted last.
+
+    Those that name a profile; when none does (the alias came first), the anonymous id, so
+    that the events of that id which follow find the aliased profile. Never one the event
+    carries itself.
+    """
+    candidates = [k for k in previous if k not in own]
+    named = [k for k in candidates if k in owned]
+    return named or [k for k in candidates if k.type == "anonymous_id"]
+
+
+def refusal_reason(
+    *,
+    key: IdentifierKey,
+    other: str,
+    plan: MergePlan,
+    holdings: Mapping[str, ProfileHolding],
+    quarantined: Collection[IdentifierKey],
+    rules: IdentityRules,
+    apart: Collection[frozenset[str]] = (),
+) -> str:
+    """Return why a plan left apart the profile an identifier names: `quarantined`, `kept_apart` (an
+    operator's split) or `limit:<type>` (merging would pass that type's limit)."""
+    if key in quarantined:
+        return "quarantined"
+    if plan.target is not None and frozenset((plan.target, other)) in apart:
+        return "kept_apart"
+    totals = dict(holdings[other].counts)
+    if plan.target is not None:
+        for kind, count in holdings[plan.target].counts.items():
+            totals[kind] = totals.get(kind, 0) + count
+    for attached in plan.attach:
+        totals[attached.type] = totals.get(attached.type, 0) + 1
+    over = sorted(
+        (kind for kind, count in totals.items() if kind != PROFILE_ID and count > rules.limit_of(kind)),
+        key=rules.rank_of,
+    )
+    return f"limit:{over[0]}" if over else "rules"

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile.domain.identity import IdentifierKey
+from cdp_profile.store.accounts import move_account_links, move_account_links_back
 from cdp_profile.store.orders import move_orders
 from cdp_profile.store.tables import events, identifiers, kept_apart, merges, profiles
 
@@ -19,7 +20,8 @@ from cdp_profile.store.tables import events, identifiers, kept_apart, merges, pr
 async def move_profile_contents(
     *, session: AsyncSession, absorbed_id: str, survivor_id: str
 ) -> list[IdentifierKey]:
-    """Move identifiers, events and earlier merged-away ids of one profile to another; return moved keys."""
+    """Move identifiers, events, account links and earlier merged-away ids of one profile to another;
+    return moved keys."""
     moved = await session.execute(
         identifiers.update()
         .where(identifiers.c.profile_id == absorbed_id)
@@ -35,6 +37,7 @@ async def move_profile_contents(
     )
     await _carry_apart(session=session, absorbed_id=absorbed_id, survivor_id=survivor_id)
     await move_orders(session=session, absorbed_id=absorbed_id, survivor_id=survivor_id)
+    await move_account_links(session=session, absorbed_id=absorbed_id, survivor_id=survivor_id)
     return keys
 
 
@@ -183,7 +186,8 @@ async def move_back(
     family: Sequence[str],
     keys: Sequence[IdentifierKey],
 ) -> None:
-    """Give a restored profile back its family's events, their identifiers and its merged-away ids."""
+    """Give a restored profile back its family's events, their identifiers, account links and its
+    merged-away ids."""
     await session.execute(
         events.update()
         .where(events.c.profile_id == survivor_id, events.c.origin_profile_id.in_(list(family)))
@@ -200,6 +204,9 @@ async def move_back(
         identifiers.update()
         .where(identifiers.c.profile_id == survivor_id, condition)
         .values(profile_id=restored_id)
+    )
+    await move_account_links_back(
+        session=session, survivor_id=survivor_id, restored_id=restored_id, family=family
     )
     others = [pid for pid in family if pid != restored_id]
     if others:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cdp_profile.domain.identity import PROFILE_ID
 from cdp_profile.domain.traits import common_traits
+from cdp_profile.store.accounts import unlink_statement
 from cdp_profile.store.identity import resolve_profile_id
 from cdp_profile.store.tables import (
     StoredProfile,
@@ -111,6 +112,7 @@ async def erase_profiles(
         ("computed_values", computed_values.delete().where(computed_values.c.profile_id.in_(ids))),
         ("identifiers", identifiers.delete().where(identifiers.c.profile_id.in_(ids))),
         ("identifier_links", identifier_links.delete().where(identifier_links.c.profile_id.in_(ids))),
+        ("account_links", unlink_statement(ids)),
         (
             "merges",
             merges.delete().where(sa.or_(merges.c.survivor_id.in_(ids), merges.c.absorbed_id.in_(ids))),
