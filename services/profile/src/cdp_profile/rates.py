@@ -29,9 +29,7 @@ async def load_rates(
     *, session: AsyncSession, context: ProfileContext, days: Sequence[DayOfRates]
 ) -> dict[str, Any]:
     """Store days of rates; return how many days and rates were stored."""
-    stored = 0
-    for day in days:
-        stored += await store.save_rates(session=session, day=day.day, base=day.base, rates=day.rates)
+    stored = await store.save_days_of_rates(session=session, days=[(d.day, d.base, d.rates) for d in days])
     # Orders kept without a rate may have one now: a job values them.
     await value_after_rates(session=session, context=context, loaded=[(d.base, list(d.rates)) for d in days])
     return {"days": len(days), "rates": stored, "reporting_currency": context.reporting_currency}
@@ -40,16 +38,18 @@ async def load_rates(
 async def rate_on(
     *, session: AsyncSession, context: ProfileContext, currency: str, day: date
 ) -> dict[str, Any] | None:
-    """Return the rate in effect for a currency on a day, in the reporting currency, or None."""
-    factor, rates_day = await store.rate_in_effect(
+    """Return the rate in effect for a currency on a day, as loaded and in the reporting currency, or None."""
+    found = await store.rate_in_effect(
         session=session, currency=currency, day=day, reporting_currency=context.reporting_currency
     )
-    if factor is None or rates_day is None:
+    if found is None:
         return None
     return {
         "currency": currency,
-        "reporting_currency": context.reporting_currency,
         "date": day.isoformat(),
-        "rates_date": rates_day.isoformat(),
-        "value_of_one": float(factor),
+        "rates_date": found.day.isoformat(),
+        "base": found.base,
+        "rate": float(found.rate),
+        "reporting_currency": context.reporting_currency,
+        "value_of_one": float(found.value_of_one),
     }

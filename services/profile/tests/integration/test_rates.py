@@ -64,7 +64,7 @@ async def test_a_reporting_currency_other_than_the_base_goes_through_the_base(db
             Decimal("1.0946"),
             MONDAY,
             "EUR",
-            1,
+            Decimal(1),
         )
 
 
@@ -89,3 +89,25 @@ async def test_rates_loaded_later_are_seen_by_the_transaction_that_found_none(db
         assert await store.value_in_reporting(
             session=session, amount=Decimal(10), currency="USD", day=FRIDAY, reporting_currency="EUR"
         ) == Decimal("8.00")
+
+
+async def test_days_are_stored_in_one_go_and_a_day_listed_twice_takes_its_later_rates(db: ProfileDb) -> None:
+    days = [
+        (FRIDAY, "EUR", {"USD": Decimal("1.0921"), "GBP": Decimal("0.8597")}),
+        (MONDAY, "EUR", {"USD": Decimal("1.0946")}),
+        (FRIDAY, "EUR", {"USD": Decimal("1.25")}),
+    ]
+    async with transaction(db.sessions) as session:
+        # Friday: USD, GBP and the euro; Monday: USD and the euro.
+        assert await store.save_days_of_rates(session=session, days=days) == 5
+    async with transaction(db.sessions) as session:
+        friday = await store.rate_in_effect(
+            session=session, currency="USD", day=FRIDAY, reporting_currency="EUR"
+        )
+        pound = await store.rate_in_effect(
+            session=session, currency="GBP", day=MONDAY, reporting_currency="EUR"
+        )
+    assert friday is not None
+    assert friday.rate == Decimal("1.25")
+    assert pound is not None
+    assert (pound.day, pound.rate) == (FRIDAY, Decimal("0.8597"))

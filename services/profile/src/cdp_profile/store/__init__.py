@@ -121,7 +121,13 @@ from cdp_profile.store.orders import (
     queued_job,
     save_orders,
 )
-from cdp_profile.store.rates import exchange_rates, rate_in_effect, save_rates, value_in_reporting
+from cdp_profile.store.rates import (
+    exchange_rates,
+    rate_in_effect,
+    save_days_of_rates,
+    save_rates,
+    value_in_reporting,
+)
 from cdp_profile.store.search import (
     erase_profiles,
     find_by_hash,
@@ -264,6 +270,7 @@ __all__ = [
     "resolve_identifier",
     "resolve_profile_id",
     "save_account",
+    "save_days_of_rates",
     "save_defined_states",
     "save_orders",
     "save_profile",

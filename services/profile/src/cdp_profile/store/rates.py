@@ -3,12 +3,14 @@ currency on a day (the latest earlier day with rates when that day has none)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
 import sqlalchemy as sa
 from cdp_common.db import forget_for_transaction, once_per_transaction
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,11 +51,31 @@ async def _looked_up(session: AsyncSession) -> LookedUp:
     return await once_per_transaction(session, LOOKED_UP, empty)
 
 
-async def save_rates(*, session: AsyncSession, day: date, base: str, rates: dict[str, Decimal]) -> int:
+async def save_rates(*, session: AsyncSession, day: date, base: str, rates: Mapping[str, Decimal]) -> int:
     """Store one day's rates against a base (the base itself at 1); return how many were stored."""
-    rows = [{"currency": base, "day": day, "base": base, "rate": Decimal(1)}]
-    rows += [{"currency": c, "day": day, "base": base, "rate": r} for c, r in rates.items() if c != base]
-    statement = insert(exchange_rates).values(rows)
+    return await save_days_of_rates(session=session, days=[(day, base, rates)])
+
+
+async def save_days_of_rates(
+    *, session: AsyncSession, days: Sequence[tuple[date, str, Mapping[str, Decimal]]]
+) -> int:
+    """Store days of rates, each against its base (at 1), in one statement; return how many were stored."""
+    # One row per key, the later day of a list winning: a statement may not change a row twice.
+    rows = {(c, day, base): r for day, base, rates in days for c, r in {**rates, base: Decimal(1)}.items()}
+    loaded = (
+        sa.func.unnest(
+            sa.cast([c for c, _, _ in rows], postgresql.ARRAY(sa.Text)),
+            sa.cast([d for _, d, _ in rows], postgresql.ARRAY(sa.Date)),
+            sa.cast([b for _, _, b in rows], postgresql.ARRAY(sa.Text)),
+            sa.cast(list(rows.values()), postgresql.ARRAY(sa.Numeric)),
+        )
+        .table_valued("currency", "day", "base", "rate")
+        .render_derived(name="loaded")
+    )
+    statement = insert(exchange_rates).from_select(
+        ["currency", "day", "base", "rate"],
+        sa.select(loaded.c.currency, loaded.c.day, loaded.c.base, loaded.c.rate),
+    )
     await session.execute(
         statement.on_conflict_do_update(
             index_elements=["currency", "day", "base"],
