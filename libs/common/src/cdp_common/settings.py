@@ -23,9 +23,6 @@ class PlatformSettings(PurposeSettings, BaseSettings):
     admin_token: SecretStr = SecretStr("")
     hash_key: SecretStr = SecretStr("dev-only-hash-key")
     host: str = "127.0.0.1"
-    # The one currency money figures are reported in; orders keep their own and are valued in
-    # this one at the reference rate of their day.
-    reporting_currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
 
     topic_partitions: int = Field(default=6, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)

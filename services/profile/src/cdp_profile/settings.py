@@ -10,6 +10,11 @@ class Settings(PlatformSettings):
     """The profile service's settings: the platform's plus its own."""
 
     port: int = Field(default=8002, validation_alias="CDP_PROFILE_PORT")
+    # The one currency money figures are reported in; orders keep their own and are valued in
+    # this one at the reference rate of their day.
+    reporting_currency: str = Field(
+        default="EUR", pattern=r"^[A-Z]{3}$", validation_alias="CDP_REPORTING_CURRENCY"
+    )
     phone_default_region: str = Field(
         default="DE", pattern=r"^[A-Z]{2}$", validation_alias="CDP_PROFILE_PHONE_DEFAULT_REGION"
     )
