@@ -598,7 +598,7 @@ async def test_exchange_rates_are_loaded_read_back_and_bad_ones_refused(
     assert (await get(http, service, "/v1/exchange-rates", currency="XBA", date="1998-06-03")).json()[
         "value_of_one"
     ] == 1.25
-    for bad in (
+    refusals: list[Any] = [
         {**one_day, "rates": {"xts": 1.2}},
         {**one_day, "rates": {"XTS": -1}},
         {**one_day, "rates": {"XTS": "NaN"}},
@@ -614,7 +614,8 @@ async def test_exchange_rates_are_loaded_read_back_and_bad_ones_refused(
         {**one_day, "date": "1998-02-30"},
         {**one_day, "base": "euro"},
         [],
-    ):
+    ]
+    for bad in refusals:
         refused = await http.put(url, json=bad, headers=service.admin)
         assert refused.status_code == 422, (bad, refused.text)
         assert refused.json()["error"]["code"]
