@@ -277,7 +277,12 @@ async def value_orders_without_rate(
         await store.save_orders(session=session, saved=[now])
         version = await _rebook(session=session, context=context, stored=now, definitions=definitions)
         envelope = _order_envelope(
-            now, version=version, event_id=None, message_id=f"order:{stored.order.order_id}:valued"
+            now,
+            version=version,
+            event_id=None,
+            # Consumers take an id they saw as a redelivery: an order valued again, after an
+            # amendment left it without a rate, goes out under its amendment's time.
+            message_id=f"order:{stored.order.order_id}:valued:{stored.order.updated_at.isoformat()}",
         )
         await add_to_outbox(session=session, topic=context.profiles_topic, envelope=envelope)
         valued += 1
