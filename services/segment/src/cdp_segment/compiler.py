@@ -18,7 +18,16 @@ from cdp_common.purposes import PurposePolicy
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
-from cdp_segment.domain.rules import Age, BirthdayToday, Condition, Consent, Group, Membership, Rule
+from cdp_segment.domain.rules import (
+    AccountTrait,
+    Age,
+    BirthdayToday,
+    Condition,
+    Consent,
+    Group,
+    Membership,
+    Rule,
+)
 from cdp_segment.store import memberships, profiles, segments
 from cdp_segment.store.purposes import withheld
 
@@ -141,6 +150,17 @@ def _birthday() -> ColumnElement[Any]:
     return sa.cast(sa.func.timezone("UTC", _instant(value)), sa.Date)
 
 
+def _account_trait(rule: AccountTrait, now: ColumnElement[Any]) -> ColumnElement[bool]:
+    """One of the person's accounts holds a matching trait; for `not_exists`, none holds it."""
+    account = sa.func.jsonb_array_elements(profiles.c.accounts).table_valued("value").alias("account")
+    path = sa.cast(["traits", *rule.path], sa.ARRAY(sa.Text))
+    value = sa.func.nullif(account.c.value.op("#>", return_type=JSONB)(path), _jsonb(None))
+    if rule.op == "not_exists":
+        return sa.not_(sa.exists(sa.select(sa.literal(1)).select_from(account).where(value.is_not(None))))
+    matching = _compare(rule.op, value, rule.value, False, now)
+    return sa.exists(sa.select(sa.literal(1)).select_from(account).where(matching))
+
+
 def compile_rule(rule: Rule, now: datetime) -> ColumnElement[bool]:
     """Return the SQL predicate of a rule over the profiles table at an instant."""
     at = sa.literal(now, sa.DateTime(timezone=True))
@@ -193,6 +213,8 @@ def _compile(rule: Rule, now: ColumnElement[Any]) -> ColumnElement[bool]:
                 memberships.c.profile_id == profiles.c.profile_id,
             )
         )
+    if isinstance(rule, AccountTrait):
+        return _account_trait(rule, now)
     raise TypeError(f"not a rule: {rule!r}")
 
 

@@ -33,7 +33,13 @@ from cdp_segment import store
 from cdp_segment.compiler import compile_rule, members_query, segmentable
 from cdp_segment.domain.evaluation import ProfileFacts, explain, mark_building, withheld_explanation
 from cdp_segment.domain.lifecycle import STAGES, LifecycleThresholds, builtin_computed_traits, lifecycle_model
-from cdp_segment.domain.membership import Catalog, SegmentDefinition, find_cycle, public_reason
+from cdp_segment.domain.membership import (
+    ANY_ACCOUNT_TRAIT,
+    Catalog,
+    SegmentDefinition,
+    find_cycle,
+    public_reason,
+)
 from cdp_segment.domain.rfm import LABELS, NAMED_SEGMENTS
 from cdp_segment.domain.rules import ParsedRule, RuleError, is_segment_key, parse_rule
 from cdp_segment.store import builds, claims
@@ -118,6 +124,7 @@ def facts_of(row: store.ProfileRow, members: set[str], policy: PurposePolicy) ->
         consents=row.consents,
         segments=frozenset(members),
         withheld=frozenset({PROFILING}) if policy.excluded(PROFILING, row.consents) else frozenset(),
+        accounts=tuple(a.get("traits") or {} for a in row.accounts if isinstance(a, dict)),
     )
 
 
@@ -252,9 +259,12 @@ def _changed_names(data: ProfileChanged) -> set[str] | None:
     """Return the dependency names a change touches; None (everything) for a new profile."""
     if isinstance(data, ProfileCreated):
         return None
-    return {f"trait:{k}" for k in data.changed_traits} | {
-        f"computed:{k}" for k in data.changed_computed_traits
-    }
+    accounts = {ANY_ACCOUNT_TRAIT} if data.accounts is not None else set()
+    return (
+        {f"trait:{k}" for k in data.changed_traits}
+        | {f"computed:{k}" for k in data.changed_computed_traits}
+        | accounts
+    )
 
 
 async def apply_profile_changes(
@@ -277,6 +287,7 @@ async def apply_profile_changes(
                     version=e.data.version,
                     changed_traits=dict(e.data.changed_traits),
                     changed_computed=dict(e.data.changed_computed_traits),
+                    accounts=None if e.data.accounts is None else [a.model_dump() for a in e.data.accounts],
                 )
                 for e in wave
             ],

@@ -16,6 +16,7 @@ import re2  # type: ignore[import-untyped]
 from cdp_common.purposes import decisions_for
 
 from cdp_segment.domain.rules import (
+    AccountTrait,
     Age,
     BirthdayToday,
     Condition,
@@ -38,6 +39,8 @@ class ProfileFacts:
     segments: frozenset[str] = frozenset()
     # The gated consent purposes the person is excluded from (`cdp_common.purposes`).
     withheld: frozenset[str] = frozenset()
+    # The traits of each account (from `group` calls) the person belongs to.
+    accounts: tuple[Mapping[str, Any], ...] = ()
 
 
 def lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -171,6 +174,12 @@ def _leaf(rule: Rule, facts: ProfileFacts, now: datetime) -> tuple[bool, Any]:
         return status == "granted", status
     if isinstance(rule, Membership):
         return rule.segment_key in facts.segments, rule.segment_key in facts.segments
+    if isinstance(rule, AccountTrait):
+        values = [lookup(account, rule.path) for account in facts.accounts]
+        held = [v for v in values if v is not None]
+        if rule.op == "not_exists":
+            return not held, held
+        return any(compare(rule.op, v, rule.value, now) for v in held), held
     raise TypeError(f"not a rule: {rule!r}")
 
 
@@ -219,6 +228,16 @@ def explain(rule: Rule, facts: ProfileFacts, now: datetime) -> dict[str, Any]:
         node = {"type": "birthday_today", "actual": actual, "today": now.date()}
     elif isinstance(rule, Consent):
         node = {"type": "consent", "purpose": rule.purpose, "channel": rule.channel, "actual": actual}
+    elif isinstance(rule, AccountTrait):
+        path = ".".join(rule.path)
+        node = {
+            "type": "account_trait",
+            "label": path,
+            "path": path,
+            "op": rule.op,
+            "expected": rule.value,
+            "actual": actual,
+        }
     else:
         assert isinstance(rule, Membership)
         node = {"type": "segment", "segment": rule.segment_key, "actual": actual}

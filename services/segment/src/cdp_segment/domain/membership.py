@@ -2,7 +2,8 @@
 
 The catalog orders segments so that a segment comes after every segment it refers
 to; a change is described by dependency names (`trait:plan`, `computed:<key>`,
-`consent:marketing:email`, `model:rfm`, `segment:<key>`), and only the segments that
+`consent:marketing:email`, `model:rfm`, `segment:<key>`, `account:<trait>`, or `account:*` when
+the person's accounts changed), and only the segments that
 depend on one of them are evaluated, plus those that refer to a segment whose
 membership just changed. A person excluded from `profiling_segmentation` is in no segment: they
 leave every one they are in, with consent as the reason, and enter none.
@@ -20,6 +21,8 @@ from cdp_segment.domain.evaluation import ProfileFacts, evaluate, explain, withh
 from cdp_segment.domain.rules import ParsedRule
 
 _ANY_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
+# The name of a change of the person's accounts: every rule on an account trait may be affected.
+ANY_ACCOUNT_TRAIT = "account:*"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class Catalog:
         keys: set[str] = set()
         for name in changed:
             keys |= self.by_dependency.get(name, set())
+        if ANY_ACCOUNT_TRAIT in changed:
+            for name, dependents in self.by_dependency.items():
+                if name.startswith("account:"):
+                    keys |= dependents
         return keys
 
     def affecting_new_profile(self, facts: ProfileFacts) -> set[str]:
@@ -84,6 +91,7 @@ class Catalog:
             *(f"computed:{k}" for k in facts.computed),
             *(f"model:{k}" for k in facts.model),
             *(f"consent:{k}" for k in facts.consents),
+            *(f"account:{k}" for account in facts.accounts for k in account),
             "clock",
         }
         return self.affected_by(held) | self.match_unknown | set(facts.segments)

@@ -3,7 +3,8 @@
 A rule is a JSON object. Groups: `{"all": [...]}`, `{"any": [...]}`, `{"not": {...}}`.
 Conditions: `trait`, `computed`, `model` (a path, an `op` and a `value`), `event`
 (an event condition that profile maintains as a computed trait), `consent`, `geo`,
-`age`, `gender`, `birthday_today` and `segment` (membership of another segment).
+`age`, `gender`, `birthday_today`, `segment` (membership of another segment) and
+`account_trait` (a trait of one of the person's accounts, from `group` calls).
 Every error names where it is, as a JSON path such as `rule.all[2].value`.
 """
 
@@ -104,7 +105,17 @@ class Group:
     children: tuple[Rule, ...]
 
 
-Rule = Group | Condition | Age | BirthdayToday | Consent | Membership
+@dataclass(frozen=True)
+class AccountTrait:
+    """A trait of the person's accounts compared with an operator: true when one of the accounts
+    matches (for `not_exists`, when none holds the trait)."""
+
+    path: tuple[str, ...]
+    op: str
+    value: Any = None
+
+
+Rule = Group | Condition | Age | BirthdayToday | Consent | Membership | AccountTrait
 
 
 @dataclass(frozen=True)
@@ -323,6 +334,14 @@ class _Parser:
         self.clock = True
         return BirthdayToday()
 
+    def _parse_account_trait(self, raw: dict[str, Any], where: str, depth: int) -> Rule:
+        path = _path(raw["account_trait"], f"{where}.account_trait")
+        self.deps.add(f"account:{path[0]}")
+        op, value = _op_and_value(raw, where)
+        if op in CLOCK_OPS:
+            self.clock = True
+        return AccountTrait(path=path, op=op, value=value)
+
     def _parse_segment(self, raw: dict[str, Any], where: str, depth: int) -> Rule:
         key = _key(raw["segment"], f"{where}.segment")
         self.segments.add(key)
@@ -344,6 +363,7 @@ _KINDS: dict[str, set[str]] = {
     "age": set(),
     "birthday_today": set(),
     "segment": set(),
+    "account_trait": {"op", "value"},
 }
 MODELS = frozenset({"rfm", "lifecycle", "cluster", "clv"})
 

@@ -41,6 +41,8 @@ profiles = sa.Table(
     sa.Column("model", JSONB, nullable=False),
     sa.Column("consents", JSONB, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
+    # The person's accounts, each {"group_id", "traits"} as profile's last change carried them (0008).
+    sa.Column("accounts", JSONB, nullable=False),
 )
 segments = sa.Table(
     "segments",
@@ -314,6 +316,7 @@ class ProfileRow:
     computed: dict[str, Any]
     model: dict[str, Any]
     consents: dict[str, Any]
+    accounts: tuple[dict[str, Any], ...] = ()
 
 
 def _without_nulls(document: dict[str, Any]) -> dict[str, Any]:
@@ -369,6 +372,7 @@ class ProfileChange:
     version: int
     changed_traits: dict[str, Any]
     changed_computed: dict[str, Any]
+    accounts: list[dict[str, Any]] | None = None
 
 
 # One statement for a batch of changes (at most one per profile): the insert or merge
@@ -382,10 +386,12 @@ _APPLY_CHANGES = sa.text(
         AS r(profile_id text, version bigint, traits jsonb, computed jsonb)
     ),
     removals AS (SELECT CAST(:removals AS jsonb) AS keys)
-    INSERT INTO known_profiles AS p (profile_id, version, traits, computed, model, consents)
-    SELECT profile_id, version, traits, computed, '{{}}', '{{}}' FROM input ORDER BY profile_id
+    INSERT INTO known_profiles AS p (profile_id, version, traits, computed, model, consents, accounts)
+    SELECT profile_id, version, traits, computed, '{{}}', '{{}}',
+           coalesce(CAST(:accounts AS jsonb) -> profile_id, '[]') FROM input ORDER BY profile_id
     ON CONFLICT (profile_id) DO UPDATE SET
       version = excluded.version,
+      accounts = coalesce(CAST(:accounts AS jsonb) -> excluded.profile_id, p.accounts),
       traits = (p.traits || excluded.traits) - ARRAY(
         SELECT jsonb_array_elements_text(r.keys -> excluded.profile_id -> 'traits') FROM removals r),
       computed = (p.computed || excluded.computed) - ARRAY(
@@ -395,6 +401,7 @@ _APPLY_CHANGES = sa.text(
     RETURNING p.profile_id, p.version, p.merged_into,
       CAST(p.traits AS text) AS traits, CAST(p.computed AS text) AS computed,
       CAST(p.model AS text) AS model, CAST(p.consents AS text) AS consents,
+      CAST(p.accounts AS text) AS accounts,
       ARRAY(SELECT m.segment_id FROM memberships m WHERE m.profile_id = p.profile_id) AS segment_ids,
       ({_CATALOG_STAMP}) AS catalog_stamp
     """  # noqa: S608
@@ -408,6 +415,7 @@ _APPLY_CHANGES = sa.text(
     sa.column("computed", sa.Text),
     sa.column("model", sa.Text),
     sa.column("consents", sa.Text),
+    sa.column("accounts", sa.Text),
     sa.column("segment_ids", postgresql.ARRAY(sa.Text)),
     sa.column("catalog_stamp", postgresql.ARRAY(sa.Text)),
 )
@@ -448,11 +456,14 @@ async def apply_profile_changes(*, session: AsyncSession, changes: Sequence[Prof
         for change in changes
         if None in change.changed_traits.values() or None in change.changed_computed.values()
     }
-    rows = (
-        await session.execute(
-            _APPLY_CHANGES, {"changes": json.dumps(document), "removals": json.dumps(removals)}
-        )
-    ).all()
+    # The accounts of the changes that carry them replace the copy's (a JSON object by profile id).
+    held = {change.profile_id: change.accounts for change in changes if change.accounts is not None}
+    parameters = {
+        "changes": json.dumps(document),
+        "removals": json.dumps(removals),
+        "accounts": json.dumps(held),
+    }
+    rows = (await session.execute(_APPLY_CHANGES, parameters)).all()
     return AppliedChanges(
         profiles={row.profile_id: (_profile_of_text(row), frozenset(row.segment_ids)) for row in rows},
         catalog_stamp=tuple(rows[0].catalog_stamp) if rows else None,
@@ -493,6 +504,7 @@ def _profile(row: Any) -> ProfileRow:
         computed=row.computed,
         model=row.model,
         consents=row.consents,
+        accounts=tuple(row.accounts),
     )
 
 
@@ -506,6 +518,7 @@ def _profile_of_text(row: Any) -> ProfileRow:
         computed=orjson.loads(row.computed),
         model=orjson.loads(row.model),
         consents=orjson.loads(row.consents),
+        accounts=tuple(orjson.loads(row.accounts)),
     )
 
 
@@ -869,6 +882,7 @@ async def export_profile(*, session: AsyncSession, profile_id: str) -> dict[str,
         "computed_traits": copy.computed,
         "model_results": copy.model,
         "consents": copy.consents,
+        "accounts": list(copy.accounts),
         "memberships": await profile_memberships(session=session, profile_id=profile_id),
         "membership_history": await page_history(
             session=session, segment_id=None, profile_id=profile_id, before_id=None, limit=10_000
