@@ -35,7 +35,7 @@ def load_env() -> dict[str, str]:
 # hundreds of thousands of events on the dev stack's event topic for profile to work off.
 FIRST = ("segment", "campaign", "consent", "profile", "pipeline")
 # Benchmarks that build large bases of their own go after the rest, so they disturb nothing.
-LAST = ("scale",)
+LAST = ("duplicates", "scale")
 
 
 def discover() -> list[Any]:

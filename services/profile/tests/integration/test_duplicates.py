@@ -53,7 +53,8 @@ PLANTED = {
 }
 
 
-def _traits(values: dict[str, Any], at: datetime) -> str:
+def stored_traits(values: dict[str, Any], at: datetime) -> str:
+    """Return traits as the profiles table stores them, each set by a load at `at`."""
     return json.dumps(
         {
             name: {"value": value, "source": "load", "event_id": "load", "timestamp": at.isoformat()}
@@ -66,36 +67,40 @@ async def load_base(db: ProfileDb) -> None:
     """Insert FILLER recently updated people with realistic names and the planted old pairs, by COPY."""
     rng = random.Random(7)
     now = datetime.now(UTC)
-    rows: list[tuple[Any, ...]] = []
+    rows: list[tuple[str, str, datetime]] = []
     for i in range(FILLER):
         first, last = rng.choice(FIRST), rng.choice(STEMS) + rng.choice(ENDS)
         values = {"first_name": first.title(), "last_name": last.title()}
         values["email"] = f"{first}.{last}{i}@{rng.choice(DOMAINS)}"
         at = now - timedelta(minutes=i)
-        rows.append((f"fill-{i:05d}", _traits(values, at), at))
+        rows.append((f"fill-{i:05d}", stored_traits(values, at), at))
     for (left, right), (left_traits, right_traits) in PLANTED.items():
-        rows.append((left, _traits(left_traits, LONG_AGO), LONG_AGO))
-        rows.append((right, _traits(right_traits, LONG_AGO), LONG_AGO))
+        rows.append((left, stored_traits(left_traits, LONG_AGO), LONG_AGO))
+        rows.append((right, stored_traits(right_traits, LONG_AGO), LONG_AGO))
+    await copy_profiles(db, rows)
+
+
+async def copy_profiles(db: ProfileDb, rows: list[tuple[str, str, datetime]]) -> None:
+    """COPY live profiles (id, traits as stored, updated at) into the profiles table."""
     records = [
         (pid, db.context.hash_of(IdentifierKey(PROFILE_ID, pid)), 1, "active", traits, "{}", "{}", at, at)
         for pid, traits, at in rows
     ]
+    columns = [
+        "id",
+        "id_hash",
+        "version",
+        "status",
+        "traits",
+        "aggregates",
+        "computed",
+        "created_at",
+        "updated_at",
+    ]
     async with db.engine.connect() as conn:
         raw = await conn.get_raw_connection()
         await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            "profiles",
-            records=records,
-            columns=[
-                "id",
-                "id_hash",
-                "version",
-                "status",
-                "traits",
-                "aggregates",
-                "computed",
-                "created_at",
-                "updated_at",
-            ],
+            "profiles", records=records, columns=columns
         )
         await conn.commit()
 
@@ -266,7 +271,8 @@ async def test_changed_profiles_are_compared_with_the_oldest_as_they_change(db: 
     newcomer = uid("kunz")
     await db.resolve(
         identify(
-            newcomer, {"first_name": "Margarethe", "last_name": "Kunzmann", "email": "marga.kunzman@gmail.com"}
+            newcomer,
+            {"first_name": "Margarethe", "last_name": "Kunzmann", "email": "marga.kunzman@gmail.com"},
         )
     )
     # An old profile changes into someone else; a trait the scoring does not read changes on another.
@@ -274,7 +280,7 @@ async def test_changed_profiles_are_compared_with_the_oldest_as_they_change(db: 
         await conn.execute(
             sa.text("UPDATE profiles SET traits = CAST(:t AS jsonb) WHERE id = 'old-b2'"),
             {
-                "t": _traits(
+                "t": stored_traits(
                     {"first_name": "Zoe", "last_name": "Abernathy", "phone": "+4917099999999"}, LONG_AGO
                 )
             },
@@ -284,7 +290,7 @@ async def test_changed_profiles_are_compared_with_the_oldest_as_they_change(db: 
                 "UPDATE profiles SET traits = traits || CAST(:t AS jsonb), updated_at = now() "
                 "WHERE id = 'fill-00001'"
             ),
-            {"t": _traits({"favourite_colour": "teal"}, LONG_AGO)},
+            {"t": stored_traits({"favourite_colour": "teal"}, LONG_AGO)},
         )
     assert await waiting(db) == 2, "a changed trait the scoring does not read is not noted"
 
@@ -369,7 +375,7 @@ async def test_a_dismissed_pair_never_returns_after_changes_or_rescans(db: Profi
         for pid in pair:
             await conn.execute(
                 sa.text("UPDATE profiles SET traits = CAST(:t AS jsonb), updated_at = now() WHERE id = :id"),
-                {"id": pid, "t": _traits(same, datetime.now(UTC))},
+                {"id": pid, "t": stored_traits(same, datetime.now(UTC))},
             )
     assert await compare_changes(db) == 2
     assert pair not in await listed(db, min_score=0.7)
@@ -405,7 +411,7 @@ async def test_a_rescan_follows_changed_and_erased_profiles(db: ProfileDb) -> No
         await conn.execute(
             sa.text("UPDATE profiles SET traits = CAST(:t AS jsonb) WHERE id = 'old-b2'"),
             {
-                "t": _traits(
+                "t": stored_traits(
                     {"first_name": "Zoe", "last_name": "Abernathy", "phone": "+4917099999999"}, LONG_AGO
                 )
             },
@@ -416,7 +422,7 @@ async def test_a_rescan_follows_changed_and_erased_profiles(db: ProfileDb) -> No
                 "updated_at) VALUES ('old-a3', 'old-a3', 1, 'active', CAST(:t AS jsonb), '{}', '{}', :at)"
             ),
             {
-                "t": _traits(
+                "t": stored_traits(
                     {"first_name": "Margarethe", "last_name": "Kunzman", "email": "marga.kunzmann@gmail.com"},
                     LONG_AGO,
                 ),

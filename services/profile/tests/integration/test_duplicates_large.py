@@ -4,7 +4,6 @@ later change is compared, by the changes' job alone, with profiles loaded years 
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 from collections.abc import AsyncIterator
@@ -19,12 +18,13 @@ from cdp_common.migrations import migrate
 from cdp_common.testing import PlatformUnderTest
 from cdp_profile import duplicates, store
 from cdp_profile.context import ProfileContext
-from cdp_profile.domain.identity import PROFILE_ID, IdentifierKey
+from cdp_profile.domain.identity import IdentifierKey
 from cdp_profile.duplicates_store import SCAN_JOB
 from cdp_profile.jobs import DuplicateScan
 from cdp_profile.main import MIGRATIONS
 
 from ..conftest import FakeClock, ProfileDb, tracking, uid
+from .test_duplicates import copy_profiles, stored_traits
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -69,15 +69,6 @@ PLANTED: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _traits(values: dict[str, Any], at: datetime) -> str:
-    return json.dumps(
-        {
-            name: {"value": value, "source": "load", "event_id": "load", "timestamp": at.isoformat()}
-            for name, value in values.items()
-        }
-    )
-
-
 def _person(rng: random.Random, i: int) -> dict[str, Any]:
     first, last = rng.choice(FIRST), rng.choice(STEMS) + rng.choice(ENDS)
     values: dict[str, Any] = {
@@ -98,7 +89,10 @@ async def load(db: ProfileDb) -> None:
     rows: list[tuple[str, str, datetime]] = []
     oldest = NOW - timedelta(days=3 * 365)
     for (left, right), (left_traits, right_traits) in PLANTED.items():
-        rows += [(left, _traits(left_traits, oldest), oldest), (right, _traits(right_traits, oldest), oldest)]
+        rows += [
+            (left, stored_traits(left_traits, oldest), oldest),
+            (right, stored_traits(right_traits, oldest), oldest),
+        ]
     step = timedelta(days=3 * 365) / BASE
     people: list[dict[str, Any]] = []
     for i in range(BASE - len(rows)):
@@ -110,31 +104,10 @@ async def load(db: ProfileDb) -> None:
         else:
             values = _person(rng, i)
         people.append(values)
-        rows.append((f"p{i:07d}", _traits(values, at), at))
-    records = [
-        (pid, db.context.hash_of(IdentifierKey(PROFILE_ID, pid)), 1, "active", traits, "{}", "{}", at, at)
-        for pid, traits, at in rows
-    ]
-    async with db.engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            "profiles",
-            records=records,
-            columns=[
-                "id",
-                "id_hash",
-                "version",
-                "status",
-                "traits",
-                "aggregates",
-                "computed",
-                "created_at",
-                "updated_at",
-            ],
-        )
-        await conn.commit()
+        rows.append((f"p{i:07d}", stored_traits(values, at), at))
+    await copy_profiles(db, rows)
+    async with db.engine.begin() as conn:
         await conn.execute(sa.text("ANALYZE profiles"))
-        await conn.commit()
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +226,7 @@ async def test_the_queue_reaches_every_profile_however_old_and_follows_changes(l
                 "UPDATE profiles SET traits = CAST(:t AS jsonb), updated_at = now() WHERE id = 'old-zip-2'"
             ),
             {
-                "t": _traits(
+                "t": stored_traits(
                     {"first_name": "Catharina", "last_name": "Oberholz", "email": "c.oberholz@web.de"}, NOW
                 )
             },

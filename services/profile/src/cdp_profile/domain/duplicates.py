@@ -147,8 +147,12 @@ def pairs_in_block(
     members may come twice)."""
     ordered = sorted(members, key=lambda c: (c.name or "", c.email or "", c.profile_id))
     size = len(ordered)
-    if changed is None:
-        if size <= MAX_BLOCK:
+    small = size <= MAX_BLOCK
+    pending = np.flatnonzero(
+        np.fromiter((changed is None or c.profile_id in changed for c in ordered), dtype=bool, count=size)
+    )
+    if len(pending) == size:
+        if small:
             left, right = np.triu_indices(size, 1)
             return ordered, left, right
         left = np.repeat(np.arange(size), WINDOW)
@@ -157,8 +161,6 @@ def pairs_in_block(
         return ordered, left[inside], right[inside]
     # Each changed member with everyone (or its neighbours within the window): the work grows
     # with the changed members, not with the block's square.
-    pending = np.flatnonzero(np.fromiter((c.profile_id in changed for c in ordered), dtype=bool, count=size))
-    small = size <= MAX_BLOCK
     others = np.arange(size) if small else np.arange(-WINDOW, WINDOW + 1)
     left = np.repeat(pending, len(others))
     right = np.tile(others, len(pending)) if small else left + np.tile(others, len(pending))
