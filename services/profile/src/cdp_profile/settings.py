@@ -22,7 +22,9 @@ class Settings(PlatformSettings):
         default=30.0, gt=0, validation_alias="CDP_PROFILE_WINDOW_CHECK_INTERVAL_S"
     )
     # How often the duplicate queue's job compares the profiles changed since its last run.
-    duplicates_interval_s: float = Field(default=2.0, gt=0, validation_alias="CDP_PROFILE_DUPLICATES_INTERVAL_S")
+    duplicates_interval_s: float = Field(
+        default=2.0, gt=0, validation_alias="CDP_PROFILE_DUPLICATES_INTERVAL_S"
+    )
     # Profiles one step of a computed trait's backfill goes through: one short transaction
     # under the writers' lock, so the event flow waits at most one step. A step starts at the
     # smaller size and grows (up to the larger) while steps take under a quarter second.
