@@ -129,9 +129,13 @@ async def render_values(
     personal: bool,
 ) -> dict[str, Any]:
     """Return what a template sees about a person (nothing personal when `personal` is false)."""
+    accounts = [{"group_id": a["group_id"], **a["traits"]} for a in (contact or {}).get("accounts") or []]
     values: dict[str, Any] = {
         "profile": dict(contact["traits"]) if contact else {},
         "computed": dict(contact["computed"]) if contact else {},
+        # The account (company) the person was last linked to, and all of them.
+        "account": accounts[0] if accounts else {},
+        "accounts": accounts,
         "segments": segments,
         "locale": (contact or {}).get("locale") or "en",
         "campaign": {"name": name},

@@ -450,12 +450,16 @@ async def on_order_recorded(*, session: AsyncSession, envelope: Envelope[Any], c
 
 
 def _contact_change(data: ProfileChanged) -> dict[str, Any] | None:
-    if not (data.changed_traits or data.changed_computed_traits):
+    if not (data.changed_traits or data.changed_computed_traits or data.accounts is not None):
         return None
+    fields = _contact_fields(data.changed_traits)
+    if data.accounts is not None:
+        # The person's accounts (companies) with their traits, replaced whole, for `account` in templates.
+        fields["accounts"] = [account.model_dump() for account in data.accounts]
     return {
         "profile_id": data.profile_id,
         "version": data.version,
-        "fields": _contact_fields(data.changed_traits),
+        "fields": fields,
         "traits": data.changed_traits,
         "computed": data.changed_computed_traits,
     }

@@ -1,7 +1,9 @@
 """Personalised content: Jinja2 templates in the immutable sandbox, with limits on time and size.
 
-Templates see `profile` (traits), `computed` (computed traits), `segments` (keys of the
-segments the person is in), `locale`, `recommendations` (products) and `campaign`.
+Templates see `profile` (traits), `computed` (computed traits), `account` (the traits and
+`group_id` of the company the person was last linked to by a `group` call) and `accounts` (all
+of them), `segments` (keys of the segments the person is in), `locale`, `recommendations`
+(products) and `campaign`.
 Missing values render as empty unless the template gives a fallback
 (`{{ profile.first_name | default("there") }}`). For a person excluded from personalisation
 every value but `locale` and `campaign` is empty, so each fallback applies.
@@ -205,6 +207,8 @@ def sample_values(*, campaign_name: str) -> dict[str, Any]:
             "country": "DE",
         },
         "computed": {},
+        "account": {"group_id": "acme", "name": "Acme", "industry": "Retail", "plan": "enterprise"},
+        "accounts": [{"group_id": "acme", "name": "Acme", "industry": "Retail", "plan": "enterprise"}],
         "segments": [],
         "locale": "en",
         "campaign": {"name": campaign_name},

@@ -82,6 +82,8 @@ contacts = sa.Table(
     sa.Column("traits", postgresql.JSONB, nullable=False, server_default="{}"),
     sa.Column("computed", postgresql.JSONB, nullable=False, server_default="{}"),
     _now_column("updated_at"),
+    # The person's accounts, each {"group_id", "traits"}, most recently linked first (migration 0004).
+    sa.Column("accounts", postgresql.JSONB, nullable=False, server_default="[]"),
 )
 
 memberships = sa.Table(
