@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cdp_shop.send import send_world
+from cdp_shop.send import load_rates, send_world
 from cdp_shop.world import simulate
 
 
@@ -34,6 +34,12 @@ def _parser(defaults: dict[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--truth", default="shop-truth.json", help="where to write the ground truth")
     parser.add_argument("--ingest-url", default=defaults.get("CDP_INGEST_URL", "http://127.0.0.1:8001"))
     parser.add_argument("--write-key", default=defaults.get("CDP_WRITE_KEY"))
+    parser.add_argument("--profile-url", default=defaults.get("CDP_PROFILE_URL", "http://127.0.0.1:8002"))
+    parser.add_argument(
+        "--admin-token",
+        default=defaults.get("CDP_ADMIN_TOKEN"),
+        help="token with profiles:write, to load the world's exchange rates first (skipped without one)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="only write the truth; send nothing")
     parser.add_argument("--show-profiles", type=int, default=0, help="print the profile URLs of N people")
     return parser
@@ -61,12 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.write_key:
         sys.stderr.write("no write key: pass --write-key or run `make up` to get .run/dev.env\n")
         return 2
+    if args.admin_token:
+        days = asyncio.run(
+            load_rates(
+                days=world.truth["exchange_rates"], profile_url=args.profile_url, admin_token=args.admin_token
+            )
+        )
+        out.write(f"loaded the exchange rates of {days} days\n")
     sent = asyncio.run(send_world(calls=world.calls, ingest_url=args.ingest_url, write_key=args.write_key))
     out.write(f"sent in {sent.requests} requests: {sent.accepted} accepted, {sent.rejected} rejected\n")
-    profile_url = defaults.get("CDP_PROFILE_URL", "http://127.0.0.1:8002")
     shown = [p for p in world.truth["people"] if p["user_id"]][: args.show_profiles]
     if shown:
         out.write("profiles (GET with Authorization: Bearer $CDP_ADMIN_TOKEN):\n")
     for person in shown:
-        out.write(f"  {person['key']}: {profile_url}/v1/profiles/user_id:{person['user_id']}\n")
+        out.write(f"  {person['key']}: {args.profile_url}/v1/profiles/user_id:{person['user_id']}\n")
     return 0 if sent.rejected == 0 else 1

@@ -1,4 +1,5 @@
-"""Sending a simulated world through the real HTTP API: tracking calls in batches, transactions as NDJSON.
+"""Sending a simulated world through the real HTTP API: its exchange rates to profile, then tracking
+calls in batches and transactions as NDJSON to ingest.
 
 Calls go out in time order, in chunks of one kind; a 429 or 503 is retried after its
 Retry-After, a bounded number of times, so a busy stack slows the shop down but
@@ -11,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -73,3 +75,15 @@ async def send_world(
             sent.accepted += answer.get("accepted", len(run))
             sent.rejected += len(answer.get("rejected", []))
     return sent
+
+
+async def load_rates(
+    *, days: Sequence[dict[str, Any]], profile_url: str, admin_token: str, timeout_s: float = 30
+) -> int:
+    """Load the world's reference rates with PUT /v1/exchange-rates; return how many days were loaded."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    async with httpx.AsyncClient(base_url=profile_url, headers=headers, timeout=timeout_s) as client:
+        response = await client.put("/v1/exchange-rates", json=list(days))
+    if response.status_code != 200:
+        raise SendFailed(f"exchange rates answered {response.status_code}: {response.text[:500]}")
+    return int(response.json()["days"])

@@ -158,7 +158,7 @@ def _simulate_person(shop: Shop, index: int) -> None:
         if borrows
         else []
     )
-    buys_for = rng.choice(COMPANIES) if index == 6 or rng.random() < 0.06 else None
+    buys_for = rng.choice(COMPANIES) if index == 6 or rng.random() < 0.03 else None
     current_email = email
     for device in range(devices):
         if device == 0 and borrowed:
@@ -192,9 +192,9 @@ def _simulate_person(shop: Shop, index: int) -> None:
                 # The back end may alias the device the person signed up on (the borrower of a
                 # household laptop always does: refused, the laptop's first user is a customer);
                 # a broken one aliases a junk id, which the rules block.
-                if (borrowed and device == 0) or rng.random() < 0.15:
+                if (borrowed and device == 0) or rng.random() < 0.04:
                     shop.alias(person, when + timedelta(seconds=30), previous_id=anonymous_id)
-                if junk and rng.random() < 0.5:
+                if junk and rng.random() < 0.3:
                     shop.alias(person, when + timedelta(seconds=40), previous_id=rng.choice(JUNK_USER_IDS))
                 if buys_for is not None:
                     when += timedelta(minutes=rng.uniform(1, 5))
@@ -218,7 +218,7 @@ def _simulate_person(shop: Shop, index: int) -> None:
                 shop.change_email(person, when, anonymous_id=anonymous_id, email=current_email)
     if person.user_id is None:
         return
-    if rng.random() < 0.08:
+    if rng.random() < 0.04:
         when = _app(
             shop, person, min(when + timedelta(hours=rng.uniform(1, 48)), shop.end - timedelta(days=5))
         )
