@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from cdp_common.purposes import ANALYTICS, PERSONALISATION, PROFILING, excluded_from
+from cdp_consent.domain.consents import Catalogue, decisions_from_preferences, preferences_of
+from cdp_consent.settings import DEFAULT_CATEGORY_PURPOSES, DEFAULT_CHANNELS, DEFAULT_PURPOSES
 from cdp_shop.catalogue import COMPANIES, reference_rates
 from cdp_shop.world import Person, Shop, simulate
 
@@ -245,8 +248,22 @@ def test_a_refusal_of_profiling_marks_the_person_and_the_profile_holding_it() ->
 
     assert truth["profiling_refused_people"] == [ada.key]
     assert [p["profiling_refused"] for p in truth["profiles"]] == [True, False]
-    [choice] = [c.body["context"]["consent"] for c in shop.calls if c.body.get("context", {}).get("consent")]
-    assert choice["categoryPreferences"]["Advertising"] is False
+    # The consent service reads the choice as a refusal of profiling, and of no other gated purpose.
+    [choice] = [c.body["context"] for c in shop.calls if c.body.get("context", {}).get("consent")]
+    preferences = preferences_of(choice)
+    assert preferences is not None
+    decisions = decisions_from_preferences(
+        preferences=preferences,
+        category_purposes=DEFAULT_CATEGORY_PURPOSES,
+        catalogue=Catalogue(purposes=tuple(DEFAULT_PURPOSES), channels=tuple(DEFAULT_CHANNELS)),
+    )
+    ledger = {
+        f"{purpose}:{channel}": "granted" if yes else "denied"
+        for (purpose, channel), yes in decisions.items()
+    }
+    assert excluded_from(PROFILING, ledger)
+    assert not excluded_from(PERSONALISATION, ledger)
+    assert not excluded_from(ANALYTICS, ledger)
 
 
 def test_every_order_counts_on_exactly_one_profile_and_a_small_world_has_each_kind() -> None:
