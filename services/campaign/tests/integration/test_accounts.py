@@ -72,11 +72,12 @@ async def test_the_account_follows_the_persons_latest_message(campaign: Campaign
             subject=person,
         )
     # An older message arriving late changes nothing; a change that carries no accounts keeps them.
-    for version, accounts in ((2, []), (4, None)):
+    late: list[tuple[int, list[AccountOfProfile] | None]] = [(2, []), (4, None)]
+    for version, carried in late:
         await campaign.publish(
             TopicName.PROFILES,
             payload=ProfileUpdated(
-                profile_id=person, version=version, accounts=accounts, changed_traits={"plan": "pro"}
+                profile_id=person, version=version, accounts=carried, changed_traits={"plan": "pro"}
             ),
             subject=person,
         )

@@ -43,7 +43,7 @@ async def group_ids_of(db: ProfileDb, profile_id: str) -> list[str]:
         ]
 
 
-async def announced(db: ProfileDb, profile_id: str) -> list[dict[str, Any]] | None:
+async def announced(db: ProfileDb, profile_id: str | None) -> list[dict[str, Any]] | None:
     """Return the accounts the latest change message of a profile that carried accounts announced."""
     carried = [
         e.data.accounts

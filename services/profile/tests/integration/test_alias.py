@@ -33,7 +33,8 @@ async def live_profiles(db: ProfileDb) -> int:
     return int(await db.scalar("SELECT count(*) FROM profiles WHERE status = 'active'"))
 
 
-async def ledger(db: ProfileDb, profile_id: str) -> list[dict[str, Any]]:
+async def ledger(db: ProfileDb, profile_id: str | None) -> list[dict[str, Any]]:
+    assert profile_id is not None
     async with transaction(db.sessions) as session:
         family = [profile_id, *await store.merged_away_ids(session=session, profile_id=profile_id)]
         return await store.ledger_of(session=session, profile_ids=family)
@@ -57,6 +58,7 @@ async def test_alias_after_both_profiles_exist_makes_them_one(db: ProfileDb) -> 
     # What the anonymous visitor does next is the customer's.
     [later] = await db.resolve(tracking(anonymous_id=anon, event="Product Viewed"))
     assert later == customer
+    assert customer is not None
     async with transaction(db.sessions) as session:
         profile = await store.load_profile(session=session, profile_id=customer)
     assert profile is not None
