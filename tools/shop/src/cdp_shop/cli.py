@@ -10,7 +10,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cdp_shop.send import load_rates, send_world
+import httpx
+
+from cdp_shop.send import SendFailed, load_rates, send_world
 from cdp_shop.world import simulate
 
 
@@ -68,12 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("no write key: pass --write-key or run `make up` to get .run/dev.env\n")
         return 2
     if args.admin_token:
-        days = asyncio.run(
-            load_rates(
-                days=world.truth["exchange_rates"], profile_url=args.profile_url, admin_token=args.admin_token
+        try:
+            days = asyncio.run(
+                load_rates(
+                    days=world.truth["exchange_rates"],
+                    profile_url=args.profile_url,
+                    admin_token=args.admin_token,
+                )
             )
-        )
-        out.write(f"loaded the exchange rates of {days} days\n")
+            out.write(f"loaded the exchange rates of {days} days\n")
+        except (SendFailed, httpx.HTTPError) as exc:
+            # Orders are kept without a value until rates come; the calls are worth sending anyway.
+            sys.stderr.write(
+                f"exchange rates not loaded ({exc}); orders not in euros have no value until they are\n"
+            )
     sent = asyncio.run(send_world(calls=world.calls, ingest_url=args.ingest_url, write_key=args.write_key))
     out.write(f"sent in {sent.requests} requests: {sent.accepted} accepted, {sent.rejected} rejected\n")
     shown = [p for p in world.truth["people"] if p["user_id"]][: args.show_profiles]
