@@ -2,7 +2,7 @@
 
 A service declares each one in its `jobs.py` as a `PeriodicJob` (a name, an interval, an async
 function) and hands them to its runtime, which runs each in a task of its own from start to
-stop. Every run gets a session of its own, committed when the function returns and rolled back
+stop. Every run gets a separate session, committed when the function returns and rolled back
 when it raises; a run that works in several units (batches, or a call to another service
 between two writes) commits between them. A run that fails is logged and counted
 (`cdp_periodic_job_runs_total{outcome="failed"}`) and the job runs again at its next interval:
@@ -40,7 +40,7 @@ PERIODIC_DURATION = Histogram(
 
 
 class PeriodicRun(Protocol):
-    """One run of a periodic job, given a session of its own."""
+    """One run of a periodic job, given a separate session."""
 
     def __call__(self, *, session: AsyncSession) -> Awaitable[object]: ...
 
@@ -138,7 +138,7 @@ class PeriodicJobs:
                     await asyncio.wait_for(wake.wait(), delay)
 
     async def run_once(self, job: PeriodicJob) -> bool:
-        """Run a job once with a session of its own; log and count a failure; return whether it succeeded."""
+        """Run a job once with a separate session; log and count a failure; return whether it succeeded."""
         started = time.perf_counter()
         try:
             async with self._session_factory() as session:

@@ -1,7 +1,7 @@
 """The consent service's periodic jobs, off any consumer transaction: expiring unconfirmed
 opt-ins, assembling access bundles over HTTP for requests that are ready, the gauges of open
 privacy requests, and dropping bundles past their retention. main.py hands them to the runtime,
-which runs each every `CDP_SCHEDULER_INTERVAL_S` with a session of its own."""
+which runs each every `CDP_SCHEDULER_INTERVAL_S` with a separate session."""
 
 from __future__ import annotations
 
