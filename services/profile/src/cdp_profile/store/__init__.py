@@ -133,7 +133,6 @@ from cdp_profile.store.search import (
     find_by_hash,
     merged_away_ids,
     profile_document,
-    recent_profiles,
     search_profiles,
 )
 from cdp_profile.store.tables import (
@@ -265,7 +264,6 @@ __all__ = [
     "rate_in_effect",
     "read_profile",
     "read_view",
-    "recent_profiles",
     "record_links",
     "resolve_identifier",
     "resolve_profile_id",

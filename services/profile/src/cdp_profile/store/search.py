@@ -46,17 +46,6 @@ async def search_profiles(
     return [_profile_of(r) for r in await session.execute(query)]
 
 
-async def recent_profiles(*, session: AsyncSession, limit: int) -> list[StoredProfile]:
-    """Return the most recently updated live profiles."""
-    rows = await session.execute(
-        sa.select(profiles)
-        .where(profiles.c.status == "active")
-        .order_by(profiles.c.updated_at.desc())
-        .limit(limit)
-    )
-    return [_profile_of(r) for r in rows]
-
-
 # --- erasure ------------------------------------------------------------------------------------
 
 
